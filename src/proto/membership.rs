@@ -1,0 +1,260 @@
+//! The mCache: a node's bounded partial view of the swarm's members.
+//!
+//! Records are DONet's `<seq, id, addr, num_partner, ttl>`. They arrive from the origin's
+//! redirect, a deputy's answer, partner rejections and periodic gossip; a record with a higher
+//! `seq` replaces an older one; each expires `ttl` after it was learned. A departure (announced
+//! by the leaver, or on its behalf by a partner that saw it crash) leaves a tombstone until the
+//! record would have expired, so the same departure is neither re-learned from stale gossip nor
+//! forwarded twice. The table never holds more than its capacity: when full, the record closest
+//! to expiry makes room.
+
+use super::rng::Rng;
+use super::time::{Duration, Instant};
+use super::wire::{MemberEntry, PeerId};
+
+/// Longest TTL we honour from a record, whatever the sender claims.
+pub const MAX_TTL_S: u16 = 300;
+
+#[derive(Clone, Debug)]
+struct Record {
+    entry: MemberEntry,
+    expires: Instant,
+    departed: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct MCache {
+    cap: usize,
+    me: PeerId,
+    records: Vec<Record>,
+}
+
+impl MCache {
+    pub fn new(cap: usize, me: PeerId) -> Self {
+        MCache {
+            cap: cap.max(1),
+            me,
+            records: Vec::with_capacity(cap.max(1)),
+        }
+    }
+
+    fn find(&self, id: PeerId) -> Option<usize> {
+        self.records.iter().position(|r| r.entry.id == id)
+    }
+
+    /// Takes in a record. Returns true if it told us something new (a new member or a newer
+    /// record of a known one).
+    pub fn learn(&mut self, mut entry: MemberEntry, now: Instant) -> bool {
+        if entry.id == self.me || entry.ttl_s == 0 {
+            return false;
+        }
+        entry.ttl_s = entry.ttl_s.min(MAX_TTL_S);
+        let expires = now + Duration::from_secs(entry.ttl_s as u64);
+        if let Some(i) = self.find(entry.id) {
+            let r = &mut self.records[i];
+            let newer = entry.seq > r.entry.seq;
+            if r.departed && !newer {
+                return false;
+            }
+            if newer || (entry.seq == r.entry.seq && expires > r.expires) {
+                r.entry = entry;
+                r.expires = r.expires.max(expires);
+                r.departed = false;
+                return newer;
+            }
+            return false;
+        }
+        if self.records.len() >= self.cap {
+            // Make room: drop the record closest to expiry (tombstones first).
+            let victim = self
+                .records
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, r)| (!r.departed, r.expires))
+                .map(|(i, _)| i);
+            if let Some(i) = victim {
+                self.records.swap_remove(i);
+            }
+        }
+        self.records.push(Record {
+            entry,
+            expires,
+            departed: false,
+        });
+        true
+    }
+
+    /// Records that `id` left. Returns true if this is news (the caller forwards it then).
+    pub fn depart(&mut self, id: PeerId, seq: u32, now: Instant) -> bool {
+        if id == self.me {
+            return false;
+        }
+        match self.find(id) {
+            Some(i) => {
+                let r = &mut self.records[i];
+                if r.departed || seq < r.entry.seq {
+                    return false;
+                }
+                r.departed = true;
+                r.entry.seq = seq;
+                r.expires = r.expires.max(now + Duration::from_secs(30));
+                true
+            }
+            // Unknown to us: nothing to forget and, in a partial view, nobody near us to tell.
+            None => false,
+        }
+    }
+
+    /// Forgets `id` outright (a dial to it failed).
+    pub fn forget(&mut self, id: PeerId) {
+        if let Some(i) = self.find(id) {
+            self.records.swap_remove(i);
+        }
+    }
+
+    /// Forgets every record at `addr` (a dial to it failed; we may not know its id).
+    pub fn forget_addr(&mut self, addr: super::wire::PeerAddr) {
+        self.records.retain(|r| r.entry.addr != addr);
+    }
+
+    /// Drops expired records.
+    pub fn expire(&mut self, now: Instant) {
+        self.records.retain(|r| r.expires > now);
+    }
+
+    /// Live members known.
+    pub fn len(&self) -> usize {
+        self.records.iter().filter(|r| !r.departed).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The record of a live member with its TTL set to what remains of it.
+    fn live(&self, now: Instant) -> impl Iterator<Item = MemberEntry> + '_ {
+        self.records
+            .iter()
+            .filter(move |r| !r.departed && r.expires > now)
+            .map(move |r| {
+                let mut e = r.entry;
+                e.ttl_s = r.expires.saturating_since(now).as_secs_f64().min(MAX_TTL_S as f64) as u16;
+                e
+            })
+            .filter(|e| e.ttl_s > 0)
+    }
+
+    /// Up to `n` random live records for which `keep` holds (for gossip, redirects, partner
+    /// candidates).
+    pub fn sample(
+        &self,
+        rng: &mut Rng,
+        n: usize,
+        now: Instant,
+        mut keep: impl FnMut(&MemberEntry) -> bool,
+    ) -> Vec<MemberEntry> {
+        let mut v: Vec<MemberEntry> = self.live(now).filter(|e| keep(e)).collect();
+        if v.len() > n {
+            // Partial Fisher-Yates: the first n are a uniform sample.
+            for i in 0..n {
+                let j = i + rng.below(v.len() - i);
+                v.swap(i, j);
+            }
+            v.truncate(n);
+        }
+        v
+    }
+
+    /// A random live member that passes `keep`, preferring ones with fewer than `want`
+    /// partners (they are likelier to accept).
+    pub fn pick_candidate(
+        &self,
+        rng: &mut Rng,
+        now: Instant,
+        want: u8,
+        mut keep: impl FnMut(&MemberEntry) -> bool,
+    ) -> Option<MemberEntry> {
+        let all: Vec<MemberEntry> = self.live(now).filter(|e| keep(e)).collect();
+        if all.is_empty() {
+            return None;
+        }
+        let open: Vec<&MemberEntry> = all.iter().filter(|e| e.num_partners < want).collect();
+        if !open.is_empty() && rng.chance(0.8) {
+            return Some(*open[rng.below(open.len())]);
+        }
+        Some(all[rng.below(all.len())])
+    }
+
+    pub fn get(&self, id: PeerId) -> Option<&MemberEntry> {
+        self.find(id)
+            .map(|i| &self.records[i])
+            .filter(|r| !r.departed)
+            .map(|r| &r.entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wire::PeerAddr;
+
+    fn e(id: u64, seq: u32, ttl: u16) -> MemberEntry {
+        MemberEntry {
+            id: PeerId(id),
+            addr: PeerAddr::V4([10, 0, 0, id as u8], 1),
+            seq,
+            num_partners: 1,
+            ttl_s: ttl,
+        }
+    }
+
+    #[test]
+    fn newer_replaces_older_and_self_is_ignored() {
+        let mut m = MCache::new(8, PeerId(99));
+        let t = Instant::ZERO;
+        assert!(m.learn(e(1, 1, 30), t));
+        assert!(!m.learn(e(1, 1, 30), t));
+        assert!(m.learn(e(1, 2, 30), t));
+        assert!(!m.learn(e(99, 5, 30), t));
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.get(PeerId(1)).unwrap().seq, 2);
+    }
+
+    #[test]
+    fn capacity_is_never_exceeded() {
+        let mut m = MCache::new(4, PeerId(0));
+        for i in 1..100 {
+            m.learn(e(i, 1, (i % 50 + 1) as u16), Instant::ZERO);
+            assert!(m.records.len() <= 4);
+        }
+    }
+
+    #[test]
+    fn ttl_expiry_and_departure_tombstones() {
+        let mut m = MCache::new(8, PeerId(0));
+        m.learn(e(1, 1, 10), Instant::ZERO);
+        m.learn(e(2, 1, 100), Instant::ZERO);
+        m.expire(Instant::ZERO + Duration::from_secs(11));
+        assert!(m.get(PeerId(1)).is_none());
+        let now = Instant::ZERO + Duration::from_secs(12);
+        assert!(m.depart(PeerId(2), 1, now));
+        assert!(!m.depart(PeerId(2), 1, now), "a departure is news once");
+        assert!(!m.learn(e(2, 1, 100), now), "stale gossip does not revive it");
+        assert!(m.get(PeerId(2)).is_none());
+        assert!(m.learn(e(2, 2, 100), now), "a rejoin with a newer seq does");
+        assert!(!m.depart(PeerId(3), 0, now), "unknown members are not news");
+    }
+
+    #[test]
+    fn sample_is_bounded_and_ttl_counts_down() {
+        let mut m = MCache::new(64, PeerId(0));
+        for i in 1..=40 {
+            m.learn(e(i, 1, 60), Instant::ZERO);
+        }
+        let mut rng = Rng::new(1);
+        let now = Instant::ZERO + Duration::from_secs(20);
+        let s = m.sample(&mut rng, 8, now, |x| x.id.0 % 2 == 0);
+        assert_eq!(s.len(), 8);
+        assert!(s.iter().all(|x| x.id.0 % 2 == 0 && x.ttl_s == 40));
+    }
+}

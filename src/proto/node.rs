@@ -1,0 +1,1515 @@
+//! A DONet node as a sans-IO state machine: the source or a peer of one channel.
+//!
+//! The driver feeds it [`Input`]s and [`Command`]s with the current time, calls
+//! [`Node::handle_timeout`] at [`Node::poll_timeout`], and after every call drains
+//! [`Node::poll_output`] until it returns `None`: messages to send, links to dial or close, and
+//! segments to hand to the player. The node never reads a clock, opens a socket or draws
+//! randomness it was not seeded with, so the simulator and the daemon drive the very same code.
+//!
+//! What happens, in DONet's terms:
+//! - **Join**: dial a bootstrap node (the origin) with `Join`; it answers with a deputy and a
+//!   first sample of members; the deputy's `Members` fill the mCache; partners are dialled from
+//!   it until the node has M.
+//! - **Gossip**: every `gossip_interval` the node sends its own record (with a fresh `seq`) and
+//!   a random sample of its mCache to a few partners. Leavers send `Depart`; a partner that
+//!   times out is announced departed on its behalf.
+//! - **Buffer maps**: a full map when a partnership starts, then a `Have` for every new
+//!   segment to each partner that lacks it; both carry the sender's upload backlog.
+//! - **Scheduling**: see [`super::scheduler`]; requests carry their deadline, suppliers serve
+//!   earliest deadline first within their upload budget and answer `Busy` when they cannot
+//!   make it, so the requester can go elsewhere at once.
+//! - **Refinement**: every `refine_interval` partner scores are updated; above M partners the
+//!   worst goes, at M a new candidate is tried.
+//! - **Playout**: a joining peer picks a start a few segments behind its partners' newest,
+//!   plays it the moment it arrives, and from then on each segment is due one duration after
+//!   the previous one; a segment still missing at its deadline is skipped and counted missed.
+//!
+//! A peer that misbehaves (a message before hello, a wrong channel, garbage) costs only its
+//! own link.
+
+use super::config::Config;
+use super::membership::MCache;
+use super::partners::Partner;
+use super::rng::Rng;
+use super::scheduler::{self, Pick, Supplier, Want};
+use super::seq::Seq;
+use super::store::{Inserted, Store};
+use super::time::{Duration, Instant};
+use super::timer::{Timer, TimerTable};
+use super::wire::{
+    ByeReason, Control, Hello, MemberEntry, Message, Payload, PeerAddr, PeerId, Role, Segment,
+    MAGIC, MAX_ENTRIES_PER_MESSAGE, VERSION,
+};
+use std::collections::VecDeque;
+
+/// A link (a TCP connection in the daemon), named by the driver. Unique per node.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct LinkId(pub u64);
+
+/// Something that happened outside the node.
+#[derive(Debug)]
+pub enum Input<P> {
+    /// A link is open. `remote` is the address dialled (outbound) or the peer's socket
+    /// address (inbound; its port is replaced by the one in the peer's hello).
+    LinkUp {
+        link: LinkId,
+        remote: PeerAddr,
+        outbound: bool,
+    },
+    /// A dial we asked for did not connect.
+    DialFailed { remote: PeerAddr },
+    /// The link closed from the other side or failed.
+    LinkDown { link: LinkId },
+    /// A message arrived whole (and, for a segment, verified by the driver).
+    Received { link: LinkId, msg: Message<P> },
+    /// A segment sent on this link has left: the node may start its next upload.
+    Sent { link: LinkId },
+    /// The source's segmenter produced a segment (source only).
+    Ingest(Segment<P>),
+}
+
+/// Something the node asks of its driver.
+#[derive(Debug)]
+pub enum Output<P> {
+    Send { link: LinkId, msg: Message<P> },
+    Dial { remote: PeerAddr },
+    /// Close after sending what is queued (a `Bye` has been queued already).
+    Close { link: LinkId },
+    /// Hand this segment to the player; it is due at `deadline`.
+    Play {
+        segment: Segment<P>,
+        deadline: Instant,
+    },
+    /// `seq` missed its deadline and was skipped (the output marks a discontinuity).
+    Missed { seq: Seq, deadline: Instant },
+}
+
+/// What the owner of a node asks of it.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Join the swarm through these bootstrap nodes (peers only).
+    Join { bootstrap: Vec<PeerAddr> },
+    /// Leave: tell partners, close every link, go quiet.
+    Leave,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CommandError {
+    /// The source does not join; it is the origin.
+    SourceCannotJoin,
+    AlreadyJoined,
+    NoBootstrap,
+    /// The node has left; make a new one.
+    Left,
+}
+
+/// Counters a driver reports (stats JSON, control socket, simulator metrics).
+#[derive(Clone, Debug, Default)]
+pub struct NodeStats {
+    pub joined_at: Option<Instant>,
+    pub first_play_at: Option<Instant>,
+    pub played: u64,
+    pub missed: u64,
+    pub partners: usize,
+    pub members: usize,
+    pub segments_received: u64,
+    pub duplicates: u64,
+    pub uploads: u64,
+    pub requests_sent: u64,
+    pub busy_received: u64,
+    pub busy_sent: u64,
+    pub request_timeouts: u64,
+    pub links_refused: u64,
+}
+
+/// Why we dialled someone.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Purpose {
+    /// The origin: join, and ask it to partner if it has room.
+    Bootstrap,
+    /// The deputy the origin named: ask for members and a partnership.
+    Deputy,
+    /// A candidate from the mCache.
+    Partner,
+    /// Accepted from someone else.
+    Inbound,
+}
+
+/// Answers a link still owes us.
+mod awaiting {
+    pub const REDIRECT: u8 = 1;
+    pub const MEMBERS: u8 = 2;
+    pub const PARTNER: u8 = 4;
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PeerInfo {
+    id: PeerId,
+    role: Role,
+    listen: PeerAddr,
+    upload_bytes_per_s: u64,
+}
+
+#[derive(Debug)]
+struct Link {
+    id: LinkId,
+    remote: PeerAddr,
+    purpose: Purpose,
+    opened: Instant,
+    last_recv: Instant,
+    last_sent: Instant,
+    peer: Option<PeerInfo>,
+    partner: Option<Partner>,
+    awaiting: u8,
+    one_way: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingDial {
+    addr: PeerAddr,
+    purpose: Purpose,
+    at: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    seq: Seq,
+    link: LinkId,
+    expect_by: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct UploadRequest {
+    link: LinkId,
+    seq: Seq,
+    deadline: Instant,
+    /// Requester's announced upload rate (the source serves strong uploaders first).
+    requester_rate: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Playout {
+    /// Not playing and not trying to.
+    Idle,
+    /// Waiting for the chosen first segment.
+    Starting { start: Seq, since: Instant },
+    /// `next` is due at `deadline`.
+    Playing { next: Seq, deadline: Instant },
+}
+
+/// How long a link may stay up for a query whose answer never comes.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait before trying the bootstrap list again when the swarm could not be reached.
+const REBOOTSTRAP_BACKOFF: Duration = Duration::from_secs(2);
+/// Membership records in an origin's redirect.
+const REDIRECT_SAMPLE: usize = 12;
+/// A starting peer re-picks its first segment if it has not arrived by then.
+const START_RETRY: Duration = Duration::from_millis(1500);
+/// Full buffer maps go out this often (haves keep partners current in between).
+const BUFFER_MAP_REFRESH: Duration = Duration::from_secs(10);
+/// Default one-way delay before a link has measured one.
+const DEFAULT_ONE_WAY: Duration = Duration::from_millis(60);
+/// A supplier that said busy is avoided at least this long.
+const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Grace past the requester's deadline a supplier still accepts (estimates are rough).
+const DEADLINE_GRACE: Duration = Duration::from_millis(200);
+
+pub struct Node<P> {
+    cfg: Config,
+    id: PeerId,
+    rng: Rng,
+    now: Instant,
+    links: Vec<Link>,
+    pending_dials: Vec<PendingDial>,
+    mcache: MCache,
+    store: Store<P>,
+    requests: Vec<Request>,
+    uploads: Vec<UploadRequest>,
+    active_uploads: Vec<(LinkId, Seq)>,
+    /// Upload budget, bytes (may go below zero by one segment: an upload starts at >= 0).
+    tokens: f64,
+    tokens_at: Instant,
+    /// Source only: copies uploaded per segment, indexed by `seq % window`.
+    copies: Vec<(Seq, u8)>,
+    playout: Playout,
+    bootstrap: Vec<PeerAddr>,
+    bootstrap_next: usize,
+    rebootstrap_at: Option<Instant>,
+    member_seq: u32,
+    next_gossip: Instant,
+    next_refine: Instant,
+    next_map_refresh: Instant,
+    joined: bool,
+    left: bool,
+    schedule_due: bool,
+    last_segment_bytes: u64,
+    timers: TimerTable,
+    out: VecDeque<Output<P>>,
+    stats: NodeStats,
+    scratch_wants: Vec<Want>,
+    scratch_suppliers: Vec<Supplier>,
+    scratch_links: Vec<usize>,
+    scratch_picks: Vec<Pick>,
+}
+
+impl<P: Payload> Node<P> {
+    pub fn new(cfg: Config, id: PeerId, seed: u64, now: Instant) -> Self {
+        let store = Store::new(cfg.window, cfg.store_bytes);
+        let window = store.window();
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Tick, now + cfg.tick);
+        let mut rng = Rng::new(seed);
+        // Spread periodic work so that nodes started together do not act in lockstep.
+        let jitter = |rng: &mut Rng, d: Duration| {
+            Duration::from_micros(rng.below(d.as_micros().max(1) as usize) as u64)
+        };
+        let next_gossip = now + jitter(&mut rng, cfg.gossip_interval);
+        let next_refine = now + cfg.refine_interval + jitter(&mut rng, cfg.refine_interval);
+        let burst = cfg.upload_bytes_per_s as f64;
+        Node {
+            mcache: MCache::new(cfg.mcache_capacity, id),
+            copies: vec![(Seq(u32::MAX), 0); window as usize],
+            last_segment_bytes: (cfg.stream_bytes_per_s as f64
+                * cfg.segment_duration.as_secs_f64()) as u64,
+            id,
+            rng,
+            now,
+            links: Vec::new(),
+            pending_dials: Vec::new(),
+            store,
+            requests: Vec::new(),
+            uploads: Vec::new(),
+            active_uploads: Vec::new(),
+            tokens: burst,
+            tokens_at: now,
+            playout: Playout::Idle,
+            bootstrap: Vec::new(),
+            bootstrap_next: 0,
+            rebootstrap_at: None,
+            member_seq: 0,
+            next_gossip,
+            next_refine,
+            next_map_refresh: now + BUFFER_MAP_REFRESH,
+            joined: cfg.role == Role::Source,
+            left: false,
+            schedule_due: false,
+            timers,
+            out: VecDeque::new(),
+            stats: NodeStats::default(),
+            scratch_wants: Vec::new(),
+            scratch_suppliers: Vec::new(),
+            scratch_links: Vec::new(),
+            scratch_picks: Vec::new(),
+            cfg,
+        }
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        let mut s = self.stats.clone();
+        s.partners = self.partner_count();
+        s.members = self.mcache.len();
+        s
+    }
+
+    /// The store, for drivers that serve players from it (the HTTP output's start point).
+    pub fn store(&self) -> &Store<P> {
+        &self.store
+    }
+
+    /// Peer ids of current partners (for invariant checks and status).
+    pub fn partner_ids(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.links
+            .iter()
+            .filter(|l| l.partner.is_some())
+            .filter_map(|l| l.peer.map(|p| p.id))
+    }
+
+    /// Requests in flight and queued uploads (for invariant checks: both are bounded).
+    pub fn queue_lengths(&self) -> (usize, usize, usize) {
+        (self.requests.len(), self.uploads.len(), self.links.len())
+    }
+
+    /// The next output, until `None`. Drain after every `handle_*` and `command` call.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output<P>> {
+        self.out.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.left {
+            return None;
+        }
+        self.timers.next()
+    }
+
+    fn advance(&mut self, now: Instant) {
+        // Time only moves forward; an older `now` from the driver is ignored.
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    pub fn command(&mut self, now: Instant, cmd: Command) -> Result<(), CommandError> {
+        self.advance(now);
+        if self.left {
+            return Err(CommandError::Left);
+        }
+        match cmd {
+            Command::Join { bootstrap } => {
+                if self.cfg.role == Role::Source {
+                    return Err(CommandError::SourceCannotJoin);
+                }
+                if self.joined {
+                    return Err(CommandError::AlreadyJoined);
+                }
+                if bootstrap.is_empty() {
+                    return Err(CommandError::NoBootstrap);
+                }
+                self.joined = true;
+                self.stats.joined_at = Some(self.now);
+                self.bootstrap = bootstrap;
+                self.bootstrap_next = self.rng.below(self.bootstrap.len());
+                self.dial_bootstrap();
+            }
+            Command::Leave => self.leave(),
+        }
+        self.finish();
+        Ok(())
+    }
+
+    pub fn handle_input(&mut self, now: Instant, input: Input<P>) {
+        self.advance(now);
+        if self.left {
+            return;
+        }
+        match input {
+            Input::LinkUp {
+                link,
+                remote,
+                outbound,
+            } => self.on_link_up(link, remote, outbound),
+            Input::DialFailed { remote } => self.on_dial_failed(remote),
+            Input::LinkDown { link } => {
+                if let Some(i) = self.link_index(link) {
+                    self.on_partner_lost(i, false);
+                    self.remove_link(i);
+                }
+            }
+            Input::Received { link, msg } => {
+                if let Some(i) = self.link_index(link) {
+                    self.links[i].last_recv = self.now;
+                    self.on_message(i, msg);
+                }
+            }
+            Input::Sent { link } => {
+                if let Some(k) = self.active_uploads.iter().position(|(l, _)| *l == link) {
+                    self.active_uploads.remove(k);
+                }
+                self.start_uploads();
+            }
+            Input::Ingest(seg) => self.on_ingest(seg),
+        }
+        self.finish();
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        if self.left {
+            return;
+        }
+        if self.timers.take_expired(Timer::Playout, self.now) {
+            self.on_playout_deadline();
+        }
+        if self.timers.take_expired(Timer::UploadResume, self.now) {
+            self.start_uploads();
+        }
+        if self.timers.take_expired(Timer::Tick, self.now) {
+            self.timers.set(Timer::Tick, self.now + self.cfg.tick);
+            self.on_tick();
+        }
+        self.finish();
+    }
+
+    /// Work deferred to the end of every call: one scheduling pass however many haves came.
+    fn finish(&mut self) {
+        if self.schedule_due && !self.left {
+            self.schedule_due = false;
+            self.schedule();
+        }
+    }
+
+    // ----- links -----
+
+    fn link_index(&self, link: LinkId) -> Option<usize> {
+        self.links.iter().position(|l| l.id == link)
+    }
+
+    fn partner_count(&self) -> usize {
+        self.links.iter().filter(|l| l.partner.is_some()).count()
+    }
+
+    fn send(&mut self, i: usize, c: Control) {
+        let l = &mut self.links[i];
+        l.last_sent = self.now;
+        self.out.push_back(Output::Send {
+            link: l.id,
+            msg: Message::Ctl(c),
+        });
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel: self.cfg.channel,
+            peer_id: self.id,
+            listen_port: self.cfg.listen_port,
+            role: self.cfg.role,
+            upload_kbps: (self.cfg.upload_bytes_per_s * 8 / 1000).min(u32::MAX as u64) as u32,
+        }
+    }
+
+    fn dial(&mut self, addr: PeerAddr, purpose: Purpose) -> bool {
+        if self.pending_dials.len() >= self.cfg.max_pending_dials
+            || self.links.len() + self.pending_dials.len() >= self.cfg.max_links
+            || self.pending_dials.iter().any(|d| d.addr == addr)
+        {
+            return false;
+        }
+        self.pending_dials.push(PendingDial {
+            addr,
+            purpose,
+            at: self.now,
+        });
+        self.out.push_back(Output::Dial { remote: addr });
+        true
+    }
+
+    fn dial_bootstrap(&mut self) {
+        if self.bootstrap.is_empty() {
+            return;
+        }
+        let addr = self.bootstrap[self.bootstrap_next % self.bootstrap.len()];
+        self.bootstrap_next = self.bootstrap_next.wrapping_add(1);
+        self.rebootstrap_at = None;
+        if !self.dial(addr, Purpose::Bootstrap) {
+            self.rebootstrap_at = Some(self.now + REBOOTSTRAP_BACKOFF);
+        }
+    }
+
+    fn on_link_up(&mut self, link: LinkId, remote: PeerAddr, outbound: bool) {
+        let purpose = if outbound {
+            match self.pending_dials.iter().position(|d| d.addr == remote) {
+                Some(k) => {
+                    let d = self.pending_dials.swap_remove(k);
+                    Some((d.purpose, self.now.saturating_since(d.at)))
+                }
+                // A connection we did not ask for: refuse it.
+                None => None,
+            }
+        } else {
+            Some((Purpose::Inbound, Duration::ZERO))
+        };
+        let Some((purpose, dial_rtt)) = purpose else {
+            self.out.push_back(Output::Close { link });
+            return;
+        };
+        if self.links.len() >= self.cfg.max_links || self.link_index(link).is_some() {
+            self.stats.links_refused += 1;
+            self.out.push_back(Output::Send {
+                link,
+                msg: Message::Ctl(Control::Bye(ByeReason::Full)),
+            });
+            self.out.push_back(Output::Close { link });
+            return;
+        }
+        let one_way = if outbound && dial_rtt > Duration::ZERO {
+            Duration::from_micros(dial_rtt.as_micros() / 2)
+        } else {
+            DEFAULT_ONE_WAY
+        };
+        self.links.push(Link {
+            id: link,
+            remote,
+            purpose,
+            opened: self.now,
+            last_recv: self.now,
+            last_sent: self.now,
+            peer: None,
+            partner: None,
+            awaiting: 0,
+            one_way,
+        });
+        let i = self.links.len() - 1;
+        if outbound {
+            // Hello and the purpose of the call go in one flight: no round trip is spent
+            // waiting for the other side's hello.
+            self.send(i, Control::Hello(self.hello()));
+            match purpose {
+                Purpose::Bootstrap => {
+                    self.send(i, Control::Join);
+                    self.send(i, Control::PartnerRequest);
+                    self.links[i].awaiting = awaiting::REDIRECT | awaiting::PARTNER;
+                }
+                Purpose::Deputy => {
+                    self.send(i, Control::MembersRequest);
+                    self.send(i, Control::PartnerRequest);
+                    self.links[i].awaiting = awaiting::MEMBERS | awaiting::PARTNER;
+                }
+                Purpose::Partner => {
+                    self.send(i, Control::PartnerRequest);
+                    self.links[i].awaiting = awaiting::PARTNER;
+                }
+                Purpose::Inbound => {}
+            }
+        }
+    }
+
+    fn on_dial_failed(&mut self, remote: PeerAddr) {
+        let Some(k) = self.pending_dials.iter().position(|d| d.addr == remote) else {
+            return;
+        };
+        let d = self.pending_dials.swap_remove(k);
+        self.mcache.forget_addr(remote);
+        if d.purpose == Purpose::Bootstrap && self.partner_count() == 0 {
+            self.rebootstrap_at = Some(self.now + REBOOTSTRAP_BACKOFF);
+        }
+        self.maintain_partners();
+    }
+
+    /// Closes link `i` from our side, saying why.
+    fn close(&mut self, i: usize, reason: ByeReason) {
+        self.send(i, Control::Bye(reason));
+        self.out.push_back(Output::Close {
+            link: self.links[i].id,
+        });
+        self.remove_link(i);
+    }
+
+    /// Forgets link `i` and everything tied to it.
+    fn remove_link(&mut self, i: usize) {
+        let l = self.links.swap_remove(i);
+        let id = l.id;
+        let had_requests = self.requests.iter().any(|r| r.link == id);
+        self.requests.retain(|r| r.link != id);
+        self.uploads.retain(|u| u.link != id);
+        let was_uploading = self.active_uploads.iter().any(|(k, _)| *k == id);
+        self.active_uploads.retain(|(k, _)| *k != id);
+        if was_uploading {
+            self.start_uploads();
+        }
+        if had_requests || l.partner.is_some() {
+            self.schedule_due = true;
+        }
+    }
+
+    /// A partner went away. If it went silent (crashed, not a clean bye), tell the others so
+    /// their mCaches drop it too.
+    fn on_partner_lost(&mut self, i: usize, crashed: bool) {
+        let l = &self.links[i];
+        if l.partner.is_none() {
+            return;
+        }
+        let Some(peer) = l.peer else { return };
+        if crashed && peer.role == Role::Peer {
+            let seq = self.mcache.get(peer.id).map_or(0, |e| e.seq);
+            if self.mcache.depart(peer.id, seq, self.now) || self.mcache.get(peer.id).is_none() {
+                let from = l.id;
+                self.broadcast_except(from, Control::Depart { id: peer.id, seq });
+            }
+        }
+    }
+
+    fn broadcast_except(&mut self, except: LinkId, c: Control) {
+        for j in 0..self.links.len() {
+            if self.links[j].partner.is_some() && self.links[j].id != except {
+                self.send(j, c.clone());
+            }
+        }
+    }
+
+    /// Closes an outbound query link once everything asked on it is answered.
+    fn close_if_done(&mut self, i: usize) {
+        let l = &self.links[i];
+        if l.partner.is_none() && l.awaiting == 0 && l.purpose != Purpose::Inbound {
+            self.close(i, ByeReason::Done);
+        }
+    }
+
+    // ----- messages -----
+
+    fn on_message(&mut self, i: usize, msg: Message<P>) {
+        let c = match msg {
+            Message::Segment(seg) => {
+                if self.links[i].peer.is_none() {
+                    self.close(i, ByeReason::Protocol);
+                } else {
+                    self.on_segment(i, seg);
+                }
+                return;
+            }
+            Message::Ctl(c) => c,
+        };
+        if self.links[i].peer.is_none() {
+            match c {
+                Control::Hello(h) => self.on_hello(i, h),
+                Control::Bye(_) => {
+                    let id = self.links[i].id;
+                    self.out.push_back(Output::Close { link: id });
+                    self.remove_link(i);
+                }
+                _ => self.close(i, ByeReason::Protocol),
+            }
+            return;
+        }
+        match c {
+            Control::Hello(_) => self.close(i, ByeReason::Protocol),
+            Control::Bye(_) => {
+                let id = self.links[i].id;
+                self.out.push_back(Output::Close { link: id });
+                self.remove_link(i);
+            }
+            Control::Join => self.on_join(i),
+            Control::Redirect { deputy, members } => {
+                self.learn_all(i, &members);
+                self.links[i].awaiting &= !awaiting::REDIRECT;
+                if let Some(d) = deputy {
+                    if d.id != self.id && !self.linked_to(d.id, d.addr) {
+                        self.dial(d.addr, Purpose::Deputy);
+                    }
+                }
+                self.close_if_done(i);
+                self.maintain_partners();
+            }
+            Control::MembersRequest => {
+                let peer = self.links[i].peer.map(|p| p.id);
+                let now = self.now;
+                let sample =
+                    self.mcache
+                        .sample(&mut self.rng, MAX_ENTRIES_PER_MESSAGE, now, |e| {
+                            Some(e.id) != peer
+                        });
+                self.send(i, Control::Members(sample));
+            }
+            Control::Members(entries) => {
+                self.learn_all(i, &entries);
+                self.links[i].awaiting &= !awaiting::MEMBERS;
+                self.close_if_done(i);
+                if self.partner_count() < self.cfg.partners {
+                    self.maintain_partners();
+                }
+            }
+            Control::Depart { id, seq } => {
+                if self.mcache.depart(id, seq, self.now) {
+                    let from = self.links[i].id;
+                    self.broadcast_except(from, Control::Depart { id, seq });
+                }
+            }
+            Control::PartnerRequest => self.on_partner_request(i),
+            Control::PartnerAccept => {
+                if self.links[i].awaiting & awaiting::PARTNER != 0 {
+                    self.links[i].awaiting &= !awaiting::PARTNER;
+                    self.become_partners(i);
+                }
+                self.close_if_done(i);
+            }
+            Control::PartnerReject(entries) => {
+                self.learn_all(i, &entries);
+                self.links[i].awaiting &= !awaiting::PARTNER;
+                self.close_if_done(i);
+                self.maintain_partners();
+            }
+            Control::BufferMap { map, backlog_ms } => {
+                let now = self.now;
+                if let Some(p) = self.links[i].partner.as_mut() {
+                    p.map = map;
+                    p.note_backlog(now, backlog_ms);
+                    self.schedule_due = true;
+                }
+            }
+            Control::Have { seq, backlog_ms } => {
+                let now = self.now;
+                if let Some(p) = self.links[i].partner.as_mut() {
+                    p.map.set(seq);
+                    p.note_backlog(now, backlog_ms);
+                    self.schedule_due = true;
+                }
+            }
+            Control::Request { seq, deadline_ms } => self.on_request(i, seq, deadline_ms),
+            Control::Cancel { seq } => {
+                let link = self.links[i].id;
+                self.uploads.retain(|u| !(u.link == link && u.seq == seq));
+            }
+            Control::Busy { seq, backlog_ms } => {
+                let link = self.links[i].id;
+                let now = self.now;
+                if let Some(k) = self
+                    .requests
+                    .iter()
+                    .position(|r| r.seq == seq && r.link == link)
+                {
+                    self.requests.swap_remove(k);
+                    self.stats.busy_received += 1;
+                    if let Some(p) = self.links[i].partner.as_mut() {
+                        p.inflight = p.inflight.saturating_sub(1);
+                        p.note_backlog(now, backlog_ms);
+                        let wait = Duration::from_millis(backlog_ms as u64 / 2).max(BUSY_BACKOFF_MIN);
+                        p.avoid_until = now + wait;
+                        // It may have dropped the segment: do not ask it again for this one.
+                        if !self.store.has(seq) {
+                            p.map.clear(seq);
+                        }
+                    }
+                    self.schedule_due = true;
+                }
+            }
+            Control::KeepAlive => {}
+        }
+    }
+
+    fn on_hello(&mut self, i: usize, h: Hello) {
+        if h.magic != MAGIC || h.version != VERSION {
+            self.stats.links_refused += 1;
+            self.close(i, ByeReason::Version);
+            return;
+        }
+        if h.channel != self.cfg.channel {
+            self.stats.links_refused += 1;
+            self.close(i, ByeReason::WrongChannel);
+            return;
+        }
+        if h.peer_id == self.id {
+            self.close(i, ByeReason::Protocol);
+            return;
+        }
+        let l = &mut self.links[i];
+        l.peer = Some(PeerInfo {
+            id: h.peer_id,
+            role: h.role,
+            listen: l.remote.with_port(h.listen_port),
+            upload_bytes_per_s: h.upload_kbps as u64 * 1000 / 8,
+        });
+        if l.purpose == Purpose::Inbound {
+            self.send(i, Control::Hello(self.hello()));
+        }
+    }
+
+    /// Learns membership records from link `i`, giving the sender's own record the address
+    /// we see it at (a node cannot know its own public address).
+    fn learn_all(&mut self, i: usize, entries: &[MemberEntry]) {
+        let sender = self.links[i].peer;
+        for e in entries {
+            let mut e = *e;
+            if let Some(p) = sender {
+                if p.id == e.id {
+                    e.addr = p.listen;
+                }
+            }
+            self.mcache.learn(e, self.now);
+        }
+    }
+
+    fn linked_to(&self, id: PeerId, addr: PeerAddr) -> bool {
+        self.links
+            .iter()
+            .any(|l| l.peer.is_some_and(|p| p.id == id || p.listen == addr) || l.remote == addr)
+            || self.pending_dials.iter().any(|d| d.addr == addr)
+    }
+
+    /// The record others should hold of us (its address is filled in by the receiver).
+    fn own_record(&self) -> MemberEntry {
+        MemberEntry {
+            id: self.id,
+            addr: PeerAddr::V4([0; 4], self.cfg.listen_port),
+            seq: self.member_seq,
+            num_partners: self.partner_count().min(u8::MAX as usize) as u8,
+            ttl_s: self.cfg.member_ttl.as_micros().div_ceil(1_000_000).min(u16::MAX as u64) as u16,
+        }
+    }
+
+    fn on_join(&mut self, i: usize) {
+        let Some(peer) = self.links[i].peer else { return };
+        let mut rec = MemberEntry {
+            id: peer.id,
+            addr: peer.listen,
+            seq: 0,
+            num_partners: 0,
+            ttl_s: self.cfg.member_ttl.as_micros().div_ceil(1_000_000) as u16,
+        };
+        let now = self.now;
+        let members = self
+            .mcache
+            .sample(&mut self.rng, REDIRECT_SAMPLE, now, |e| e.id != peer.id);
+        let deputy = self
+            .mcache
+            .pick_candidate(&mut self.rng, now, self.cfg.partners as u8, |e| {
+                e.id != peer.id
+            });
+        // Newcomers become known to later joiners through the origin.
+        if let Some(old) = self.mcache.get(peer.id) {
+            rec.seq = old.seq;
+        }
+        self.mcache.learn(rec, now);
+        self.send(i, Control::Redirect { deputy, members });
+    }
+
+    fn on_partner_request(&mut self, i: usize) {
+        let Some(peer) = self.links[i].peer else { return };
+        let duplicate = self
+            .links
+            .iter()
+            .any(|l| l.partner.is_some() && l.peer.is_some_and(|p| p.id == peer.id));
+        let room = self.partner_count() < self.cfg.max_partners;
+        if room && !duplicate && peer.role == Role::Peer {
+            self.send(i, Control::PartnerAccept);
+            self.become_partners(i);
+        } else {
+            let now = self.now;
+            let sample = self
+                .mcache
+                .sample(&mut self.rng, 8, now, |e| e.id != peer.id && e.num_partners < 8);
+            self.send(i, Control::PartnerReject(sample));
+        }
+    }
+
+    fn become_partners(&mut self, i: usize) {
+        let Some(peer) = self.links[i].peer else { return };
+        self.links[i].partner = Some(Partner::new(self.now, peer.upload_bytes_per_s));
+        let map = *self.store.map();
+        let backlog_ms = self.backlog_ms();
+        self.send(i, Control::BufferMap { map, backlog_ms });
+        self.schedule_due = true;
+    }
+
+    // ----- supplying -----
+
+    /// How long our upload queue would take to drain, as advertised to partners.
+    fn backlog(&self) -> Duration {
+        let queued = (self.uploads.len() + self.active_uploads.len()) as u64 * self.last_segment_bytes;
+        let deficit = (-self.tokens).max(0.0) as u64;
+        Duration::for_bytes(queued + deficit, self.cfg.upload_bytes_per_s)
+    }
+
+    fn backlog_ms(&self) -> u16 {
+        self.backlog().as_millis().min(u16::MAX as u64) as u16
+    }
+
+    fn copies_of(&self, seq: Seq) -> u8 {
+        let (s, n) = self.copies[seq.0 as usize % self.copies.len()];
+        if s == seq {
+            n
+        } else {
+            0
+        }
+    }
+
+    fn on_request(&mut self, i: usize, seq: Seq, deadline_ms: u32) {
+        let link = self.links[i].id;
+        let Some(peer) = self.links[i].peer else { return };
+        let is_partner = self.links[i].partner.is_some();
+        let queued_here = self.uploads.iter().filter(|u| u.link == link).count();
+        let deadline = self.now + Duration::from_millis(deadline_ms as u64);
+        let seg_bytes = self
+            .store
+            .get(seq)
+            .map_or(self.last_segment_bytes, |s| s.payload.len() as u64);
+        let finish = self.now
+            + self.backlog()
+            + Duration::for_bytes(seg_bytes, self.cfg.upload_bytes_per_s);
+        let refuse = !is_partner
+            || !self.store.has(seq)
+            || (self.cfg.role == Role::Source && self.copies_of(seq) >= self.cfg.source_max_copies)
+            || queued_here >= self.cfg.upload_queue_per_partner
+            || self.uploads.len() >= self.cfg.upload_queue_capacity
+            || finish > deadline + DEADLINE_GRACE;
+        if refuse {
+            self.stats.busy_sent += 1;
+            let backlog_ms = self.backlog_ms();
+            self.send(i, Control::Busy { seq, backlog_ms });
+            return;
+        }
+        self.uploads.push(UploadRequest {
+            link,
+            seq,
+            deadline,
+            requester_rate: peer.upload_bytes_per_s,
+        });
+        self.start_uploads();
+    }
+
+    fn refill_tokens(&mut self) {
+        let dt = self.now.saturating_since(self.tokens_at).as_secs_f64();
+        self.tokens_at = self.now;
+        let cap = self.cfg.upload_bytes_per_s as f64;
+        self.tokens = (self.tokens + dt * cap).min(cap);
+    }
+
+    /// Index of the queued upload to serve next: earliest deadline first; the source serves
+    /// the segment it has sent least, to the strongest uploader, so fresh data spreads fast.
+    fn next_upload(&self) -> Option<usize> {
+        let source = self.cfg.role == Role::Source;
+        (0..self.uploads.len()).min_by(|&a, &b| {
+            let (ua, ub) = (&self.uploads[a], &self.uploads[b]);
+            if source {
+                self.copies_of(ua.seq)
+                    .cmp(&self.copies_of(ub.seq))
+                    .then(ub.requester_rate.cmp(&ua.requester_rate))
+                    .then(ua.deadline.cmp(&ub.deadline))
+            } else {
+                ua.deadline.cmp(&ub.deadline)
+            }
+        })
+    }
+
+    fn start_uploads(&mut self) {
+        while self.active_uploads.len() < self.cfg.concurrent_uploads && !self.uploads.is_empty() {
+            self.refill_tokens();
+            if self.tokens < 0.0 {
+                let wait = Duration::for_bytes((-self.tokens) as u64 + 1, self.cfg.upload_bytes_per_s);
+                self.timers.set(Timer::UploadResume, self.now + wait);
+                return;
+            }
+            let Some(k) = self.next_upload() else { return };
+            let u = self.uploads.swap_remove(k);
+            let Some(li) = self.link_index(u.link) else { continue };
+            let too_late = self.now > u.deadline + DEADLINE_GRACE;
+            let over_copies = self.cfg.role == Role::Source
+                && self.copies_of(u.seq) >= self.cfg.source_max_copies;
+            let seg = match self.store.get(u.seq) {
+                Some(s) if !too_late && !over_copies => s.clone(),
+                _ => {
+                    self.stats.busy_sent += 1;
+                    let backlog_ms = self.backlog_ms();
+                    self.send(li, Control::Busy { seq: u.seq, backlog_ms });
+                    continue;
+                }
+            };
+            self.tokens -= seg.payload.len() as f64;
+            let slot = u.seq.0 as usize % self.copies.len();
+            let n = self.copies_of(u.seq);
+            self.copies[slot] = (u.seq, n.saturating_add(1));
+            self.stats.uploads += 1;
+            let l = &mut self.links[li];
+            l.last_sent = self.now;
+            if let Some(p) = l.partner.as_mut() {
+                p.sent += 1;
+            }
+            self.active_uploads.push((u.link, u.seq));
+            self.out.push_back(Output::Send {
+                link: u.link,
+                msg: Message::Segment(seg),
+            });
+        }
+    }
+
+    // ----- receiving -----
+
+    fn on_ingest(&mut self, seg: Segment<P>) {
+        if self.cfg.role != Role::Source {
+            return;
+        }
+        let seq = seg.seq;
+        self.last_segment_bytes = seg.payload.len() as u64;
+        if self.store.insert(seg) == Inserted::New {
+            self.announce(seq, None);
+        }
+    }
+
+    /// Tells every partner that lacks `seq` that we now hold it.
+    fn announce(&mut self, seq: Seq, except: Option<LinkId>) {
+        let backlog_ms = self.backlog_ms();
+        for j in 0..self.links.len() {
+            let l = &self.links[j];
+            if Some(l.id) == except {
+                continue;
+            }
+            if let Some(p) = &l.partner {
+                if !p.map.has(seq) {
+                    self.send(j, Control::Have { seq, backlog_ms });
+                }
+            }
+        }
+    }
+
+    fn on_segment(&mut self, i: usize, seg: Segment<P>) {
+        let link = self.links[i].id;
+        let seq = seg.seq;
+        if let Some(k) = self.requests.iter().position(|r| r.seq == seq) {
+            let r = self.requests.swap_remove(k);
+            if let Some(j) = self.link_index(r.link) {
+                if let Some(p) = self.links[j].partner.as_mut() {
+                    p.inflight = p.inflight.saturating_sub(1);
+                }
+            }
+        }
+        if let Some(p) = self.links[i].partner.as_mut() {
+            p.received += 1;
+            p.map.set(seq);
+        }
+        self.stats.segments_received += 1;
+        self.last_segment_bytes = seg.payload.len() as u64;
+        match self.store.insert(seg) {
+            Inserted::New => {
+                self.announce(seq, Some(link));
+                self.drain_playout();
+            }
+            Inserted::Duplicate | Inserted::TooOld => self.stats.duplicates += 1,
+        }
+        self.schedule_due = true;
+    }
+
+    // ----- playout -----
+
+    fn nominal(&self) -> Duration {
+        self.cfg.segment_duration
+    }
+
+    /// Hands every in-order segment we hold to the player and arms the deadline timer for the
+    /// first one we lack.
+    fn drain_playout(&mut self) {
+        if let Playout::Starting { start, .. } = self.playout {
+            let Some(seg) = self.store.get(start) else { return };
+            let seg = seg.clone();
+            let dur = Duration::from_micros(seg.duration_us as u64);
+            self.stats.first_play_at = Some(self.now);
+            self.stats.played += 1;
+            self.out.push_back(Output::Play {
+                segment: seg,
+                deadline: self.now,
+            });
+            self.playout = Playout::Playing {
+                next: start.next(),
+                deadline: self.now + dur,
+            };
+        }
+        if let Playout::Playing {
+            mut next,
+            mut deadline,
+        } = self.playout
+        {
+            while let Some(seg) = self.store.get(next) {
+                let seg = seg.clone();
+                let dur = Duration::from_micros(seg.duration_us as u64);
+                self.stats.played += 1;
+                self.out.push_back(Output::Play {
+                    segment: seg,
+                    deadline,
+                });
+                deadline += dur;
+                next = next.next();
+            }
+            self.playout = Playout::Playing { next, deadline };
+            self.timers.set(Timer::Playout, deadline);
+        }
+    }
+
+    fn on_playout_deadline(&mut self) {
+        if let Playout::Playing {
+            mut next,
+            mut deadline,
+        } = self.playout
+        {
+            while deadline <= self.now && !self.store.has(next) {
+                self.stats.missed += 1;
+                self.out.push_back(Output::Missed { seq: next, deadline });
+                // Forget pending requests for it: too late to matter.
+                if let Some(k) = self.requests.iter().position(|r| r.seq == next) {
+                    let r = self.requests.swap_remove(k);
+                    if let Some(j) = self.link_index(r.link) {
+                        self.send(j, Control::Cancel { seq: r.seq });
+                        if let Some(p) = self.links[j].partner.as_mut() {
+                            p.inflight = p.inflight.saturating_sub(1);
+                        }
+                    }
+                }
+                deadline += self.nominal();
+                next = next.next();
+            }
+            self.playout = Playout::Playing { next, deadline };
+            self.drain_playout();
+            self.schedule_due = true;
+        }
+    }
+
+    /// Chooses where a joining peer starts: `start_behind` segments before the newest any
+    /// partner holds, at a segment some partner holds.
+    fn choose_start(&mut self) {
+        let mut newest: Option<Seq> = None;
+        for l in &self.links {
+            if let Some(n) = l.partner.as_ref().and_then(|p| p.map.newest()) {
+                newest = Some(newest.map_or(n, |m| m.max(n)));
+            }
+        }
+        let Some(newest) = newest else { return };
+        let mut target = newest.sub(self.cfg.start_behind);
+        // Walk forward to the first segment someone holds (a young swarm may not reach back).
+        for _ in 0..=self.cfg.start_behind {
+            let held = self.store.has(target)
+                || self
+                    .links
+                    .iter()
+                    .any(|l| l.partner.as_ref().is_some_and(|p| p.map.has(target)));
+            if held {
+                break;
+            }
+            target = target.next();
+        }
+        self.playout = Playout::Starting {
+            start: target,
+            since: self.now,
+        };
+        self.drain_playout();
+    }
+
+    /// The deadline of `seq` as things stand.
+    fn deadline_of(&self, seq: Seq) -> Instant {
+        let nominal = self.nominal();
+        match self.playout {
+            Playout::Playing { next, deadline } => {
+                let d = next.dist_to(seq).max(0) as u64;
+                deadline + nominal.mul(d)
+            }
+            Playout::Starting { start, .. } => {
+                let d = start.dist_to(seq).max(0) as u64;
+                self.now + nominal.mul(d)
+            }
+            Playout::Idle => self.now + nominal.mul(self.cfg.window as u64),
+        }
+    }
+
+    // ----- scheduling -----
+
+    fn schedule(&mut self) {
+        if self.cfg.role == Role::Source || !self.joined {
+            return;
+        }
+        if matches!(self.playout, Playout::Idle) {
+            self.choose_start();
+        }
+        let from = match self.playout {
+            Playout::Idle => return,
+            Playout::Starting { start, .. } => start,
+            Playout::Playing { next, .. } => next,
+        };
+        let budget = self.cfg.max_requests.saturating_sub(self.requests.len());
+        if budget == 0 {
+            return;
+        }
+        let now = self.now;
+        let seg_bytes = self.last_segment_bytes.max(1);
+        // Suppliers: partners with free request slots that have not just said busy.
+        let mut suppliers = std::mem::take(&mut self.scratch_suppliers);
+        let mut link_of = std::mem::take(&mut self.scratch_links);
+        suppliers.clear();
+        link_of.clear();
+        let mut newest: Option<Seq> = None;
+        for (j, l) in self.links.iter().enumerate() {
+            let Some(p) = &l.partner else { continue };
+            if let Some(n) = p.map.newest() {
+                newest = Some(newest.map_or(n, |m| m.max(n)));
+            }
+            if p.avoid_until > now || suppliers.len() == 64 {
+                continue;
+            }
+            let slots = self.cfg.max_requests_per_partner.saturating_sub(p.inflight);
+            if slots == 0 {
+                continue;
+            }
+            suppliers.push(Supplier {
+                free_at: p.free_at(now, seg_bytes),
+                bytes_per_s: p.upload_bytes_per_s,
+                slots,
+                one_way: l.one_way,
+            });
+            link_of.push(j);
+        }
+        let mut wants = std::mem::take(&mut self.scratch_wants);
+        wants.clear();
+        if let (Some(newest), false) = (newest, suppliers.is_empty()) {
+            let span = from.dist_to(newest).clamp(-1, self.cfg.window as i32 - 1);
+            for k in 0..=span {
+                let seq = from.add(k as u32);
+                if self.store.has(seq) || self.requests.iter().any(|r| r.seq == seq) {
+                    continue;
+                }
+                let mut holders = 0u64;
+                for (b, &j) in link_of.iter().enumerate() {
+                    if self.links[j].partner.as_ref().is_some_and(|p| p.map.has(seq)) {
+                        holders |= 1 << b;
+                    }
+                }
+                if holders != 0 {
+                    wants.push(Want {
+                        seq,
+                        deadline: self.deadline_of(seq),
+                        holders,
+                    });
+                }
+            }
+        }
+        let mut picks = std::mem::take(&mut self.scratch_picks);
+        picks.clear();
+        scheduler::plan(
+            now,
+            &mut wants,
+            &mut suppliers,
+            seg_bytes,
+            self.cfg.urgent_within,
+            budget,
+            &mut picks,
+        );
+        for pick in &picks {
+            let j = link_of[pick.supplier];
+            let deadline = self.deadline_of(pick.seq);
+            let deadline_ms = deadline.saturating_since(now).as_millis().min(u32::MAX as u64) as u32;
+            // Give up on it a while after we expected it: twice the estimate, at least a second.
+            let expect = pick.eta.saturating_since(now);
+            let expect_by = now + expect.mul(2) + Duration::from_secs(1);
+            if let Some(p) = self.links[j].partner.as_mut() {
+                p.inflight += 1;
+            }
+            self.requests.push(Request {
+                seq: pick.seq,
+                link: self.links[j].id,
+                expect_by,
+            });
+            self.stats.requests_sent += 1;
+            self.send(
+                j,
+                Control::Request {
+                    seq: pick.seq,
+                    deadline_ms,
+                },
+            );
+        }
+        self.scratch_wants = wants;
+        self.scratch_suppliers = suppliers;
+        self.scratch_links = link_of;
+        self.scratch_picks = picks;
+    }
+
+    // ----- housekeeping -----
+
+    fn on_tick(&mut self) {
+        let now = self.now;
+        // Links: handshake, heartbeat, keep-alive, idle queries. Walk backwards: closing
+        // swap-removes.
+        let mut j = self.links.len();
+        while j > 0 {
+            j -= 1;
+            let l = &self.links[j];
+            let silent = now.saturating_since(l.last_recv);
+            if l.peer.is_none() && now.saturating_since(l.opened) > self.cfg.handshake_timeout {
+                self.close(j, ByeReason::Protocol);
+            } else if silent > self.cfg.heartbeat_timeout {
+                self.on_partner_lost(j, true);
+                self.close(j, ByeReason::Timeout);
+            } else if l.partner.is_none()
+                && l.awaiting == 0
+                && now.saturating_since(l.opened) > self.cfg.query_idle_timeout
+            {
+                self.close(j, ByeReason::Done);
+            } else if l.partner.is_none()
+                && l.awaiting != 0
+                && now.saturating_since(l.opened) > DIAL_TIMEOUT
+            {
+                self.close(j, ByeReason::Timeout);
+            } else if l.partner.is_some()
+                && now.saturating_since(l.last_sent) >= self.cfg.keepalive_interval
+            {
+                self.send(j, Control::KeepAlive);
+            }
+        }
+        // Dials the driver never answered.
+        self.pending_dials
+            .retain(|d| now.saturating_since(d.at) <= DIAL_TIMEOUT);
+        // Requests that took far longer than expected: withdraw and ask elsewhere.
+        let mut k = 0;
+        while k < self.requests.len() {
+            if self.requests[k].expect_by <= now {
+                let r = self.requests.swap_remove(k);
+                self.stats.request_timeouts += 1;
+                if let Some(j) = self.link_index(r.link) {
+                    self.send(j, Control::Cancel { seq: r.seq });
+                    if let Some(p) = self.links[j].partner.as_mut() {
+                        p.inflight = p.inflight.saturating_sub(1);
+                        p.avoid_until = now + Duration::from_secs(1);
+                    }
+                }
+                self.schedule_due = true;
+            } else {
+                k += 1;
+            }
+        }
+        if now >= self.next_gossip {
+            self.next_gossip = now + self.cfg.gossip_interval;
+            self.gossip();
+            self.mcache.expire(now);
+        }
+        if now >= self.next_map_refresh {
+            self.next_map_refresh = now + BUFFER_MAP_REFRESH;
+            let map = *self.store.map();
+            let backlog_ms = self.backlog_ms();
+            for j in 0..self.links.len() {
+                if self.links[j].partner.is_some() {
+                    self.send(j, Control::BufferMap { map, backlog_ms });
+                }
+            }
+        }
+        if now >= self.next_refine {
+            self.next_refine = now + self.cfg.refine_interval;
+            self.refine();
+        }
+        if let Playout::Starting { since, .. } = self.playout {
+            if now.saturating_since(since) > START_RETRY {
+                self.playout = Playout::Idle;
+            }
+        }
+        if let Some(at) = self.rebootstrap_at {
+            if now >= at && self.partner_count() == 0 {
+                self.dial_bootstrap();
+            }
+        }
+        self.maintain_partners();
+        self.schedule_due = true;
+    }
+
+    fn gossip(&mut self) {
+        self.member_seq = self.member_seq.wrapping_add(1);
+        let now = self.now;
+        let mut partners: Vec<usize> = (0..self.links.len())
+            .filter(|&j| self.links[j].partner.is_some())
+            .collect();
+        if partners.is_empty() {
+            return;
+        }
+        self.rng.shuffle(&mut partners);
+        partners.truncate(self.cfg.gossip_fanout);
+        for j in partners {
+            let to = self.links[j].peer.map(|p| p.id);
+            let mut entries = vec![self.own_record()];
+            let extra = self.cfg.gossip_entries.saturating_sub(1);
+            entries.extend(self.mcache.sample(&mut self.rng, extra, now, |e| Some(e.id) != to));
+            self.send(j, Control::Members(entries));
+        }
+    }
+
+    fn refine(&mut self) {
+        let period = self.cfg.refine_interval;
+        for l in &mut self.links {
+            if let Some(p) = l.partner.as_mut() {
+                p.close_period(period);
+            }
+        }
+        if self.cfg.role == Role::Source {
+            return;
+        }
+        let count = self.partner_count();
+        if count > self.cfg.partners {
+            // Drop the worst partner that has had a fair chance (never the source).
+            let now = self.now;
+            let worst = self
+                .links
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| {
+                    l.partner
+                        .as_ref()
+                        .is_some_and(|p| now.saturating_since(p.since) >= period)
+                        && l.peer.is_some_and(|p| p.role == Role::Peer)
+                })
+                .min_by(|(_, a), (_, b)| {
+                    let sa = a.partner.as_ref().map_or(0.0, |p| p.score);
+                    let sb = b.partner.as_ref().map_or(0.0, |p| p.score);
+                    sa.total_cmp(&sb)
+                })
+                .map(|(j, _)| j);
+            if let Some(j) = worst {
+                self.close(j, ByeReason::Refined);
+            }
+        } else if count == self.cfg.partners {
+            // Try someone new; the next round drops whoever scores worst.
+            self.dial_candidate();
+        }
+    }
+
+    /// Dials partner candidates until partners plus attempts in progress reach M.
+    fn maintain_partners(&mut self) {
+        if self.cfg.role == Role::Source || !self.joined || self.left {
+            return;
+        }
+        let attempts = self
+            .links
+            .iter()
+            .filter(|l| l.partner.is_none() && l.awaiting & awaiting::PARTNER != 0)
+            .count()
+            + self.pending_dials.len();
+        let have = self.partner_count() + attempts;
+        for _ in have..self.cfg.partners {
+            if !self.dial_candidate() {
+                break;
+            }
+        }
+        if self.partner_count() == 0
+            && attempts == 0
+            && self.mcache.is_empty()
+            && self.rebootstrap_at.is_none()
+        {
+            self.rebootstrap_at = Some(self.now + REBOOTSTRAP_BACKOFF);
+        }
+    }
+
+    fn dial_candidate(&mut self) -> bool {
+        let now = self.now;
+        let want = self.cfg.partners as u8;
+        // Borrow dance: the filter reads links and dials while the mCache is sampled.
+        let links = &self.links;
+        let dials = &self.pending_dials;
+        let me = self.id;
+        let cand = self.mcache.pick_candidate(&mut self.rng, now, want, |e| {
+            e.id != me
+                && !links
+                    .iter()
+                    .any(|l| l.peer.is_some_and(|p| p.id == e.id) || l.remote == e.addr)
+                && !dials.iter().any(|d| d.addr == e.addr)
+        });
+        match cand {
+            Some(e) => self.dial(e.addr, Purpose::Partner),
+            None => false,
+        }
+    }
+
+    fn leave(&mut self) {
+        if self.left {
+            return;
+        }
+        let seq = self.member_seq.wrapping_add(1);
+        let me = self.id;
+        while !self.links.is_empty() {
+            let j = self.links.len() - 1;
+            if self.links[j].partner.is_some() {
+                self.send(j, Control::Depart { id: me, seq });
+            }
+            self.close(j, ByeReason::Leaving);
+        }
+        self.pending_dials.clear();
+        self.requests.clear();
+        self.uploads.clear();
+        self.timers = TimerTable::default();
+        self.left = true;
+    }
+}

@@ -1,0 +1,97 @@
+//! What a node knows about each partner: its buffer map, its advertised upload backlog, our
+//! requests in flight to it, and the traffic that scores the partnership.
+//!
+//! DONet scores a partnership by `max(s̄ij, s̄ji)`, the average segments per unit time sent or
+//! received, so that a partner useful in either direction is kept; refinement drops the lowest.
+
+use super::buffer_map::BufferMap;
+use super::seq::Seq;
+use super::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct Partner {
+    pub since: Instant,
+    /// What the partner holds, from its buffer map and haves.
+    pub map: BufferMap,
+    /// The partner's upload backlog as it last advertised it, and when.
+    pub backlog: Duration,
+    pub backlog_at: Instant,
+    /// Our requests at this partner not yet answered.
+    pub inflight: usize,
+    /// The partner said busy: leave it alone until then.
+    pub avoid_until: Instant,
+    /// Upload rate the partner announced, bytes/s.
+    pub upload_bytes_per_s: u64,
+    /// Segments sent to / received from it since the last refinement.
+    pub sent: u32,
+    pub received: u32,
+    /// Smoothed `max(sent, received)` per second.
+    pub score: f64,
+}
+
+impl Partner {
+    pub fn new(now: Instant, upload_bytes_per_s: u64) -> Self {
+        Partner {
+            since: now,
+            map: BufferMap::empty(Seq(0)),
+            backlog: Duration::ZERO,
+            backlog_at: now,
+            inflight: 0,
+            avoid_until: now,
+            upload_bytes_per_s: upload_bytes_per_s.max(1),
+            sent: 0,
+            received: 0,
+            score: 0.0,
+        }
+    }
+
+    /// When the partner could start one more segment for us: its advertised backlog (drained
+    /// since it was advertised) plus our own requests already queued there.
+    pub fn free_at(&self, now: Instant, segment_bytes: u64) -> Instant {
+        let drained = now.saturating_since(self.backlog_at);
+        let backlog = self.backlog.saturating_sub(drained);
+        let ours = Duration::for_bytes(segment_bytes * self.inflight as u64, self.upload_bytes_per_s);
+        now + backlog + ours
+    }
+
+    /// Folds the counters of the period just ended into the score.
+    pub fn close_period(&mut self, period: Duration) {
+        let secs = period.as_secs_f64().max(1e-3);
+        let rate = self.sent.max(self.received) as f64 / secs;
+        self.score = 0.5 * self.score + 0.5 * rate;
+        self.sent = 0;
+        self.received = 0;
+    }
+
+    pub fn note_backlog(&mut self, now: Instant, backlog_ms: u16) {
+        self.backlog = Duration::from_millis(backlog_ms as u64);
+        self.backlog_at = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_is_max_of_directions_smoothed() {
+        let mut p = Partner::new(Instant::ZERO, 1000);
+        p.sent = 10;
+        p.received = 2;
+        p.close_period(Duration::from_secs(10));
+        assert!((p.score - 0.5).abs() < 1e-9);
+        p.received = 20;
+        p.close_period(Duration::from_secs(10));
+        assert!((p.score - 1.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn free_at_counts_backlog_drain_and_our_requests() {
+        let mut p = Partner::new(Instant::ZERO, 100_000);
+        p.note_backlog(Instant::ZERO, 2000);
+        let now = Instant::ZERO + Duration::from_millis(500);
+        assert_eq!(p.free_at(now, 100_000), now + Duration::from_millis(1500));
+        p.inflight = 2;
+        assert_eq!(p.free_at(now, 100_000), now + Duration::from_millis(3500));
+    }
+}
