@@ -138,7 +138,11 @@ impl MCache {
             .filter(move |r| !r.departed && r.expires > now)
             .map(move |r| {
                 let mut e = r.entry;
-                e.ttl_s = r.expires.saturating_since(now).as_secs_f64().min(MAX_TTL_S as f64) as u16;
+                e.ttl_s = r
+                    .expires
+                    .saturating_since(now)
+                    .as_secs_f64()
+                    .min(MAX_TTL_S as f64) as u16;
                 e
             })
             .filter(|e| e.ttl_s > 0)
@@ -165,24 +169,29 @@ impl MCache {
         v
     }
 
-    /// A random live member that passes `keep`, preferring ones with fewer than `want`
-    /// partners (they are likelier to accept).
+    /// A random live member that passes `keep`, drawn with odds in proportion to the room it
+    /// has for partners (one more than its free slots, so a full member is not ruled out: its
+    /// record may be stale). Members with room accept; members that upload more have more.
     pub fn pick_candidate(
         &self,
         rng: &mut Rng,
         now: Instant,
-        want: u8,
         mut keep: impl FnMut(&MemberEntry) -> bool,
     ) -> Option<MemberEntry> {
-        let all: Vec<MemberEntry> = self.live(now).filter(|e| keep(e)).collect();
-        if all.is_empty() {
+        let weight = |e: &MemberEntry| 1 + e.max_partners.saturating_sub(e.num_partners) as u64;
+        let total: u64 = self.live(now).filter(|e| keep(e)).map(|e| weight(&e)).sum();
+        if total == 0 {
             return None;
         }
-        let open: Vec<&MemberEntry> = all.iter().filter(|e| e.num_partners < want).collect();
-        if !open.is_empty() && rng.chance(0.8) {
-            return Some(*open[rng.below(open.len())]);
+        let mut x = rng.next_u64() % total;
+        for e in self.live(now).filter(|e| keep(e)) {
+            let w = weight(&e);
+            if x < w {
+                return Some(e);
+            }
+            x -= w;
         }
-        Some(all[rng.below(all.len())])
+        None
     }
 
     pub fn get(&self, id: PeerId) -> Option<&MemberEntry> {
@@ -204,6 +213,7 @@ mod tests {
             addr: PeerAddr::V4([10, 0, 0, id as u8], 1),
             seq,
             num_partners: 1,
+            max_partners: 8,
             ttl_s: ttl,
         }
     }
@@ -239,10 +249,39 @@ mod tests {
         let now = Instant::ZERO + Duration::from_secs(12);
         assert!(m.depart(PeerId(2), 1, now));
         assert!(!m.depart(PeerId(2), 1, now), "a departure is news once");
-        assert!(!m.learn(e(2, 1, 100), now), "stale gossip does not revive it");
+        assert!(
+            !m.learn(e(2, 1, 100), now),
+            "stale gossip does not revive it"
+        );
         assert!(m.get(PeerId(2)).is_none());
         assert!(m.learn(e(2, 2, 100), now), "a rejoin with a newer seq does");
         assert!(!m.depart(PeerId(3), 0, now), "unknown members are not news");
+    }
+
+    #[test]
+    fn candidates_with_room_are_preferred() {
+        let mut m = MCache::new(8, PeerId(0));
+        let mut full = e(1, 1, 60);
+        full.num_partners = 8;
+        let mut roomy = e(2, 1, 60);
+        roomy.num_partners = 0;
+        roomy.max_partners = 16;
+        m.learn(full, Instant::ZERO);
+        m.learn(roomy, Instant::ZERO);
+        let mut rng = Rng::new(4);
+        let picks = (0..1700)
+            .filter(|_| {
+                m.pick_candidate(&mut rng, Instant::ZERO, |_| true)
+                    .unwrap()
+                    .id
+                    == PeerId(2)
+            })
+            .count();
+        // Odds 17 : 1.
+        assert!((1500..1700).contains(&picks), "{picks}");
+        assert!(m
+            .pick_candidate(&mut rng, Instant::ZERO, |_| false)
+            .is_none());
     }
 
     #[test]

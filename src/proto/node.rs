@@ -71,17 +71,27 @@ pub enum Input<P> {
 /// Something the node asks of its driver.
 #[derive(Debug)]
 pub enum Output<P> {
-    Send { link: LinkId, msg: Message<P> },
-    Dial { remote: PeerAddr },
+    Send {
+        link: LinkId,
+        msg: Message<P>,
+    },
+    Dial {
+        remote: PeerAddr,
+    },
     /// Close after sending what is queued (a `Bye` has been queued already).
-    Close { link: LinkId },
+    Close {
+        link: LinkId,
+    },
     /// Hand this segment to the player; it is due at `deadline`.
     Play {
         segment: Segment<P>,
         deadline: Instant,
     },
     /// `seq` missed its deadline and was skipped (the output marks a discontinuity).
-    Missed { seq: Seq, deadline: Instant },
+    Missed {
+        seq: Seq,
+        deadline: Instant,
+    },
 }
 
 /// What the owner of a node asks of it.
@@ -120,6 +130,12 @@ pub struct NodeStats {
     pub busy_sent: u64,
     pub request_timeouts: u64,
     pub links_refused: u64,
+    /// Times playback paused one segment duration for a late segment.
+    pub stalls: u64,
+    /// Misses whose segment was requested but had not arrived, and misses that some partner
+    /// held but we had not requested (the rest no partner held).
+    pub missed_in_flight: u64,
+    pub missed_unrequested: u64,
 }
 
 /// Why we dialled someone.
@@ -193,8 +209,13 @@ enum Playout {
     Idle,
     /// Waiting for the chosen first segment.
     Starting { start: Seq, since: Instant },
-    /// `next` is due at `deadline`.
-    Playing { next: Seq, deadline: Instant },
+    /// `next` is due at `deadline`. `stalled`: playback is waiting for `next`, whose first
+    /// deadline passed (it was counted missed once).
+    Playing {
+        next: Seq,
+        deadline: Instant,
+        stalled: bool,
+    },
 }
 
 /// How long a link may stay up for a query whose answer never comes.
@@ -225,7 +246,8 @@ pub struct Node<P> {
     store: Store<P>,
     requests: Vec<Request>,
     uploads: Vec<UploadRequest>,
-    active_uploads: Vec<(LinkId, Seq)>,
+    /// Uploads in progress: link, segment, and when each should be done at our budget.
+    active_uploads: Vec<(LinkId, Seq, Instant)>,
     /// Upload budget, bytes (may go below zero by one segment: an upload starts at >= 0).
     tokens: f64,
     tokens_at: Instant,
@@ -269,8 +291,8 @@ impl<P: Payload> Node<P> {
         Node {
             mcache: MCache::new(cfg.mcache_capacity, id),
             copies: vec![(Seq(u32::MAX), 0); window as usize],
-            last_segment_bytes: (cfg.stream_bytes_per_s as f64
-                * cfg.segment_duration.as_secs_f64()) as u64,
+            last_segment_bytes: (cfg.stream_bytes_per_s as f64 * cfg.segment_duration.as_secs_f64())
+                as u64,
             id,
             rng,
             now,
@@ -321,6 +343,18 @@ impl<P: Payload> Node<P> {
         s.partners = self.partner_count();
         s.members = self.mcache.len();
         s
+    }
+
+    /// Segments already handed to the player whose deadlines are still ahead of `now` (a
+    /// continuity count at `now` leaves them out: their deadline has not passed).
+    pub fn segments_ahead(&self, now: Instant) -> u64 {
+        match self.playout {
+            Playout::Playing { deadline, .. } => {
+                let ahead = deadline.saturating_since(now).as_micros();
+                ahead.saturating_sub(1) / self.nominal().as_micros().max(1)
+            }
+            _ => 0,
+        }
     }
 
     /// The store, for drivers that serve players from it (the HTTP output's start point).
@@ -416,7 +450,7 @@ impl<P: Payload> Node<P> {
                 }
             }
             Input::Sent { link } => {
-                if let Some(k) = self.active_uploads.iter().position(|(l, _)| *l == link) {
+                if let Some(k) = self.active_uploads.iter().position(|(l, _, _)| *l == link) {
                     self.active_uploads.remove(k);
                 }
                 self.start_uploads();
@@ -607,8 +641,8 @@ impl<P: Payload> Node<P> {
         let had_requests = self.requests.iter().any(|r| r.link == id);
         self.requests.retain(|r| r.link != id);
         self.uploads.retain(|u| u.link != id);
-        let was_uploading = self.active_uploads.iter().any(|(k, _)| *k == id);
-        self.active_uploads.retain(|(k, _)| *k != id);
+        let was_uploading = self.active_uploads.iter().any(|(k, _, _)| *k == id);
+        self.active_uploads.retain(|(k, _, _)| *k != id);
         if was_uploading {
             self.start_uploads();
         }
@@ -698,11 +732,11 @@ impl<P: Payload> Node<P> {
             Control::MembersRequest => {
                 let peer = self.links[i].peer.map(|p| p.id);
                 let now = self.now;
-                let sample =
-                    self.mcache
-                        .sample(&mut self.rng, MAX_ENTRIES_PER_MESSAGE, now, |e| {
-                            Some(e.id) != peer
-                        });
+                let sample = self
+                    .mcache
+                    .sample(&mut self.rng, MAX_ENTRIES_PER_MESSAGE, now, |e| {
+                        Some(e.id) != peer
+                    });
                 self.send(i, Control::Members(sample));
             }
             Control::Members(entries) => {
@@ -767,7 +801,8 @@ impl<P: Payload> Node<P> {
                     if let Some(p) = self.links[i].partner.as_mut() {
                         p.inflight = p.inflight.saturating_sub(1);
                         p.note_backlog(now, backlog_ms);
-                        let wait = Duration::from_millis(backlog_ms as u64 / 2).max(BUSY_BACKOFF_MIN);
+                        let wait =
+                            Duration::from_millis(backlog_ms as u64 / 2).max(BUSY_BACKOFF_MIN);
                         p.avoid_until = now + wait;
                         // It may have dropped the segment: do not ask it again for this one.
                         if !self.store.has(seq) {
@@ -837,17 +872,26 @@ impl<P: Payload> Node<P> {
             addr: PeerAddr::V4([0; 4], self.cfg.listen_port),
             seq: self.member_seq,
             num_partners: self.partner_count().min(u8::MAX as usize) as u8,
-            ttl_s: self.cfg.member_ttl.as_micros().div_ceil(1_000_000).min(u16::MAX as u64) as u16,
+            max_partners: self.cfg.accept_limit().min(u8::MAX as usize) as u8,
+            ttl_s: self
+                .cfg
+                .member_ttl
+                .as_micros()
+                .div_ceil(1_000_000)
+                .min(u16::MAX as u64) as u16,
         }
     }
 
     fn on_join(&mut self, i: usize) {
-        let Some(peer) = self.links[i].peer else { return };
+        let Some(peer) = self.links[i].peer else {
+            return;
+        };
         let mut rec = MemberEntry {
             id: peer.id,
             addr: peer.listen,
             seq: 0,
             num_partners: 0,
+            max_partners: self.cfg.max_partners.min(u8::MAX as usize) as u8,
             ttl_s: self.cfg.member_ttl.as_micros().div_ceil(1_000_000) as u16,
         };
         let now = self.now;
@@ -856,9 +900,7 @@ impl<P: Payload> Node<P> {
             .sample(&mut self.rng, REDIRECT_SAMPLE, now, |e| e.id != peer.id);
         let deputy = self
             .mcache
-            .pick_candidate(&mut self.rng, now, self.cfg.partners as u8, |e| {
-                e.id != peer.id
-            });
+            .pick_candidate(&mut self.rng, now, |e| e.id != peer.id);
         // Newcomers become known to later joiners through the origin.
         if let Some(old) = self.mcache.get(peer.id) {
             rec.seq = old.seq;
@@ -868,26 +910,30 @@ impl<P: Payload> Node<P> {
     }
 
     fn on_partner_request(&mut self, i: usize) {
-        let Some(peer) = self.links[i].peer else { return };
+        let Some(peer) = self.links[i].peer else {
+            return;
+        };
         let duplicate = self
             .links
             .iter()
             .any(|l| l.partner.is_some() && l.peer.is_some_and(|p| p.id == peer.id));
-        let room = self.partner_count() < self.cfg.max_partners;
+        let room = self.partner_count() < self.cfg.accept_limit();
         if room && !duplicate && peer.role == Role::Peer {
             self.send(i, Control::PartnerAccept);
             self.become_partners(i);
         } else {
             let now = self.now;
-            let sample = self
-                .mcache
-                .sample(&mut self.rng, 8, now, |e| e.id != peer.id && e.num_partners < 8);
+            let sample = self.mcache.sample(&mut self.rng, 8, now, |e| {
+                e.id != peer.id && e.num_partners < e.max_partners
+            });
             self.send(i, Control::PartnerReject(sample));
         }
     }
 
     fn become_partners(&mut self, i: usize) {
-        let Some(peer) = self.links[i].peer else { return };
+        let Some(peer) = self.links[i].peer else {
+            return;
+        };
         self.links[i].partner = Some(Partner::new(self.now, peer.upload_bytes_per_s));
         let map = *self.store.map();
         let backlog_ms = self.backlog_ms();
@@ -899,9 +945,22 @@ impl<P: Payload> Node<P> {
 
     /// How long our upload queue would take to drain, as advertised to partners.
     fn backlog(&self) -> Duration {
-        let queued = (self.uploads.len() + self.active_uploads.len()) as u64 * self.last_segment_bytes;
+        let queued = self.uploads.len() as u64 * self.last_segment_bytes;
         let deficit = (-self.tokens).max(0.0) as u64;
-        Duration::for_bytes(queued + deficit, self.cfg.upload_bytes_per_s)
+        let active = self
+            .active_uploads
+            .iter()
+            .map(|&(_, _, done)| done.saturating_since(self.now))
+            .max()
+            .unwrap_or(Duration::ZERO);
+        active + Duration::for_bytes(queued + deficit, self.cfg.upload_bytes_per_s)
+    }
+
+    /// Queue length, in time, past which requests are refused: the configured horizon, but
+    /// always room for one queued transfer so a slow uplink never idles between requests.
+    fn max_backlog(&self) -> Duration {
+        let xfer = Duration::for_bytes(self.last_segment_bytes, self.cfg.upload_bytes_per_s);
+        self.cfg.max_upload_backlog.max(xfer.mul(2))
     }
 
     fn backlog_ms(&self) -> u16 {
@@ -919,7 +978,9 @@ impl<P: Payload> Node<P> {
 
     fn on_request(&mut self, i: usize, seq: Seq, deadline_ms: u32) {
         let link = self.links[i].id;
-        let Some(peer) = self.links[i].peer else { return };
+        let Some(peer) = self.links[i].peer else {
+            return;
+        };
         let is_partner = self.links[i].partner.is_some();
         let queued_here = self.uploads.iter().filter(|u| u.link == link).count();
         let deadline = self.now + Duration::from_millis(deadline_ms as u64);
@@ -927,14 +988,14 @@ impl<P: Payload> Node<P> {
             .store
             .get(seq)
             .map_or(self.last_segment_bytes, |s| s.payload.len() as u64);
-        let finish = self.now
-            + self.backlog()
-            + Duration::for_bytes(seg_bytes, self.cfg.upload_bytes_per_s);
+        let finish =
+            self.now + self.backlog() + Duration::for_bytes(seg_bytes, self.cfg.upload_bytes_per_s);
         let refuse = !is_partner
             || !self.store.has(seq)
             || (self.cfg.role == Role::Source && self.copies_of(seq) >= self.cfg.source_max_copies)
             || queued_here >= self.cfg.upload_queue_per_partner
             || self.uploads.len() >= self.cfg.upload_queue_capacity
+            || self.backlog() >= self.max_backlog()
             || finish > deadline + DEADLINE_GRACE;
         if refuse {
             self.stats.busy_sent += 1;
@@ -958,20 +1019,33 @@ impl<P: Payload> Node<P> {
         self.tokens = (self.tokens + dt * cap).min(cap);
     }
 
-    /// Index of the queued upload to serve next: earliest deadline first; the source serves
-    /// the segment it has sent least, to the strongest uploader, so fresh data spreads fast.
+    /// Index of the queued upload to serve next. A request that would miss its deadline if
+    /// another upload went first is served first (earliest deadline among those). Otherwise
+    /// the freshest segment goes first, to the strongest uploader: it is the one the swarm
+    /// still has to spread, and whoever gets it can serve it on. Serving plain earliest
+    /// deadline first would keep fresh segments waiting behind old ones and slow every hop.
+    /// The source ranks by copies sent first: it should seed each segment, not repeat one.
     fn next_upload(&self) -> Option<usize> {
+        let xfer = Duration::for_bytes(self.last_segment_bytes, self.cfg.upload_bytes_per_s);
+        let critical_before = self.now + xfer.mul(2);
+        let critical = (0..self.uploads.len())
+            .filter(|&k| self.uploads[k].deadline <= critical_before)
+            .min_by_key(|&k| self.uploads[k].deadline);
+        if critical.is_some() && self.cfg.role != Role::Source {
+            return critical;
+        }
         let source = self.cfg.role == Role::Source;
         (0..self.uploads.len()).min_by(|&a, &b| {
             let (ua, ub) = (&self.uploads[a], &self.uploads[b]);
-            if source {
-                self.copies_of(ua.seq)
-                    .cmp(&self.copies_of(ub.seq))
-                    .then(ub.requester_rate.cmp(&ua.requester_rate))
-                    .then(ua.deadline.cmp(&ub.deadline))
+            let copies = if source {
+                self.copies_of(ua.seq).cmp(&self.copies_of(ub.seq))
             } else {
-                ua.deadline.cmp(&ub.deadline)
-            }
+                core::cmp::Ordering::Equal
+            };
+            copies
+                .then(ub.seq.serial_cmp(ua.seq))
+                .then(ub.requester_rate.cmp(&ua.requester_rate))
+                .then(ua.deadline.cmp(&ub.deadline))
         })
     }
 
@@ -979,13 +1053,16 @@ impl<P: Payload> Node<P> {
         while self.active_uploads.len() < self.cfg.concurrent_uploads && !self.uploads.is_empty() {
             self.refill_tokens();
             if self.tokens < 0.0 {
-                let wait = Duration::for_bytes((-self.tokens) as u64 + 1, self.cfg.upload_bytes_per_s);
+                let wait =
+                    Duration::for_bytes((-self.tokens) as u64 + 1, self.cfg.upload_bytes_per_s);
                 self.timers.set(Timer::UploadResume, self.now + wait);
                 return;
             }
             let Some(k) = self.next_upload() else { return };
             let u = self.uploads.swap_remove(k);
-            let Some(li) = self.link_index(u.link) else { continue };
+            let Some(li) = self.link_index(u.link) else {
+                continue;
+            };
             let too_late = self.now > u.deadline + DEADLINE_GRACE;
             let over_copies = self.cfg.role == Role::Source
                 && self.copies_of(u.seq) >= self.cfg.source_max_copies;
@@ -994,7 +1071,13 @@ impl<P: Payload> Node<P> {
                 _ => {
                     self.stats.busy_sent += 1;
                     let backlog_ms = self.backlog_ms();
-                    self.send(li, Control::Busy { seq: u.seq, backlog_ms });
+                    self.send(
+                        li,
+                        Control::Busy {
+                            seq: u.seq,
+                            backlog_ms,
+                        },
+                    );
                     continue;
                 }
             };
@@ -1008,7 +1091,9 @@ impl<P: Payload> Node<P> {
             if let Some(p) = l.partner.as_mut() {
                 p.sent += 1;
             }
-            self.active_uploads.push((u.link, u.seq));
+            let done = self.now
+                + Duration::for_bytes(seg.payload.len() as u64, self.cfg.upload_bytes_per_s);
+            self.active_uploads.push((u.link, u.seq, done));
             self.out.push_back(Output::Send {
                 link: u.link,
                 msg: Message::Segment(seg),
@@ -1082,7 +1167,9 @@ impl<P: Payload> Node<P> {
     /// first one we lack.
     fn drain_playout(&mut self) {
         if let Playout::Starting { start, .. } = self.playout {
-            let Some(seg) = self.store.get(start) else { return };
+            let Some(seg) = self.store.get(start) else {
+                return;
+            };
             let seg = seg.clone();
             let dur = Duration::from_micros(seg.duration_us as u64);
             self.stats.first_play_at = Some(self.now);
@@ -1094,17 +1181,23 @@ impl<P: Payload> Node<P> {
             self.playout = Playout::Playing {
                 next: start.next(),
                 deadline: self.now + dur,
+                stalled: false,
             };
         }
         if let Playout::Playing {
             mut next,
             mut deadline,
+            mut stalled,
         } = self.playout
         {
             while let Some(seg) = self.store.get(next) {
                 let seg = seg.clone();
                 let dur = Duration::from_micros(seg.duration_us as u64);
-                self.stats.played += 1;
+                // A segment we stalled for was counted missed at its first deadline.
+                if !stalled {
+                    self.stats.played += 1;
+                }
+                stalled = false;
                 self.out.push_back(Output::Play {
                     segment: seg,
                     deadline,
@@ -1112,51 +1205,99 @@ impl<P: Payload> Node<P> {
                 deadline += dur;
                 next = next.next();
             }
-            self.playout = Playout::Playing { next, deadline };
+            self.playout = Playout::Playing {
+                next,
+                deadline,
+                stalled,
+            };
             self.timers.set(Timer::Playout, deadline);
         }
     }
 
+    /// The playback deadline of `next` passed without it. The first time, count it missed and,
+    /// if it is on its way (requested, or a partner holds it) and the stall budget allows,
+    /// wait one more segment duration for it: the player pauses and the peer's lag grows by
+    /// that much, which a peer that started too close to the live edge needs. Otherwise (or
+    /// if it is still missing after the wait) skip it: the output marks a discontinuity.
     fn on_playout_deadline(&mut self) {
-        if let Playout::Playing {
+        let Playout::Playing {
             mut next,
             mut deadline,
+            mut stalled,
         } = self.playout
-        {
-            while deadline <= self.now && !self.store.has(next) {
+        else {
+            return;
+        };
+        while deadline <= self.now && !self.store.has(next) {
+            if !stalled {
                 self.stats.missed += 1;
-                self.out.push_back(Output::Missed { seq: next, deadline });
-                // Forget pending requests for it: too late to matter.
-                if let Some(k) = self.requests.iter().position(|r| r.seq == next) {
-                    let r = self.requests.swap_remove(k);
-                    if let Some(j) = self.link_index(r.link) {
-                        self.send(j, Control::Cancel { seq: r.seq });
-                        if let Some(p) = self.links[j].partner.as_mut() {
-                            p.inflight = p.inflight.saturating_sub(1);
-                        }
+                let requested = self.requests.iter().any(|r| r.seq == next);
+                let held = self
+                    .links
+                    .iter()
+                    .any(|l| l.partner.as_ref().is_some_and(|p| p.map.has(next)));
+                if requested {
+                    self.stats.missed_in_flight += 1;
+                } else if held {
+                    self.stats.missed_unrequested += 1;
+                }
+                let coming = requested || held;
+                if coming && self.stats.stalls < self.cfg.stall_limit {
+                    self.stats.stalls += 1;
+                    stalled = true;
+                    deadline += self.nominal();
+                    continue;
+                }
+            }
+            stalled = false;
+            self.out.push_back(Output::Missed {
+                seq: next,
+                deadline,
+            });
+            // Forget a pending request for it: too late to matter.
+            if let Some(k) = self.requests.iter().position(|r| r.seq == next) {
+                let r = self.requests.swap_remove(k);
+                if let Some(j) = self.link_index(r.link) {
+                    self.send(j, Control::Cancel { seq: r.seq });
+                    if let Some(p) = self.links[j].partner.as_mut() {
+                        p.inflight = p.inflight.saturating_sub(1);
                     }
                 }
-                deadline += self.nominal();
-                next = next.next();
             }
-            self.playout = Playout::Playing { next, deadline };
-            self.drain_playout();
-            self.schedule_due = true;
+            deadline += self.nominal();
+            next = next.next();
         }
+        self.playout = Playout::Playing {
+            next,
+            deadline,
+            stalled,
+        };
+        self.drain_playout();
+        self.schedule_due = true;
     }
 
     /// Chooses where a joining peer starts: `start_behind` segments before the newest any
-    /// partner holds, at a segment some partner holds.
+    /// partner holds, and no later than the newest that most partners hold (a segment few
+    /// hold is still spreading; starting there leaves no slack for what follows). The start
+    /// is moved forward to a segment someone holds if the swarm does not reach back so far.
     fn choose_start(&mut self) {
-        let mut newest: Option<Seq> = None;
-        for l in &self.links {
-            if let Some(n) = l.partner.as_ref().and_then(|p| p.map.newest()) {
-                newest = Some(newest.map_or(n, |m| m.max(n)));
-            }
+        let mut newests: Vec<Seq> = self
+            .links
+            .iter()
+            .filter_map(|l| l.partner.as_ref().and_then(|p| p.map.newest()))
+            .collect();
+        if newests.is_empty() {
+            return;
         }
-        let Some(newest) = newest else { return };
-        let mut target = newest.sub(self.cfg.start_behind);
-        // Walk forward to the first segment someone holds (a young swarm may not reach back).
+        newests.sort_by(|a, b| b.serial_cmp(*a));
+        let newest = newests[0];
+        let majority = newests[(newests.len() - 1) / 2];
+        let behind = newest.sub(self.cfg.start_behind);
+        let mut target = if majority.is_before(behind) {
+            majority
+        } else {
+            behind
+        };
         for _ in 0..=self.cfg.start_behind {
             let held = self.store.has(target)
                 || self
@@ -1179,13 +1320,14 @@ impl<P: Payload> Node<P> {
     fn deadline_of(&self, seq: Seq) -> Instant {
         let nominal = self.nominal();
         match self.playout {
-            Playout::Playing { next, deadline } => {
+            Playout::Playing { next, deadline, .. } => {
                 let d = next.dist_to(seq).max(0) as u64;
                 deadline + nominal.mul(d)
             }
-            Playout::Starting { start, .. } => {
+            Playout::Starting { start, since } => {
+                // Playback begins when the first segment lands; give it the startup budget.
                 let d = start.dist_to(seq).max(0) as u64;
-                self.now + nominal.mul(d)
+                (since + self.cfg.startup_budget).max(self.now) + nominal.mul(d)
             }
             Playout::Idle => self.now + nominal.mul(self.cfg.window as u64),
         }
@@ -1248,7 +1390,11 @@ impl<P: Payload> Node<P> {
                 }
                 let mut holders = 0u64;
                 for (b, &j) in link_of.iter().enumerate() {
-                    if self.links[j].partner.as_ref().is_some_and(|p| p.map.has(seq)) {
+                    if self.links[j]
+                        .partner
+                        .as_ref()
+                        .is_some_and(|p| p.map.has(seq))
+                    {
                         holders |= 1 << b;
                     }
                 }
@@ -1275,7 +1421,10 @@ impl<P: Payload> Node<P> {
         for pick in &picks {
             let j = link_of[pick.supplier];
             let deadline = self.deadline_of(pick.seq);
-            let deadline_ms = deadline.saturating_since(now).as_millis().min(u32::MAX as u64) as u32;
+            let deadline_ms = deadline
+                .saturating_since(now)
+                .as_millis()
+                .min(u32::MAX as u64) as u32;
             // Give up on it a while after we expected it: twice the estimate, at least a second.
             let expect = pick.eta.saturating_since(now);
             let expect_by = now + expect.mul(2) + Duration::from_secs(1);
@@ -1403,7 +1552,10 @@ impl<P: Payload> Node<P> {
             let to = self.links[j].peer.map(|p| p.id);
             let mut entries = vec![self.own_record()];
             let extra = self.cfg.gossip_entries.saturating_sub(1);
-            entries.extend(self.mcache.sample(&mut self.rng, extra, now, |e| Some(e.id) != to));
+            entries.extend(
+                self.mcache
+                    .sample(&mut self.rng, extra, now, |e| Some(e.id) != to),
+            );
             self.send(j, Control::Members(entries));
         }
     }
@@ -1475,12 +1627,11 @@ impl<P: Payload> Node<P> {
 
     fn dial_candidate(&mut self) -> bool {
         let now = self.now;
-        let want = self.cfg.partners as u8;
         // Borrow dance: the filter reads links and dials while the mCache is sampled.
         let links = &self.links;
         let dials = &self.pending_dials;
         let me = self.id;
-        let cand = self.mcache.pick_candidate(&mut self.rng, now, want, |e| {
+        let cand = self.mcache.pick_candidate(&mut self.rng, now, |e| {
             e.id != me
                 && !links
                     .iter()

@@ -50,7 +50,10 @@ impl Partner {
     pub fn free_at(&self, now: Instant, segment_bytes: u64) -> Instant {
         let drained = now.saturating_since(self.backlog_at);
         let backlog = self.backlog.saturating_sub(drained);
-        let ours = Duration::for_bytes(segment_bytes * self.inflight as u64, self.upload_bytes_per_s);
+        let ours = Duration::for_bytes(
+            segment_bytes * self.inflight as u64,
+            self.upload_bytes_per_s,
+        );
         now + backlog + ours
     }
 

@@ -85,9 +85,8 @@ pub fn plan(
             if s.slots == 0 {
                 continue;
             }
-            let eta = s.free_at.max(now)
-                + Duration::for_bytes(segment_bytes, s.bytes_per_s)
-                + s.one_way;
+            let eta =
+                s.free_at.max(now) + Duration::for_bytes(segment_bytes, s.bytes_per_s) + s.one_way;
             if best.is_none_or(|(_, e)| eta < e) {
                 best = Some((i, eta));
             }
@@ -133,7 +132,15 @@ mod tests {
         let mut s = vec![sup(0, 100_000, 3), sup(0, 400_000, 3)];
         let mut w = vec![want(1, 10, 0b11), want(2, 10, 0b10)];
         let mut out = Vec::new();
-        plan(Instant::ZERO, &mut w, &mut s, 100_000, Duration::from_secs(2), 8, &mut out);
+        plan(
+            Instant::ZERO,
+            &mut w,
+            &mut s,
+            100_000,
+            Duration::from_secs(2),
+            8,
+            &mut out,
+        );
         // #2 is rarer (one holder) so it goes first, to the fast supplier.
         assert_eq!(out[0].seq, Seq(2));
         assert_eq!(out[0].supplier, 1);
@@ -147,7 +154,15 @@ mod tests {
         let mut s = vec![sup(0, 100_000, 1)];
         let mut w = vec![want(5, 30, 0b1), want(3, 1, 0b1)];
         let mut out = Vec::new();
-        plan(Instant::ZERO, &mut w, &mut s, 100_000, Duration::from_secs(2), 8, &mut out);
+        plan(
+            Instant::ZERO,
+            &mut w,
+            &mut s,
+            100_000,
+            Duration::from_secs(2),
+            8,
+            &mut out,
+        );
         assert_eq!(out.len(), 1, "one slot only");
         assert_eq!(out[0].seq, Seq(3));
 
@@ -155,7 +170,15 @@ mod tests {
         let mut s = vec![sup(9_000, 100_000, 1)];
         let mut w = vec![want(7, 5, 0b1)];
         out.clear();
-        plan(Instant::ZERO, &mut w, &mut s, 100_000, Duration::from_secs(2), 8, &mut out);
+        plan(
+            Instant::ZERO,
+            &mut w,
+            &mut s,
+            100_000,
+            Duration::from_secs(2),
+            8,
+            &mut out,
+        );
         assert!(out.is_empty());
     }
 
@@ -164,11 +187,27 @@ mod tests {
         let mut s = vec![sup(0, 1_000_000, 2), sup(0, 1_000_000, 1)];
         let mut w: Vec<Want> = (0..10).map(|i| want(i, 60, 0b11)).collect();
         let mut out = Vec::new();
-        plan(Instant::ZERO, &mut w, &mut s, 1000, Duration::from_secs(2), 8, &mut out);
+        plan(
+            Instant::ZERO,
+            &mut w,
+            &mut s,
+            1000,
+            Duration::from_secs(2),
+            8,
+            &mut out,
+        );
         assert_eq!(out.len(), 3);
         let mut out2 = Vec::new();
         let mut s2 = vec![sup(0, 1_000_000, 5)];
-        plan(Instant::ZERO, &mut w, &mut s2, 1000, Duration::from_secs(2), 2, &mut out2);
+        plan(
+            Instant::ZERO,
+            &mut w,
+            &mut s2,
+            1000,
+            Duration::from_secs(2),
+            2,
+            &mut out2,
+        );
         assert_eq!(out2.len(), 2);
     }
 }

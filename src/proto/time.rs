@@ -129,7 +129,10 @@ mod tests {
         assert_eq!(a.saturating_since(b), Duration::ZERO);
         assert_eq!(b.saturating_since(a), Duration::from_micros(4));
         assert_eq!(a.saturating_sub(Duration::from_secs(1)), Instant::ZERO);
-        assert_eq!(Duration::from_micros(3) - Duration::from_micros(7), Duration::ZERO);
+        assert_eq!(
+            Duration::from_micros(3) - Duration::from_micros(7),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -67,7 +67,10 @@ mod tests {
         assert_eq!(t.next(), Some(b));
         assert!(!t.take_expired(Timer::Tick, b));
         assert!(t.take_expired(Timer::Playout, b));
-        assert!(!t.take_expired(Timer::Playout, b), "a second call does nothing");
+        assert!(
+            !t.take_expired(Timer::Playout, b),
+            "a second call does nothing"
+        );
         assert_eq!(t.next(), Some(a));
         t.stop(Timer::Tick);
         assert_eq!(t.next(), None);

@@ -141,6 +141,8 @@ pub struct MemberEntry {
     /// The member's own counter: a higher one replaces what we knew.
     pub seq: u32,
     pub num_partners: u8,
+    /// Partners the member accepts at most (more for members that upload more).
+    pub max_partners: u8,
     /// Seconds the record stays valid from when it is received.
     pub ttl_s: u16,
 }
@@ -186,22 +188,39 @@ pub enum Control {
     /// Membership records: a deputy's answer, or periodic gossip.
     Members(Vec<MemberEntry>),
     /// `id` has left (sent by the leaver, or on its behalf by a partner that saw it crash).
-    Depart { id: PeerId, seq: u32 },
+    Depart {
+        id: PeerId,
+        seq: u32,
+    },
     /// "Be my partner."
     PartnerRequest,
     PartnerAccept,
     /// No room; here are others to try.
     PartnerReject(Vec<MemberEntry>),
     /// The sender's whole window, and how long its upload queue would take to drain.
-    BufferMap { map: BufferMap, backlog_ms: u16 },
+    BufferMap {
+        map: BufferMap,
+        backlog_ms: u16,
+    },
     /// The sender now holds `seq`.
-    Have { seq: Seq, backlog_ms: u16 },
+    Have {
+        seq: Seq,
+        backlog_ms: u16,
+    },
     /// "Send me `seq`; I need it within `deadline_ms`."
-    Request { seq: Seq, deadline_ms: u32 },
+    Request {
+        seq: Seq,
+        deadline_ms: u32,
+    },
     /// Withdraw a request (the segment came from elsewhere or is too late).
-    Cancel { seq: Seq },
+    Cancel {
+        seq: Seq,
+    },
     /// A request the supplier cannot serve in time (or does not hold).
-    Busy { seq: Seq, backlog_ms: u16 },
+    Busy {
+        seq: Seq,
+        backlog_ms: u16,
+    },
     KeepAlive,
 }
 
@@ -535,6 +554,7 @@ mod tests {
             addr: PeerAddr::V4([10, 0, 0, i as u8], 7000),
             seq: 3,
             num_partners: 4,
+            max_partners: 8,
             ttl_s: 30,
         }
     }
@@ -559,9 +579,18 @@ mod tests {
                 members: (0..5).map(entry).collect(),
             }),
             Message::Ctl(Control::Members((0..32).map(entry).collect())),
-            Message::Ctl(Control::BufferMap { map: bm, backlog_ms: 120 }),
-            Message::Ctl(Control::Have { seq: Seq(9), backlog_ms: 0 }),
-            Message::Ctl(Control::Request { seq: Seq(9), deadline_ms: 4000 }),
+            Message::Ctl(Control::BufferMap {
+                map: bm,
+                backlog_ms: 120,
+            }),
+            Message::Ctl(Control::Have {
+                seq: Seq(9),
+                backlog_ms: 0,
+            }),
+            Message::Ctl(Control::Request {
+                seq: Seq(9),
+                deadline_ms: 4000,
+            }),
             Message::Ctl(Control::Bye(ByeReason::WrongChannel)),
             Message::Segment(Segment {
                 seq: Seq(9),
@@ -600,7 +629,10 @@ mod tests {
     fn oversized_prefix_is_refused_before_allocation() {
         assert_eq!(
             frame_len([0xff, 0xff, 0xff, 0xff], MAX_FRAME_LEN),
-            Err(WireError::TooLong { len: u32::MAX, max: MAX_FRAME_LEN })
+            Err(WireError::TooLong {
+                len: u32::MAX,
+                max: MAX_FRAME_LEN
+            })
         );
         let mut r = FrameReader::new(MAX_CONTROL_LEN);
         r.push(&[0, 1, 0, 0, 1, 2, 3]);

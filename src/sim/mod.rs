@@ -1,1 +1,1076 @@
-pub fn placeholder(){}
+//! The deterministic discrete-event simulator: thousands of the same [`Node`]s the daemon runs,
+//! joined by a modelled network.
+//!
+//! One event queue ordered by (time, insertion number), one seeded generator, no wall clock and
+//! no hash-map iteration anywhere in what decides the run: the same seed gives the same trace
+//! (hashed into `trace_hash`) and the same JSON. The payload is [`SimPayload`], a bare length,
+//! so no node holds media bytes.
+//!
+//! The loop pops an event, feeds it to its node, and drains the node's outputs: a control
+//! message is delivered one latency later; a segment becomes a transfer on the sender's uplink
+//! ([`net::Uplink`]) and is delivered when it has crossed, and the sender is told `Sent`;
+//! dials become `LinkUp` after a round trip, or `DialFailed` if nobody is there; closes reach
+//! the other side after one latency, behind data already in flight. After each drain the node's
+//! next timeout is re-armed with one `Wake` event (a stale one is skipped).
+
+pub mod metrics;
+pub mod net;
+pub mod scenario;
+
+use crate::proto::rng::Rng;
+use crate::proto::wire::{wire_len, ChannelId, Role, SimPayload};
+use crate::proto::{
+    Command, Config, Duration, Input, Instant, LinkId, Message, Node, NodeStats, Output, PeerAddr,
+    PeerId, Segment, Seq,
+};
+use metrics::{quantile, Histogram, Summary};
+use net::{loss_delay, Place, Uplink};
+pub use scenario::Scenario;
+use scenario::{
+    draw_upload, mean_upload, ARRIVAL_WINDOW_S, DEFAULT_UPLOAD_MIX, SOURCE_UPLOAD_FACTOR,
+};
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+/// A peer counts in the continuity figures once this many of its deadlines have passed
+/// (a churned peer seen for two segments says little about the swarm).
+pub const MIN_DEADLINES: u64 = 10;
+/// Port every simulated node listens on.
+const SIM_PORT: u16 = 7000;
+/// How long a dial to a vanished host waits before failing (a crashed box answers nothing).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub peers: usize,
+    pub seed: u64,
+    pub duration_s: f64,
+    pub scenario: Scenario,
+    pub partners: usize,
+    pub rate_kbps: u64,
+    /// Multiplies every peer's upload (not the source's).
+    pub upload_scale: f64,
+    /// Packet loss probability on every path.
+    pub loss: f64,
+    pub segment_s: f64,
+    pub mean_session_s: f64,
+    /// Share of churn departures that are crashes (no goodbye).
+    pub crash_fraction: f64,
+    /// Download capacity of a peer, in stream rates.
+    pub download_factor: f64,
+    /// First segment number (to test the u32 wrap).
+    pub start_seq: u32,
+    /// Print progress to stderr.
+    pub progress: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            peers: 100,
+            seed: 1,
+            duration_s: 120.0,
+            scenario: Scenario::Static,
+            partners: 5,
+            rate_kbps: 768,
+            upload_scale: 1.0,
+            loss: 0.0,
+            segment_s: 1.0,
+            mean_session_s: 300.0,
+            crash_fraction: 0.5,
+            download_factor: 10.0,
+            start_seq: 0,
+            progress: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: u32,
+        link: LinkId,
+        msg: Message<SimPayload>,
+    },
+    LinkUp {
+        to: u32,
+        link: LinkId,
+        remote: PeerAddr,
+        outbound: bool,
+    },
+    DialFailed {
+        to: u32,
+        remote: PeerAddr,
+    },
+    LinkDown {
+        to: u32,
+        link: LinkId,
+    },
+    Wake {
+        node: u32,
+    },
+    UplinkDone {
+        node: u32,
+        version: u64,
+    },
+    Ingest,
+    Join {
+        node: u32,
+    },
+    Leave {
+        node: u32,
+        crash: bool,
+    },
+}
+
+impl Ev {
+    fn tag(&self) -> (u64, u32) {
+        match self {
+            Ev::Deliver { to, .. } => (1, *to),
+            Ev::LinkUp { to, .. } => (2, *to),
+            Ev::DialFailed { to, .. } => (3, *to),
+            Ev::LinkDown { to, .. } => (4, *to),
+            Ev::Wake { node } => (5, *node),
+            Ev::UplinkDone { node, .. } => (6, *node),
+            Ev::Ingest => (7, 0),
+            Ev::Join { node } => (8, *node),
+            Ev::Leave { node, .. } => (9, *node),
+        }
+    }
+}
+
+struct Queued {
+    at: Instant,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    // Reversed: BinaryHeap is a max-heap and we pop the earliest.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Life {
+    Waiting,
+    Alive,
+    Left,
+    Crashed,
+}
+
+struct Slot {
+    node: Option<Node<SimPayload>>,
+    place: Place,
+    up: u64,
+    down: u64,
+    up_factor: f64,
+    uplink: Uplink<Message<SimPayload>>,
+    armed: Option<Instant>,
+    /// The uplink completion event last queued (time, uplink version), to queue each once.
+    uplink_armed: Option<(Instant, u64)>,
+    life: Life,
+    joined_at: Instant,
+    left_at: Option<Instant>,
+    final_stats: Option<(NodeStats, u64)>,
+    uploaded_bytes: u64,
+}
+
+/// Two ends of a simulated TCP connection and whether each still has it open.
+struct SimLink {
+    a: u32,
+    b: u32,
+    a_open: bool,
+    b_open: bool,
+    /// Latest delivery scheduled in each direction (a to b, b to a): TCP delivers in order.
+    last_to_b: Instant,
+    last_to_a: Instant,
+}
+
+impl SimLink {
+    fn other(&self, me: u32) -> u32 {
+        if me == self.a {
+            self.b
+        } else {
+            self.a
+        }
+    }
+    fn open_at(&self, me: u32) -> bool {
+        if me == self.a {
+            self.a_open
+        } else {
+            self.b_open
+        }
+    }
+    /// The delivery time of a message from `from` that would arrive at `at`, kept in order.
+    fn in_order(&mut self, from: u32, at: Instant) -> Instant {
+        let last = if from == self.a {
+            &mut self.last_to_b
+        } else {
+            &mut self.last_to_a
+        };
+        *last = (*last).max(at);
+        *last
+    }
+    fn close_at(&mut self, me: u32) {
+        if me == self.a {
+            self.a_open = false;
+        } else {
+            self.b_open = false;
+        }
+    }
+}
+
+/// A fixed, seedless hasher for the link table (looked up, never iterated).
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x100_0000_01B3);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+
+pub struct Sim {
+    cfg: SimConfig,
+    now: Instant,
+    end: Instant,
+    next_seq: u64,
+    queue: BinaryHeap<Queued>,
+    slots: Vec<Slot>,
+    links: HashMap<u64, SimLink, IdBuild>,
+    next_link: u64,
+    rng: Rng,
+    channel: ChannelId,
+    segment_bytes: u32,
+    next_segment: Seq,
+    stream_started: Option<Instant>,
+    segments_ingested: u64,
+    lag: Histogram,
+    /// Segment arrival delay after ingest, every copy delivered (a diagnostic).
+    arrival: Histogram,
+    payload_bytes: u64,
+    control_bytes: u64,
+    events: u64,
+    trace: u64,
+    outbuf: Vec<Output<SimPayload>>,
+    /// Node whose events are printed to stderr (`COOLSTREAM_SIM_DEBUG=N`), for debugging.
+    debug_node: Option<u32>,
+    flowbuf: Vec<net::Flow<Message<SimPayload>>>,
+}
+
+fn addr_of(ix: u32) -> PeerAddr {
+    PeerAddr::V4([10, (ix >> 16) as u8, (ix >> 8) as u8, ix as u8], SIM_PORT)
+}
+
+fn index_of(addr: PeerAddr) -> Option<u32> {
+    match addr {
+        PeerAddr::V4([10, a, b, c], SIM_PORT) => {
+            Some((a as u32) << 16 | (b as u32) << 8 | c as u32)
+        }
+        _ => None,
+    }
+}
+
+/// Largest population addresses can name (10.0.0.0/8).
+pub const MAX_NODES: usize = 1 << 24;
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Sim {
+        let mut rng = Rng::new(cfg.seed);
+        let stream_bytes = cfg.rate_kbps * 1000 / 8;
+        let segment_bytes = (stream_bytes as f64 * cfg.segment_s) as u32;
+        let mut channel = [0u8; 32];
+        for b in channel.iter_mut() {
+            *b = rng.next_u64() as u8;
+        }
+        let mut sim = Sim {
+            end: Instant::ZERO + Duration::from_secs_f64(cfg.duration_s),
+            now: Instant::ZERO,
+            next_seq: 0,
+            queue: BinaryHeap::new(),
+            slots: Vec::new(),
+            links: HashMap::default(),
+            next_link: 1,
+            rng,
+            channel: ChannelId(channel),
+            segment_bytes,
+            next_segment: Seq(cfg.start_seq),
+            stream_started: None,
+            segments_ingested: 0,
+            lag: Histogram::default(),
+            arrival: Histogram::default(),
+            payload_bytes: 0,
+            control_bytes: 0,
+            events: 0,
+            trace: 0xcbf2_9ce4_8422_2325,
+            outbuf: Vec::new(),
+            debug_node: std::env::var("COOLSTREAM_SIM_DEBUG")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            flowbuf: Vec::new(),
+            cfg,
+        };
+        // The source is node 0, live from the start.
+        let src = sim.add_slot(SOURCE_UPLOAD_FACTOR, true);
+        sim.start_node(src);
+        sim.push(Instant::ZERO, Ev::Ingest);
+        // The initial population arrives spread over the arrival window.
+        let start = sim.cfg.scenario.arrivals_start_s();
+        for _ in 0..sim.cfg.peers {
+            let f = draw_upload(&mut sim.rng, &DEFAULT_UPLOAD_MIX) * sim.cfg.upload_scale;
+            let ix = sim.add_slot(f, false);
+            let at = start + sim.rng.unit() * ARRIVAL_WINDOW_S;
+            sim.push(
+                Instant::ZERO + Duration::from_secs_f64(at),
+                Ev::Join { node: ix },
+            );
+        }
+        sim
+    }
+
+    fn stream_bytes(&self) -> u64 {
+        self.cfg.rate_kbps * 1000 / 8
+    }
+
+    fn add_slot(&mut self, up_factor: f64, source: bool) -> u32 {
+        let ix = self.slots.len() as u32;
+        assert!(
+            self.slots.len() < MAX_NODES,
+            "simulated population exceeds 10.0.0.0/8"
+        );
+        let stream = self.stream_bytes() as f64;
+        let up = (stream * up_factor).max(1.0) as u64;
+        let down = if source {
+            up
+        } else {
+            (stream * self.cfg.download_factor) as u64
+        };
+        let place = Place::random(&mut self.rng);
+        self.slots.push(Slot {
+            node: None,
+            place,
+            up,
+            down,
+            up_factor,
+            uplink: Uplink::new(up),
+            armed: None,
+            uplink_armed: None,
+            life: Life::Waiting,
+            joined_at: Instant::ZERO,
+            left_at: None,
+            final_stats: None,
+            uploaded_bytes: 0,
+        });
+        ix
+    }
+
+    fn node_config(&self, source: bool, up: u64) -> Config {
+        let role = if source { Role::Source } else { Role::Peer };
+        let mut c = Config::new(self.channel, role, self.stream_bytes());
+        c.listen_port = SIM_PORT;
+        c.partners = self.cfg.partners.max(1);
+        if !source {
+            c.max_partners = c.max_partners.max(c.partners + 3);
+        }
+        c.segment_duration = Duration::from_secs_f64(self.cfg.segment_s);
+        c.upload_bytes_per_s = up;
+        c
+    }
+
+    fn start_node(&mut self, ix: u32) {
+        let source = ix == 0;
+        let cfg = self.node_config(source, self.slots[ix as usize].up);
+        let id = PeerId(self.rng.next_u64());
+        let seed = self.rng.next_u64();
+        let mut node = Node::new(cfg, id, seed, self.now);
+        if !source {
+            // Joining cannot fail on a fresh peer with a bootstrap address.
+            let _ = node.command(
+                self.now,
+                Command::Join {
+                    bootstrap: vec![addr_of(0)],
+                },
+            );
+        }
+        if std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "slots") {
+            eprintln!("slot {ix}: up {:.1}x", self.slots[ix as usize].up_factor);
+        }
+        let s = &mut self.slots[ix as usize];
+        s.node = Some(node);
+        s.life = Life::Alive;
+        s.joined_at = self.now;
+        s.uplink = Uplink::new(s.up);
+        self.drain(ix);
+        if !source && self.cfg.scenario == Scenario::Churn {
+            let stay = self.rng.exp(self.cfg.mean_session_s);
+            let crash = self.rng.chance(self.cfg.crash_fraction);
+            self.push(
+                self.now + Duration::from_secs_f64(stay),
+                Ev::Leave { node: ix, crash },
+            );
+        }
+    }
+
+    fn push(&mut self, at: Instant, ev: Ev) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Queued { at, seq, ev });
+    }
+
+    fn one_way(&self, a: u32, b: u32) -> Duration {
+        self.slots[a as usize]
+            .place
+            .one_way(&self.slots[b as usize].place)
+    }
+
+    fn alive(&self, ix: u32) -> bool {
+        self.slots
+            .get(ix as usize)
+            .is_some_and(|s| s.life == Life::Alive)
+    }
+
+    /// Runs to the end and summarises.
+    pub fn run(mut self) -> Summary {
+        let started = std::time::Instant::now();
+        let mut next_report = 0.1;
+        while let Some(q) = self.queue.pop() {
+            if q.at > self.end {
+                break;
+            }
+            debug_assert!(q.at >= self.now, "time went backwards");
+            self.now = q.at;
+            self.events += 1;
+            let (kind, node) = q.ev.tag();
+            self.trace = mix(
+                self.trace,
+                q.at.as_micros() ^ (kind << 56) ^ ((node as u64) << 24),
+            );
+            self.step(q.ev);
+            if self.cfg.progress {
+                let done = self.now.as_secs_f64() / self.cfg.duration_s;
+                if done >= next_report {
+                    eprintln!(
+                        "sim: {:>3.0}% ({:.0} s simulated, {} events, {:.1} s wall)",
+                        done * 100.0,
+                        self.now.as_secs_f64(),
+                        self.events,
+                        started.elapsed().as_secs_f64()
+                    );
+                    next_report += 0.1;
+                }
+            }
+        }
+        self.now = self.end;
+        let mut summary = self.summarise();
+        summary.wall_s = started.elapsed().as_secs_f64();
+        summary
+    }
+
+    fn step(&mut self, ev: Ev) {
+        if self.debug_node.is_some_and(|d| d == ev.tag().1) {
+            eprintln!("{:?} {:?}", self.now, ev);
+        }
+        match ev {
+            Ev::Deliver { to, link, msg } => {
+                let ok = self.alive(to) && self.links.get(&link.0).is_some_and(|l| l.open_at(to));
+                if ok {
+                    if let Message::Segment(seg) = &msg {
+                        let d = self.now.as_micros() as f64 - seg.origin_us as f64;
+                        self.arrival.add(d / 1e6);
+                    }
+                    self.input(to, Input::Received { link, msg });
+                }
+            }
+            Ev::LinkUp {
+                to,
+                link,
+                remote,
+                outbound,
+            } => {
+                let Some(l) = self.links.get(&link.0) else {
+                    return;
+                };
+                let peer = l.other(to);
+                if !l.open_at(to) || !self.alive(to) {
+                    return;
+                }
+                if outbound && !self.alive(peer) {
+                    // The host vanished during the handshake.
+                    self.links.remove(&link.0);
+                    self.input(to, Input::DialFailed { remote });
+                    return;
+                }
+                self.input(
+                    to,
+                    Input::LinkUp {
+                        link,
+                        remote,
+                        outbound,
+                    },
+                );
+            }
+            Ev::DialFailed { to, remote } => {
+                if self.alive(to) {
+                    self.input(to, Input::DialFailed { remote });
+                }
+            }
+            Ev::LinkDown { to, link } => {
+                let Some(l) = self.links.get_mut(&link.0) else {
+                    return;
+                };
+                if !l.open_at(to) {
+                    return;
+                }
+                l.close_at(to);
+                if !l.a_open && !l.b_open {
+                    self.links.remove(&link.0);
+                }
+                if self.alive(to) {
+                    self.slots[to as usize].uplink.cancel(self.now, link);
+                    self.arm_uplink(to);
+                    self.input(to, Input::LinkDown { link });
+                }
+            }
+            Ev::Wake { node } => {
+                let s = &mut self.slots[node as usize];
+                if s.armed != Some(self.now) || s.life != Life::Alive {
+                    return;
+                }
+                s.armed = None;
+                if let Some(n) = s.node.as_mut() {
+                    n.handle_timeout(self.now);
+                }
+                self.drain(node);
+            }
+            Ev::UplinkDone { node, version } => {
+                if self.slots[node as usize].uplink.version != version || !self.alive(node) {
+                    return;
+                }
+                let mut done = std::mem::take(&mut self.flowbuf);
+                self.slots[node as usize]
+                    .uplink
+                    .take_completed(self.now, &mut done);
+                for f in done.drain(..) {
+                    let open = self.links.get(&f.link.0).is_some_and(|l| l.open_at(node));
+                    if !open {
+                        continue;
+                    }
+                    let delay = self.path_delay(node, f.to, wire_len(&f.msg) as u64);
+                    let at = self
+                        .links
+                        .get_mut(&f.link.0)
+                        .map_or(self.now + delay, |l| l.in_order(node, self.now + delay));
+                    self.push(
+                        at,
+                        Ev::Deliver {
+                            to: f.to,
+                            link: f.link,
+                            msg: f.msg,
+                        },
+                    );
+                    self.input(node, Input::Sent { link: f.link });
+                }
+                self.flowbuf = done;
+                self.arm_uplink(node);
+            }
+            Ev::Ingest => {
+                let seq = self.next_segment;
+                self.next_segment = seq.next();
+                self.stream_started.get_or_insert(self.now);
+                self.segments_ingested += 1;
+                let seg = Segment {
+                    seq,
+                    origin_us: self.now.as_micros(),
+                    duration_us: (self.cfg.segment_s * 1e6) as u32,
+                    flags: crate::proto::wire::flags::ENTRY_POINT,
+                    payload: SimPayload {
+                        len: self.segment_bytes,
+                    },
+                };
+                self.input(0, Input::Ingest(seg));
+                self.push(
+                    self.now + Duration::from_secs_f64(self.cfg.segment_s),
+                    Ev::Ingest,
+                );
+            }
+            Ev::Join { node } => self.start_node(node),
+            Ev::Leave { node, crash } => {
+                if !self.alive(node) {
+                    return;
+                }
+                self.finish_session(node, crash);
+                // Arrivals keep the population steady.
+                if self.cfg.scenario == Scenario::Churn {
+                    let f = draw_upload(&mut self.rng, &DEFAULT_UPLOAD_MIX) * self.cfg.upload_scale;
+                    let ix = self.add_slot(f, false);
+                    let gap = self.rng.exp(1.0);
+                    self.push(
+                        self.now + Duration::from_secs_f64(gap),
+                        Ev::Join { node: ix },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Ends node `ix`'s session: gracefully (departure messages go out) or by crashing.
+    fn finish_session(&mut self, ix: u32, crash: bool) {
+        if !crash {
+            if let Some(n) = self.slots[ix as usize].node.as_mut() {
+                let _ = n.command(self.now, Command::Leave);
+            }
+            self.drain(ix);
+        }
+        let now = self.now;
+        let s = &mut self.slots[ix as usize];
+        if let Some(n) = s.node.take() {
+            s.final_stats = Some((n.stats(), n.segments_ahead(now)));
+        }
+        s.life = if crash { Life::Crashed } else { Life::Left };
+        s.left_at = Some(now);
+        s.uplink.clear();
+        s.armed = None;
+    }
+
+    fn path_delay(&mut self, from: u32, to: u32, bytes: u64) -> Duration {
+        let one_way = self.one_way(from, to);
+        one_way + loss_delay(&mut self.rng, self.cfg.loss, bytes, one_way.mul(2))
+    }
+
+    fn input(&mut self, ix: u32, input: Input<SimPayload>) {
+        if let Some(n) = self.slots[ix as usize].node.as_mut() {
+            n.handle_input(self.now, input);
+        }
+        self.drain(ix);
+    }
+
+    fn arm_uplink(&mut self, ix: u32) {
+        let s = &mut self.slots[ix as usize];
+        if let Some(t) = s.uplink.next_completion() {
+            let key = (t.max(self.now), s.uplink.version);
+            if s.uplink_armed != Some(key) {
+                s.uplink_armed = Some(key);
+                self.push(
+                    key.0,
+                    Ev::UplinkDone {
+                        node: ix,
+                        version: key.1,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Carries out everything node `ix` asked for, then re-arms its timer.
+    fn drain(&mut self, ix: u32) {
+        let mut outs = std::mem::take(&mut self.outbuf);
+        if let Some(n) = self.slots[ix as usize].node.as_mut() {
+            while let Some(o) = n.poll_output() {
+                outs.push(o);
+            }
+        }
+        let mut uplink_changed = false;
+        for o in outs.drain(..) {
+            match o {
+                Output::Send { link, msg } => {
+                    let Some(l) = self.links.get(&link.0) else {
+                        continue;
+                    };
+                    if !l.open_at(ix) {
+                        continue;
+                    }
+                    let to = l.other(ix);
+                    let bytes = wire_len(&msg) as u64;
+                    self.slots[ix as usize].uploaded_bytes += bytes;
+                    match &msg {
+                        Message::Segment(s) => {
+                            let payload = s.payload.len as u64;
+                            self.payload_bytes += payload;
+                            self.control_bytes += bytes - payload;
+                            let cap = self.slots[to as usize].down;
+                            self.slots[ix as usize]
+                                .uplink
+                                .start(self.now, link, to, bytes, cap, msg);
+                            uplink_changed = true;
+                        }
+                        Message::Ctl(_) => {
+                            self.control_bytes += bytes;
+                            let ser = Duration::for_bytes(bytes, self.slots[ix as usize].up);
+                            let delay = self.path_delay(ix, to, bytes) + ser;
+                            let at = self
+                                .links
+                                .get_mut(&link.0)
+                                .map_or(self.now + delay, |l| l.in_order(ix, self.now + delay));
+                            self.push(at, Ev::Deliver { to, link, msg });
+                        }
+                    }
+                }
+                Output::Dial { remote } => self.dial(ix, remote),
+                Output::Close { link } => {
+                    let Some(l) = self.links.get_mut(&link.0) else {
+                        continue;
+                    };
+                    if !l.open_at(ix) {
+                        continue;
+                    }
+                    l.close_at(ix);
+                    let (other, other_open) = (l.other(ix), l.open_at(l.other(ix)));
+                    let other_alive = self.alive(other);
+                    if !other_open || !other_alive {
+                        self.links.remove(&link.0);
+                    } else {
+                        let d = self.one_way(ix, other) + Duration::from_micros(1);
+                        let now = self.now;
+                        let at = self
+                            .links
+                            .get_mut(&link.0)
+                            .map_or(now + d, |l| l.in_order(ix, now + d));
+                        self.push(at, Ev::LinkDown { to: other, link });
+                    }
+                    self.slots[ix as usize].uplink.cancel(self.now, link);
+                    uplink_changed = true;
+                }
+                Output::Play { segment, deadline } => {
+                    let lag = deadline.as_micros() as f64 - segment.origin_us as f64;
+                    self.lag.add(lag / 1e6);
+                }
+                Output::Missed { .. } => {}
+            }
+        }
+        self.outbuf = outs;
+        if uplink_changed {
+            self.arm_uplink(ix);
+        }
+        // Re-arm the node's timer if it moved earlier (a later one is found when it fires).
+        let s = &mut self.slots[ix as usize];
+        if let Some(n) = s.node.as_ref() {
+            if let Some(t) = n.poll_timeout() {
+                let t = t.max(self.now);
+                if s.armed.is_none_or(|a| t < a) {
+                    s.armed = Some(t);
+                    self.push(t, Ev::Wake { node: ix });
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, from: u32, remote: PeerAddr) {
+        let target = index_of(remote).filter(|&t| (t as usize) < self.slots.len() && t != from);
+        let Some(to) = target else {
+            self.push(self.now, Ev::DialFailed { to: from, remote });
+            return;
+        };
+        let rtt = self.one_way(from, to).mul(2);
+        match self.slots[to as usize].life {
+            Life::Alive => {
+                let link = LinkId(self.next_link);
+                self.next_link += 1;
+                self.links.insert(
+                    link.0,
+                    SimLink {
+                        a: from,
+                        b: to,
+                        a_open: true,
+                        b_open: true,
+                        last_to_b: Instant::ZERO,
+                        last_to_a: Instant::ZERO,
+                    },
+                );
+                // The acceptor learns of the connection just before the dialer's first bytes
+                // arrive (same instant, queued first).
+                let one_way = self.one_way(from, to);
+                self.push(
+                    self.now + rtt + one_way,
+                    Ev::LinkUp {
+                        to,
+                        link,
+                        remote: addr_of(from),
+                        outbound: false,
+                    },
+                );
+                self.push(
+                    self.now + rtt,
+                    Ev::LinkUp {
+                        to: from,
+                        link,
+                        remote,
+                        outbound: true,
+                    },
+                );
+            }
+            // A process that exited on a live host: refused after a round trip.
+            Life::Left | Life::Waiting => {
+                self.push(self.now + rtt, Ev::DialFailed { to: from, remote })
+            }
+            // A host that is gone: the connect times out.
+            Life::Crashed => self.push(
+                self.now + CONNECT_TIMEOUT,
+                Ev::DialFailed { to: from, remote },
+            ),
+        }
+    }
+
+    fn summarise(&mut self) -> Summary {
+        let now = self.now;
+        let mut cis = Vec::new();
+        let mut startups = Vec::new();
+        let mut played = 0u64;
+        let mut missed = 0u64;
+        let mut never_started = 0usize;
+        let mut sessions = 0usize;
+        let mut delivered_bytes = 0f64;
+        let mut peer_seconds = 0f64;
+        let seg_bytes = self.segment_bytes as f64;
+        for (ix, s) in self.slots.iter().enumerate().skip(1) {
+            let (stats, ahead) = match (&s.node, &s.final_stats) {
+                (Some(n), _) => (n.stats(), n.segments_ahead(now)),
+                (None, Some((st, a))) => (st.clone(), *a),
+                (None, None) => continue,
+            };
+            let _ = ix;
+            sessions += 1;
+            let end = s.left_at.unwrap_or(now);
+            let lifetime = end.saturating_since(s.joined_at).as_secs_f64();
+            peer_seconds += lifetime;
+            let due = stats.played.saturating_sub(ahead);
+            played += due;
+            missed += stats.missed;
+            delivered_bytes += due as f64 * seg_bytes;
+            match stats.first_play_at {
+                Some(t) => startups.push(t.saturating_since(s.joined_at).as_secs_f64()),
+                None if lifetime >= 10.0 => {
+                    never_started += 1;
+                    startups.push(lifetime);
+                }
+                None => {}
+            }
+            if due + stats.missed >= MIN_DEADLINES {
+                cis.push(due as f64 / (due + stats.missed) as f64);
+            }
+        }
+        cis.sort_by(f64::total_cmp);
+        startups.sort_by(f64::total_cmp);
+        if std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "stats") {
+            self.debug_stats();
+        }
+        let stream = self.stream_bytes() as f64;
+        let streamed_s = self
+            .stream_started
+            .map_or(0.0, |t| now.saturating_since(t).as_secs_f64());
+        let source_up = self.slots[0].uploaded_bytes as f64;
+        let mean_up = mean_upload(&DEFAULT_UPLOAD_MIX) * self.cfg.upload_scale;
+        // r_max: the rate the upload capacity could sustain for everyone, at most the stream.
+        let n = self.cfg.peers.max(1) as f64;
+        let r_max = stream.min((SOURCE_UPLOAD_FACTOR * stream + n * mean_up * stream) / n);
+        let delivered_rate = if peer_seconds > 0.0 {
+            delivered_bytes / peer_seconds
+        } else {
+            0.0
+        };
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        Summary {
+            peers: self.cfg.peers,
+            seed: self.cfg.seed,
+            duration_s: self.cfg.duration_s,
+            scenario: self.cfg.scenario.name().to_string(),
+            partners: self.cfg.partners,
+            rate_kbps: self.cfg.rate_kbps,
+            upload_scale: self.cfg.upload_scale,
+            mean_upload_ratio: mean_up,
+            loss: self.cfg.loss,
+            continuity_mean: mean(&cis),
+            continuity_p5: quantile(&cis, 0.05),
+            continuity_min: cis.first().copied().unwrap_or(0.0),
+            peers_measured: cis.len(),
+            sessions,
+            never_started,
+            startup_p50_s: quantile(&startups, 0.5),
+            startup_p95_s: quantile(&startups, 0.95),
+            lag_p50_s: self.lag.quantile(0.5),
+            lag_p95_s: self.lag.quantile(0.95),
+            overhead: if self.payload_bytes > 0 {
+                self.control_bytes as f64 / self.payload_bytes as f64
+            } else {
+                0.0
+            },
+            source_upload_ratio: if streamed_s > 0.0 {
+                source_up / (stream * streamed_s)
+            } else {
+                0.0
+            },
+            rmax_fraction: if r_max > 0.0 {
+                delivered_rate / r_max
+            } else {
+                0.0
+            },
+            segments_played: played,
+            segments_missed: missed,
+            payload_bytes: self.payload_bytes,
+            control_bytes: self.control_bytes,
+            events: self.events,
+            wall_s: 0.0,
+            trace_hash: format!("{:016x}", self.trace),
+        }
+    }
+
+    fn debug_stats(&self) {
+        let mut t = NodeStats::default();
+        let mut n = 0u64;
+        let mut partner_hist = [0u32; 16];
+        for s in self.slots.iter().skip(1) {
+            let Some(node) = &s.node else { continue };
+            let st = node.stats();
+            n += 1;
+            partner_hist[st.partners.min(15)] += 1;
+            t.played += st.played;
+            t.missed += st.missed;
+            t.segments_received += st.segments_received;
+            t.duplicates += st.duplicates;
+            t.uploads += st.uploads;
+            t.requests_sent += st.requests_sent;
+            t.busy_received += st.busy_received;
+            t.busy_sent += st.busy_sent;
+            t.request_timeouts += st.request_timeouts;
+            t.links_refused += st.links_refused;
+            t.members += st.members;
+            t.missed_in_flight += st.missed_in_flight;
+            t.missed_unrequested += st.missed_unrequested;
+            t.stalls += st.stalls;
+        }
+        eprintln!("live peers {n}; partners histogram {partner_hist:?}");
+        for class in [0.5, 1.0, 2.0, 4.0] {
+            let (mut p, mut m, mut k, mut st, mut up, mut cap) =
+                (0u64, 0u64, 0u64, 0u64, 0u64, 0f64);
+            for s in self.slots.iter().skip(1) {
+                let Some(node) = &s.node else { continue };
+                if (s.up_factor / self.cfg.upload_scale - class).abs() > 1e-6 {
+                    continue;
+                }
+                let st2 = node.stats();
+                p += st2.played;
+                m += st2.missed;
+                up += st2.uploads;
+                cap += s.up_factor * self.now.saturating_since(s.joined_at).as_secs_f64()
+                    / self.cfg.segment_s;
+                st += st2.stalls;
+                k += 1;
+            }
+            eprintln!(
+                "class {class}x: {k} peers, CI {:.4}, stalls {st}, upload use {:.3}",
+                p as f64 / (p + m).max(1) as f64,
+                up as f64 / cap.max(1.0)
+            );
+        }
+        eprintln!("totals: {t:?}");
+        eprintln!(
+            "arrival after ingest p10/50/90/99: {:.2}/{:.2}/{:.2}/{:.2} s",
+            self.arrival.quantile(0.1),
+            self.arrival.quantile(0.5),
+            self.arrival.quantile(0.9),
+            self.arrival.quantile(0.99)
+        );
+        if let Some(src) = &self.slots[0].node {
+            eprintln!("source: {:?}", src.stats());
+        }
+    }
+
+    /// Checks the caps and symmetry every node must hold; returns what is wrong.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut by_id: HashMap<PeerId, u32, IdBuild> = HashMap::default();
+        for (ix, s) in self.slots.iter().enumerate() {
+            if let Some(n) = &s.node {
+                by_id.insert(n.id(), ix as u32);
+            }
+        }
+        let mut asymmetric = 0usize;
+        let mut relations = 0usize;
+        for s in &self.slots {
+            let Some(n) = &s.node else { continue };
+            let c = n.config();
+            let partners: Vec<PeerId> = n.partner_ids().collect();
+            if partners.len() > c.accept_limit() {
+                return Err(format!(
+                    "{:?} has {} partners > {}",
+                    n.id(),
+                    partners.len(),
+                    c.accept_limit()
+                ));
+            }
+            let (req, up, links) = n.queue_lengths();
+            if req > c.max_requests || up > c.upload_queue_capacity || links > c.max_links {
+                return Err(format!(
+                    "{:?} over a cap: requests {req}, uploads {up}, links {links}",
+                    n.id()
+                ));
+            }
+            for p in partners {
+                relations += 1;
+                let back = by_id
+                    .get(&p)
+                    .and_then(|&j| self.slots[j as usize].node.as_ref())
+                    .is_some_and(|m| m.partner_ids().any(|q| q == n.id()));
+                if !back {
+                    asymmetric += 1;
+                }
+            }
+        }
+        // Partnerships being set up or torn down are one-sided for a latency: allow a few.
+        if relations > 0 && asymmetric * 20 > relations {
+            return Err(format!(
+                "{asymmetric} of {relations} partnerships are one-sided"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs until `t` (for tests that look at the swarm mid-run).
+    pub fn run_until(&mut self, t: f64) {
+        let until = Instant::ZERO + Duration::from_secs_f64(t);
+        while let Some(q) = self.queue.peek() {
+            if q.at > until || q.at > self.end {
+                break;
+            }
+            let q = self.queue.pop().expect("peeked");
+            self.now = q.at;
+            self.events += 1;
+            let (kind, node) = q.ev.tag();
+            self.trace = mix(
+                self.trace,
+                q.at.as_micros() ^ (kind << 56) ^ ((node as u64) << 24),
+            );
+            self.step(q.ev);
+        }
+    }
+}
+
+fn mix(h: u64, x: u64) -> u64 {
+    let mut z = (h ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z ^= z >> 29;
+    z.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}

@@ -1,0 +1,123 @@
+//! What a run measured, and the JSON summary CONTRACT.md defines.
+
+use serde::Serialize;
+
+/// A histogram of durations in 10 ms buckets up to 120 s (later values land in the last
+/// bucket): fixed memory however many samples a 100,000-peer run makes.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+const BUCKET_S: f64 = 0.01;
+const BUCKETS: usize = 12_000;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: vec![0; BUCKETS],
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    pub fn add(&mut self, secs: f64) {
+        let b = ((secs.max(0.0) / BUCKET_S) as usize).min(BUCKETS - 1);
+        self.buckets[b] += 1;
+        self.count += 1;
+    }
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    /// The `q` quantile (0..=1), as the upper edge of its bucket; 0 with no samples.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.count == 0 {
+            return 0.0;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return (i + 1) as f64 * BUCKET_S;
+            }
+        }
+        BUCKETS as f64 * BUCKET_S
+    }
+}
+
+/// The `q` quantile of a sample (nearest rank); 0 for an empty one.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// `coolstream sim --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub peers: usize,
+    pub seed: u64,
+    pub duration_s: f64,
+    pub scenario: String,
+    pub partners: usize,
+    pub rate_kbps: u64,
+    pub upload_scale: f64,
+    /// Mean upload of peers as a multiple of the stream rate (after scaling).
+    pub mean_upload_ratio: f64,
+    pub loss: f64,
+    /// Per-peer continuity index over peers that played at least `MIN_DEADLINES` deadlines.
+    pub continuity_mean: f64,
+    pub continuity_p5: f64,
+    pub continuity_min: f64,
+    /// Peers counted in the continuity figures, and peers that joined at all.
+    pub peers_measured: usize,
+    pub sessions: usize,
+    /// Sessions that never started playing (and stayed at least 10 s).
+    pub never_started: usize,
+    pub startup_p50_s: f64,
+    pub startup_p95_s: f64,
+    pub lag_p50_s: f64,
+    pub lag_p95_s: f64,
+    pub overhead: f64,
+    pub source_upload_ratio: f64,
+    pub rmax_fraction: f64,
+    pub segments_played: u64,
+    pub segments_missed: u64,
+    pub payload_bytes: u64,
+    pub control_bytes: u64,
+    pub events: u64,
+    pub wall_s: f64,
+    pub trace_hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Histogram::default();
+        for i in 0..100 {
+            h.add(i as f64 * 0.1);
+        }
+        assert!((h.quantile(0.5) - 5.0).abs() < 0.02, "{}", h.quantile(0.5));
+        assert!((h.quantile(0.95) - 9.5).abs() < 0.02);
+        assert_eq!(Histogram::default().quantile(0.5), 0.0);
+        h.add(1e9);
+        assert_eq!(h.quantile(1.0), 120.0);
+    }
+
+    #[test]
+    fn nearest_rank_quantile() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile(&v, 0.5), 2.0);
+        assert_eq!(quantile(&v, 0.05), 1.0);
+        assert_eq!(quantile(&v, 1.0), 4.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+}
