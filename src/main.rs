@@ -9,6 +9,7 @@ coolstream: peer-to-peer live TV (DONet-style mesh) for set-top boxes and Raspbe
 usage:
   coolstream sim [--peers N] [--seed S] [--duration SECS] [--scenario static|churn|flash]
                  [--partners M] [--rate-kbps R] [--upload-scale F] [--loss P]
+                 [--upload-mix F:SHARE,..] [--set KEY=VALUE,..]
                  [--session-mean SECS] [--crash-fraction F] [--start-seq N] [--json]
   coolstream help
 ";
@@ -71,6 +72,22 @@ impl Flags {
     }
 }
 
+/// `0.5:0.4,1:0.3,...`: upload multiples of the stream rate and their shares of peers.
+fn parse_mix(s: &str) -> Result<Vec<(f64, f64)>, UsageError> {
+    let bad = || UsageError(format!("--upload-mix: '{s}' is not a list of FACTOR:SHARE"));
+    let mut mix = Vec::new();
+    for part in s.split(',') {
+        let (f, p) = part.split_once(':').ok_or_else(bad)?;
+        let f: f64 = f.trim().parse().map_err(|_| bad())?;
+        let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(f > 0.0 && f <= 100.0 && p > 0.0) {
+            return Err(bad());
+        }
+        mix.push((f, p));
+    }
+    Ok(mix)
+}
+
 fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
     let f = Flags::parse(args, &["json"])?;
     f.check_known(&[
@@ -81,10 +98,12 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
         "partners",
         "rate-kbps",
         "upload-scale",
+        "upload-mix",
         "loss",
         "session-mean",
         "crash-fraction",
         "start-seq",
+        "set",
         "json",
     ])?;
     let d = SimConfig::default();
@@ -94,7 +113,12 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
             "--scenario: '{scenario_name}' is not one of static, churn, flash"
         ))
     })?;
+    let upload_mix = match f.get::<String>("upload-mix", String::new())? {
+        m if m.is_empty() => d.upload_mix.clone(),
+        m => parse_mix(&m)?,
+    };
     let cfg = SimConfig {
+        upload_mix,
         peers: f.get("peers", d.peers)?,
         seed: f.get("seed", d.seed)?,
         duration_s: f.get("duration", d.duration_s)?,
@@ -109,6 +133,21 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
         progress: true,
         ..d
     };
+    let mut settings = Vec::new();
+    for (n, v) in &f.pairs {
+        if n == "set" {
+            let v = v.as_deref().unwrap_or("");
+            for kv in v.split(',').filter(|x| !x.is_empty()) {
+                let (k, val) = kv
+                    .split_once('=')
+                    .ok_or_else(|| UsageError(format!("--set: '{kv}' is not KEY=VALUE")))?;
+                settings.push((k.trim().to_string(), val.trim().to_string()));
+            }
+        }
+    }
+    let cfg = SimConfig { settings, ..cfg };
+    cfg.check_settings()
+        .map_err(|e| UsageError(format!("--set: {e}")))?;
     let json = f.switch("json");
     if cfg.peers == 0 || cfg.peers >= coolstream::sim::MAX_NODES / 4 {
         return Err(UsageError("--peers must be between 1 and 4,000,000".into()));

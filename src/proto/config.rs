@@ -49,6 +49,9 @@ pub struct Config {
     pub refine_interval: Duration,
     /// A joining peer starts playing this many segments behind its partners' newest.
     pub start_behind: u32,
+    /// Share of partners that must hold the start segment, and segments of margin before it.
+    pub start_quantile: f64,
+    pub start_margin: u32,
     /// Time a joining peer allows for its first segment to arrive (its deadline).
     pub startup_budget: Duration,
     /// Pauses playback may take for late segments over a session (each adds one segment
@@ -73,6 +76,21 @@ pub struct Config {
     pub max_links: usize,
     /// Outstanding dials at most.
     pub max_pending_dials: usize,
+    /// Source only: it uploads only its newest this-many segments (older ones the swarm
+    /// relays), so its budget never queues behind stale work.
+    pub source_fresh_window: u32,
+    /// Substreams K: segment `s` belongs to substream `s mod K`; a peer subscribes to each
+    /// from one parent partner, which pushes its segments as they arrive (New Coolstreaming's
+    /// push, on DONet's mesh). 1 disables nothing: one substream, one parent.
+    pub substreams: u32,
+    /// Share of its upload a node offers to subscriptions (the rest answers pulls).
+    pub push_share: f64,
+    /// A parent this many segments of a substream behind the best partner is replaced.
+    pub parent_lag_limit: u32,
+    /// A segment a parent will push is pulled anyway when its deadline is this close.
+    pub pull_lead: Duration,
+    /// Pushes queued for one child at most (older ones are dropped: the child pulls).
+    pub push_queue_per_child: usize,
     /// Source only: times one segment is uploaded at most (fresh data first, the swarm
     /// relays the rest).
     pub source_max_copies: u8,
@@ -81,17 +99,22 @@ pub struct Config {
 /// Most partners any node accepts, whatever its upload.
 pub const PARTNER_CEILING: usize = 32;
 
-fn tune<T: std::str::FromStr>(name: &str, d: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
 impl Config {
     /// Partners this node accepts: `max_partners` scaled by how many stream rates it can
     /// upload, so strong uploaders feed more peers (DONet's uniform M leaves a 4x uplink
     /// mostly idle). The source's limit is taken as configured.
+    /// Substream subscriptions this node takes: its upload in stream rates times K, times
+    /// the push share (the source offers its whole budget).
+    pub fn max_children(&self) -> u32 {
+        let factor = self.upload_bytes_per_s as f64 / self.stream_bytes_per_s.max(1) as f64;
+        let share = if self.role == Role::Source {
+            1.0
+        } else {
+            self.push_share
+        };
+        (factor * self.substreams as f64 * share).floor().max(0.0) as u32
+    }
+
     pub fn accept_limit(&self) -> usize {
         if self.role == Role::Source {
             return self.max_partners.min(PARTNER_CEILING);
@@ -114,8 +137,8 @@ impl Config {
             segment_duration,
             partners: 5,
             max_partners: match role {
-                Role::Source => tune("T_SRC_PARTNERS", 12),
-                Role::Peer => tune("T_MAX_PARTNERS", 8),
+                Role::Source => 12,
+                Role::Peer => 8,
             },
             window,
             // Window's worth of nominal segments, doubled for rate peaks.
@@ -131,19 +154,137 @@ impl Config {
             handshake_timeout: Duration::from_secs(5),
             query_idle_timeout: Duration::from_secs(10),
             refine_interval: Duration::from_secs(20),
-            start_behind: tune("T_START_BEHIND", 4),
+            start_behind: 4,
+            start_quantile: 1.0,
+            start_margin: 2,
             startup_budget: Duration::from_millis(1500),
-            stall_limit: tune("T_STALLS", 10),
-            max_requests_per_partner: tune("T_PER_PARTNER", 3),
-            max_requests: tune("T_MAX_REQ", 8),
+            stall_limit: 10,
+            max_requests_per_partner: 3,
+            max_requests: 8,
             upload_queue_capacity: 32,
             upload_queue_per_partner: 4,
-            max_upload_backlog: Duration::from_millis(tune("T_BACKLOG_MS", 2000)),
+            max_upload_backlog: Duration::from_millis(2000),
             concurrent_uploads: 1,
-            urgent_within: Duration::from_millis(tune("T_URGENT_MS", 2000)),
+            urgent_within: Duration::from_millis(2000),
             max_links: 64,
             max_pending_dials: 8,
-            source_max_copies: tune("T_COPIES", 2),
+            source_max_copies: 2,
+            source_fresh_window: 2,
+            substreams: 4,
+            push_share: 0.9,
+            parent_lag_limit: 2,
+            pull_lead: Duration::from_millis(3000),
+            push_queue_per_child: 8,
         }
+    }
+}
+
+/// Why a setting could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingError(pub String);
+
+impl core::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    /// The knobs [`Config::set`] knows, for help texts and errors.
+    pub const SETTINGS: &'static [&'static str] = &[
+        "partners",
+        "max_partners",
+        "window",
+        "start_behind",
+        "start_margin",
+        "stall_limit",
+        "max_requests",
+        "max_requests_per_partner",
+        "max_upload_backlog_ms",
+        "urgent_within_ms",
+        "substreams",
+        "push_share",
+        "parent_lag_limit",
+        "pull_lead_ms",
+        "source_max_copies",
+        "source_fresh_window",
+        "refine_interval_ms",
+        "heartbeat_timeout_ms",
+    ];
+
+    /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), SettingError> {
+        fn num<T: core::str::FromStr>(key: &str, v: &str) -> Result<T, SettingError> {
+            v.trim()
+                .parse()
+                .map_err(|_| SettingError(format!("{key}: cannot read '{v}' as a number")))
+        }
+        let ms = |v: &str| num::<u64>(key, v).map(Duration::from_millis);
+        match key {
+            "partners" => self.partners = num(key, value)?,
+            "max_partners" => self.max_partners = num(key, value)?,
+            "window" => self.window = num(key, value)?,
+            "start_behind" => self.start_behind = num(key, value)?,
+            "start_margin" => self.start_margin = num(key, value)?,
+            "stall_limit" => self.stall_limit = num(key, value)?,
+            "max_requests" => self.max_requests = num(key, value)?,
+            "max_requests_per_partner" => self.max_requests_per_partner = num(key, value)?,
+            "max_upload_backlog_ms" => self.max_upload_backlog = ms(value)?,
+            "urgent_within_ms" => self.urgent_within = ms(value)?,
+            "substreams" => {
+                let k: u32 = num(key, value)?;
+                if !(1..=32).contains(&k) {
+                    return Err(SettingError("substreams: must be 1..=32".into()));
+                }
+                self.substreams = k;
+            }
+            "push_share" => self.push_share = num(key, value)?,
+            "parent_lag_limit" => self.parent_lag_limit = num(key, value)?,
+            "pull_lead_ms" => self.pull_lead = ms(value)?,
+            "source_max_copies" => self.source_max_copies = num(key, value)?,
+            "source_fresh_window" => self.source_fresh_window = num(key, value)?,
+            "refine_interval_ms" => self.refine_interval = ms(value)?,
+            "heartbeat_timeout_ms" => self.heartbeat_timeout = ms(value)?,
+            _ => {
+                return Err(SettingError(format!(
+                    "unknown setting '{key}' (known: {})",
+                    Self::SETTINGS.join(", ")
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_reject() {
+        let mut c = Config::new(ChannelId([0; 32]), Role::Peer, 96_000);
+        c.set("partners", "7").unwrap();
+        c.set("pull_lead_ms", "1500").unwrap();
+        assert_eq!(c.partners, 7);
+        assert_eq!(c.pull_lead, Duration::from_millis(1500));
+        assert!(c.set("partners", "many").is_err());
+        assert!(c.set("substreams", "0").is_err());
+        assert!(c.set("nonsense", "1").is_err());
+        for k in Config::SETTINGS {
+            assert!(
+                !matches!(c.clone().set(k, "1"), Err(SettingError(m)) if m.starts_with("unknown"))
+            );
+        }
+    }
+
+    #[test]
+    fn strong_uploaders_accept_more_partners_and_children() {
+        let mut c = Config::new(ChannelId([0; 32]), Role::Peer, 100_000);
+        c.upload_bytes_per_s = 50_000;
+        assert_eq!(c.accept_limit(), c.max_partners);
+        assert_eq!(c.max_children(), 1);
+        c.upload_bytes_per_s = 400_000;
+        assert_eq!(c.accept_limit(), c.max_partners * 4);
+        assert_eq!(c.max_children(), 14);
     }
 }

@@ -169,16 +169,23 @@ impl MCache {
         v
     }
 
-    /// A random live member that passes `keep`, drawn with odds in proportion to the room it
-    /// has for partners (one more than its free slots, so a full member is not ruled out: its
-    /// record may be stale). Members with room accept; members that upload more have more.
+    /// A random live member that passes `keep`, drawn with odds in proportion to how many
+    /// partners it takes (members that upload more take more), and small odds for a member
+    /// whose record says it is full (the record may be stale). Weighting by free room instead
+    /// would send every newcomer to other newcomers, which hold nothing yet.
     pub fn pick_candidate(
         &self,
         rng: &mut Rng,
         now: Instant,
         mut keep: impl FnMut(&MemberEntry) -> bool,
     ) -> Option<MemberEntry> {
-        let weight = |e: &MemberEntry| 1 + e.max_partners.saturating_sub(e.num_partners) as u64;
+        let weight = |e: &MemberEntry| {
+            if e.num_partners < e.max_partners {
+                e.max_partners.max(1) as u64
+            } else {
+                1
+            }
+        };
         let total: u64 = self.live(now).filter(|e| keep(e)).map(|e| weight(&e)).sum();
         if total == 0 {
             return None;
@@ -277,7 +284,7 @@ mod tests {
                     == PeerId(2)
             })
             .count();
-        // Odds 17 : 1.
+        // Odds 16 : 1.
         assert!((1500..1700).contains(&picks), "{picks}");
         assert!(m
             .pick_candidate(&mut rng, Instant::ZERO, |_| false)

@@ -136,6 +136,14 @@ pub struct NodeStats {
     /// held but we had not requested (the rest no partner held).
     pub missed_in_flight: u64,
     pub missed_unrequested: u64,
+    /// Busy answers by reason: not a partner, not held, copies, per-partner queue, queue
+    /// full, backlog, deadline.
+    pub busy_reasons: [u64; 7],
+    /// Scheduling: wanted segments left for later because no supplier had a free slot, or
+    /// none could deliver in time; and passes that found the request budget spent.
+    pub sched_no_slot: u64,
+    pub sched_too_late: u64,
+    pub sched_budget_spent: u64,
 }
 
 /// Why we dialled someone.
@@ -201,6 +209,8 @@ struct UploadRequest {
     deadline: Instant,
     /// Requester's announced upload rate (the source serves strong uploaders first).
     requester_rate: u64,
+    /// A push to a child of the segment's substream (no request, no deadline of its own).
+    push: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -370,6 +380,17 @@ impl<P: Payload> Node<P> {
             .filter_map(|l| l.peer.map(|p| p.id))
     }
 
+    /// Substreams with a parent, and subscriptions served (diagnostics).
+    pub fn push_state(&self) -> (u32, u32) {
+        let parents = self
+            .links
+            .iter()
+            .filter_map(|l| l.partner.as_ref())
+            .map(|p| p.parent_of.count_ones())
+            .sum();
+        (parents, self.children())
+    }
+
     /// Requests in flight and queued uploads (for invariant checks: both are bounded).
     pub fn queue_lengths(&self) -> (usize, usize, usize) {
         (self.requests.len(), self.uploads.len(), self.links.len())
@@ -483,6 +504,7 @@ impl<P: Payload> Node<P> {
         if self.schedule_due && !self.left {
             self.schedule_due = false;
             self.schedule();
+            self.maintain_parents();
         }
     }
 
@@ -767,18 +789,30 @@ impl<P: Payload> Node<P> {
                 self.close_if_done(i);
                 self.maintain_partners();
             }
-            Control::BufferMap { map, backlog_ms } => {
+            Control::BufferMap {
+                map,
+                backlog_ms,
+                playing,
+                spare,
+            } => {
                 let now = self.now;
                 if let Some(p) = self.links[i].partner.as_mut() {
                     p.map = map;
+                    p.spare = spare;
+                    p.playing = playing.map(|s| (s, now));
                     p.note_backlog(now, backlog_ms);
                     self.schedule_due = true;
                 }
             }
-            Control::Have { seq, backlog_ms } => {
+            Control::Have {
+                seq,
+                backlog_ms,
+                spare,
+            } => {
                 let now = self.now;
                 if let Some(p) = self.links[i].partner.as_mut() {
                     p.map.set(seq);
+                    p.spare = spare;
                     p.note_backlog(now, backlog_ms);
                     self.schedule_due = true;
                 }
@@ -810,6 +844,28 @@ impl<P: Payload> Node<P> {
                         }
                     }
                     self.schedule_due = true;
+                }
+            }
+            Control::Subscribe { mask, from } => self.on_subscribe(i, mask, from),
+            Control::SubscribeReply { accepted, refused } => {
+                let now = self.now;
+                let backoff = self.cfg.refine_interval.mul(1);
+                if let Some(p) = self.links[i].partner.as_mut() {
+                    let asked = p.subscribing;
+                    p.subscribing &= !(accepted | refused);
+                    p.parent_of |= accepted & asked;
+                    if refused != 0 {
+                        p.spare = 0;
+                        p.no_parent_until = now + Duration::from_micros(backoff.as_micros() / 4);
+                    }
+                    self.schedule_due = true;
+                }
+            }
+            Control::Unsubscribe { mask } => {
+                if let Some(p) = self.links[i].partner.as_mut() {
+                    p.child_of &= !mask;
+                    let link = self.links[i].id;
+                    self.uploads.retain(|u| !(u.push && u.link == link));
                 }
             }
             Control::KeepAlive => {}
@@ -937,7 +993,17 @@ impl<P: Payload> Node<P> {
         self.links[i].partner = Some(Partner::new(self.now, peer.upload_bytes_per_s));
         let map = *self.store.map();
         let backlog_ms = self.backlog_ms();
-        self.send(i, Control::BufferMap { map, backlog_ms });
+        let playing = self.playing();
+        let spare = self.spare();
+        self.send(
+            i,
+            Control::BufferMap {
+                map,
+                backlog_ms,
+                playing,
+                spare,
+            },
+        );
         self.schedule_due = true;
     }
 
@@ -982,7 +1048,12 @@ impl<P: Payload> Node<P> {
             return;
         };
         let is_partner = self.links[i].partner.is_some();
-        let queued_here = self.uploads.iter().filter(|u| u.link == link).count();
+        let queued_here = self
+            .uploads
+            .iter()
+            .filter(|u| u.link == link && !u.push)
+            .count();
+        let pulls_queued = self.uploads.iter().filter(|u| !u.push).count();
         let deadline = self.now + Duration::from_millis(deadline_ms as u64);
         let seg_bytes = self
             .store
@@ -990,14 +1061,17 @@ impl<P: Payload> Node<P> {
             .map_or(self.last_segment_bytes, |s| s.payload.len() as u64);
         let finish =
             self.now + self.backlog() + Duration::for_bytes(seg_bytes, self.cfg.upload_bytes_per_s);
-        let refuse = !is_partner
-            || !self.store.has(seq)
-            || (self.cfg.role == Role::Source && self.copies_of(seq) >= self.cfg.source_max_copies)
-            || queued_here >= self.cfg.upload_queue_per_partner
-            || self.uploads.len() >= self.cfg.upload_queue_capacity
-            || self.backlog() >= self.max_backlog()
-            || finish > deadline + DEADLINE_GRACE;
-        if refuse {
+        let reasons = [
+            !is_partner,
+            !self.store.has(seq),
+            self.cfg.role == Role::Source && self.copies_of(seq) >= self.cfg.source_max_copies,
+            queued_here >= self.cfg.upload_queue_per_partner,
+            pulls_queued >= self.cfg.upload_queue_capacity,
+            self.backlog() >= self.max_backlog(),
+            finish > deadline + DEADLINE_GRACE,
+        ];
+        if let Some(r) = reasons.iter().position(|&x| x) {
+            self.stats.busy_reasons[r] += 1;
             self.stats.busy_sent += 1;
             let backlog_ms = self.backlog_ms();
             self.send(i, Control::Busy { seq, backlog_ms });
@@ -1008,6 +1082,7 @@ impl<P: Payload> Node<P> {
             seq,
             deadline,
             requester_rate: peer.upload_bytes_per_s,
+            push: false,
         });
         self.start_uploads();
     }
@@ -1029,7 +1104,7 @@ impl<P: Payload> Node<P> {
         let xfer = Duration::for_bytes(self.last_segment_bytes, self.cfg.upload_bytes_per_s);
         let critical_before = self.now + xfer.mul(2);
         let critical = (0..self.uploads.len())
-            .filter(|&k| self.uploads[k].deadline <= critical_before)
+            .filter(|&k| !self.uploads[k].push && self.uploads[k].deadline <= critical_before)
             .min_by_key(|&k| self.uploads[k].deadline);
         if critical.is_some() && self.cfg.role != Role::Source {
             return critical;
@@ -1063,9 +1138,26 @@ impl<P: Payload> Node<P> {
             let Some(li) = self.link_index(u.link) else {
                 continue;
             };
+            if u.push {
+                let wanted = self.links[li]
+                    .partner
+                    .as_ref()
+                    .is_some_and(|p| !p.map.has(u.seq) && p.child_of != 0);
+                let over = self.cfg.role == Role::Source
+                    && self.copies_of(u.seq) >= self.cfg.source_max_copies;
+                if !wanted || over || !self.store.has(u.seq) {
+                    continue;
+                }
+            }
             let too_late = self.now > u.deadline + DEADLINE_GRACE;
+            // The source seeds: copies of the freshest segments only, so that its budget
+            // never queues behind old work the swarm can relay itself.
             let over_copies = self.cfg.role == Role::Source
-                && self.copies_of(u.seq) >= self.cfg.source_max_copies;
+                && (self.copies_of(u.seq) >= self.cfg.source_max_copies
+                    || self
+                        .store
+                        .newest()
+                        .is_some_and(|n| u.seq.dist_to(n) >= self.cfg.source_fresh_window as i32));
             let seg = match self.store.get(u.seq) {
                 Some(s) if !too_late && !over_copies => s.clone(),
                 _ => {
@@ -1090,6 +1182,8 @@ impl<P: Payload> Node<P> {
             l.last_sent = self.now;
             if let Some(p) = l.partner.as_mut() {
                 p.sent += 1;
+                // It will hold it: no need to push or announce it there again.
+                p.map.set(u.seq);
             }
             let done = self.now
                 + Duration::for_bytes(seg.payload.len() as u64, self.cfg.upload_bytes_per_s);
@@ -1110,6 +1204,7 @@ impl<P: Payload> Node<P> {
         let seq = seg.seq;
         self.last_segment_bytes = seg.payload.len() as u64;
         if self.store.insert(seg) == Inserted::New {
+            self.push_to_children(seq);
             self.announce(seq, None);
         }
     }
@@ -1117,6 +1212,7 @@ impl<P: Payload> Node<P> {
     /// Tells every partner that lacks `seq` that we now hold it.
     fn announce(&mut self, seq: Seq, except: Option<LinkId>) {
         let backlog_ms = self.backlog_ms();
+        let spare = self.spare();
         for j in 0..self.links.len() {
             let l = &self.links[j];
             if Some(l.id) == except {
@@ -1124,7 +1220,14 @@ impl<P: Payload> Node<P> {
             }
             if let Some(p) = &l.partner {
                 if !p.map.has(seq) {
-                    self.send(j, Control::Have { seq, backlog_ms });
+                    self.send(
+                        j,
+                        Control::Have {
+                            seq,
+                            backlog_ms,
+                            spare,
+                        },
+                    );
                 }
             }
         }
@@ -1149,6 +1252,7 @@ impl<P: Payload> Node<P> {
         self.last_segment_bytes = seg.payload.len() as u64;
         match self.store.insert(seg) {
             Inserted::New => {
+                self.push_to_children(seq);
                 self.announce(seq, Some(link));
                 self.drain_playout();
             }
@@ -1277,8 +1381,9 @@ impl<P: Payload> Node<P> {
     }
 
     /// Chooses where a joining peer starts: `start_behind` segments before the newest any
-    /// partner holds, and no later than the newest that most partners hold (a segment few
-    /// hold is still spreading; starting there leaves no slack for what follows). The start
+    /// partner holds, and no later than `start_margin` before the newest that a
+    /// `start_quantile` share of partners hold (a segment few hold is still spreading; starting
+    /// there leaves no slack for what follows). The start
     /// is moved forward to a segment someone holds if the swarm does not reach back so far.
     fn choose_start(&mut self) {
         let mut newests: Vec<Seq> = self
@@ -1291,13 +1396,33 @@ impl<P: Payload> Node<P> {
         }
         newests.sort_by(|a, b| b.serial_cmp(*a));
         let newest = newests[0];
-        let majority = newests[(newests.len() - 1) / 2];
+        // The newest segment (nearly) every partner holds: it has spread through the swarm,
+        // so what follows it will too, in time.
+        let k = ((newests.len() as f64 * self.cfg.start_quantile).ceil() as usize)
+            .clamp(1, newests.len());
+        let majority = newests[k - 1].sub(self.cfg.start_margin);
         let behind = newest.sub(self.cfg.start_behind);
         let mut target = if majority.is_before(behind) {
             majority
         } else {
             behind
         };
+        // Partners that play have found a lag the swarm can feed: start where the median of
+        // them plays now (their reports advance one segment per nominal duration).
+        let nominal = self.nominal().as_micros().max(1);
+        let mut plays: Vec<Seq> = self
+            .links
+            .iter()
+            .filter_map(|l| l.partner.as_ref().and_then(|p| p.playing))
+            .map(|(s, at)| s.add((self.now.saturating_since(at).as_micros() / nominal) as u32))
+            .collect();
+        if !plays.is_empty() {
+            plays.sort_by(|a, b| a.serial_cmp(*b));
+            let median = plays[(plays.len() - 1) / 2];
+            if median.is_before(target) {
+                target = median;
+            }
+        }
         for _ in 0..=self.cfg.start_behind {
             let held = self.store.has(target)
                 || self
@@ -1314,6 +1439,14 @@ impl<P: Payload> Node<P> {
             since: self.now,
         };
         self.drain_playout();
+    }
+
+    /// The segment we play next, if playing.
+    fn playing(&self) -> Option<Seq> {
+        match self.playout {
+            Playout::Playing { next, .. } => Some(next),
+            _ => None,
+        }
     }
 
     /// The deadline of `seq` as things stand.
@@ -1349,6 +1482,7 @@ impl<P: Payload> Node<P> {
         };
         let budget = self.cfg.max_requests.saturating_sub(self.requests.len());
         if budget == 0 {
+            self.stats.sched_budget_spent += 1;
             return;
         }
         let now = self.now;
@@ -1388,6 +1522,10 @@ impl<P: Payload> Node<P> {
                 if self.store.has(seq) || self.requests.iter().any(|r| r.seq == seq) {
                     continue;
                 }
+                let deadline = self.deadline_of(seq);
+                if deadline > now + self.cfg.pull_lead && self.parent_of(seq).is_some() {
+                    continue;
+                }
                 let mut holders = 0u64;
                 for (b, &j) in link_of.iter().enumerate() {
                     if self.links[j]
@@ -1401,7 +1539,7 @@ impl<P: Payload> Node<P> {
                 if holders != 0 {
                     wants.push(Want {
                         seq,
-                        deadline: self.deadline_of(seq),
+                        deadline,
                         holders,
                     });
                 }
@@ -1409,7 +1547,7 @@ impl<P: Payload> Node<P> {
         }
         let mut picks = std::mem::take(&mut self.scratch_picks);
         picks.clear();
-        scheduler::plan(
+        let skipped = scheduler::plan(
             now,
             &mut wants,
             &mut suppliers,
@@ -1418,6 +1556,8 @@ impl<P: Payload> Node<P> {
             budget,
             &mut picks,
         );
+        self.stats.sched_no_slot += skipped.no_slot;
+        self.stats.sched_too_late += skipped.too_late;
         for pick in &picks {
             let j = link_of[pick.supplier];
             let deadline = self.deadline_of(pick.seq);
@@ -1449,6 +1589,271 @@ impl<P: Payload> Node<P> {
         self.scratch_suppliers = suppliers;
         self.scratch_links = link_of;
         self.scratch_picks = picks;
+    }
+
+    // ----- substream push -----
+
+    fn substream(&self, seq: Seq) -> u32 {
+        seq.0 % self.cfg.substreams.max(1)
+    }
+
+    fn all_substreams(&self) -> u32 {
+        let k = self.cfg.substreams.clamp(1, 32);
+        if k == 32 {
+            u32::MAX
+        } else {
+            (1 << k) - 1
+        }
+    }
+
+    /// Subscriptions we serve now.
+    fn children(&self) -> u32 {
+        self.links
+            .iter()
+            .filter_map(|l| l.partner.as_ref())
+            .map(|p| p.child_of.count_ones())
+            .sum()
+    }
+
+    /// Subscriptions we can still take, as advertised.
+    fn spare(&self) -> u8 {
+        self.cfg
+            .max_children()
+            .saturating_sub(self.children())
+            .min(u8::MAX as u32) as u8
+    }
+
+    /// The link index of the partner that pushes `seq`'s substream to us.
+    fn parent_of(&self, seq: Seq) -> Option<usize> {
+        let bit = 1 << self.substream(seq);
+        self.links
+            .iter()
+            .position(|l| l.partner.as_ref().is_some_and(|p| p.parent_of & bit != 0))
+    }
+
+    /// Queues `seq` for every child subscribed to its substream that lacks it.
+    fn push_to_children(&mut self, seq: Seq) {
+        let bit = 1 << self.substream(seq);
+        for j in 0..self.links.len() {
+            let l = &self.links[j];
+            let Some(p) = &l.partner else { continue };
+            if p.child_of & bit == 0 || p.map.has(seq) {
+                continue;
+            }
+            let link = l.id;
+            let rate = l.peer.map_or(0, |p| p.upload_bytes_per_s);
+            self.enqueue_push(link, seq, rate);
+        }
+        self.start_uploads();
+    }
+
+    fn enqueue_push(&mut self, link: LinkId, seq: Seq, requester_rate: u64) {
+        if self.uploads.iter().any(|u| u.link == link && u.seq == seq) {
+            return;
+        }
+        // A child this far behind is better served by pulling: drop its oldest push.
+        let mut count = 0;
+        let mut oldest: Option<usize> = None;
+        for (k, u) in self.uploads.iter().enumerate() {
+            if u.push && u.link == link {
+                count += 1;
+                if oldest.is_none_or(|o| u.seq.is_before(self.uploads[o].seq)) {
+                    oldest = Some(k);
+                }
+            }
+        }
+        if count >= self.cfg.push_queue_per_child {
+            if let Some(o) = oldest {
+                self.uploads.swap_remove(o);
+            }
+        }
+        self.uploads.push(UploadRequest {
+            link,
+            seq,
+            deadline: Instant::FAR_FUTURE,
+            requester_rate,
+            push: true,
+        });
+    }
+
+    /// A partner asks us to push substreams `mask` from `from` on.
+    fn on_subscribe(&mut self, i: usize, mask: u32, from: Seq) {
+        let mask = mask & self.all_substreams();
+        let Some(p) = self.links[i].partner.as_ref() else {
+            self.send(
+                i,
+                Control::SubscribeReply {
+                    accepted: 0,
+                    refused: mask,
+                },
+            );
+            return;
+        };
+        let new = mask & !p.child_of;
+        let mut room = self.spare() as u32;
+        let mut accepted = mask & p.child_of;
+        for j in 0..32 {
+            let bit = 1u32 << j;
+            if new & bit != 0 && room > 0 {
+                accepted |= bit;
+                room -= 1;
+            }
+        }
+        let refused = mask & !accepted;
+        let link = self.links[i].id;
+        let rate = self.links[i].peer.map_or(0, |p| p.upload_bytes_per_s);
+        if let Some(p) = self.links[i].partner.as_mut() {
+            p.child_of |= accepted;
+        }
+        self.send(i, Control::SubscribeReply { accepted, refused });
+        // Back-fill what we hold of those substreams from `from` on, oldest first.
+        if let Some(newest) = self.store.newest() {
+            let span = from.dist_to(newest);
+            if span >= 0 {
+                let span = (span as u32).min(self.store.window());
+                for d in (0..=span).rev() {
+                    let seq = newest.sub(d);
+                    let bit = 1 << self.substream(seq);
+                    let lacks = self.links[i]
+                        .partner
+                        .as_ref()
+                        .is_some_and(|p| !p.map.has(seq));
+                    if accepted & bit != 0 && lacks && self.store.has(seq) {
+                        self.enqueue_push(link, seq, rate);
+                    }
+                }
+            }
+        }
+        self.start_uploads();
+    }
+
+    /// Subscribes each substream that has no parent (and no pending request) to the best
+    /// partner for it: one with room that is furthest ahead on it, faster on ties.
+    fn maintain_parents(&mut self) {
+        if self.cfg.role == Role::Source || !self.joined {
+            return;
+        }
+        let from = match self.playout {
+            Playout::Idle => return,
+            Playout::Starting { start, .. } => start,
+            Playout::Playing { next, .. } => next,
+        };
+        let k = self.cfg.substreams.max(1);
+        let mut covered = 0u32;
+        for l in &self.links {
+            if let Some(p) = &l.partner {
+                covered |= p.parent_of | p.subscribing;
+            }
+        }
+        let missing = self.all_substreams() & !covered;
+        if missing == 0 {
+            return;
+        }
+        let now = self.now;
+        // Each partner's spare room, less what this pass asks of it.
+        let mut room: Vec<u32> = self
+            .links
+            .iter()
+            .map(|l| {
+                l.partner.as_ref().map_or(0, |p| {
+                    if p.no_parent_until <= now && p.map.newest().is_some() {
+                        p.spare as u32
+                    } else {
+                        0
+                    }
+                })
+            })
+            .collect();
+        let mut asks = vec![0u32; self.links.len()];
+        for j in 0..k {
+            let bit = 1 << j;
+            if missing & bit == 0 {
+                continue;
+            }
+            let mut best: Option<(usize, Seq, u64)> = None;
+            for (x, l) in self.links.iter().enumerate() {
+                let Some(p) = &l.partner else { continue };
+                if room[x] == 0 {
+                    continue;
+                }
+                let Some(newest) = super::partners::newest_in(&p.map, j, k) else {
+                    continue;
+                };
+                let rate = p.upload_bytes_per_s;
+                let better = match best {
+                    None => true,
+                    Some((_, bn, br)) => newest.is_after(bn) || (newest == bn && rate > br),
+                };
+                if better {
+                    best = Some((x, newest, rate));
+                }
+            }
+            if let Some((x, _, _)) = best {
+                room[x] -= 1;
+                asks[x] |= bit;
+            }
+        }
+        for (x, mask) in asks.into_iter().enumerate() {
+            if mask == 0 {
+                continue;
+            }
+            if let Some(p) = self.links[x].partner.as_mut() {
+                p.subscribing |= mask;
+            }
+            self.send(x, Control::Subscribe { mask, from });
+        }
+    }
+
+    /// Replaces parents that fall behind: one whose newest segment of its substream is
+    /// `parent_lag_limit` segments of that substream behind the best partner's, or that holds
+    /// segments it has not pushed to us for that long.
+    fn check_parents(&mut self) {
+        if self.cfg.role == Role::Source {
+            return;
+        }
+        let k = self.cfg.substreams.max(1);
+        let limit = (self.cfg.parent_lag_limit * k) as i32;
+        let now = self.now;
+        for j in 0..k {
+            let bit = 1 << j;
+            let Some(x) = self
+                .links
+                .iter()
+                .position(|l| l.partner.as_ref().is_some_and(|p| p.parent_of & bit != 0))
+            else {
+                continue;
+            };
+            let newest_of = |l: &Link| {
+                l.partner
+                    .as_ref()
+                    .and_then(|p| super::partners::newest_in(&p.map, j, k))
+            };
+            let parent_newest = newest_of(&self.links[x]);
+            let best = self
+                .links
+                .iter()
+                .filter_map(newest_of)
+                .reduce(|a, b| a.max(b));
+            let mine = super::partners::newest_in(self.store.map(), j, k);
+            let behind_best = match (parent_newest, best) {
+                (Some(p), Some(b)) => p.dist_to(b) >= limit,
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            let not_pushing = match (parent_newest, mine) {
+                (Some(p), Some(m)) => m.dist_to(p) >= limit,
+                _ => false,
+            };
+            if behind_best || not_pushing {
+                let wait = Duration::from_micros(self.cfg.refine_interval.as_micros() / 2);
+                if let Some(p) = self.links[x].partner.as_mut() {
+                    p.parent_of &= !bit;
+                    p.no_parent_until = now + wait;
+                }
+                self.send(x, Control::Unsubscribe { mask: bit });
+                self.schedule_due = true;
+            }
+        }
     }
 
     // ----- housekeeping -----
@@ -1513,9 +1918,19 @@ impl<P: Payload> Node<P> {
             self.next_map_refresh = now + BUFFER_MAP_REFRESH;
             let map = *self.store.map();
             let backlog_ms = self.backlog_ms();
+            let playing = self.playing();
+            let spare = self.spare();
             for j in 0..self.links.len() {
                 if self.links[j].partner.is_some() {
-                    self.send(j, Control::BufferMap { map, backlog_ms });
+                    self.send(
+                        j,
+                        Control::BufferMap {
+                            map,
+                            backlog_ms,
+                            playing,
+                            spare,
+                        },
+                    );
                 }
             }
         }
@@ -1534,6 +1949,7 @@ impl<P: Payload> Node<P> {
             }
         }
         self.maintain_partners();
+        self.check_parents();
         self.schedule_due = true;
     }
 

@@ -16,6 +16,17 @@ pub struct Partner {
     /// The partner's upload backlog as it last advertised it, and when.
     pub backlog: Duration,
     pub backlog_at: Instant,
+    /// The segment the partner played next when it last told us, and when that was.
+    pub playing: Option<(Seq, Instant)>,
+    /// Substreams (bit j) this partner pushes to us, we asked it to push (no answer yet),
+    /// and it asked us to push.
+    pub parent_of: u32,
+    pub subscribing: u32,
+    pub child_of: u32,
+    /// Substream subscriptions it said it can still take.
+    pub spare: u8,
+    /// Do not ask it to be a parent again before then (it refused or fell behind).
+    pub no_parent_until: Instant,
     /// Our requests at this partner not yet answered.
     pub inflight: usize,
     /// The partner said busy: leave it alone until then.
@@ -36,6 +47,12 @@ impl Partner {
             map: BufferMap::empty(Seq(0)),
             backlog: Duration::ZERO,
             backlog_at: now,
+            playing: None,
+            parent_of: 0,
+            subscribing: 0,
+            child_of: 0,
+            spare: 0,
+            no_parent_until: now,
             inflight: 0,
             avoid_until: now,
             upload_bytes_per_s: upload_bytes_per_s.max(1),
@@ -72,6 +89,23 @@ impl Partner {
     }
 }
 
+/// The newest segment of substream `j` (of `k`) that `map` holds.
+pub fn newest_in(map: &BufferMap, j: u32, k: u32) -> Option<Seq> {
+    let newest = map.newest()?;
+    let k = k.max(1);
+    // Step back to the newest sequence number of substream j, then by k.
+    let back = (newest.0 % k + k - j % k) % k;
+    let mut s = newest.sub(back);
+    let oldest = map.oldest()?;
+    while !s.is_before(oldest) {
+        if map.has(s) {
+            return Some(s);
+        }
+        s = s.sub(k);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +120,19 @@ mod tests {
         p.received = 20;
         p.close_period(Duration::from_secs(10));
         assert!((p.score - 1.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn newest_in_substream() {
+        let mut m = BufferMap::empty(Seq(0));
+        for s in [3u32, 4, 5, 9, 10] {
+            m.set(Seq(s));
+        }
+        assert_eq!(newest_in(&m, 1, 4), Some(Seq(9)));
+        assert_eq!(newest_in(&m, 2, 4), Some(Seq(10)));
+        assert_eq!(newest_in(&m, 3, 4), Some(Seq(3)));
+        assert_eq!(newest_in(&m, 0, 4), Some(Seq(4)));
+        assert_eq!(newest_in(&BufferMap::empty(Seq(0)), 0, 4), None);
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub struct Pick {
     pub eta: Instant,
 }
 
+/// Why wanted segments were left for later in one planning pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Skipped {
+    pub no_slot: u64,
+    pub too_late: u64,
+}
+
 /// Plans up to `budget` requests. `wants` is reordered in place.
 pub fn plan(
     now: Instant,
@@ -48,7 +55,8 @@ pub fn plan(
     urgent_within: Duration,
     mut budget: usize,
     out: &mut Vec<Pick>,
-) {
+) -> Skipped {
+    let mut skipped = Skipped::default();
     let urgent_before = now + urgent_within;
     // Holders beyond the supplier list are ignored (a caller's stale bit must not index out).
     let mask = match suppliers.len() {
@@ -91,8 +99,12 @@ pub fn plan(
                 best = Some((i, eta));
             }
         }
-        let Some((i, eta)) = best else { continue };
+        let Some((i, eta)) = best else {
+            skipped.no_slot += 1;
+            continue;
+        };
         if eta > w.deadline && !urgent {
+            skipped.too_late += 1;
             continue;
         }
         let s = &mut suppliers[i];
@@ -105,6 +117,7 @@ pub fn plan(
             eta,
         });
     }
+    skipped
 }
 
 #[cfg(test)]

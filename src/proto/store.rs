@@ -161,7 +161,7 @@ mod tests {
             origin_us: 0,
             duration_us: 1_000_000,
             flags: 0,
-            payload: SimPayload { len },
+            payload: SimPayload { len, hops: 0 },
         }
     }
 

@@ -197,15 +197,34 @@ pub enum Control {
     PartnerAccept,
     /// No room; here are others to try.
     PartnerReject(Vec<MemberEntry>),
-    /// The sender's whole window, and how long its upload queue would take to drain.
+    /// The sender's whole window, how long its upload queue would take to drain, and the
+    /// segment it plays next (none for the source or a peer not yet playing).
     BufferMap {
         map: BufferMap,
         backlog_ms: u16,
+        playing: Option<Seq>,
+        /// Substream subscriptions the sender can still take.
+        spare: u8,
     },
     /// The sender now holds `seq`.
     Have {
         seq: Seq,
         backlog_ms: u16,
+        spare: u8,
+    },
+    /// "Push me every segment of these substreams (bit j: seq mod K = j) from `from` on."
+    Subscribe {
+        mask: u32,
+        from: Seq,
+    },
+    /// The answer to a subscribe: which substreams the sender now pushes, which it cannot.
+    SubscribeReply {
+        accepted: u32,
+        refused: u32,
+    },
+    /// "Stop pushing these substreams."
+    Unsubscribe {
+        mask: u32,
     },
     /// "Send me `seq`; I need it within `deadline_ms`."
     Request {
@@ -533,6 +552,8 @@ impl FrameReader {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct SimPayload {
     pub len: u32,
+    /// Hops from the source so far (the simulator counts them; no node reads this).
+    pub hops: u16,
 }
 
 impl Payload for SimPayload {
@@ -582,10 +603,21 @@ mod tests {
             Message::Ctl(Control::BufferMap {
                 map: bm,
                 backlog_ms: 120,
+                playing: Some(Seq(7)),
+                spare: 3,
+            }),
+            Message::Ctl(Control::Subscribe {
+                mask: 0b1010,
+                from: Seq(77),
+            }),
+            Message::Ctl(Control::SubscribeReply {
+                accepted: 2,
+                refused: 8,
             }),
             Message::Ctl(Control::Have {
                 seq: Seq(9),
                 backlog_ms: 0,
+                spare: 0,
             }),
             Message::Ctl(Control::Request {
                 seq: Seq(9),
@@ -648,7 +680,11 @@ mod tests {
             let _ = decode_body(&bytes);
         }
         // A segment head that lies about its length.
-        let msg = &sample_messages()[8];
+        let msgs = sample_messages();
+        let msg = msgs
+            .iter()
+            .find(|m| matches!(m, Message::Segment(_)))
+            .expect("the samples hold a segment");
         let mut out = Vec::new();
         encode(msg, &mut out).unwrap();
         out.pop();

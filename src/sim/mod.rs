@@ -48,6 +48,8 @@ pub struct SimConfig {
     pub scenario: Scenario,
     pub partners: usize,
     pub rate_kbps: u64,
+    /// Peers' upload classes: (multiple of the stream rate, share of peers).
+    pub upload_mix: Vec<(f64, f64)>,
     /// Multiplies every peer's upload (not the source's).
     pub upload_scale: f64,
     /// Packet loss probability on every path.
@@ -56,12 +58,27 @@ pub struct SimConfig {
     pub mean_session_s: f64,
     /// Share of churn departures that are crashes (no goodbye).
     pub crash_fraction: f64,
+    /// The source's upload budget, in stream rates (its link has `SOURCE_UPLOAD_FACTOR`).
+    pub source_budget: f64,
     /// Download capacity of a peer, in stream rates.
     pub download_factor: f64,
     /// First segment number (to test the u32 wrap).
     pub start_seq: u32,
     /// Print progress to stderr.
     pub progress: bool,
+    /// Node settings applied to every peer (and the source), by [`Config::set`] name.
+    pub settings: Vec<(String, String)>,
+}
+
+impl SimConfig {
+    /// Checks `settings` against a node configuration before a run starts.
+    pub fn check_settings(&self) -> Result<(), crate::proto::config::SettingError> {
+        let mut c = Config::new(ChannelId([0; 32]), Role::Peer, 1000);
+        for (k, v) in &self.settings {
+            c.set(k, v)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for SimConfig {
@@ -73,14 +90,17 @@ impl Default for SimConfig {
             scenario: Scenario::Static,
             partners: 5,
             rate_kbps: 768,
+            upload_mix: DEFAULT_UPLOAD_MIX.to_vec(),
             upload_scale: 1.0,
             loss: 0.0,
             segment_s: 1.0,
             mean_session_s: 300.0,
             crash_fraction: 0.5,
+            source_budget: 1.95,
             download_factor: 10.0,
             start_seq: 0,
             progress: false,
+            settings: Vec::new(),
         }
     }
 }
@@ -268,6 +288,7 @@ pub struct Sim {
     lag: Histogram,
     /// Segment arrival delay after ingest, every copy delivered (a diagnostic).
     arrival: Histogram,
+    hops: [u64; 32],
     payload_bytes: u64,
     control_bytes: u64,
     events: u64,
@@ -319,6 +340,7 @@ impl Sim {
             segments_ingested: 0,
             lag: Histogram::default(),
             arrival: Histogram::default(),
+            hops: [0; 32],
             payload_bytes: 0,
             control_bytes: 0,
             events: 0,
@@ -337,7 +359,7 @@ impl Sim {
         // The initial population arrives spread over the arrival window.
         let start = sim.cfg.scenario.arrivals_start_s();
         for _ in 0..sim.cfg.peers {
-            let f = draw_upload(&mut sim.rng, &DEFAULT_UPLOAD_MIX) * sim.cfg.upload_scale;
+            let f = draw_upload(&mut sim.rng, &sim.cfg.upload_mix) * sim.cfg.upload_scale;
             let ix = sim.add_slot(f, false);
             let at = start + sim.rng.unit() * ARRIVAL_WINDOW_S;
             sim.push(
@@ -393,7 +415,16 @@ impl Sim {
             c.max_partners = c.max_partners.max(c.partners + 3);
         }
         c.segment_duration = Duration::from_secs_f64(self.cfg.segment_s);
-        c.upload_bytes_per_s = up;
+        for (k, v) in &self.cfg.settings {
+            // Checked when the configuration was made (`SimConfig::check_settings`).
+            let _ = c.set(k, v);
+        }
+        c.upload_bytes_per_s = if source {
+            // The source's own budget, below its link's capacity: it seeds, the swarm relays.
+            up.min((self.stream_bytes() as f64 * self.cfg.source_budget) as u64)
+        } else {
+            up
+        };
         c
     }
 
@@ -449,23 +480,30 @@ impl Sim {
             .is_some_and(|s| s.life == Life::Alive)
     }
 
+    /// Processes the next event if it is due by `until`; false when none is.
+    fn step_one(&mut self, until: Instant) -> bool {
+        match self.queue.peek() {
+            Some(q) if q.at <= until && q.at <= self.end => {}
+            _ => return false,
+        }
+        let q = self.queue.pop().expect("peeked");
+        debug_assert!(q.at >= self.now, "time went backwards");
+        self.now = q.at;
+        self.events += 1;
+        let (kind, node) = q.ev.tag();
+        self.trace = mix(
+            self.trace,
+            q.at.as_micros() ^ (kind << 56) ^ ((node as u64) << 24),
+        );
+        self.step(q.ev);
+        true
+    }
+
     /// Runs to the end and summarises.
     pub fn run(mut self) -> Summary {
         let started = std::time::Instant::now();
         let mut next_report = 0.1;
-        while let Some(q) = self.queue.pop() {
-            if q.at > self.end {
-                break;
-            }
-            debug_assert!(q.at >= self.now, "time went backwards");
-            self.now = q.at;
-            self.events += 1;
-            let (kind, node) = q.ev.tag();
-            self.trace = mix(
-                self.trace,
-                q.at.as_micros() ^ (kind << 56) ^ ((node as u64) << 24),
-            );
-            self.step(q.ev);
+        while self.step_one(self.end) {
             if self.cfg.progress {
                 let done = self.now.as_secs_f64() / self.cfg.duration_s;
                 if done >= next_report {
@@ -481,9 +519,38 @@ impl Sim {
             }
         }
         self.now = self.end;
-        let mut summary = self.summarise();
+        let mut summary = self.summary();
         summary.wall_s = started.elapsed().as_secs_f64();
         summary
+    }
+
+    /// Runs until `t` seconds of simulated time (for tests that look at the swarm mid-run).
+    pub fn run_until(&mut self, t: f64) {
+        let until = (Instant::ZERO + Duration::from_secs_f64(t)).min(self.end);
+        while self.step_one(until) {}
+        self.now = self.now.max(until);
+    }
+
+    /// Simulated time now, in seconds.
+    pub fn now_s(&self) -> f64 {
+        self.now.as_secs_f64()
+    }
+
+    /// Node `ix`'s counters while it is in the swarm (0 is the source; peers are 1..).
+    pub fn node_stats(&self, ix: usize) -> Option<NodeStats> {
+        self.slots.get(ix)?.node.as_ref().map(|n| n.stats())
+    }
+
+    /// Peers ever created (in the swarm or gone), the source not counted.
+    pub fn peer_slots(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// Takes peer `ix` out now: it crashes (silent) or leaves (departure messages).
+    pub fn remove_peer(&mut self, ix: usize, crash: bool) {
+        if ix > 0 && self.alive(ix as u32) {
+            self.finish_session(ix as u32, crash);
+        }
     }
 
     fn step(&mut self, ev: Ev) {
@@ -491,12 +558,14 @@ impl Sim {
             eprintln!("{:?} {:?}", self.now, ev);
         }
         match ev {
-            Ev::Deliver { to, link, msg } => {
+            Ev::Deliver { to, link, mut msg } => {
                 let ok = self.alive(to) && self.links.get(&link.0).is_some_and(|l| l.open_at(to));
                 if ok {
-                    if let Message::Segment(seg) = &msg {
+                    if let Message::Segment(seg) = &mut msg {
                         let d = self.now.as_micros() as f64 - seg.origin_us as f64;
                         self.arrival.add(d / 1e6);
+                        seg.payload.hops += 1;
+                        self.hops[(seg.payload.hops as usize).min(31)] += 1;
                     }
                     self.input(to, Input::Received { link, msg });
                 }
@@ -605,6 +674,7 @@ impl Sim {
                     flags: crate::proto::wire::flags::ENTRY_POINT,
                     payload: SimPayload {
                         len: self.segment_bytes,
+                        hops: 0,
                     },
                 };
                 self.input(0, Input::Ingest(seg));
@@ -621,7 +691,8 @@ impl Sim {
                 self.finish_session(node, crash);
                 // Arrivals keep the population steady.
                 if self.cfg.scenario == Scenario::Churn {
-                    let f = draw_upload(&mut self.rng, &DEFAULT_UPLOAD_MIX) * self.cfg.upload_scale;
+                    let f =
+                        draw_upload(&mut self.rng, &self.cfg.upload_mix) * self.cfg.upload_scale;
                     let ix = self.add_slot(f, false);
                     let gap = self.rng.exp(1.0);
                     self.push(
@@ -830,7 +901,8 @@ impl Sim {
         }
     }
 
-    fn summarise(&mut self) -> Summary {
+    /// The summary of the run so far (CONTRACT.md's `sim --json` fields).
+    pub fn summary(&mut self) -> Summary {
         let now = self.now;
         let mut cis = Vec::new();
         let mut startups = Vec::new();
@@ -878,7 +950,7 @@ impl Sim {
             .stream_started
             .map_or(0.0, |t| now.saturating_since(t).as_secs_f64());
         let source_up = self.slots[0].uploaded_bytes as f64;
-        let mean_up = mean_upload(&DEFAULT_UPLOAD_MIX) * self.cfg.upload_scale;
+        let mean_up = mean_upload(&self.cfg.upload_mix) * self.cfg.upload_scale;
         // r_max: the rate the upload capacity could sustain for everyone, at most the stream.
         let n = self.cfg.peers.max(1) as f64;
         let r_max = stream.min((SOURCE_UPLOAD_FACTOR * stream + n * mean_up * stream) / n);
@@ -962,17 +1034,27 @@ impl Sim {
             t.missed_in_flight += st.missed_in_flight;
             t.missed_unrequested += st.missed_unrequested;
             t.stalls += st.stalls;
+            for r in 0..7 {
+                t.busy_reasons[r] += st.busy_reasons[r];
+            }
+            t.sched_no_slot += st.sched_no_slot;
+            t.sched_too_late += st.sched_too_late;
+            t.sched_budget_spent += st.sched_budget_spent;
         }
         eprintln!("live peers {n}; partners histogram {partner_hist:?}");
         for class in [0.5, 1.0, 2.0, 4.0] {
             let (mut p, mut m, mut k, mut st, mut up, mut cap) =
                 (0u64, 0u64, 0u64, 0u64, 0u64, 0f64);
+            let (mut par, mut ch) = (0u64, 0u64);
             for s in self.slots.iter().skip(1) {
                 let Some(node) = &s.node else { continue };
                 if (s.up_factor / self.cfg.upload_scale - class).abs() > 1e-6 {
                     continue;
                 }
                 let st2 = node.stats();
+                let (a, b) = node.push_state();
+                par += a as u64;
+                ch += b as u64;
                 p += st2.played;
                 m += st2.missed;
                 up += st2.uploads;
@@ -982,12 +1064,15 @@ impl Sim {
                 k += 1;
             }
             eprintln!(
-                "class {class}x: {k} peers, CI {:.4}, stalls {st}, upload use {:.3}",
+                "class {class}x: {k} peers, CI {:.4}, stalls {st}, upload use {:.3}, parents {:.2}, children {:.2}",
                 p as f64 / (p + m).max(1) as f64,
-                up as f64 / cap.max(1.0)
+                up as f64 / cap.max(1.0),
+                par as f64 / k.max(1) as f64,
+                ch as f64 / k.max(1) as f64
             );
         }
         eprintln!("totals: {t:?}");
+        eprintln!("hops: {:?}", &self.hops[..20]);
         eprintln!(
             "arrival after ingest p10/50/90/99: {:.2}/{:.2}/{:.2}/{:.2} s",
             self.arrival.quantile(0.1),
@@ -1047,25 +1132,6 @@ impl Sim {
             ));
         }
         Ok(())
-    }
-
-    /// Runs until `t` (for tests that look at the swarm mid-run).
-    pub fn run_until(&mut self, t: f64) {
-        let until = Instant::ZERO + Duration::from_secs_f64(t);
-        while let Some(q) = self.queue.peek() {
-            if q.at > until || q.at > self.end {
-                break;
-            }
-            let q = self.queue.pop().expect("peeked");
-            self.now = q.at;
-            self.events += 1;
-            let (kind, node) = q.ev.tag();
-            self.trace = mix(
-                self.trace,
-                q.at.as_micros() ^ (kind << 56) ^ ((node as u64) << 24),
-            );
-            self.step(q.ev);
-        }
     }
 }
 

@@ -1,0 +1,119 @@
+//! The simulator driving the real core: determinism, invariants, and small-swarm figures.
+//!
+//! The big figures (1,000 and 10,000 peers) are benchmarks (`docs/SIMULATION.md`); these are
+//! the fast versions that `cargo test` runs on every change.
+
+use coolstream::sim::{Scenario, Sim, SimConfig};
+
+fn config(peers: usize, scenario: Scenario, duration_s: f64, seed: u64) -> SimConfig {
+    SimConfig {
+        peers,
+        scenario,
+        duration_s,
+        seed,
+        ..SimConfig::default()
+    }
+}
+
+/// The summary as JSON, without the one field that may differ between identical runs.
+fn comparable(cfg: SimConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(Sim::new(cfg).run()).unwrap();
+    v.as_object_mut().unwrap().remove("wall_s");
+    v
+}
+
+#[test]
+fn same_seed_same_result_and_other_seeds_differ() {
+    let a = comparable(config(60, Scenario::Churn, 90.0, 3));
+    let b = comparable(config(60, Scenario::Churn, 90.0, 3));
+    let c = comparable(config(60, Scenario::Churn, 90.0, 4));
+    assert_eq!(a, b, "same seed, same everything");
+    assert_ne!(a["trace_hash"], c["trace_hash"]);
+    assert!(a["events"].as_u64().unwrap() > 10_000, "the run did work");
+}
+
+#[test]
+fn caps_and_partner_symmetry_hold_through_churn() {
+    let mut sim = Sim::new(SimConfig {
+        mean_session_s: 40.0,
+        ..config(120, Scenario::Churn, 150.0, 11)
+    });
+    for t in [20.0, 45.0, 80.0, 120.0, 150.0] {
+        sim.run_until(t);
+        sim.check_invariants()
+            .unwrap_or_else(|e| panic!("at {t} s: {e}"));
+    }
+    // Churn happened: more sessions than the steady population.
+    assert!(sim.peer_slots() > 150, "{} sessions", sim.peer_slots());
+}
+
+#[test]
+fn three_peers_join_trade_and_survive_a_partner_crash() {
+    let mut sim = Sim::new(config(3, Scenario::Static, 80.0, 5));
+    sim.run_until(30.0);
+    for ix in 1..=3 {
+        let st = sim.node_stats(ix).expect("all three are in");
+        assert!(st.first_play_at.is_some(), "peer {ix} plays: {st:?}");
+        assert!(st.partners >= 2, "peer {ix} has partners: {st:?}");
+    }
+    let before: Vec<_> = (1..=2).map(|ix| sim.node_stats(ix).unwrap()).collect();
+    sim.remove_peer(3, true);
+    sim.run_until(80.0);
+    for (k, ix) in (1..=2).enumerate() {
+        let st = sim.node_stats(ix).unwrap();
+        let played = st.played - before[k].played;
+        let missed = st.missed - before[k].missed;
+        // 50 s of stream after the crash; the survivors keep playing it.
+        assert!(played >= 45, "peer {ix} played {played} after the crash");
+        assert!(missed <= 3, "peer {ix} missed {missed} after the crash");
+        assert!(st.partners >= 1, "peer {ix} still has the source: {st:?}");
+    }
+}
+
+#[test]
+fn sequence_numbers_wrap_without_a_stall() {
+    let base = Sim::new(config(30, Scenario::Static, 90.0, 8)).run();
+    let wrapped = Sim::new(SimConfig {
+        start_seq: u32::MAX - 40,
+        ..config(30, Scenario::Static, 90.0, 8)
+    })
+    .run();
+    // 90 segments from u32::MAX - 40 cross the wrap half way through the run.
+    assert!(
+        wrapped.segments_played > 30 * 60,
+        "{}",
+        wrapped.segments_played
+    );
+    assert!(
+        wrapped.continuity_mean >= base.continuity_mean - 0.05,
+        "wrap {:.3} vs plain {:.3}",
+        wrapped.continuity_mean,
+        base.continuity_mean
+    );
+}
+
+/// Figure 1 of the issue at small scale. The goals are continuity mean >= 0.99 and p5 >= 0.97,
+/// overhead <= 0.01, source upload <= 2x the stream, startup p50 <= 1.5 s and p95 <= 3 s.
+/// Overhead and source upload are asserted at their goals; continuity and startup at the
+/// floors measured today (see docs/SIMULATION.md), to catch regressions while the goal stands.
+#[test]
+fn small_churn_swarm_figures() {
+    let s = Sim::new(config(100, Scenario::Churn, 180.0, 1)).run();
+    assert!(s.overhead <= 0.01, "overhead {}", s.overhead);
+    assert!(
+        s.source_upload_ratio <= 2.0,
+        "source {}",
+        s.source_upload_ratio
+    );
+    assert!(
+        s.continuity_mean >= 0.6,
+        "continuity mean {}",
+        s.continuity_mean
+    );
+    assert!(s.startup_p50_s <= 3.0, "startup p50 {}", s.startup_p50_s);
+    assert!(
+        s.never_started == 0,
+        "{} sessions never played",
+        s.never_started
+    );
+}
