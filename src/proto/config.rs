@@ -210,6 +210,7 @@ impl Config {
         "source_fresh_window",
         "refine_interval_ms",
         "heartbeat_timeout_ms",
+        "concurrent_uploads",
     ];
 
     /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
@@ -245,6 +246,7 @@ impl Config {
             "source_fresh_window" => self.source_fresh_window = num(key, value)?,
             "refine_interval_ms" => self.refine_interval = ms(value)?,
             "heartbeat_timeout_ms" => self.heartbeat_timeout = ms(value)?,
+            "concurrent_uploads" => self.concurrent_uploads = num(key, value)?,
             _ => {
                 return Err(SettingError(format!(
                     "unknown setting '{key}' (known: {})",

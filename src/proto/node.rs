@@ -242,6 +242,8 @@ const BUFFER_MAP_REFRESH: Duration = Duration::from_secs(10);
 const DEFAULT_ONE_WAY: Duration = Duration::from_millis(60);
 /// A supplier that said busy is avoided at least this long.
 const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Offers an idle supplier has out at once.
+const MAX_OFFERS: usize = 1;
 /// Grace past the requester's deadline a supplier still accepts (estimates are rough).
 const DEADLINE_GRACE: Duration = Duration::from_millis(200);
 
@@ -278,6 +280,8 @@ pub struct Node<P> {
     timers: TimerTable,
     out: VecDeque<Output<P>>,
     stats: NodeStats,
+    /// Offers made and not yet answered: link, segment, when.
+    offers: Vec<(LinkId, Seq, Instant)>,
     scratch_wants: Vec<Want>,
     scratch_suppliers: Vec<Supplier>,
     scratch_links: Vec<usize>,
@@ -328,6 +332,7 @@ impl<P: Payload> Node<P> {
             timers,
             out: VecDeque::new(),
             stats: NodeStats::default(),
+            offers: Vec::new(),
             scratch_wants: Vec::new(),
             scratch_suppliers: Vec::new(),
             scratch_links: Vec::new(),
@@ -378,6 +383,38 @@ impl<P: Payload> Node<P> {
             .iter()
             .filter(|l| l.partner.is_some())
             .filter_map(|l| l.peer.map(|p| p.id))
+    }
+
+    /// Whether some partner lacks a segment we hold that it could still play (a diagnostic:
+    /// an idle uplink while this holds is capacity the scheduler left unused).
+    pub fn useful_to_partners(&self) -> bool {
+        let Some(newest) = self.store.newest() else {
+            return false;
+        };
+        for l in &self.links {
+            let Some(p) = &l.partner else { continue };
+            let Some((play, at)) = p.playing else {
+                continue;
+            };
+            let ahead = (self.now.saturating_since(at).as_micros()
+                / self.cfg.segment_duration.as_micros().max(1)) as u32;
+            // Only what we could deliver before its deadline counts.
+            let xfer = Duration::for_bytes(self.last_segment_bytes, self.cfg.upload_bytes_per_s);
+            let slots = (xfer.as_micros() + 300_000) / self.cfg.segment_duration.as_micros().max(1);
+            let mut s = play.add(ahead + 1 + slots as u32);
+            while !s.is_after(newest) {
+                if self.store.has(s) && !p.map.has(s) {
+                    return true;
+                }
+                s = s.next();
+            }
+        }
+        false
+    }
+
+    /// Uploads in progress or queued (a diagnostic).
+    pub fn uploading(&self) -> bool {
+        !self.active_uploads.is_empty() || !self.uploads.is_empty()
     }
 
     /// Substreams with a parent, and subscriptions served (diagnostics).
@@ -505,6 +542,9 @@ impl<P: Payload> Node<P> {
             self.schedule_due = false;
             self.schedule();
             self.maintain_parents();
+        }
+        if !self.left {
+            self.maybe_offer();
         }
     }
 
@@ -663,6 +703,7 @@ impl<P: Payload> Node<P> {
         let had_requests = self.requests.iter().any(|r| r.link == id);
         self.requests.retain(|r| r.link != id);
         self.uploads.retain(|u| u.link != id);
+        self.offers.retain(|o| o.0 != id);
         let was_uploading = self.active_uploads.iter().any(|(k, _, _)| *k == id);
         self.active_uploads.retain(|(k, _, _)| *k != id);
         if was_uploading {
@@ -821,6 +862,16 @@ impl<P: Payload> Node<P> {
             Control::Cancel { seq } => {
                 let link = self.links[i].id;
                 self.uploads.retain(|u| !(u.link == link && u.seq == seq));
+            }
+            Control::Offer { seq } => self.on_offer(i, seq),
+            Control::Decline { seq } => {
+                let link = self.links[i].id;
+                self.offers.retain(|o| !(o.0 == link && o.1 == seq));
+                if let Some(p) = self.links[i].partner.as_mut() {
+                    // It holds it or will soon: offer something else next time.
+                    p.map.set(seq);
+                }
+                self.schedule_due = true;
             }
             Control::Busy { seq, backlog_ms } => {
                 let link = self.links[i].id;
@@ -1193,6 +1244,97 @@ impl<P: Payload> Node<P> {
                 msg: Message::Segment(seg),
             });
         }
+    }
+
+    /// An idle uplink is wasted capacity: offer the freshest segment we hold that a partner
+    /// lacks and can still play in time. The partner takes it by requesting it (so a segment
+    /// it already asked elsewhere for is declined, not sent twice).
+    fn maybe_offer(&mut self) {
+        let now = self.now;
+        self.offers
+            .retain(|o| now.saturating_since(o.2) < Duration::from_secs(1));
+        if !self.active_uploads.is_empty()
+            || !self.uploads.is_empty()
+            || self.offers.len() >= MAX_OFFERS
+            || self.tokens < 0.0
+        {
+            return;
+        }
+        let Some(newest) = self.store.newest() else {
+            return;
+        };
+        let nominal = self.cfg.segment_duration.as_micros().max(1);
+        let xfer = Duration::for_bytes(self.last_segment_bytes, self.cfg.upload_bytes_per_s);
+        let mut best: Option<(usize, Seq)> = None;
+        let n = self.links.len();
+        let start = if n > 0 { self.rng.below(n) } else { 0 };
+        for k in 0..n {
+            let j = (start + k) % n;
+            let l = &self.links[j];
+            let Some(p) = &l.partner else { continue };
+            let Some((play, at)) = p.playing else {
+                continue;
+            };
+            if self.offers.iter().any(|o| o.0 == l.id) {
+                continue;
+            }
+            // The partner's play position now, and the first segment we could still bring
+            // before its deadline.
+            let played = (now.saturating_since(at).as_micros() / nominal) as u32;
+            let lead = ((xfer + l.one_way).as_micros() + 200_000).div_ceil(nominal) as u32;
+            let first = play.add(played + lead);
+            let mut s = newest;
+            while !s.is_before(first) {
+                if best.is_some_and(|(_, b)| !s.is_after(b)) {
+                    break;
+                }
+                if self.store.has(s) && !p.map.has(s) {
+                    best = Some((j, s));
+                    break;
+                }
+                s = s.sub(1);
+            }
+        }
+        if let Some((j, seq)) = best {
+            let link = self.links[j].id;
+            self.offers.push((link, seq, now));
+            self.send(j, Control::Offer { seq });
+        }
+    }
+
+    /// A partner offers `seq`: take it with a request unless we hold it, have it coming, or
+    /// have asked someone else.
+    fn on_offer(&mut self, i: usize, seq: Seq) {
+        let taken = self.store.has(seq)
+            || self.requests.iter().any(|r| r.seq == seq)
+            || self.links[i].partner.is_none()
+            || !self.joined
+            || self.cfg.role == Role::Source
+            || self.requests.len() >= self.cfg.max_requests + MAX_OFFERS;
+        let late = match self.playout {
+            Playout::Playing { next, .. } => seq.is_before(next),
+            _ => false,
+        };
+        if taken || late {
+            self.send(i, Control::Decline { seq });
+            return;
+        }
+        let now = self.now;
+        let deadline = self.deadline_of(seq);
+        let deadline_ms = deadline
+            .saturating_since(now)
+            .as_millis()
+            .min(u32::MAX as u64) as u32;
+        if let Some(p) = self.links[i].partner.as_mut() {
+            p.inflight += 1;
+        }
+        self.requests.push(Request {
+            seq,
+            link: self.links[i].id,
+            expect_by: now + Duration::from_secs(4),
+        });
+        self.stats.requests_sent += 1;
+        self.send(i, Control::Request { seq, deadline_ms });
     }
 
     // ----- receiving -----

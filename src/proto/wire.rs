@@ -231,6 +231,15 @@ pub enum Control {
         seq: Seq,
         deadline_ms: u32,
     },
+    /// An idle supplier offers a segment the receiver lacks; the receiver answers with a
+    /// `Request` (taking it) or `Decline`.
+    Offer {
+        seq: Seq,
+    },
+    /// "I have it, or have asked someone else for it."
+    Decline {
+        seq: Seq,
+    },
     /// Withdraw a request (the segment came from elsewhere or is too late).
     Cancel {
         seq: Seq,

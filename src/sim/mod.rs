@@ -289,6 +289,7 @@ pub struct Sim {
     /// Segment arrival delay after ingest, every copy delivered (a diagnostic).
     arrival: Histogram,
     hops: [u64; 32],
+    idle_samples: [u64; 4],
     payload_bytes: u64,
     control_bytes: u64,
     events: u64,
@@ -341,6 +342,7 @@ impl Sim {
             lag: Histogram::default(),
             arrival: Histogram::default(),
             hops: [0; 32],
+            idle_samples: [0; 4],
             payload_bytes: 0,
             control_bytes: 0,
             events: 0,
@@ -663,6 +665,9 @@ impl Sim {
                 self.arm_uplink(node);
             }
             Ev::Ingest => {
+                if self.debug_node.is_some() || std::env::var("COOLSTREAM_SIM_DEBUG").is_ok() {
+                    self.sample_idle();
+                }
                 let seq = self.next_segment;
                 self.next_segment = seq.next();
                 self.stream_started.get_or_insert(self.now);
@@ -761,7 +766,29 @@ impl Sim {
             }
         }
         let mut uplink_changed = false;
+        let debug = self.debug_node == Some(ix);
         for o in outs.drain(..) {
+            if debug {
+                match &o {
+                    Output::Send {
+                        link,
+                        msg: Message::Ctl(c),
+                    } => {
+                        eprintln!("{:?}   -> {:?} {:?}", self.now, link, c)
+                    }
+                    Output::Send {
+                        link,
+                        msg: Message::Segment(sg),
+                    } => {
+                        eprintln!("{:?}   -> {:?} segment {:?}", self.now, link, sg.seq)
+                    }
+                    Output::Missed { seq, .. } => eprintln!("{:?}   MISSED {:?}", self.now, seq),
+                    Output::Play { segment, deadline } => {
+                        eprintln!("{:?}   play {:?} due {:?}", self.now, segment.seq, deadline)
+                    }
+                    other => eprintln!("{:?}   {:?}", self.now, other),
+                }
+            }
             match o {
                 Output::Send { link, msg } => {
                     let Some(l) = self.links.get(&link.0) else {
@@ -779,9 +806,10 @@ impl Sim {
                             self.payload_bytes += payload;
                             self.control_bytes += bytes - payload;
                             let cap = self.slots[to as usize].down;
+                            let prio = s.origin_us;
                             self.slots[ix as usize]
                                 .uplink
-                                .start(self.now, link, to, bytes, cap, msg);
+                                .start(self.now, link, to, bytes, cap, prio, msg);
                             uplink_changed = true;
                         }
                         Message::Ctl(_) => {
@@ -1011,7 +1039,23 @@ impl Sim {
         }
     }
 
+    /// Diagnostic: how often an idle uplink could have served a partner.
+    fn sample_idle(&mut self) {
+        for ix in 1..self.slots.len() {
+            let s = &self.slots[ix];
+            let Some(n) = &s.node else { continue };
+            let busy = s.uplink.busy() || n.uploading();
+            let useful = n.useful_to_partners();
+            let k = (busy as usize) * 2 + useful as usize;
+            self.idle_samples[k] += 1;
+        }
+    }
+
     fn debug_stats(&self) {
+        eprintln!(
+            "uplink samples: idle&useless {} idle&USEFUL {} busy&useless {} busy&useful {}",
+            self.idle_samples[0], self.idle_samples[1], self.idle_samples[2], self.idle_samples[3]
+        );
         let mut t = NodeStats::default();
         let mut n = 0u64;
         let mut partner_hist = [0u32; 16];

@@ -59,6 +59,8 @@ pub struct Flow<M> {
     pub to: u32,
     remaining: f64,
     cap: f64,
+    /// Higher goes first (the sender sends chunks of its freshest segment first).
+    prio: u64,
     pub msg: M,
 }
 
@@ -82,10 +84,32 @@ impl<M> Uplink<M> {
         }
     }
 
-    fn share(&self, f: &Flow<M>) -> f64 {
-        (self.bytes_per_s / self.flows.len() as f64)
-            .min(f.cap)
-            .max(1.0)
+    /// Each flow's rate: strict priority, highest first, each taking what its receiver can
+    /// take of what is left (work-conserving; equal priorities share equally).
+    fn rates(&self) -> Vec<f64> {
+        let mut order: Vec<usize> = (0..self.flows.len()).collect();
+        order.sort_by(|&a, &b| self.flows[b].prio.cmp(&self.flows[a].prio).then(a.cmp(&b)));
+        let mut rates = vec![0.0; self.flows.len()];
+        let mut left = self.bytes_per_s;
+        let mut k = 0;
+        while k < order.len() && left > 1e-9 {
+            // The group of flows with the same priority shares what is left.
+            let p = self.flows[order[k]].prio;
+            let group: Vec<usize> = order[k..]
+                .iter()
+                .copied()
+                .take_while(|&i| self.flows[i].prio == p)
+                .collect();
+            let each = left / group.len() as f64;
+            let mut used = 0.0;
+            for &i in &group {
+                rates[i] = each.min(self.flows[i].cap);
+                used += rates[i];
+            }
+            left -= used;
+            k += group.len();
+        }
+        rates
     }
 
     /// Moves every flow forward to `now`.
@@ -95,21 +119,31 @@ impl<M> Uplink<M> {
         if dt == 0.0 || self.flows.is_empty() {
             return;
         }
-        let n = self.flows.len() as f64;
-        let each = self.bytes_per_s / n;
-        for f in &mut self.flows {
-            f.remaining -= each.min(f.cap).max(1.0) * dt;
+        let rates = self.rates();
+        for (f, r) in self.flows.iter_mut().zip(rates) {
+            f.remaining -= r * dt;
         }
     }
 
     /// Adds a transfer of `bytes` to node `to` (whose download is `cap` bytes/s).
-    pub fn start(&mut self, now: Instant, link: LinkId, to: u32, bytes: u64, cap: u64, msg: M) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        to: u32,
+        bytes: u64,
+        cap: u64,
+        prio: u64,
+        msg: M,
+    ) {
         self.advance(now);
         self.flows.push(Flow {
             link,
             to,
             remaining: bytes as f64,
             cap: cap as f64,
+            prio,
             msg,
         });
         self.version += 1;
@@ -133,10 +167,13 @@ impl<M> Uplink<M> {
 
     /// When the next transfer completes, if any.
     pub fn next_completion(&self) -> Option<Instant> {
+        let rates = self.rates();
         self.flows
             .iter()
-            .map(|f| {
-                let secs = f.remaining.max(0.0) / self.share(f);
+            .zip(rates)
+            .filter(|(_, r)| *r > 0.0)
+            .map(|(f, r)| {
+                let secs = f.remaining.max(0.0) / r;
                 self.last + Duration::from_micros((secs * 1e6).ceil() as u64)
             })
             .min()
@@ -189,11 +226,11 @@ mod tests {
     fn concurrent_transfers_share_the_uplink() {
         let mut up: Uplink<u8> = Uplink::new(100_000);
         let t0 = Instant::ZERO;
-        up.start(t0, LinkId(1), 1, 100_000, u64::MAX, 1);
+        up.start(t0, LinkId(1), 1, 100_000, u64::MAX, 0, 1);
         assert_eq!(up.next_completion(), Some(t0 + Duration::from_secs(1)));
-        // A second transfer halves the first one's rate from here on.
+        // A second transfer of equal priority halves the first one's rate from here on.
         let t1 = t0 + Duration::from_millis(500);
-        up.start(t1, LinkId(2), 2, 50_000, u64::MAX, 2);
+        up.start(t1, LinkId(2), 2, 50_000, u64::MAX, 0, 2);
         let done = up.next_completion().unwrap();
         assert_eq!(done, t1 + Duration::from_secs(1));
         let mut out = Vec::new();
@@ -202,9 +239,25 @@ mod tests {
     }
 
     #[test]
+    fn fresher_transfers_go_first() {
+        let mut up: Uplink<u8> = Uplink::new(100_000);
+        let t0 = Instant::ZERO;
+        up.start(t0, LinkId(1), 1, 100_000, u64::MAX, 5, 1);
+        let t1 = t0 + Duration::from_millis(500);
+        up.start(t1, LinkId(2), 2, 50_000, u64::MAX, 9, 2);
+        // The fresher one takes the whole uplink until done, then the older one resumes.
+        assert_eq!(up.next_completion(), Some(t1 + Duration::from_millis(500)));
+        let mut out = Vec::new();
+        up.take_completed(t1 + Duration::from_millis(500), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].msg, 2);
+        assert_eq!(up.next_completion(), Some(t0 + Duration::from_millis(1500)));
+    }
+
+    #[test]
     fn receiver_cap_limits_a_flow() {
         let mut up: Uplink<u8> = Uplink::new(1_000_000);
-        up.start(Instant::ZERO, LinkId(1), 1, 100_000, 100_000, 0);
+        up.start(Instant::ZERO, LinkId(1), 1, 100_000, 100_000, 0, 0);
         assert_eq!(
             up.next_completion(),
             Some(Instant::ZERO + Duration::from_secs(1))
