@@ -1060,6 +1060,15 @@ impl<P: Payload> Node<P> {
 
     // ----- supplying -----
 
+    /// Time until the uploads in progress are done.
+    fn active_remaining(&self) -> Duration {
+        self.active_uploads
+            .iter()
+            .map(|&(_, _, done)| done.saturating_since(self.now))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// How long our upload queue would take to drain, as advertised to partners.
     fn backlog(&self) -> Duration {
         let queued = self.uploads.len() as u64 * self.last_segment_bytes;
@@ -1106,19 +1115,44 @@ impl<P: Payload> Node<P> {
             .count();
         let pulls_queued = self.uploads.iter().filter(|u| !u.push).count();
         let deadline = self.now + Duration::from_millis(deadline_ms as u64);
-        let seg_bytes = self
-            .store
-            .get(seq)
-            .map_or(self.last_segment_bytes, |s| s.payload.len() as u64);
-        let finish =
-            self.now + self.backlog() + Duration::for_bytes(seg_bytes, self.cfg.upload_bytes_per_s);
+        let xfer = Duration::for_bytes(
+            self.store
+                .get(seq)
+                .map_or(self.last_segment_bytes, |s| s.payload.len() as u64),
+            self.cfg.upload_bytes_per_s,
+        );
+        // When it would be done: after the uploads in progress and the queued ones that go
+        // first (those about to miss, and fresher ones).
+        let critical_before = self.now + xfer.mul(2);
+        let ahead = self
+            .uploads
+            .iter()
+            .filter(|u| (!u.push && u.deadline <= critical_before) || u.seq.is_after(seq))
+            .count() as u64;
+        let finish = self.now + self.active_remaining() + xfer.mul(ahead + 1);
+        // A full queue makes room for a fresher request by turning away its stalest one:
+        // old segments are widely held and their requesters find them elsewhere, while a
+        // fresh one has few holders, and this may be one.
+        let mut evict = None;
+        if self.backlog() >= self.max_backlog() || pulls_queued >= self.cfg.upload_queue_capacity
+        {
+            evict = (0..self.uploads.len())
+                .filter(|&k| {
+                    let u = &self.uploads[k];
+                    !u.push && u.deadline > critical_before && u.seq.is_before(seq)
+                })
+                .min_by(|&a, &b| self.uploads[a].seq.serial_cmp(self.uploads[b].seq));
+        }
+        let full = (self.backlog() >= self.max_backlog()
+            || pulls_queued >= self.cfg.upload_queue_capacity)
+            && evict.is_none();
         let reasons = [
             !is_partner,
             !self.store.has(seq),
             self.cfg.role == Role::Source && self.copies_of(seq) >= self.cfg.source_max_copies,
             queued_here >= self.cfg.upload_queue_per_partner,
-            pulls_queued >= self.cfg.upload_queue_capacity,
-            self.backlog() >= self.max_backlog(),
+            false,
+            full,
             finish > deadline + DEADLINE_GRACE,
         ];
         if let Some(r) = reasons.iter().position(|&x| x) {
@@ -1127,6 +1161,20 @@ impl<P: Payload> Node<P> {
             let backlog_ms = self.backlog_ms();
             self.send(i, Control::Busy { seq, backlog_ms });
             return;
+        }
+        if let Some(k) = evict {
+            let old = self.uploads.swap_remove(k);
+            self.stats.busy_sent += 1;
+            let backlog_ms = self.backlog_ms();
+            if let Some(j) = self.link_index(old.link) {
+                self.send(
+                    j,
+                    Control::Busy {
+                        seq: old.seq,
+                        backlog_ms,
+                    },
+                );
+            }
         }
         self.uploads.push(UploadRequest {
             link,
@@ -1200,6 +1248,15 @@ impl<P: Payload> Node<P> {
                     continue;
                 }
             }
+            // Already sent there (a push and a request for the same segment): once is enough.
+            if self.active_uploads.iter().any(|a| a.0 == u.link && a.1 == u.seq)
+                || self.links[li]
+                    .partner
+                    .as_ref()
+                    .is_some_and(|p| p.sent_recently(u.seq))
+            {
+                continue;
+            }
             let too_late = self.now > u.deadline + DEADLINE_GRACE;
             // The source seeds: copies of the freshest segments only, so that its budget
             // never queues behind old work the swarm can relay itself.
@@ -1232,6 +1289,7 @@ impl<P: Payload> Node<P> {
             let l = &mut self.links[li];
             l.last_sent = self.now;
             if let Some(p) = l.partner.as_mut() {
+                p.note_sent(u.seq);
                 p.sent += 1;
                 // It will hold it: no need to push or announce it there again.
                 p.map.set(u.seq);

@@ -27,6 +27,8 @@ pub struct Partner {
     pub spare: u8,
     /// Do not ask it to be a parent again before then (it refused or fell behind).
     pub no_parent_until: Instant,
+    /// The last segments we sent it (so a push and a request do not send one twice).
+    pub recent_sent: [Seq; 4],
     /// Our requests at this partner not yet answered.
     pub inflight: usize,
     /// The partner said busy: leave it alone until then.
@@ -53,6 +55,7 @@ impl Partner {
             child_of: 0,
             spare: 0,
             no_parent_until: now,
+            recent_sent: [Seq(u32::MAX); 4],
             inflight: 0,
             avoid_until: now,
             upload_bytes_per_s: upload_bytes_per_s.max(1),
@@ -81,6 +84,15 @@ impl Partner {
         self.score = 0.5 * self.score + 0.5 * rate;
         self.sent = 0;
         self.received = 0;
+    }
+
+    pub fn note_sent(&mut self, seq: Seq) {
+        self.recent_sent.rotate_right(1);
+        self.recent_sent[0] = seq;
+    }
+
+    pub fn sent_recently(&self, seq: Seq) -> bool {
+        self.recent_sent.contains(&seq)
     }
 
     pub fn note_backlog(&mut self, now: Instant, backlog_ms: u16) {

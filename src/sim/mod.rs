@@ -297,6 +297,9 @@ pub struct Sim {
     outbuf: Vec<Output<SimPayload>>,
     /// Node whose events are printed to stderr (`COOLSTREAM_SIM_DEBUG=N`), for debugging.
     debug_node: Option<u32>,
+    /// Segment whose spread is printed (`COOLSTREAM_SIM_TRACE_SEQ=N`), and when each node got it.
+    trace_seq: Option<u32>,
+    trace_got: HashMap<u32, Instant, IdBuild>,
     flowbuf: Vec<net::Flow<Message<SimPayload>>>,
 }
 
@@ -348,6 +351,10 @@ impl Sim {
             events: 0,
             trace: 0xcbf2_9ce4_8422_2325,
             outbuf: Vec::new(),
+            trace_seq: std::env::var("COOLSTREAM_SIM_TRACE_SEQ")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            trace_got: HashMap::default(),
             debug_node: std::env::var("COOLSTREAM_SIM_DEBUG")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -568,6 +575,16 @@ impl Sim {
                         self.arrival.add(d / 1e6);
                         seg.payload.hops += 1;
                         self.hops[(seg.payload.hops as usize).min(31)] += 1;
+                        if self.trace_seq == Some(seg.seq.0) {
+                            self.trace_got.entry(to).or_insert(self.now);
+                            eprintln!(
+                                "TRACE got {:.3} node {} up {:.1}x hops {}",
+                                self.now.as_secs_f64() - seg.origin_us as f64 / 1e6,
+                                to,
+                                self.slots[to as usize].up_factor,
+                                seg.payload.hops
+                            );
+                        }
                     }
                     self.input(to, Input::Received { link, msg });
                 }
@@ -807,6 +824,21 @@ impl Sim {
                             self.control_bytes += bytes - payload;
                             let cap = self.slots[to as usize].down;
                             let prio = s.origin_us;
+                            if self.trace_seq == Some(s.seq.0) {
+                                let had = self
+                                    .trace_got
+                                    .get(&ix)
+                                    .map_or(0.0, |t| self.now.as_secs_f64() - t.as_secs_f64());
+                                eprintln!(
+                                    "TRACE send {:.3} {} -> {} ({:.1}x, had it {:.3} s, busy flows {})",
+                                    self.now.as_secs_f64() - s.origin_us as f64 / 1e6,
+                                    ix,
+                                    to,
+                                    self.slots[ix as usize].up_factor,
+                                    had,
+                                    self.slots[ix as usize].uplink.flow_count()
+                                );
+                            }
                             self.slots[ix as usize]
                                 .uplink
                                 .start(self.now, link, to, bytes, cap, prio, msg);

@@ -196,6 +196,10 @@ impl<M> Uplink<M> {
         }
     }
 
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
     pub fn busy(&self) -> bool {
         !self.flows.is_empty()
     }
