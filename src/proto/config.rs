@@ -68,7 +68,9 @@ pub struct Config {
     /// A supplier takes no more requests while its queue would take this long to drain: a
     /// short queue keeps its advertised backlog true and sends requesters elsewhere at once.
     pub max_upload_backlog: Duration,
-    /// Segments uploaded at the same time (one at a time meets deadlines best).
+    /// Segments uploaded at the same time. One at a time meets deadlines best, but a
+    /// forwarded segment may wait for its bytes to arrive (cut-through): a second keeps the
+    /// uplink busy meanwhile.
     pub concurrent_uploads: usize,
     /// A segment is urgent when its deadline is this close: it jumps the rarest-first order.
     pub urgent_within: Duration,
@@ -164,7 +166,7 @@ impl Config {
             upload_queue_capacity: 32,
             upload_queue_per_partner: 4,
             max_upload_backlog: Duration::from_millis(2000),
-            concurrent_uploads: 1,
+            concurrent_uploads: 2,
             urgent_within: Duration::from_millis(2000),
             max_links: 64,
             max_pending_dials: 8,
@@ -211,6 +213,7 @@ impl Config {
         "refine_interval_ms",
         "heartbeat_timeout_ms",
         "concurrent_uploads",
+        "startup_budget_ms",
     ];
 
     /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
@@ -247,6 +250,7 @@ impl Config {
             "refine_interval_ms" => self.refine_interval = ms(value)?,
             "heartbeat_timeout_ms" => self.heartbeat_timeout = ms(value)?,
             "concurrent_uploads" => self.concurrent_uploads = num(key, value)?,
+            "startup_budget_ms" => self.startup_budget = ms(value)?,
             _ => {
                 return Err(SettingError(format!(
                     "unknown setting '{key}' (known: {})",

@@ -62,6 +62,10 @@ pub enum Input<P> {
     LinkDown { link: LinkId },
     /// A message arrived whole (and, for a segment, verified by the driver).
     Received { link: LinkId, msg: Message<P> },
+    /// A segment's head arrived on this link and its bytes are streaming in: the node may
+    /// announce it and forward it at once (the driver streams what has arrived, chunk by
+    /// verified chunk). `Received` with the whole segment follows, or the link goes down.
+    SegmentStarted { link: LinkId, segment: Segment<P> },
     /// A segment sent on this link has left: the node may start its next upload.
     Sent { link: LinkId },
     /// The source's segmenter produced a segment (source only).
@@ -244,6 +248,11 @@ const DEFAULT_ONE_WAY: Duration = Duration::from_millis(60);
 const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Offers an idle supplier has out at once.
 const MAX_OFFERS: usize = 1;
+/// Segments at most arriving at once (cut-through forwarding keeps a handle to each).
+const MAX_INCOMING: usize = 32;
+/// An upload the driver has not reported done this long after it should have is forgotten
+/// (its link stalled or the data it was forwarding never came).
+const UPLOAD_STUCK: Duration = Duration::from_secs(10);
 /// Grace past the requester's deadline a supplier still accepts (estimates are rough).
 const DEADLINE_GRACE: Duration = Duration::from_millis(200);
 
@@ -282,6 +291,8 @@ pub struct Node<P> {
     stats: NodeStats,
     /// Offers made and not yet answered: link, segment, when.
     offers: Vec<(LinkId, Seq, Instant)>,
+    /// Segments arriving now (head seen, bytes streaming), forwardable before they complete.
+    incoming: Vec<(LinkId, Segment<P>)>,
     scratch_wants: Vec<Want>,
     scratch_suppliers: Vec<Supplier>,
     scratch_links: Vec<usize>,
@@ -333,6 +344,7 @@ impl<P: Payload> Node<P> {
             out: VecDeque::new(),
             stats: NodeStats::default(),
             offers: Vec::new(),
+            incoming: Vec::new(),
             scratch_wants: Vec::new(),
             scratch_suppliers: Vec::new(),
             scratch_links: Vec::new(),
@@ -505,6 +517,14 @@ impl<P: Payload> Node<P> {
                 if let Some(i) = self.link_index(link) {
                     self.links[i].last_recv = self.now;
                     self.on_message(i, msg);
+                }
+            }
+            Input::SegmentStarted { link, segment } => {
+                if let Some(i) = self.link_index(link) {
+                    self.links[i].last_recv = self.now;
+                    if self.links[i].peer.is_some() {
+                        self.on_segment_started(i, segment);
+                    }
                 }
             }
             Input::Sent { link } => {
@@ -704,6 +724,7 @@ impl<P: Payload> Node<P> {
         self.requests.retain(|r| r.link != id);
         self.uploads.retain(|u| u.link != id);
         self.offers.retain(|o| o.0 != id);
+        self.incoming.retain(|(l, _)| *l != id);
         let was_uploading = self.active_uploads.iter().any(|(k, _, _)| *k == id);
         self.active_uploads.retain(|(k, _, _)| *k != id);
         if was_uploading {
@@ -1116,8 +1137,7 @@ impl<P: Payload> Node<P> {
         let pulls_queued = self.uploads.iter().filter(|u| !u.push).count();
         let deadline = self.now + Duration::from_millis(deadline_ms as u64);
         let xfer = Duration::for_bytes(
-            self.store
-                .get(seq)
+            self.sendable(seq)
                 .map_or(self.last_segment_bytes, |s| s.payload.len() as u64),
             self.cfg.upload_bytes_per_s,
         );
@@ -1148,7 +1168,7 @@ impl<P: Payload> Node<P> {
             && evict.is_none();
         let reasons = [
             !is_partner,
-            !self.store.has(seq),
+            self.sendable(seq).is_none(),
             self.cfg.role == Role::Source && self.copies_of(seq) >= self.cfg.source_max_copies,
             queued_here >= self.cfg.upload_queue_per_partner,
             false,
@@ -1244,7 +1264,7 @@ impl<P: Payload> Node<P> {
                     .is_some_and(|p| !p.map.has(u.seq) && p.child_of != 0);
                 let over = self.cfg.role == Role::Source
                     && self.copies_of(u.seq) >= self.cfg.source_max_copies;
-                if !wanted || over || !self.store.has(u.seq) {
+                if !wanted || over || self.sendable(u.seq).is_none() {
                     continue;
                 }
             }
@@ -1266,7 +1286,7 @@ impl<P: Payload> Node<P> {
                         .store
                         .newest()
                         .is_some_and(|n| u.seq.dist_to(n) >= self.cfg.source_fresh_window as i32));
-            let seg = match self.store.get(u.seq) {
+            let seg = match self.sendable(u.seq) {
                 Some(s) if !too_late && !over_copies => s.clone(),
                 _ => {
                     self.stats.busy_sent += 1;
@@ -1433,6 +1453,35 @@ impl<P: Payload> Node<P> {
         }
     }
 
+    /// A segment we can send: held, or arriving now (cut-through).
+    fn sendable(&self, seq: Seq) -> Option<&Segment<P>> {
+        self.store.get(seq).or_else(|| {
+            self.incoming
+                .iter()
+                .find(|(_, s)| s.seq == seq)
+                .map(|(_, s)| s)
+        })
+    }
+
+    fn is_incoming(&self, seq: Seq) -> bool {
+        self.incoming.iter().any(|(_, s)| s.seq == seq)
+    }
+
+    /// The head of a segment arrived: announce it and forward it while it streams in.
+    fn on_segment_started(&mut self, i: usize, seg: Segment<P>) {
+        let seq = seg.seq;
+        if self.store.has(seq) || self.is_incoming(seq) || self.incoming.len() >= MAX_INCOMING {
+            return;
+        }
+        let link = self.links[i].id;
+        if let Some(p) = self.links[i].partner.as_mut() {
+            p.map.set(seq);
+        }
+        self.incoming.push((link, seg));
+        self.push_to_children(seq);
+        self.announce(seq, Some(link));
+    }
+
     fn on_segment(&mut self, i: usize, seg: Segment<P>) {
         let link = self.links[i].id;
         let seq = seg.seq;
@@ -1450,10 +1499,19 @@ impl<P: Payload> Node<P> {
         }
         self.stats.segments_received += 1;
         self.last_segment_bytes = seg.payload.len() as u64;
+        let announced = match self.incoming.iter().position(|(_, s)| s.seq == seq) {
+            Some(k) => {
+                self.incoming.swap_remove(k);
+                true
+            }
+            None => false,
+        };
         match self.store.insert(seg) {
             Inserted::New => {
-                self.push_to_children(seq);
-                self.announce(seq, Some(link));
+                if !announced {
+                    self.push_to_children(seq);
+                    self.announce(seq, Some(link));
+                }
                 self.drain_playout();
             }
             Inserted::Duplicate | Inserted::TooOld => self.stats.duplicates += 1,
@@ -1719,7 +1777,10 @@ impl<P: Payload> Node<P> {
             let span = from.dist_to(newest).clamp(-1, self.cfg.window as i32 - 1);
             for k in 0..=span {
                 let seq = from.add(k as u32);
-                if self.store.has(seq) || self.requests.iter().any(|r| r.seq == seq) {
+                if self.store.has(seq)
+                    || self.is_incoming(seq)
+                    || self.requests.iter().any(|r| r.seq == seq)
+                {
                     continue;
                 }
                 let deadline = self.deadline_of(seq);
@@ -2087,6 +2148,14 @@ impl<P: Payload> Node<P> {
             {
                 self.send(j, Control::KeepAlive);
             }
+        }
+        // Uploads the driver never finished (their link stalled, or the data they forwarded
+        // never came): free the slot.
+        let before = self.active_uploads.len();
+        self.active_uploads
+            .retain(|&(_, _, done)| now.saturating_since(done) < UPLOAD_STUCK);
+        if self.active_uploads.len() != before {
+            self.start_uploads();
         }
         // Dials the driver never answered.
         self.pending_dials

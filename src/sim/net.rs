@@ -69,6 +69,9 @@ pub struct Flow<M> {
 pub struct Uplink<M> {
     bytes_per_s: f64,
     flows: Vec<Flow<M>>,
+    /// Transfers whose last bytes wait for the sender to receive them (cut-through), and
+    /// since when.
+    parked: Vec<(Flow<M>, Instant)>,
     last: Instant,
     /// Bumped whenever the set of flows changes, so stale completion events are ignored.
     pub version: u64,
@@ -79,6 +82,7 @@ impl<M> Uplink<M> {
         Uplink {
             bytes_per_s: bytes_per_s as f64,
             flows: Vec::new(),
+            parked: Vec::new(),
             last: Instant::ZERO,
             version: 0,
         }
@@ -152,6 +156,7 @@ impl<M> Uplink<M> {
     /// Drops the transfers on `link` (it closed).
     pub fn cancel(&mut self, now: Instant, link: LinkId) {
         self.advance(now);
+        self.parked.retain(|(f, _)| f.link != link);
         let before = self.flows.len();
         self.flows.retain(|f| f.link != link);
         if self.flows.len() != before {
@@ -162,6 +167,7 @@ impl<M> Uplink<M> {
     /// Drops every transfer (the node is gone).
     pub fn clear(&mut self) {
         self.flows.clear();
+        self.parked.clear();
         self.version += 1;
     }
 
@@ -202,6 +208,36 @@ impl<M> Uplink<M> {
 
     pub fn busy(&self) -> bool {
         !self.flows.is_empty()
+    }
+
+    /// Holds a finished transfer back until the data it forwards has arrived: its last
+    /// `tail` bytes go once [`Uplink::unpark`] releases it.
+    pub fn park(&mut self, now: Instant, mut f: Flow<M>, tail: u64) {
+        f.remaining = tail as f64;
+        self.parked.push((f, now));
+    }
+
+    /// Releases parked transfers for which `ready` holds; forgets any parked longer than
+    /// `max_wait` (their data never came). True if any were released.
+    pub fn unpark(&mut self, now: Instant, max_wait: Duration, ready: impl Fn(&M) -> bool) -> bool {
+        self.advance(now);
+        self.parked
+            .retain(|(_, since)| now.saturating_since(*since) <= max_wait);
+        let mut released = false;
+        let mut k = 0;
+        while k < self.parked.len() {
+            if ready(&self.parked[k].0.msg) {
+                let (f, _) = self.parked.swap_remove(k);
+                self.flows.push(f);
+                released = true;
+            } else {
+                k += 1;
+            }
+        }
+        if released {
+            self.version += 1;
+        }
+        released
     }
 }
 
