@@ -81,6 +81,9 @@ pub struct Config {
     /// Source only: it uploads only its newest this-many segments (older ones the swarm
     /// relays), so its budget never queues behind stale work.
     pub source_fresh_window: u32,
+    /// The source's clock minus this node's, in µs: segment ingest times (`origin_us`) are
+    /// the source's; the simulator shares one clock (0), the daemon maps wall clocks.
+    pub origin_offset_us: i64,
     /// Substreams K: segment `s` belongs to substream `s mod K`; a peer subscribes to each
     /// from one parent partner, which pushes its segments as they arrive (New Coolstreaming's
     /// push, on DONet's mesh). 1 disables nothing: one substream, one parent.
@@ -159,21 +162,22 @@ impl Config {
             start_behind: 4,
             start_quantile: 1.0,
             start_margin: 2,
-            startup_budget: Duration::from_millis(1500),
+            startup_budget: Duration::from_millis(3000),
             stall_limit: 10,
             max_requests_per_partner: 3,
             max_requests: 8,
             upload_queue_capacity: 32,
             upload_queue_per_partner: 4,
             max_upload_backlog: Duration::from_millis(2000),
-            concurrent_uploads: 2,
+            concurrent_uploads: 1,
             urgent_within: Duration::from_millis(2000),
             max_links: 64,
             max_pending_dials: 8,
             source_max_copies: 2,
             source_fresh_window: 2,
-            substreams: 4,
-            push_share: 0.9,
+            origin_offset_us: 0,
+            substreams: 1,
+            push_share: 0.0,
             parent_lag_limit: 2,
             pull_lead: Duration::from_millis(3000),
             push_queue_per_child: 8,
@@ -286,6 +290,8 @@ mod tests {
     #[test]
     fn strong_uploaders_accept_more_partners_and_children() {
         let mut c = Config::new(ChannelId([0; 32]), Role::Peer, 100_000);
+        c.substreams = 4;
+        c.push_share = 0.9;
         c.upload_bytes_per_s = 50_000;
         assert_eq!(c.accept_limit(), c.max_partners);
         assert_eq!(c.max_children(), 1);

@@ -134,8 +134,9 @@ pub struct NodeStats {
     pub busy_sent: u64,
     pub request_timeouts: u64,
     pub links_refused: u64,
-    /// Times playback paused one segment duration for a late segment.
+    /// Times playback paused for a late segment, and for how long in all (µs).
     pub stalls: u64,
+    pub stall_us: u64,
     /// Misses whose segment was requested but had not arrived, and misses that some partner
     /// held but we had not requested (the rest no partner held).
     pub missed_in_flight: u64,
@@ -246,6 +247,12 @@ const BUFFER_MAP_REFRESH: Duration = Duration::from_secs(10);
 const DEFAULT_ONE_WAY: Duration = Duration::from_millis(60);
 /// A supplier that said busy is avoided at least this long.
 const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// See `Node::critical_before`.
+const CRITICAL_MIN: Duration = Duration::from_secs(3);
+/// Longest single playback pause for a late segment.
+const MAX_STALL: Duration = Duration::from_secs(10);
+/// Lag kept above the observed arrival delays.
+const STALL_MARGIN: Duration = Duration::from_millis(1000);
 /// Offers an idle supplier has out at once.
 const MAX_OFFERS: usize = 1;
 /// Segments at most arriving at once (cut-through forwarding keeps a handle to each).
@@ -289,6 +296,11 @@ pub struct Node<P> {
     timers: TimerTable,
     out: VecDeque<Output<P>>,
     stats: NodeStats,
+    /// How late after ingest (ms) recent segments reached us, a ring, and how many so far.
+    arrival_delays: [u32; 32],
+    arrival_count: usize,
+    /// The newest segment whose ingest time we know: (seq, origin_us).
+    last_origin: Option<(Seq, u64)>,
     /// Offers made and not yet answered: link, segment, when.
     offers: Vec<(LinkId, Seq, Instant)>,
     /// Segments arriving now (head seen, bytes streaming), forwardable before they complete.
@@ -344,6 +356,9 @@ impl<P: Payload> Node<P> {
             out: VecDeque::new(),
             stats: NodeStats::default(),
             offers: Vec::new(),
+            arrival_delays: [0; 32],
+            arrival_count: 0,
+            last_origin: None,
             incoming: Vec::new(),
             scratch_wants: Vec::new(),
             scratch_suppliers: Vec::new(),
@@ -1081,6 +1096,13 @@ impl<P: Payload> Node<P> {
 
     // ----- supplying -----
 
+    /// Requests due before this are served first and never turned away for fresher ones:
+    /// two transfer times, and never less than `CRITICAL_MIN` (a joining peer's first
+    /// segment is due within its startup budget).
+    fn critical_before(&self, xfer: Duration) -> Instant {
+        self.now + xfer.mul(2).max(CRITICAL_MIN)
+    }
+
     /// Time until the uploads in progress are done.
     fn active_remaining(&self) -> Duration {
         self.active_uploads
@@ -1143,7 +1165,7 @@ impl<P: Payload> Node<P> {
         );
         // When it would be done: after the uploads in progress and the queued ones that go
         // first (those about to miss, and fresher ones).
-        let critical_before = self.now + xfer.mul(2);
+        let critical_before = self.critical_before(xfer);
         let ahead = self
             .uploads
             .iter()
@@ -1154,8 +1176,7 @@ impl<P: Payload> Node<P> {
         // old segments are widely held and their requesters find them elsewhere, while a
         // fresh one has few holders, and this may be one.
         let mut evict = None;
-        if self.backlog() >= self.max_backlog() || pulls_queued >= self.cfg.upload_queue_capacity
-        {
+        if self.backlog() >= self.max_backlog() || pulls_queued >= self.cfg.upload_queue_capacity {
             evict = (0..self.uploads.len())
                 .filter(|&k| {
                     let u = &self.uploads[k];
@@ -1221,7 +1242,7 @@ impl<P: Payload> Node<P> {
     /// The source ranks by copies sent first: it should seed each segment, not repeat one.
     fn next_upload(&self) -> Option<usize> {
         let xfer = Duration::for_bytes(self.last_segment_bytes, self.cfg.upload_bytes_per_s);
-        let critical_before = self.now + xfer.mul(2);
+        let critical_before = self.critical_before(xfer);
         let critical = (0..self.uploads.len())
             .filter(|&k| !self.uploads[k].push && self.uploads[k].deadline <= critical_before)
             .min_by_key(|&k| self.uploads[k].deadline);
@@ -1269,7 +1290,10 @@ impl<P: Payload> Node<P> {
                 }
             }
             // Already sent there (a push and a request for the same segment): once is enough.
-            if self.active_uploads.iter().any(|a| a.0 == u.link && a.1 == u.seq)
+            if self
+                .active_uploads
+                .iter()
+                .any(|a| a.0 == u.link && a.1 == u.seq)
                 || self.links[li]
                     .partner
                     .as_ref()
@@ -1499,6 +1523,7 @@ impl<P: Payload> Node<P> {
         }
         self.stats.segments_received += 1;
         self.last_segment_bytes = seg.payload.len() as u64;
+        self.note_arrival(seg.origin_us, seq);
         let announced = match self.incoming.iter().position(|(_, s)| s.seq == seq) {
             Some(k) => {
                 self.incoming.swap_remove(k);
@@ -1603,11 +1628,23 @@ impl<P: Payload> Node<P> {
                 } else if held {
                     self.stats.missed_unrequested += 1;
                 }
-                let coming = requested || held;
+                // It exists (partners hold later ones) and is not in our hands yet: the swarm
+                // is slower than our lag. Pausing beats skipping.
+                let exists = self.links.iter().any(|l| {
+                    l.partner
+                        .as_ref()
+                        .and_then(|p| p.map.newest())
+                        .is_some_and(|n| !n.is_before(next))
+                });
+                let coming = requested || held || exists;
                 if coming && self.stats.stalls < self.cfg.stall_limit {
+                    // Pause long enough to reach the lag at which segments have been reaching
+                    // us, not one segment at a time: one pause instead of many.
+                    let pause = self.stall_length(next, deadline);
                     self.stats.stalls += 1;
+                    self.stats.stall_us += pause.as_micros();
                     stalled = true;
-                    deadline += self.nominal();
+                    deadline += pause;
                     continue;
                 }
             }
@@ -1697,6 +1734,49 @@ impl<P: Payload> Node<P> {
             since: self.now,
         };
         self.drain_playout();
+    }
+
+    /// How long playback pauses for a late segment `next` due at `deadline`: up to the lag
+    /// this node needs (the 90th percentile of how late after ingest segments have reached
+    /// it, plus a margin), whole segment durations, at least one, at most `MAX_STALL`.
+    fn stall_length(&self, next: Seq, deadline: Instant) -> Duration {
+        let nominal = self.nominal();
+        let mut pause = nominal;
+        if let (Some(needed), Some((seq, origin_us))) = (self.needed_lag(), self.last_origin) {
+            let origin = origin_us as i64 - self.cfg.origin_offset_us
+                + seq.dist_to(next) as i64 * nominal.as_micros() as i64;
+            let lag = deadline.as_micros() as i64 - origin;
+            let short = needed.as_micros() as i64 - lag;
+            if short > 0 {
+                let n = (short as u64).div_ceil(nominal.as_micros().max(1));
+                pause = nominal.mul(n.max(1));
+            }
+        }
+        pause.min(MAX_STALL)
+    }
+
+    /// The lag this node needs, from the arrival delays it has seen.
+    fn needed_lag(&self) -> Option<Duration> {
+        let n = self.arrival_count.min(self.arrival_delays.len());
+        if n < 8 {
+            return None;
+        }
+        let mut v: Vec<u32> = self.arrival_delays[..n].to_vec();
+        v.sort_unstable();
+        let p90 = v[(n * 9 / 10).min(n - 1)];
+        Some(Duration::from_millis(p90 as u64) + STALL_MARGIN)
+    }
+
+    /// Notes how long after its ingest a whole segment reached us.
+    fn note_arrival(&mut self, seg_origin_us: u64, seq: Seq) {
+        let origin = seg_origin_us as i64 - self.cfg.origin_offset_us;
+        let delay_ms = ((self.now.as_micros() as i64 - origin).max(0) / 1000).min(u32::MAX as i64);
+        let k = self.arrival_count % self.arrival_delays.len();
+        self.arrival_delays[k] = delay_ms as u32;
+        self.arrival_count += 1;
+        if self.last_origin.is_none_or(|(s, _)| seq.is_after(s)) {
+            self.last_origin = Some((seq, seg_origin_us));
+        }
     }
 
     /// The segment we play next, if playing.

@@ -800,11 +800,11 @@ impl Sim {
     /// Node `ix` now holds `seq` whole: transfers of it waiting for their last bytes go.
     fn release_forwards(&mut self, ix: u32, seq: Seq) {
         let now = self.now;
-        let released = self.slots[ix as usize]
-            .uplink
-            .unpark(now, PARKED_MAX, |m| {
-                matches!(m, Message::Segment(s) if s.seq == seq)
-            });
+        let released = self.slots[ix as usize].uplink.unpark(
+            now,
+            PARKED_MAX,
+            |m| matches!(m, Message::Segment(s) if s.seq == seq),
+        );
         if released {
             self.arm_uplink(ix);
         }
@@ -1027,6 +1027,7 @@ impl Sim {
         let now = self.now;
         let mut cis = Vec::new();
         let mut startups = Vec::new();
+        let mut late_startups = Vec::new();
         let mut played = 0u64;
         let mut missed = 0u64;
         let mut never_started = 0usize;
@@ -1040,7 +1041,6 @@ impl Sim {
                 (None, Some((st, a))) => (st.clone(), *a),
                 (None, None) => continue,
             };
-            let _ = ix;
             sessions += 1;
             let end = s.left_at.unwrap_or(now);
             let lifetime = end.saturating_since(s.joined_at).as_secs_f64();
@@ -1049,6 +1049,16 @@ impl Sim {
             played += due;
             missed += stats.missed;
             delivered_bytes += due as f64 * seg_bytes;
+            if let (Some(t), true) = (stats.first_play_at, s.joined_at.as_secs_f64() > 30.0) {
+                let st = t.saturating_since(s.joined_at).as_secs_f64();
+                if st > 6.0 && std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "stats") {
+                    eprintln!(
+                        "slow start: slot {ix} joined {:.1} startup {st:.2}",
+                        s.joined_at.as_secs_f64()
+                    );
+                }
+                late_startups.push(st);
+            }
             match stats.first_play_at {
                 Some(t) => startups.push(t.saturating_since(s.joined_at).as_secs_f64()),
                 None if lifetime >= 10.0 => {
@@ -1065,6 +1075,13 @@ impl Sim {
         startups.sort_by(f64::total_cmp);
         if std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "stats") {
             self.debug_stats();
+            late_startups.sort_by(f64::total_cmp);
+            eprintln!(
+                "startup of sessions joining after 30 s: n {} p50 {:.2} p95 {:.2}",
+                late_startups.len(),
+                quantile(&late_startups, 0.5),
+                quantile(&late_startups, 0.95)
+            );
         }
         let stream = self.stream_bytes() as f64;
         let streamed_s = self
@@ -1171,6 +1188,7 @@ impl Sim {
             t.missed_in_flight += st.missed_in_flight;
             t.missed_unrequested += st.missed_unrequested;
             t.stalls += st.stalls;
+            t.stall_us += st.stall_us;
             for r in 0..7 {
                 t.busy_reasons[r] += st.busy_reasons[r];
             }
