@@ -153,7 +153,7 @@ impl Config {
             gossip_fanout: 2,
             gossip_entries: 8,
             member_ttl: Duration::from_secs(60),
-            tick: Duration::from_millis(250),
+            tick: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(4),
             keepalive_interval: Duration::from_millis(1500),
             handshake_timeout: Duration::from_secs(5),

@@ -247,6 +247,8 @@ const BUFFER_MAP_REFRESH: Duration = Duration::from_secs(10);
 const DEFAULT_ONE_WAY: Duration = Duration::from_millis(60);
 /// A supplier that said busy is avoided at least this long.
 const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Scheduling passes are at least this far apart (news in between is batched).
+const SCHEDULE_BATCH: Duration = Duration::from_millis(30);
 /// See `Node::critical_before`.
 const CRITICAL_MIN: Duration = Duration::from_secs(3);
 /// Longest single playback pause for a late segment.
@@ -292,6 +294,7 @@ pub struct Node<P> {
     joined: bool,
     left: bool,
     schedule_due: bool,
+    last_schedule: Instant,
     last_segment_bytes: u64,
     timers: TimerTable,
     out: VecDeque<Output<P>>,
@@ -352,6 +355,7 @@ impl<P: Payload> Node<P> {
             joined: cfg.role == Role::Source,
             left: false,
             schedule_due: false,
+            last_schedule: Instant::ZERO,
             timers,
             out: VecDeque::new(),
             stats: NodeStats::default(),
@@ -564,6 +568,8 @@ impl<P: Payload> Node<P> {
         if self.timers.take_expired(Timer::UploadResume, self.now) {
             self.start_uploads();
         }
+        // A deferred scheduling pass runs in `finish` below.
+        let _ = self.timers.take_expired(Timer::Schedule, self.now);
         if self.timers.take_expired(Timer::Tick, self.now) {
             self.timers.set(Timer::Tick, self.now + self.cfg.tick);
             self.on_tick();
@@ -574,9 +580,17 @@ impl<P: Payload> Node<P> {
     /// Work deferred to the end of every call: one scheduling pass however many haves came.
     fn finish(&mut self) {
         if self.schedule_due && !self.left {
-            self.schedule_due = false;
-            self.schedule();
-            self.maintain_parents();
+            // One pass per SCHEDULE_BATCH at most: haves come in bursts (a segment reaches
+            // several partners at once), and one pass sees them all.
+            let due = self.last_schedule + SCHEDULE_BATCH;
+            if self.now >= due {
+                self.schedule_due = false;
+                self.last_schedule = self.now;
+                self.schedule();
+                self.maintain_parents();
+            } else if self.timers.get(Timer::Schedule).is_none() {
+                self.timers.set(Timer::Schedule, due);
+            }
         }
         if !self.left {
             self.maybe_offer();
@@ -1855,16 +1869,16 @@ impl<P: Payload> Node<P> {
         wants.clear();
         if let (Some(newest), false) = (newest, suppliers.is_empty()) {
             let span = from.dist_to(newest).clamp(-1, self.cfg.window as i32 - 1);
+            let parents_active = self
+                .links
+                .iter()
+                .any(|l| l.partner.as_ref().is_some_and(|p| p.parent_of != 0));
             for k in 0..=span {
                 let seq = from.add(k as u32);
                 if self.store.has(seq)
-                    || self.is_incoming(seq)
                     || self.requests.iter().any(|r| r.seq == seq)
+                    || self.is_incoming(seq)
                 {
-                    continue;
-                }
-                let deadline = self.deadline_of(seq);
-                if deadline > now + self.cfg.pull_lead && self.parent_of(seq).is_some() {
                     continue;
                 }
                 let mut holders = 0u64;
@@ -1877,13 +1891,22 @@ impl<P: Payload> Node<P> {
                         holders |= 1 << b;
                     }
                 }
-                if holders != 0 {
-                    wants.push(Want {
-                        seq,
-                        deadline,
-                        holders,
-                    });
+                if holders == 0 {
+                    continue;
                 }
+                let deadline = self.deadline_of(seq);
+                // A parent pushes this one: pull it only if the deadline is close.
+                if parents_active
+                    && deadline > now + self.cfg.pull_lead
+                    && self.parent_of(seq).is_some()
+                {
+                    continue;
+                }
+                wants.push(Want {
+                    seq,
+                    deadline,
+                    holders,
+                });
             }
         }
         let mut picks = std::mem::take(&mut self.scratch_picks);
@@ -2087,7 +2110,11 @@ impl<P: Payload> Node<P> {
             }
         }
         let missing = self.all_substreams() & !covered;
-        if missing == 0 {
+        let any_room = self
+            .links
+            .iter()
+            .any(|l| l.partner.as_ref().is_some_and(|p| p.spare > 0));
+        if missing == 0 || !any_room {
             return;
         }
         let now = self.now;

@@ -15,6 +15,7 @@
 
 pub mod metrics;
 pub mod net;
+pub mod queue;
 pub mod scenario;
 
 use crate::proto::rng::Rng;
@@ -29,8 +30,7 @@ pub use scenario::Scenario;
 use scenario::{
     draw_upload, mean_upload, ARRIVAL_WINDOW_S, DEFAULT_UPLOAD_MIX, SOURCE_UPLOAD_FACTOR,
 };
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 
 /// A peer counts in the continuity figures once this many of its deadlines have passed
 /// (a churned peer seen for two segments says little about the swarm).
@@ -171,29 +171,6 @@ impl Ev {
     }
 }
 
-struct Queued {
-    at: Instant,
-    seq: u64,
-    ev: Ev,
-}
-impl PartialEq for Queued {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Queued {
-    // Reversed: BinaryHeap is a max-heap and we pop the earliest.
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Life {
     Waiting,
@@ -286,8 +263,7 @@ pub struct Sim {
     cfg: SimConfig,
     now: Instant,
     end: Instant,
-    next_seq: u64,
-    queue: BinaryHeap<Queued>,
+    queue: queue::EventQueue<Ev>,
     slots: Vec<Slot>,
     links: HashMap<u64, SimLink, IdBuild>,
     next_link: u64,
@@ -343,8 +319,7 @@ impl Sim {
         let mut sim = Sim {
             end: Instant::ZERO + Duration::from_secs_f64(cfg.duration_s),
             now: Instant::ZERO,
-            next_seq: 0,
-            queue: BinaryHeap::new(),
+            queue: queue::EventQueue::default(),
             slots: Vec::new(),
             links: HashMap::default(),
             next_link: 1,
@@ -484,9 +459,7 @@ impl Sim {
     }
 
     fn push(&mut self, at: Instant, ev: Ev) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.push(Queued { at, seq, ev });
+        self.queue.push(at, ev);
     }
 
     fn one_way(&self, a: u32, b: u32) -> Duration {
@@ -503,20 +476,20 @@ impl Sim {
 
     /// Processes the next event if it is due by `until`; false when none is.
     fn step_one(&mut self, until: Instant) -> bool {
-        match self.queue.peek() {
-            Some(q) if q.at <= until && q.at <= self.end => {}
+        match self.queue.peek_time() {
+            Some(at) if at <= until && at <= self.end => {}
             _ => return false,
         }
-        let q = self.queue.pop().expect("peeked");
-        debug_assert!(q.at >= self.now, "time went backwards");
-        self.now = q.at;
+        let (at, ev) = self.queue.pop().expect("peeked");
+        debug_assert!(at >= self.now, "time went backwards");
+        self.now = at;
         self.events += 1;
-        let (kind, node) = q.ev.tag();
+        let (kind, node) = ev.tag();
         self.trace = mix(
             self.trace,
-            q.at.as_micros() ^ (kind << 56) ^ ((node as u64) << 24),
+            at.as_micros() ^ (kind << 56) ^ ((node as u64) << 24),
         );
-        self.step(q.ev);
+        self.step(ev);
         true
     }
 
