@@ -52,11 +52,15 @@ pub struct Config {
     /// Share of partners that must hold the start segment, and segments of margin before it.
     pub start_quantile: f64,
     pub start_margin: u32,
+    /// Segments a joining peer holds before it starts playing the first.
+    pub start_buffer: u32,
     /// Time a joining peer allows for its first segment to arrive (its deadline).
     pub startup_budget: Duration,
-    /// Pauses playback may take for late segments over a session (each adds one segment
-    /// duration of lag); past it, late segments are skipped.
+    /// Pauses playback may take for late segments over a session; past it, late segments
+    /// are skipped.
     pub stall_limit: u64,
+    /// Playback never pauses past this lag behind the source; late segments are skipped.
+    pub max_lag: Duration,
     /// Requests in flight to one partner.
     pub max_requests_per_partner: usize,
     /// Requests in flight in total.
@@ -162,8 +166,10 @@ impl Config {
             start_behind: 4,
             start_quantile: 1.0,
             start_margin: 2,
+            start_buffer: 1,
             startup_budget: Duration::from_millis(3000),
-            stall_limit: 10,
+            stall_limit: 100,
+            max_lag: Duration::from_secs(20),
             max_requests_per_partner: 3,
             max_requests: 8,
             upload_queue_capacity: 32,
@@ -218,6 +224,8 @@ impl Config {
         "heartbeat_timeout_ms",
         "concurrent_uploads",
         "startup_budget_ms",
+        "max_lag_ms",
+        "start_buffer",
     ];
 
     /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
@@ -255,6 +263,8 @@ impl Config {
             "heartbeat_timeout_ms" => self.heartbeat_timeout = ms(value)?,
             "concurrent_uploads" => self.concurrent_uploads = num(key, value)?,
             "startup_budget_ms" => self.startup_budget = ms(value)?,
+            "max_lag_ms" => self.max_lag = ms(value)?,
+            "start_buffer" => self.start_buffer = num(key, value)?,
             _ => {
                 return Err(SettingError(format!(
                     "unknown setting '{key}' (known: {})",

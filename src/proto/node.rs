@@ -1568,7 +1568,10 @@ impl<P: Payload> Node<P> {
     /// first one we lack.
     fn drain_playout(&mut self) {
         if let Playout::Starting { start, .. } = self.playout {
-            let Some(seg) = self.store.get(start) else {
+            // Start once the first `start_buffer` segments are in hand: the ones right after
+            // the first are due within seconds, and a joining peer has no slack yet.
+            let ready = (0..self.cfg.start_buffer.max(1)).all(|k| self.store.has(start.add(k)));
+            let Some(seg) = self.store.get(start).filter(|_| ready) else {
                 return;
             };
             let seg = seg.clone();
@@ -1651,10 +1654,11 @@ impl<P: Payload> Node<P> {
                         .is_some_and(|n| !n.is_before(next))
                 });
                 let coming = requested || held || exists;
-                if coming && self.stats.stalls < self.cfg.stall_limit {
+                let room = self.cfg.max_lag.saturating_sub(self.lag_at(next, deadline));
+                if coming && self.stats.stalls < self.cfg.stall_limit && room >= self.nominal() {
                     // Pause long enough to reach the lag at which segments have been reaching
                     // us, not one segment at a time: one pause instead of many.
-                    let pause = self.stall_length(next, deadline);
+                    let pause = self.stall_length(next, deadline).min(room);
                     self.stats.stalls += 1;
                     self.stats.stall_us += pause.as_micros();
                     stalled = true;
@@ -1751,34 +1755,41 @@ impl<P: Payload> Node<P> {
     }
 
     /// How long playback pauses for a late segment `next` due at `deadline`: up to the lag
-    /// this node needs (the 90th percentile of how late after ingest segments have reached
-    /// it, plus a margin), whole segment durations, at least one, at most `MAX_STALL`.
+    /// this node needs (the latest of the last 32 arrivals after ingest, plus a margin),
+    /// whole segment durations, at least one, at most `MAX_STALL`.
     fn stall_length(&self, next: Seq, deadline: Instant) -> Duration {
         let nominal = self.nominal();
         let mut pause = nominal;
-        if let (Some(needed), Some((seq, origin_us))) = (self.needed_lag(), self.last_origin) {
-            let origin = origin_us as i64 - self.cfg.origin_offset_us
-                + seq.dist_to(next) as i64 * nominal.as_micros() as i64;
-            let lag = deadline.as_micros() as i64 - origin;
-            let short = needed.as_micros() as i64 - lag;
-            if short > 0 {
-                let n = (short as u64).div_ceil(nominal.as_micros().max(1));
+        if let Some(needed) = self.needed_lag() {
+            let short = needed.saturating_sub(self.lag_at(next, deadline));
+            if short > Duration::ZERO {
+                let n = short.as_micros().div_ceil(nominal.as_micros().max(1));
                 pause = nominal.mul(n.max(1));
             }
         }
         pause.min(MAX_STALL)
     }
 
+    /// The lag `next` would play at if due at `deadline` (its ingest time estimated from the
+    /// newest segment whose ingest time we know); zero while we know none.
+    fn lag_at(&self, next: Seq, deadline: Instant) -> Duration {
+        let Some((seq, origin_us)) = self.last_origin else {
+            return Duration::ZERO;
+        };
+        let origin = origin_us as i64 - self.cfg.origin_offset_us
+            + seq.dist_to(next) as i64 * self.nominal().as_micros() as i64;
+        Duration::from_micros((deadline.as_micros() as i64 - origin).max(0) as u64)
+    }
+
     /// The lag this node needs, from the arrival delays it has seen.
     fn needed_lag(&self) -> Option<Duration> {
         let n = self.arrival_count.min(self.arrival_delays.len());
-        if n < 8 {
+        if n == 0 {
             return None;
         }
-        let mut v: Vec<u32> = self.arrival_delays[..n].to_vec();
-        v.sort_unstable();
-        let p90 = v[(n * 9 / 10).min(n - 1)];
-        Some(Duration::from_millis(p90 as u64) + STALL_MARGIN)
+        // The latest of the recent arrivals: the lag that would have caught all of them.
+        let worst = self.arrival_delays[..n].iter().copied().max().unwrap_or(0);
+        Some(Duration::from_millis(worst as u64) + STALL_MARGIN)
     }
 
     /// Notes how long after its ingest a whole segment reached us.

@@ -1001,6 +1001,7 @@ impl Sim {
         let mut cis = Vec::new();
         let mut startups = Vec::new();
         let mut late_startups = Vec::new();
+        let mut late_cis: Vec<f64> = Vec::new();
         let mut played = 0u64;
         let mut missed = 0u64;
         let mut never_started = 0usize;
@@ -1041,7 +1042,21 @@ impl Sim {
                 None => {}
             }
             if due + stats.missed >= MIN_DEADLINES {
-                cis.push(due as f64 / (due + stats.missed) as f64);
+                let ci = due as f64 / (due + stats.missed) as f64;
+                if ci < 0.9 && std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "lowci") {
+                    eprintln!(
+                        "low CI {ci:.3}: slot {ix} up {:.1}x joined {:.0} lived {lifetime:.0} played {due} missed {} stalls {} ({:.0} s)",
+                        s.up_factor,
+                        s.joined_at.as_secs_f64(),
+                        stats.missed,
+                        stats.stalls,
+                        stats.stall_us as f64 / 1e6
+                    );
+                }
+                cis.push(ci);
+                if s.joined_at.as_secs_f64() > 100.0 {
+                    late_cis.push(ci);
+                }
             }
         }
         cis.sort_by(f64::total_cmp);
@@ -1049,6 +1064,13 @@ impl Sim {
         if std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "stats") {
             self.debug_stats();
             late_startups.sort_by(f64::total_cmp);
+            late_cis.sort_by(f64::total_cmp);
+            eprintln!(
+                "continuity of sessions joining after 100 s: n {} mean {:.4} p5 {:.4}",
+                late_cis.len(),
+                late_cis.iter().sum::<f64>() / late_cis.len().max(1) as f64,
+                quantile(&late_cis, 0.05)
+            );
             eprintln!(
                 "startup of sessions joining after 30 s: n {} p50 {:.2} p95 {:.2}",
                 late_startups.len(),
