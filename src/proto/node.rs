@@ -1821,8 +1821,10 @@ impl<P: Payload> Node<P> {
                 deadline + nominal.mul(d)
             }
             Playout::Starting { start, since } => {
-                // Playback begins when the first segment lands; give it the startup budget.
-                let d = start.dist_to(seq).max(0) as u64;
+                // Playback begins when the start buffer is in hand: all of it is due within
+                // the startup budget (fetched in parallel), what follows one duration apart.
+                let d = (start.dist_to(seq).max(0) as u64)
+                    .saturating_sub(self.cfg.start_buffer.max(1) as u64 - 1);
                 (since + self.cfg.startup_budget).max(self.now) + nominal.mul(d)
             }
             Playout::Idle => self.now + nominal.mul(self.cfg.window as u64),
