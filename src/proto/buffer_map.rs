@@ -50,6 +50,12 @@ impl BufferMap {
     /// Marks `seq` held, sliding the window forward if `seq` is beyond it.
     /// A `seq` before the window is ignored (too old to matter).
     pub fn set(&mut self, seq: Seq) {
+        // An empty map whose window does not cover `seq` moves to it (with room for older
+        // ones): a default base of 0 would ignore every sequence number just below the wrap.
+        let d = self.base.dist_to(seq);
+        if !(0..MAX_WINDOW as i32).contains(&d) && self.bits.iter().all(|&w| w == 0) {
+            self.base = seq.sub(MAX_WINDOW / 2);
+        }
         let d = self.base.dist_to(seq);
         if d < 0 {
             return;
@@ -238,6 +244,16 @@ mod tests {
         // Older than the window is ignored.
         m.set(Seq(1));
         assert!(!m.has(Seq(1)));
+    }
+
+    #[test]
+    fn an_empty_map_anchors_at_its_first_segment_even_near_the_wrap() {
+        let mut m = BufferMap::empty(Seq(0));
+        m.set(Seq(u32::MAX - 40));
+        assert!(m.has(Seq(u32::MAX - 40)));
+        m.set(Seq(3));
+        assert!(m.has(Seq(3)) && m.has(Seq(u32::MAX - 40)));
+        assert_eq!(m.newest(), Some(Seq(3)));
     }
 
     #[test]

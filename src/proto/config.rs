@@ -88,6 +88,8 @@ pub struct Config {
     /// The source's clock minus this node's, in µs: segment ingest times (`origin_us`) are
     /// the source's; the simulator shares one clock (0), the daemon maps wall clocks.
     pub origin_offset_us: i64,
+    /// An idle supplier offers partners segments they lack (they take one with a request).
+    pub offers: bool,
     /// Substreams K: segment `s` belongs to substream `s mod K`; a peer subscribes to each
     /// from one parent partner, which pushes its segments as they arrive (New Coolstreaming's
     /// push, on DONet's mesh). 1 disables nothing: one substream, one parent.
@@ -153,13 +155,13 @@ impl Config {
             // Window's worth of nominal segments, doubled for rate peaks.
             store_bytes: stream_bytes_per_s * window as u64 * 2,
             mcache_capacity: 64,
-            gossip_interval: Duration::from_secs(5),
+            gossip_interval: Duration::from_secs(10),
             gossip_fanout: 2,
             gossip_entries: 8,
             member_ttl: Duration::from_secs(60),
             tick: Duration::from_millis(500),
-            heartbeat_timeout: Duration::from_secs(4),
-            keepalive_interval: Duration::from_millis(1500),
+            heartbeat_timeout: Duration::from_secs(6),
+            keepalive_interval: Duration::from_millis(2500),
             handshake_timeout: Duration::from_secs(5),
             query_idle_timeout: Duration::from_secs(10),
             refine_interval: Duration::from_secs(20),
@@ -182,6 +184,7 @@ impl Config {
             source_max_copies: 2,
             source_fresh_window: 2,
             origin_offset_us: 0,
+            offers: false,
             substreams: 1,
             push_share: 0.0,
             parent_lag_limit: 2,
@@ -226,6 +229,7 @@ impl Config {
         "startup_budget_ms",
         "max_lag_ms",
         "start_buffer",
+        "offers",
     ];
 
     /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
@@ -265,6 +269,7 @@ impl Config {
             "startup_budget_ms" => self.startup_budget = ms(value)?,
             "max_lag_ms" => self.max_lag = ms(value)?,
             "start_buffer" => self.start_buffer = num(key, value)?,
+            "offers" => self.offers = num::<u8>(key, value)? != 0,
             _ => {
                 return Err(SettingError(format!(
                     "unknown setting '{key}' (known: {})",

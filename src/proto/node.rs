@@ -242,13 +242,11 @@ const REDIRECT_SAMPLE: usize = 12;
 /// A starting peer re-picks its first segment if it has not arrived by then.
 const START_RETRY: Duration = Duration::from_millis(1500);
 /// Full buffer maps go out this often (haves keep partners current in between).
-const BUFFER_MAP_REFRESH: Duration = Duration::from_secs(10);
+const BUFFER_MAP_REFRESH: Duration = Duration::from_secs(30);
 /// Default one-way delay before a link has measured one.
 const DEFAULT_ONE_WAY: Duration = Duration::from_millis(60);
 /// A supplier that said busy is avoided at least this long.
 const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// Scheduling passes are at least this far apart (news in between is batched).
-const SCHEDULE_BATCH: Duration = Duration::from_millis(30);
 /// See `Node::critical_before`.
 const CRITICAL_MIN: Duration = Duration::from_secs(3);
 /// Longest single playback pause for a late segment.
@@ -294,7 +292,6 @@ pub struct Node<P> {
     joined: bool,
     left: bool,
     schedule_due: bool,
-    last_schedule: Instant,
     last_segment_bytes: u64,
     timers: TimerTable,
     out: VecDeque<Output<P>>,
@@ -355,7 +352,6 @@ impl<P: Payload> Node<P> {
             joined: cfg.role == Role::Source,
             left: false,
             schedule_due: false,
-            last_schedule: Instant::ZERO,
             timers,
             out: VecDeque::new(),
             stats: NodeStats::default(),
@@ -568,8 +564,6 @@ impl<P: Payload> Node<P> {
         if self.timers.take_expired(Timer::UploadResume, self.now) {
             self.start_uploads();
         }
-        // A deferred scheduling pass runs in `finish` below.
-        let _ = self.timers.take_expired(Timer::Schedule, self.now);
         if self.timers.take_expired(Timer::Tick, self.now) {
             self.timers.set(Timer::Tick, self.now + self.cfg.tick);
             self.on_tick();
@@ -580,17 +574,9 @@ impl<P: Payload> Node<P> {
     /// Work deferred to the end of every call: one scheduling pass however many haves came.
     fn finish(&mut self) {
         if self.schedule_due && !self.left {
-            // One pass per SCHEDULE_BATCH at most: haves come in bursts (a segment reaches
-            // several partners at once), and one pass sees them all.
-            let due = self.last_schedule + SCHEDULE_BATCH;
-            if self.now >= due {
-                self.schedule_due = false;
-                self.last_schedule = self.now;
-                self.schedule();
-                self.maintain_parents();
-            } else if self.timers.get(Timer::Schedule).is_none() {
-                self.timers.set(Timer::Schedule, due);
-            }
+            self.schedule_due = false;
+            self.schedule();
+            self.maintain_parents();
         }
         if !self.left {
             self.maybe_offer();
@@ -861,7 +847,11 @@ impl<P: Payload> Node<P> {
                 }
             }
             Control::Depart { id, seq } => {
-                if self.mcache.depart(id, seq, self.now) {
+                // Passed on once, by the leaver's own partners: two hops reach the members
+                // likely to hold its record; everyone else forgets it when its TTL runs out.
+                // (Flooding every departure to the whole swarm cost more than gossip itself.)
+                let from_leaver = self.links[i].peer.is_some_and(|p| p.id == id);
+                if self.mcache.depart(id, seq, self.now) && from_leaver {
                     let from = self.links[i].id;
                     self.broadcast_except(from, Control::Depart { id, seq });
                 }
@@ -870,7 +860,13 @@ impl<P: Payload> Node<P> {
             Control::PartnerAccept => {
                 if self.links[i].awaiting & awaiting::PARTNER != 0 {
                     self.links[i].awaiting &= !awaiting::PARTNER;
-                    self.become_partners(i);
+                    // Partners accepted us in the meantime: do not go over our own limit.
+                    if self.partner_count() < self.cfg.accept_limit() {
+                        self.become_partners(i);
+                    } else {
+                        self.close(i, ByeReason::Full);
+                        return;
+                    }
                 }
                 self.close_if_done(i);
             }
@@ -1369,7 +1365,8 @@ impl<P: Payload> Node<P> {
         let now = self.now;
         self.offers
             .retain(|o| now.saturating_since(o.2) < Duration::from_secs(1));
-        if !self.active_uploads.is_empty()
+        if !self.cfg.offers
+            || !self.active_uploads.is_empty()
             || !self.uploads.is_empty()
             || self.offers.len() >= MAX_OFFERS
             || self.tokens < 0.0

@@ -278,6 +278,8 @@ pub struct Sim {
     arrival: Histogram,
     hops: [u64; 32],
     idle_samples: [u64; 4],
+    kinds: [u64; 16],
+    ctl_kinds: [u64; 24],
     payload_bytes: u64,
     control_bytes: u64,
     events: u64,
@@ -333,6 +335,8 @@ impl Sim {
             arrival: Histogram::default(),
             hops: [0; 32],
             idle_samples: [0; 4],
+            kinds: [0; 16],
+            ctl_kinds: [0; 24],
             payload_bytes: 0,
             control_bytes: 0,
             events: 0,
@@ -485,6 +489,15 @@ impl Sim {
         self.now = at;
         self.events += 1;
         let (kind, node) = ev.tag();
+        self.kinds[(kind as usize).min(15)] += 1;
+        if let Ev::Deliver {
+            msg: Message::Ctl(c),
+            ..
+        } = &ev
+        {
+            let k = ctl_kind(c);
+            self.ctl_kinds[k] += 1;
+        }
         self.trace = mix(
             self.trace,
             at.as_micros() ^ (kind << 56) ^ ((node as u64) << 24),
@@ -1157,6 +1170,8 @@ impl Sim {
     }
 
     fn debug_stats(&self) {
+        eprintln!("events by kind (1 deliver, 2 linkup, 3 dialfail, 4 linkdown, 5 wake, 6 uplink, 7 ingest, 8 join, 9 leave, 10 head): {:?}", &self.kinds[..11]);
+        eprintln!("control messages by kind: {:?}", &self.ctl_kinds);
         eprintln!(
             "uplink samples: idle&useless {} idle&USEFUL {} busy&useless {} busy&useful {}",
             self.idle_samples[0], self.idle_samples[1], self.idle_samples[2], self.idle_samples[3]
@@ -1265,11 +1280,16 @@ impl Sim {
                 ));
             }
             for p in partners {
-                relations += 1;
-                let back = by_id
+                // A partner that crashed is noticed by heartbeat timeout; until then the
+                // relation is one-sided by nature, so only live pairs count.
+                let Some(m) = by_id
                     .get(&p)
                     .and_then(|&j| self.slots[j as usize].node.as_ref())
-                    .is_some_and(|m| m.partner_ids().any(|q| q == n.id()));
+                else {
+                    continue;
+                };
+                relations += 1;
+                let back = m.partner_ids().any(|q| q == n.id());
                 if !back {
                     asymmetric += 1;
                 }
@@ -1282,6 +1302,34 @@ impl Sim {
             ));
         }
         Ok(())
+    }
+}
+
+/// A small number per control message kind (diagnostics).
+fn ctl_kind(c: &crate::proto::wire::Control) -> usize {
+    use crate::proto::wire::Control as C;
+    match c {
+        C::Hello(_) => 0,
+        C::Bye(_) => 1,
+        C::Join => 2,
+        C::Redirect { .. } => 3,
+        C::MembersRequest => 4,
+        C::Members(_) => 5,
+        C::Depart { .. } => 6,
+        C::PartnerRequest => 7,
+        C::PartnerAccept => 8,
+        C::PartnerReject(_) => 9,
+        C::BufferMap { .. } => 10,
+        C::Have { .. } => 11,
+        C::Subscribe { .. } => 12,
+        C::SubscribeReply { .. } => 13,
+        C::Unsubscribe { .. } => 14,
+        C::Offer { .. } => 15,
+        C::Decline { .. } => 16,
+        C::Request { .. } => 17,
+        C::Cancel { .. } => 18,
+        C::Busy { .. } => 19,
+        C::KeepAlive => 20,
     }
 }
 
