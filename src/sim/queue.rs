@@ -121,8 +121,7 @@ impl<E> EventQueue<E> {
                 self.current.append(&mut batch);
                 self.wheel[i] = batch;
             }
-            self.current
-                .sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+            self.current.sort_unstable_by_key(|k| Reverse((k.0, k.1)));
         }
     }
 
