@@ -237,8 +237,11 @@ enum Playout {
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Wait before trying the bootstrap list again when the swarm could not be reached.
 const REBOOTSTRAP_BACKOFF: Duration = Duration::from_secs(2);
-/// Membership records in an origin's redirect.
-const REDIRECT_SAMPLE: usize = 12;
+/// Membership records in an origin's redirect (the origin answers every joiner: keep it
+/// small, the deputy's answer fills the mCache).
+const REDIRECT_SAMPLE: usize = 6;
+/// Membership records in a partner rejection.
+const REJECT_SAMPLE: usize = 4;
 /// A starting peer re-picks its first segment if it has not arrived by then.
 const START_RETRY: Duration = Duration::from_millis(1500);
 /// Full buffer maps go out this often (haves keep partners current in between).
@@ -1076,7 +1079,7 @@ impl<P: Payload> Node<P> {
             self.become_partners(i);
         } else {
             let now = self.now;
-            let sample = self.mcache.sample(&mut self.rng, 8, now, |e| {
+            let sample = self.mcache.sample(&mut self.rng, REJECT_SAMPLE, now, |e| {
                 e.id != peer.id && e.num_partners < e.max_partners
             });
             self.send(i, Control::PartnerReject(sample));

@@ -101,7 +101,7 @@ impl Default for SimConfig {
             segment_s: 1.0,
             mean_session_s: 300.0,
             crash_fraction: 0.5,
-            source_budget: 1.95,
+            source_budget: 1.9,
             download_factor: 10.0,
             start_seq: 0,
             progress: false,
