@@ -18,6 +18,8 @@ pub struct Config {
     pub segment_duration: Duration,
     /// Partners a peer aims for (DONet's M; continuity flattens at 4-5).
     pub partners: usize,
+    /// How much more than M a strong uplink looks for (0: everyone looks for M).
+    pub strong_partner_scale: f64,
     /// Partners a node accepts at most when it uploads at the stream rate (room for
     /// newcomers above M; refinement trims back). A node that uploads more accepts
     /// proportionally more, up to [`PARTNER_CEILING`]: see [`Config::accept_limit`].
@@ -126,6 +128,19 @@ impl Config {
         (factor * self.substreams as f64 * share).floor().max(0.0) as u32
     }
 
+    /// Partners this node looks for: M, times its upload in stream rates when that is more
+    /// than one (scaled by `strong_partner_scale`), so that a strong uplink has enough
+    /// partners to feed.
+    pub fn partner_target(&self) -> usize {
+        if self.role == Role::Source {
+            return self.partners;
+        }
+        let factor = self.upload_bytes_per_s as f64 / self.stream_bytes_per_s.max(1) as f64;
+        let extra = ((factor - 1.0).max(0.0) * self.strong_partner_scale * self.partners as f64)
+            .round() as usize;
+        (self.partners + extra).min(self.accept_limit())
+    }
+
     pub fn accept_limit(&self) -> usize {
         if self.role == Role::Source {
             return self.max_partners.min(PARTNER_CEILING);
@@ -147,6 +162,7 @@ impl Config {
             stream_bytes_per_s,
             segment_duration,
             partners: 5,
+            strong_partner_scale: 2.0,
             max_partners: match role {
                 Role::Source => 12,
                 Role::Peer => 8,
@@ -230,6 +246,7 @@ impl Config {
         "max_lag_ms",
         "start_buffer",
         "offers",
+        "strong_partner_scale",
     ];
 
     /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
@@ -270,6 +287,7 @@ impl Config {
             "max_lag_ms" => self.max_lag = ms(value)?,
             "start_buffer" => self.start_buffer = num(key, value)?,
             "offers" => self.offers = num::<u8>(key, value)? != 0,
+            "strong_partner_scale" => self.strong_partner_scale = num(key, value)?,
             _ => {
                 return Err(SettingError(format!(
                     "unknown setting '{key}' (known: {})",

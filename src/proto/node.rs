@@ -845,7 +845,7 @@ impl<P: Payload> Node<P> {
                 self.learn_all(i, &entries);
                 self.links[i].awaiting &= !awaiting::MEMBERS;
                 self.close_if_done(i);
-                if self.partner_count() < self.cfg.partners {
+                if self.partner_count() < self.cfg.partner_target() {
                     self.maintain_partners();
                 }
             }
@@ -2376,7 +2376,7 @@ impl<P: Payload> Node<P> {
             return;
         }
         let count = self.partner_count();
-        if count > self.cfg.partners {
+        if count > self.cfg.partner_target() {
             // Drop the worst partner that has had a fair chance (never the source).
             let now = self.now;
             let worst = self
@@ -2398,7 +2398,7 @@ impl<P: Payload> Node<P> {
             if let Some(j) = worst {
                 self.close(j, ByeReason::Refined);
             }
-        } else if count == self.cfg.partners {
+        } else if count == self.cfg.partner_target() {
             // Try someone new; the next round drops whoever scores worst.
             self.dial_candidate();
         }
@@ -2416,7 +2416,7 @@ impl<P: Payload> Node<P> {
             .count()
             + self.pending_dials.len();
         let have = self.partner_count() + attempts;
-        for _ in have..self.cfg.partners {
+        for _ in have..self.cfg.partner_target() {
             if !self.dial_candidate() {
                 break;
             }
