@@ -98,7 +98,7 @@ pub async fn run_source(
         )?),
         _ => None,
     };
-    println!("channel {}", channel.to_hex());
+    log::info!("channel {}", channel.to_hex());
     let mut opts = NodeOptions::new(Role::Source, channel);
     opts.name = args.name;
     opts.upload_kbps = args.upload_kbps;

@@ -6,7 +6,9 @@
 //! - `udp://HOST:PORT` (or `udp://@HOST:PORT`, `udp://@:PORT`) listens on a unicast address.
 //! - `rtp://...` the same, with the RTP header stripped; bare TS on the port is accepted too.
 //! - `file:PATH` plays a file at its own pace (by PCR); `file:PATH?loop` starts over at the
-//!   end, marking a discontinuity.
+//!   end: the segment after the loop point is flagged as a discontinuity, and every pass's
+//!   PCR, PTS and DTS are shifted past the previous pass's, so players see a clock that runs
+//!   on (as with a live channel) instead of jumping back.
 //! - `-` reads stdin (unpaced: whatever feeds it is live).
 //!
 //! Reading a file uses plain blocking reads of 24 KiB: from the page cache they take
@@ -236,35 +238,30 @@ async fn run_paced<R: Read + Seek>(
     let mut pkts = Vec::with_capacity(READ_CHUNK + 2 * PACKET);
     let mut pacer = Pacer::default();
     let mut empty_loops = 0;
+    // Looping: each pass is shifted by the span of the timestamps before it, so the channel's
+    // clocks run on as a live one's do (players see no jump back).
+    let mut offset: u64 = 0;
+    let mut span: Option<(u64, u64)> = None;
     loop {
         let n = r.read(&mut buf)?;
-        if n == 0 {
-            if !looped {
-                if let Some(cut) = seg.flush() {
-                    let _ = tx.send(cut).await;
-                }
-                return Ok(());
-            }
-            // An input with no whole packet at all would spin: give up after a few passes.
-            empty_loops += 1;
-            if empty_loops > 3 && pacer.base.is_none() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "no MPEG-TS packets with PCR in the input",
-                ));
-            }
-            r.seek(SeekFrom::Start(0))?;
-            resync.reset();
-            seg.mark_discontinuity();
-            pacer.base = None;
-            continue;
-        }
         pkts.clear();
-        resync.push(&buf[..n], &mut pkts);
-        for p in pkts.chunks_exact(PACKET) {
-            let Ok(p) = <&[u8; PACKET]>::try_from(p) else {
+        if n == 0 {
+            resync.finish(&mut pkts);
+        } else {
+            resync.push(&buf[..n], &mut pkts);
+        }
+        for p in pkts.chunks_exact_mut(PACKET) {
+            let Ok(p) = <&mut [u8; PACKET]>::try_from(p) else {
                 continue;
             };
+            if looped {
+                let (pts, dts) = ts::pes_timestamps(p);
+                for t in [pts, dts].into_iter().flatten() {
+                    span = Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
+                }
+                ts::restamp(p, offset);
+            }
+            let p = &*p;
             if let Some(wait) = pacer.wait_for(p, std::time::Instant::now()) {
                 tokio::time::sleep(wait).await;
             }
@@ -273,6 +270,30 @@ async fn run_paced<R: Read + Seek>(
                     return Ok(());
                 }
             }
+        }
+        if n > 0 {
+            continue;
+        }
+        if !looped {
+            if let Some(cut) = seg.flush() {
+                let _ = tx.send(cut).await;
+            }
+            return Ok(());
+        }
+        // An input with no whole packet at all would spin: give up after a few passes.
+        empty_loops += 1;
+        if empty_loops > 3 && pacer.base.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no MPEG-TS packets with PCR in the input",
+            ));
+        }
+        r.seek(SeekFrom::Start(0))?;
+        seg.mark_discontinuity();
+        match span.take() {
+            // One frame's worth (40 ms) past the last timestamp of the pass.
+            Some((lo, hi)) => offset = (offset + (hi - lo) + 3600) % ts::TS_WRAP,
+            None => pacer.base = None,
         }
     }
 }
@@ -337,6 +358,9 @@ async fn run_stdin(mut seg: Segmenter, tx: mpsc::Sender<Cut>) -> std::io::Result
             return Ok(());
         }
     }
+    pkts.clear();
+    resync.finish(&mut pkts);
+    feed(&mut seg, &pkts, start.elapsed().as_micros() as u64, &tx).await;
     if let Some(cut) = seg.flush() {
         let _ = tx.send(cut).await;
     }

@@ -12,9 +12,9 @@ pub const PCR_WRAP: u64 = (1 << 33) * 300;
 /// Finds packet boundaries in a byte stream that may hold garbage or lose bytes.
 ///
 /// A 0x47 counts as a boundary only if another 0x47 follows one packet later (so a stray 0x47
-/// in garbage, or a torn packet, is skipped); the last packet of a chunk is taken on trust only
-/// while in sync. Otherwise the search moves on one byte. At most two packets' worth is
-/// carried between calls.
+/// in garbage, or a torn packet, is skipped); otherwise the search moves on one byte. So the
+/// last packet of a chunk waits for the next chunk (one datagram's delay on a live input), or
+/// for [`Resync::finish`] at the end of the input. At most two packets' worth is carried.
 #[derive(Default, Debug)]
 pub struct Resync {
     carry: Vec<u8>,
@@ -38,6 +38,15 @@ impl Resync {
         self.locked = false;
     }
 
+    /// At the end of the input: the last packet, if one whole packet in sync is left.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.locked && self.carry.len() == PACKET && self.carry[0] == SYNC {
+            out.extend_from_slice(&self.carry);
+        }
+        self.carry.clear();
+        self.locked = false;
+    }
+
     /// Feeds `data`; appends whole, aligned packets to `out`.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
         self.carry.extend_from_slice(data);
@@ -45,11 +54,10 @@ impl Resync {
         let mut i = 0;
         while buf.len() - i >= PACKET {
             if buf[i] == SYNC {
-                // Confirmed by the next packet's sync byte; with nothing after it yet, by the
-                // lock (a synced stream) or not at all (wait for more bytes).
+                // Confirmed by the next packet's sync byte; with nothing after it yet, wait
+                // for more bytes (a torn packet would otherwise pass as whole).
                 let confirmed = match buf.get(i + PACKET) {
                     Some(&b) => b == SYNC,
-                    None if self.locked => true,
                     None => break,
                 };
                 if confirmed {
@@ -148,6 +156,79 @@ pub fn pat_first_pmt(p: &[u8]) -> Option<u16> {
     None
 }
 
+/// PTS/DTS clock: 90 kHz, 33 bits.
+pub const TS_WRAP: u64 = 1 << 33;
+
+/// Where the PTS and DTS of a PES header starting in this packet are (byte offsets).
+fn pes_timestamp_offsets(p: &[u8]) -> (Option<usize>, Option<usize>) {
+    if !payload_unit_start(p) {
+        return (None, None);
+    }
+    let afc = (p[3] >> 4) & 3;
+    let mut i = 4;
+    if afc & 2 != 0 {
+        i += 1 + p[4] as usize;
+    }
+    if afc & 1 == 0 || i + 14 > PACKET {
+        return (None, None);
+    }
+    let pl = &p[i..];
+    // Start code, and a stream with the optional PES header ('10' marker bits).
+    if pl[..3] != [0, 0, 1] || pl[6] & 0xc0 != 0x80 {
+        return (None, None);
+    }
+    match pl[7] >> 6 {
+        2 => (Some(i + 9), None),
+        3 if i + 19 <= PACKET => (Some(i + 9), Some(i + 14)),
+        _ => (None, None),
+    }
+}
+
+fn read_ts(b: &[u8]) -> u64 {
+    (((b[0] >> 1) & 7) as u64) << 30
+        | (b[1] as u64) << 22
+        | ((b[2] >> 1) as u64) << 15
+        | (b[3] as u64) << 7
+        | (b[4] >> 1) as u64
+}
+
+fn write_ts(b: &mut [u8], v: u64) {
+    let v = v % TS_WRAP;
+    b[0] = (b[0] & 0xf0) | (((v >> 30) as u8 & 7) << 1) | 1;
+    b[1] = (v >> 22) as u8;
+    b[2] = (((v >> 15) as u8) << 1) | 1;
+    b[3] = (v >> 7) as u8;
+    b[4] = ((v as u8) << 1) | 1;
+}
+
+/// The PTS and DTS (90 kHz) of a PES header starting in this packet.
+pub fn pes_timestamps(p: &[u8]) -> (Option<u64>, Option<u64>) {
+    let (pts, dts) = pes_timestamp_offsets(p);
+    (pts.map(|i| read_ts(&p[i..])), dts.map(|i| read_ts(&p[i..])))
+}
+
+/// Shifts every clock in the packet (PCR, PTS, DTS) by `offset` 90 kHz ticks, wrapping.
+pub fn restamp(p: &mut [u8], offset: u64) {
+    if offset == 0 {
+        return;
+    }
+    if let Some(v) = pcr(p) {
+        let base = (v / 300 + offset) % TS_WRAP;
+        let ext = v % 300;
+        p[6] = (base >> 25) as u8;
+        p[7] = (base >> 17) as u8;
+        p[8] = (base >> 9) as u8;
+        p[9] = (base >> 1) as u8;
+        p[10] = (((base & 1) as u8) << 7) | (p[10] & 0x7e) | ((ext >> 8) as u8 & 1);
+        p[11] = ext as u8;
+    }
+    let (pts, dts) = pes_timestamp_offsets(p);
+    for i in [pts, dts].into_iter().flatten() {
+        let v = read_ts(&p[i..]);
+        write_ts(&mut p[i..], v + offset);
+    }
+}
+
 /// A packet with PCR (for tests and the demo asset's checks).
 pub fn packet_with_pcr(pid: u16, pcr: u64, random_access: bool) -> [u8; PACKET] {
     let mut p = [0xffu8; PACKET];
@@ -198,8 +279,9 @@ mod tests {
             for c in stream.chunks(chunk) {
                 r.push(c, &mut out);
             }
-            // One more packet's worth lets the last one be confirmed.
+            // The last packet comes out at the end of the input.
             r.push(&pkt(300, 0x33), &mut out);
+            r.finish(&mut out);
             let pids: Vec<u16> = out.chunks(PACKET).map(pid).collect();
             assert_eq!(
                 pids,
@@ -219,6 +301,28 @@ mod tests {
         }
         assert_eq!(pcr(&pkt(5, 0)), None);
         assert_eq!(pcr_delta(PCR_WRAP - 10, 5), 15);
+    }
+
+    #[test]
+    fn restamping_shifts_pcr_pts_and_dts() {
+        let mut p = [0xffu8; PACKET];
+        p[..4].copy_from_slice(&[SYNC, 0x41, 0x00, 0x10]);
+        // PES: start code, video stream, length 0, '10' flags, PTS+DTS, header length 10.
+        p[4..13].copy_from_slice(&[0, 0, 1, 0xe0, 0, 0, 0x80, 0xc0, 10]);
+        p[13] = 0x30;
+        write_ts(&mut p[13..], 900_000);
+        p[18] = 0x10;
+        write_ts(&mut p[18..], 896_400);
+        assert_eq!(pes_timestamps(&p), (Some(900_000), Some(896_400)));
+        restamp(&mut p, 90_000);
+        assert_eq!(pes_timestamps(&p), (Some(990_000), Some(986_400)));
+        assert_eq!(p[13] >> 4, 3, "the PTS prefix nibble is kept");
+        restamp(&mut p, TS_WRAP - 990_000);
+        assert_eq!(pes_timestamps(&p).0, Some(0));
+        let mut q = packet_with_pcr(256, 27_000_000 + 7, true);
+        restamp(&mut q, 90_000);
+        assert_eq!(pcr(&q), Some(27_000_000 + 27_000_000 + 7));
+        assert!(random_access(&q));
     }
 
     #[test]
