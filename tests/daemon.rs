@@ -485,3 +485,84 @@ fn demo_runs_a_swarm_in_one_process_and_summarises_it() {
         assert!(p["segments_played"].as_u64().unwrap() >= 3, "{p}");
     }
 }
+
+#[test]
+fn an_rtp_input_is_unwrapped_and_reaches_a_peer() {
+    require_ffmpeg();
+    let dir = tmpdir("rtp");
+    let (key, id) = keygen(&dir);
+    let rtp = free_udp_port();
+    let sp = free_port();
+    let mut source = Proc::start(
+        "source",
+        &[
+            "source",
+            "--key",
+            key.to_str().unwrap(),
+            "--name",
+            "rtp",
+            "--input",
+            &format!("rtp://127.0.0.1:{rtp}"),
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+            "--stats-json",
+            dir.join("source.json").to_str().unwrap(),
+        ],
+        &dir.join("source.log"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-b:v",
+            "300k",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "rtp_mpegts",
+        ])
+        .arg(format!("rtp://127.0.0.1:{rtp}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg starts");
+    let mut peer = Proc::start(
+        "peer",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &format!("127.0.0.1:{sp}"),
+            "--stats-json",
+            dir.join("peer.json").to_str().unwrap(),
+        ],
+        &dir.join("peer.log"),
+    );
+    wait_for("the peer to play", Duration::from_secs(40), || {
+        let v = read_json(&dir.join("peer.json"))?;
+        (v["segments_played"].as_u64()? >= 3).then_some(())
+    });
+    assert_eq!(peer.stop(), Some(0));
+    assert_eq!(source.stop(), Some(0));
+    let v = read_json(&dir.join("source.json")).unwrap();
+    assert!(v["segments_ingested"].as_u64().unwrap() >= 4, "{v}");
+    assert_eq!(v["role"].as_str(), Some("source"));
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -59,7 +59,6 @@ pub(super) struct Actor {
     next_seq: Seq,
     ingested: u64,
     segment_log: Option<std::fs::File>,
-    pending_discontinuity: bool,
     lag_s: Option<f64>,
     name: String,
     stats_json: Option<std::path::PathBuf>,
@@ -104,7 +103,6 @@ impl Actor {
             next_seq,
             ingested: 0,
             segment_log: opts.segment_log.take(),
-            pending_discontinuity: false,
             lag_s: None,
             name: opts.name.clone(),
             stats_json: opts.stats_json.clone(),
@@ -297,10 +295,9 @@ impl Actor {
         if cut.entry_point {
             f |= flags::ENTRY_POINT;
         }
-        if cut.discontinuity || self.pending_discontinuity {
+        if cut.discontinuity {
             f |= flags::DISCONTINUITY;
         }
-        self.pending_discontinuity = false;
         let seq = self.next_seq;
         self.next_seq = seq.next();
         let origin = wall_us();

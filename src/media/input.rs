@@ -423,6 +423,39 @@ mod tests {
         }
     }
 
+    /// The bundled demo stream through the paced, looping reader: segments come at the
+    /// stream's pace, one second each, each an entry point with PAT and PMT in front, and the
+    /// loop point is flagged.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_demo_stream_is_cut_into_paced_entry_point_segments() {
+        let (tx, mut rx) = mpsc::channel(INGEST_TEST_QUEUE);
+        let input = open(&InputSpec::Memory(crate::daemon::demo::DEMO_TS)).unwrap();
+        let task = tokio::spawn(run(input, 1000, tx));
+        let t0 = std::time::Instant::now();
+        let mut cuts = Vec::new();
+        while cuts.len() < 3 {
+            cuts.push(rx.recv().await.unwrap());
+        }
+        // Three one-second segments take about two seconds after the first (paced by PCR).
+        let took = t0.elapsed().as_secs_f64();
+        assert!((1.5..4.0).contains(&took), "{took}");
+        for c in &cuts {
+            assert!(c.entry_point, "every segment starts at a keyframe");
+            assert_eq!(c.data.len() % PACKET, 0);
+            // PAT at the head (the file's own first segment starts with its SDT).
+            let head: Vec<u16> = c.data.chunks(PACKET).take(3).map(ts::pid).collect();
+            assert!(head.contains(&0), "{head:?}");
+            assert!(
+                (900_000..=1_100_000).contains(&c.duration_us),
+                "{}",
+                c.duration_us
+            );
+        }
+        task.abort();
+    }
+
+    const INGEST_TEST_QUEUE: usize = 4;
+
     #[test]
     fn pacer_follows_pcr_and_restarts_on_jumps() {
         let t0 = std::time::Instant::now();

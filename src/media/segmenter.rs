@@ -19,6 +19,8 @@
 use super::ts::{self, PACKET, PCR_HZ};
 use crate::proto::wire::MAX_SEGMENT_BYTES;
 
+/// PIDs below this carry tables (PAT, CAT, NIT, SDT, EIT, ...), not elementary streams.
+const FIRST_ES_PID: u16 = 0x20;
 /// A PCR step larger than this (or backwards) is a break in the stream, not elapsed time.
 const MAX_PCR_STEP_US: u64 = 5_000_000;
 
@@ -47,7 +49,12 @@ pub struct Segmenter {
     rule: CutRule,
     cur: Vec<u8>,
     cur_start_us: u64,
-    cur_entry: bool,
+    /// The segment has PAT and PMT at its head (copies, or its own).
+    cur_psi: bool,
+    /// Whether it is an entry point, decided at its first packet that is not PSI.
+    cur_entry: Option<bool>,
+    /// Its own PAT came before its first elementary stream packet.
+    cur_pat: bool,
     cur_discontinuity: bool,
     /// Stream time in µs: PCR-driven once a PCR PID is known.
     stream_us: u64,
@@ -69,7 +76,9 @@ impl Segmenter {
             rule,
             cur: Vec::new(),
             cur_start_us: 0,
-            cur_entry: false,
+            cur_psi: false,
+            cur_entry: None,
+            cur_pat: false,
             cur_discontinuity: false,
             stream_us: 0,
             pcr_pid: None,
@@ -167,6 +176,17 @@ impl Segmenter {
         if self.cur.is_empty() {
             self.start(p, jumped);
         }
+        let pid = ts::pid(p);
+        if self.cur_entry.is_none() {
+            if pid == 0 {
+                self.cur_pat = true;
+            } else if Some(pid) == self.pmt_pid {
+                self.cur_psi |= self.cur_pat;
+            } else if pid >= FIRST_ES_PID {
+                self.cur_entry =
+                    Some(self.cur_psi && ts::random_access(p) && Some(pid) == self.pcr_pid);
+            }
+        }
         self.cur.extend_from_slice(p);
         done
     }
@@ -175,18 +195,17 @@ impl Segmenter {
         self.cur_start_us = self.stream_us;
         self.cur_discontinuity = jumped || self.break_pending;
         self.break_pending = false;
-        let pid = ts::pid(p);
-        let mut psi = false;
-        if pid != 0 {
+        // PAT and PMT in front, unless the segment begins with its own.
+        self.cur_psi = false;
+        self.cur_pat = false;
+        if ts::pid(p) != 0 {
             if let (Some(pat), Some(pmt)) = (self.pat, self.pmt) {
                 self.cur.extend_from_slice(&pat);
                 self.cur.extend_from_slice(&pmt);
-                psi = true;
+                self.cur_psi = true;
             }
-        } else {
-            psi = self.pmt.is_some();
         }
-        self.cur_entry = psi && ts::random_access(p) && Some(pid) == self.pcr_pid;
+        self.cur_entry = None;
     }
 
     fn finish(&mut self, elapsed: u64) -> Cut {
@@ -199,7 +218,7 @@ impl Segmenter {
         Cut {
             data: std::mem::take(&mut self.cur),
             duration_us: duration_us as u32,
-            entry_point: self.cur_entry,
+            entry_point: self.cur_entry.unwrap_or(false),
             discontinuity: self.cur_discontinuity,
         }
     }

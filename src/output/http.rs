@@ -173,9 +173,7 @@ async fn client(
         .clone()
         .unwrap_or_else(|| fallback_host.to_string());
     match req.route {
-        Route::Stream(n) if aliases.is_empty() || aliases.contains(&n) => {
-            stream(sock, feed).await
-        }
+        Route::Stream(n) if aliases.is_empty() || aliases.contains(&n) => stream(sock, feed).await,
         Route::Stream(_) | Route::NotFound => {
             respond(
                 &mut sock,
