@@ -529,6 +529,10 @@ impl Actor {
             bad_frames: Counters::get(&c.bad_frames),
             uptime_s: self.started.elapsed().as_secs_f64(),
             players: self.feed.as_ref().map_or(0, |f| f.subscribers()),
+            busy_sent: s.busy_sent,
+            busy_received: s.busy_received,
+            request_timeouts: s.request_timeouts,
+            stalls: s.stalls,
         }
     }
 }

@@ -6,7 +6,7 @@
 use super::keys::ChannelKey;
 use super::roles::{run_peer, run_source, PeerArgs, SourceArgs};
 use super::stats::NodeReport;
-use super::{DaemonError, DEFAULT_UPLOAD_KBPS};
+use super::{DaemonError, DEFAULT_UPLOAD_KBPS, SOURCE_PREROLL};
 use crate::media::input::InputSpec;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -85,8 +85,18 @@ pub async fn run_demo(
         },
         stop(stop_rx.clone()),
     ));
-    // Let the source cut its first segments, so peers have something to start from.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Peers join once the source is on air (it opens its port after its pre-roll), so their
+    // startup figures measure joining, not waiting for the channel to begin.
+    let mut on_air = src_watch.clone();
+    let ready = on_air.wait_for(|r| r.segments_ingested >= SOURCE_PREROLL + 1);
+    if tokio::time::timeout(Duration::from_secs(20), ready)
+        .await
+        .is_err()
+    {
+        return Err(DaemonError::Config(
+            "the demo source cut no segments in 20 s".into(),
+        ));
+    }
     let http = free_http_addr();
     let mut nodes = Vec::new();
     let mut watches = Vec::new();

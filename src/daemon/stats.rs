@@ -37,6 +37,13 @@ pub struct NodeReport {
     pub uptime_s: f64,
     /// Players connected to this node's outputs.
     pub players: usize,
+    /// Diagnostics from the core: requests answered busy (by us / to us), and requests that
+    /// timed out.
+    pub busy_sent: u64,
+    pub busy_received: u64,
+    pub request_timeouts: u64,
+    /// Times playback paused for a late segment.
+    pub stalls: u64,
 }
 
 /// Writes `value` as JSON to `path` atomically (a temporary file renamed over it), so a
