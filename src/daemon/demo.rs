@@ -88,7 +88,7 @@ pub async fn run_demo(
     // Peers join once the source is on air (it opens its port after its pre-roll), so their
     // startup figures measure joining, not waiting for the channel to begin.
     let mut on_air = src_watch.clone();
-    let ready = on_air.wait_for(|r| r.segments_ingested >= SOURCE_PREROLL + 1);
+    let ready = on_air.wait_for(|r| r.segments_ingested > SOURCE_PREROLL);
     if tokio::time::timeout(Duration::from_secs(20), ready)
         .await
         .is_err()
