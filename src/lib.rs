@@ -1,7 +1,11 @@
 //! coolstream: a peer-to-peer live TV agent after CoolStreaming's DONet.
 //!
-//! Layers, imports pointing down only: `sim` (the deterministic simulator) drives `proto` (the
-//! sans-IO protocol core).
+//! Layers, imports pointing down only: `daemon` (sockets, tokio, clocks, files, signals) drives
+//! `proto` (the sans-IO protocol core) with `media` (MPEG-TS in) and `output` (players out);
+//! `sim` (the deterministic simulator) drives the same `proto`.
 
+pub mod daemon;
+pub mod media;
+pub mod output;
 pub mod proto;
 pub mod sim;

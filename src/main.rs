@@ -1,17 +1,37 @@
 //! The `coolstream` command: parse the command line, run one subcommand.
 
+use coolstream::daemon::demo::{run_demo, DemoOptions};
+use coolstream::daemon::keys::ChannelKey;
+use coolstream::daemon::roles::{run_peer, run_source, PeerArgs, SourceArgs};
+use coolstream::daemon::{shutdown_signal, DaemonError, DEFAULT_UPLOAD_KBPS};
+use coolstream::media::input::InputSpec;
+use coolstream::output::udp::UdpOut;
+use coolstream::proto::wire::ChannelId;
 use coolstream::sim::{Scenario, Sim, SimConfig};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
 coolstream: peer-to-peer live TV (DONet-style mesh) for set-top boxes and Raspberry Pi
 
 usage:
+  coolstream keygen --out FILE
+  coolstream source --key FILE --name NAME --input INPUT --listen ADDR [--upload-kbps N]
+                    [--segment-ms MS] [--http ADDR] [--stats-json FILE] [--segment-log FILE]
+  coolstream peer   --channel ID --bootstrap ADDR[,ADDR..] [--listen ADDR] [--name NAME]
+                    [--http ADDR] [--udp-out URL] [--upload-kbps N] [--stats-json FILE]
+  coolstream demo   [--peers N] [--seconds S] [--json]
   coolstream sim [--peers N] [--seed S] [--duration SECS] [--scenario static|churn|flash]
                  [--partners M] [--rate-kbps R] [--upload-scale F] [--loss P]
                  [--upload-mix F:SHARE,..] [--set KEY=VALUE,..]
                  [--session-mean SECS] [--crash-fraction F] [--start-seq N] [--json]
   coolstream help
+
+  INPUT: udp://@GROUP:PORT (multicast), udp://HOST:PORT, rtp://@GROUP:PORT, rtp://HOST:PORT,
+         file:PATH (paced by PCR), file:PATH?loop, - (stdin)
+  --udp-out: udp://HOST:PORT or rtp://HOST:PORT [?ttl=N&iface=ADDR]
+  Logs go to stderr (RUST_LOG=debug for more).
 ";
 
 /// A command-line error: what was wrong, shown with the usage.
@@ -204,7 +224,251 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A runtime for one node or the demo: one thread suits a one- to four-core box.
+fn runtime() -> Result<tokio::runtime::Runtime, UsageError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))
+}
+
+fn daemon_result<T>(r: Result<T, DaemonError>) -> Result<ExitCode, UsageError> {
+    match r {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("coolstream: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn required(f: &Flags, name: &str) -> Result<String, UsageError> {
+    let v: String = f.get(name, String::new())?;
+    if v.is_empty() {
+        return Err(UsageError(format!("--{name} is required")));
+    }
+    Ok(v)
+}
+
+/// An address, by number or by name (names need the system resolver).
+fn parse_addr(flag: &str, s: &str) -> Result<SocketAddr, UsageError> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| UsageError(format!("--{flag}: cannot resolve '{s}' (want HOST:PORT)")))
+}
+
+fn optional_path(f: &Flags, name: &str) -> Result<Option<PathBuf>, UsageError> {
+    let v: String = f.get(name, String::new())?;
+    Ok((!v.is_empty()).then(|| PathBuf::from(v)))
+}
+
+fn upload_kbps(f: &Flags) -> Result<u64, UsageError> {
+    let v: u64 = f.get("upload-kbps", DEFAULT_UPLOAD_KBPS)?;
+    if !(64..=10_000_000).contains(&v) {
+        return Err(UsageError(
+            "--upload-kbps must be between 64 and 10000000".into(),
+        ));
+    }
+    Ok(v)
+}
+
+fn cmd_keygen(args: &[String]) -> Result<ExitCode, UsageError> {
+    let f = Flags::parse(args, &[])?;
+    f.check_known(&["out"])?;
+    let out = PathBuf::from(required(&f, "out")?);
+    let key = match ChannelKey::generate() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("coolstream: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Err(e) = key.save(&out) {
+        eprintln!("coolstream: {}: {e}", out.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    eprintln!(
+        "wrote {} (keep it secret); the channel id is:",
+        out.display()
+    );
+    println!("{}", key.channel().to_hex());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_source(args: &[String]) -> Result<ExitCode, UsageError> {
+    let f = Flags::parse(args, &[])?;
+    f.check_known(&[
+        "key",
+        "name",
+        "input",
+        "listen",
+        "upload-kbps",
+        "segment-ms",
+        "http",
+        "stats-json",
+        "segment-log",
+    ])?;
+    let key_path = PathBuf::from(required(&f, "key")?);
+    let name = required(&f, "name")?;
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(UsageError(
+            "--name: letters, digits, '-', '_' and '.' only".into(),
+        ));
+    }
+    let input = InputSpec::parse(&required(&f, "input")?)
+        .map_err(|e| UsageError(format!("--input: {e}")))?;
+    let listen = parse_addr("listen", &required(&f, "listen")?)?;
+    let segment_ms: u64 = f.get("segment-ms", 1000)?;
+    if !(200..=10_000).contains(&segment_ms) {
+        return Err(UsageError(
+            "--segment-ms must be between 200 and 10000".into(),
+        ));
+    }
+    let http = match f.get::<String>("http", String::new())? {
+        s if s.is_empty() => None,
+        s => Some(parse_addr("http", &s)?),
+    };
+    let key = match ChannelKey::load(&key_path) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("coolstream: {}: {e}", key_path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let args = SourceArgs {
+        key,
+        name,
+        input,
+        listen,
+        upload_kbps: upload_kbps(&f)?,
+        segment_ms,
+        segment_log: optional_path(&f, "segment-log")?,
+        stats_json: optional_path(&f, "stats-json")?,
+        http,
+        report: None,
+    };
+    let rt = runtime()?;
+    daemon_result(rt.block_on(run_source(args, shutdown_signal())))
+}
+
+fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
+    let f = Flags::parse(args, &[])?;
+    f.check_known(&[
+        "channel",
+        "bootstrap",
+        "listen",
+        "name",
+        "http",
+        "udp-out",
+        "upload-kbps",
+        "stats-json",
+    ])?;
+    let channel = ChannelId::from_hex(&required(&f, "channel")?)
+        .ok_or_else(|| UsageError("--channel: expected 64 hex characters".into()))?;
+    let mut bootstrap = Vec::new();
+    for a in required(&f, "bootstrap")?
+        .split(',')
+        .filter(|a| !a.is_empty())
+    {
+        bootstrap.push(parse_addr("bootstrap", a.trim())?);
+    }
+    let listen = match f.get::<String>("listen", String::new())? {
+        s if s.is_empty() => {
+            // Any port, on the bootstrap's address family.
+            if bootstrap.first().is_some_and(|a| a.is_ipv6()) {
+                "[::]:0".parse().expect("a literal address")
+            } else {
+                "0.0.0.0:0".parse().expect("a literal address")
+            }
+        }
+        s => parse_addr("listen", &s)?,
+    };
+    let http = match f.get::<String>("http", String::new())? {
+        s if s.is_empty() => None,
+        s => Some(parse_addr("http", &s)?),
+    };
+    let udp_out = match f.get::<String>("udp-out", String::new())? {
+        s if s.is_empty() => None,
+        s => Some(UdpOut::parse(&s).map_err(|e| UsageError(format!("--udp-out: {e}")))?),
+    };
+    let name = match f.get::<String>("name", String::new())? {
+        s if s.is_empty() => None,
+        s => Some(s),
+    };
+    let args = PeerArgs {
+        channel,
+        name,
+        bootstrap,
+        listen,
+        http,
+        udp_out,
+        upload_kbps: upload_kbps(&f)?,
+        stats_json: optional_path(&f, "stats-json")?,
+        report: None,
+    };
+    let rt = runtime()?;
+    daemon_result(rt.block_on(run_peer(args, shutdown_signal())))
+}
+
+fn cmd_demo(args: &[String]) -> Result<ExitCode, UsageError> {
+    let f = Flags::parse(args, &["json"])?;
+    f.check_known(&["peers", "seconds", "json"])?;
+    let peers: usize = f.get("peers", 4)?;
+    if peers == 0 || peers > coolstream::daemon::demo::MAX_DEMO_PEERS {
+        return Err(UsageError(format!(
+            "--peers must be between 1 and {}",
+            coolstream::daemon::demo::MAX_DEMO_PEERS
+        )));
+    }
+    let seconds: f64 = f.get("seconds", 0.0)?;
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(UsageError("--seconds must be in [0, 86400]".into()));
+    }
+    let json = f.switch("json");
+    let opts = DemoOptions {
+        peers,
+        seconds: (seconds > 0.0).then_some(seconds),
+        live: true,
+    };
+    let rt = runtime()?;
+    match rt.block_on(run_demo(opts, shutdown_signal())) {
+        Ok(s) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&s).expect("a summary of numbers and strings serializes")
+                );
+            } else {
+                println!(
+                    "{} peers, {:.0} s: continuity min {:.3} mean {:.3}, startup max {:.2} s, lag mean {:.2} s",
+                    s.peers,
+                    s.seconds,
+                    s.continuity_min,
+                    s.continuity_mean,
+                    s.startup_max_s.unwrap_or(f64::NAN),
+                    s.lag_mean_s.unwrap_or(f64::NAN)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("coolstream: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprint!("{USAGE}");
@@ -213,6 +477,10 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match cmd.as_str() {
         "sim" => cmd_sim(rest),
+        "keygen" => cmd_keygen(rest),
+        "source" => cmd_source(rest),
+        "peer" => cmd_peer(rest),
+        "demo" => cmd_demo(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

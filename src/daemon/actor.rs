@@ -1,0 +1,590 @@
+//! The actor: the one task that owns a [`Node`] and moves everything between it and the world.
+//!
+//! Its loop is `select!{ biased; shutdown, link events, ingest, the core's timer, stats tick }`,
+//! then the matching `handle_*` with the monotonic clock's `now`, then a drain of
+//! `poll_output` (inputs the drain itself produces, such as a dial refused for want of a
+//! permit, are fed back before the next wait), then `poll_timeout` is read again. It never
+//! awaits a peer: sends go to link writers with `try_send`, dials and accepts run in their own
+//! tasks and report back on the event queue.
+
+use super::clock::{wall_us, Clock};
+use super::keys::{sha256, ChannelKey, Verifier};
+use super::link::{self, to_peer_addr, to_socket_addr, Counters, LinkError};
+use super::stats::{write_json, NodeReport};
+use super::{LinkEvent, NodeOptions, DIAL_TIMEOUT, EVENT_QUEUE, MAX_LINKS};
+use crate::media::segmenter::Cut;
+use crate::output::{Feed, FeedItem};
+use crate::proto::wire::{flags, SharedBody};
+use crate::proto::{Command, Input, LinkId, Node, Output, PeerId, Role, Seq};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle};
+
+/// A closed link's writer may flush what was queued for this long, then it is cut.
+const CLOSE_FLUSH: Duration = Duration::from_secs(3);
+/// At shutdown, departures get this long to leave.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+/// Stats are refreshed this often, and written to `--stats-json` every other time.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+struct LinkHandle {
+    tx: mpsc::Sender<crate::proto::Message<SharedBody>>,
+    reader: AbortHandle,
+    writer: JoinHandle<()>,
+}
+
+pub(super) struct Actor {
+    node: Node<SharedBody>,
+    role: Role,
+    clock: Clock,
+    links: HashMap<LinkId, LinkHandle>,
+    /// Writers of closed links still flushing, with when to give up on each.
+    closing: Vec<(JoinHandle<()>, tokio::time::Instant)>,
+    next_link: u64,
+    events_tx: mpsc::Sender<LinkEvent>,
+    events_rx: mpsc::Receiver<LinkEvent>,
+    permits: Arc<Semaphore>,
+    body_budget: Arc<Semaphore>,
+    verifier: Verifier,
+    counters: Arc<Counters>,
+    upload_bytes_per_s: u64,
+    deferred: VecDeque<Input<SharedBody>>,
+    feed: Option<Arc<Feed>>,
+    key: Option<ChannelKey>,
+    next_seq: Seq,
+    ingested: u64,
+    segment_log: Option<std::fs::File>,
+    lag_s: Option<f64>,
+    name: String,
+    stats_json: Option<std::path::PathBuf>,
+    report: Option<watch::Sender<NodeReport>>,
+    started: std::time::Instant,
+    /// Source only: where to listen once the pre-roll is cut.
+    listen_later: Option<std::net::SocketAddr>,
+    acceptor: Option<JoinHandle<()>>,
+    /// A failure that ends the node (the deferred listen could not bind).
+    fatal: Option<super::DaemonError>,
+}
+
+/// Where the actor takes connections from.
+pub(super) enum Listen {
+    Now(TcpListener),
+    /// Bind here once the source has cut [`super::SOURCE_PREROLL`] segments.
+    AfterPreroll(std::net::SocketAddr),
+}
+
+impl Actor {
+    pub(super) fn new(opts: &mut NodeOptions, node: Node<SharedBody>) -> Self {
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        // Sequence numbers continue roughly where a restarted source left off: seconds since
+        // the epoch, so a new run does not reuse numbers peers still hold.
+        let next_seq = Seq((wall_us() / 1_000_000) as u32);
+        Actor {
+            role: opts.role,
+            clock: Clock::new(),
+            links: HashMap::new(),
+            closing: Vec::new(),
+            next_link: 1,
+            events_tx,
+            events_rx,
+            permits: Arc::new(Semaphore::new(MAX_LINKS)),
+            body_budget: Arc::new(Semaphore::new(link::BODY_BUDGET_KIB)),
+            verifier: Verifier::new(opts.channel),
+            counters: Arc::new(Counters::default()),
+            upload_bytes_per_s: opts.upload_kbps * 1000 / 8,
+            deferred: VecDeque::new(),
+            feed: opts.feed.clone(),
+            key: opts.key.take(),
+            next_seq,
+            ingested: 0,
+            segment_log: opts.segment_log.take(),
+            lag_s: None,
+            name: opts.name.clone(),
+            stats_json: opts.stats_json.clone(),
+            report: opts.report.take(),
+            started: std::time::Instant::now(),
+            listen_later: None,
+            acceptor: None,
+            fatal: None,
+            node,
+        }
+    }
+
+    pub(super) fn node_id(&self) -> PeerId {
+        self.node.id()
+    }
+
+    pub(super) fn join(&mut self, bootstrap: &[std::net::SocketAddr]) {
+        let now = self.clock.now();
+        let bootstrap = bootstrap.iter().map(|a| to_peer_addr(*a)).collect();
+        if let Err(e) = self.node.command(now, Command::Join { bootstrap }) {
+            log::error!("cannot join: {e:?}");
+        }
+        self.drain();
+    }
+
+    /// Runs until `shutdown` resolves, then leaves the swarm gracefully.
+    pub(super) async fn run(
+        mut self,
+        listen: Listen,
+        mut ingest: Option<mpsc::Receiver<Cut>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<NodeReport, super::DaemonError> {
+        match listen {
+            Listen::Now(l) => self.start_accepting(l),
+            Listen::AfterPreroll(a) => self.listen_later = Some(a),
+        }
+        let mut stats_tick = tokio::time::interval(STATS_EVERY);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        tokio::pin!(shutdown);
+        loop {
+            let deadline = self.node.poll_timeout();
+            let sleep_to = deadline.map(|t| self.clock.to_tokio(t));
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                ev = self.events_rx.recv() => {
+                    // The actor holds a sender itself, so the queue never closes.
+                    if let Some(ev) = ev {
+                        self.on_event(ev);
+                    }
+                }
+                cut = recv_opt(&mut ingest) => match cut {
+                    Some(cut) => self.on_cut(cut),
+                    None => {
+                        log::warn!("the input ended; the channel goes on without new segments");
+                        ingest = None;
+                    }
+                },
+                _ = sleep_opt(sleep_to) => {
+                    self.node.handle_timeout(self.clock.now());
+                }
+                _ = stats_tick.tick() => {
+                    ticks += 1;
+                    self.housekeeping(ticks % 2 == 0);
+                }
+            }
+            // A busy event queue must not starve the core's timers.
+            if let Some(t) = self.node.poll_timeout() {
+                let now = self.clock.now();
+                if t <= now {
+                    self.node.handle_timeout(now);
+                }
+            }
+            self.drain();
+            if self.fatal.is_some() {
+                break;
+            }
+        }
+        if let Some(a) = self.acceptor.take() {
+            a.abort();
+        }
+        let fatal = self.fatal.take();
+        let report = self.leave().await;
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    fn start_accepting(&mut self, listener: TcpListener) {
+        self.acceptor = Some(tokio::spawn(accept_loop(
+            listener,
+            self.permits.clone(),
+            self.events_tx.clone(),
+        )));
+    }
+
+    async fn leave(mut self) -> NodeReport {
+        let now = self.clock.now();
+        // Partners as they were, for the final report (leaving drops them all).
+        let partners = self.node.stats().partners;
+        let _ = self.node.command(now, Command::Leave);
+        self.drain();
+        // Whatever the node did not close itself (links it never heard of), close now.
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in ids {
+            self.close_link(id);
+        }
+        let until = tokio::time::Instant::now() + SHUTDOWN_FLUSH;
+        for (w, _) in self.closing.drain(..) {
+            let abort = w.abort_handle();
+            if tokio::time::timeout_at(until, w).await.is_err() {
+                abort.abort();
+            }
+        }
+        let mut report = self.report();
+        report.partners = partners;
+        self.publish(&report, true);
+        report
+    }
+
+    fn on_event(&mut self, ev: LinkEvent) {
+        let now = self.clock.now();
+        match ev {
+            LinkEvent::Accepted {
+                stream,
+                addr,
+                permit,
+            } => {
+                let link = self.start_link(stream, permit);
+                self.node.handle_input(
+                    now,
+                    Input::LinkUp {
+                        link,
+                        remote: to_peer_addr(addr),
+                        outbound: false,
+                    },
+                );
+            }
+            LinkEvent::Dialed {
+                remote,
+                result,
+                permit,
+            } => match result {
+                Ok(stream) => {
+                    let link = self.start_link(stream, permit);
+                    self.node.handle_input(
+                        now,
+                        Input::LinkUp {
+                            link,
+                            remote,
+                            outbound: true,
+                        },
+                    );
+                }
+                Err(e) => {
+                    log::debug!("dial {remote:?} failed: {e}");
+                    drop(permit);
+                    self.node.handle_input(now, Input::DialFailed { remote });
+                }
+            },
+            LinkEvent::Received { link, msg, _permit } => {
+                if self.links.contains_key(&link) {
+                    self.node.handle_input(now, Input::Received { link, msg });
+                }
+            }
+            LinkEvent::Sent { link } => {
+                if self.links.contains_key(&link) {
+                    self.node.handle_input(now, Input::Sent { link });
+                }
+            }
+            LinkEvent::Down { link, why } => {
+                if let Some(h) = self.links.remove(&link) {
+                    match why {
+                        LinkError::Eof => log::debug!("link {} closed by peer", link.0),
+                        ref e => log::info!("link {} down: {e}", link.0),
+                    }
+                    h.reader.abort();
+                    h.writer.abort();
+                    self.node.handle_input(now, Input::LinkDown { link });
+                }
+            }
+        }
+    }
+
+    fn on_cut(&mut self, cut: Cut) {
+        let Some(key) = &self.key else { return };
+        let mut f = 0;
+        if cut.entry_point {
+            f |= flags::ENTRY_POINT;
+        }
+        if cut.discontinuity {
+            f |= flags::DISCONTINUITY;
+        }
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        let origin = wall_us();
+        if let Some(log) = self.segment_log.as_mut() {
+            let hex: String = sha256(&cut.data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let _ = writeln!(
+                log,
+                "{} {} {} {hex}",
+                seq.0,
+                cut.data.len(),
+                cut.duration_us
+            );
+        }
+        let seg = key.sign_segment(seq, origin, cut.duration_us, f, cut.data);
+        self.ingested += 1;
+        if let Some(feed) = &self.feed {
+            feed.publish(FeedItem::Segment(seg.clone()));
+        }
+        self.node.handle_input(self.clock.now(), Input::Ingest(seg));
+        if self.ingested >= super::SOURCE_PREROLL {
+            if let Some(addr) = self.listen_later.take() {
+                match super::bind_listener(addr) {
+                    Ok(l) => {
+                        log::info!("on air: accepting peers on {addr}");
+                        self.start_accepting(l);
+                    }
+                    Err(e) => self.fatal = Some(e),
+                }
+            }
+        }
+    }
+
+    /// Registers a connected stream as a link and starts its reader and writer.
+    fn start_link(
+        &mut self,
+        stream: TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> LinkId {
+        let link = LinkId(self.next_link);
+        self.next_link += 1;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel(link::WRITER_QUEUE);
+        let reader = tokio::spawn(link::reader(
+            link,
+            rd,
+            self.verifier.clone(),
+            self.events_tx.clone(),
+            self.body_budget.clone(),
+            self.counters.clone(),
+        ))
+        .abort_handle();
+        let writer = tokio::spawn(link::writer(
+            link,
+            wr,
+            rx,
+            self.events_tx.clone(),
+            self.upload_bytes_per_s,
+            self.counters.clone(),
+            Some(permit),
+        ));
+        self.links.insert(link, LinkHandle { tx, reader, writer });
+        link
+    }
+
+    /// Closes a link from our side: the writer flushes what is queued, the reader stops.
+    fn close_link(&mut self, link: LinkId) {
+        if let Some(h) = self.links.remove(&link) {
+            h.reader.abort();
+            drop(h.tx);
+            self.closing
+                .push((h.writer, tokio::time::Instant::now() + CLOSE_FLUSH));
+        }
+    }
+
+    /// Drops a link at once (it failed, or its queue overflowed) and tells the core.
+    fn kill_link(&mut self, link: LinkId) {
+        if let Some(h) = self.links.remove(&link) {
+            h.reader.abort();
+            h.writer.abort();
+            self.deferred.push_back(Input::LinkDown { link });
+        }
+    }
+
+    /// Carries out everything the core asked for, feeding back what that produced.
+    fn drain(&mut self) {
+        loop {
+            while let Some(o) = self.node.poll_output() {
+                self.on_output(o);
+            }
+            let Some(input) = self.deferred.pop_front() else {
+                break;
+            };
+            self.node.handle_input(self.clock.now(), input);
+        }
+    }
+
+    fn on_output(&mut self, o: Output<SharedBody>) {
+        match o {
+            Output::Send { link, msg } => {
+                let Some(h) = self.links.get(&link) else {
+                    return;
+                };
+                if let Err(e) = h.tx.try_send(msg) {
+                    if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                        log::info!("link {}: send queue full, closing it", link.0);
+                        self.counters
+                            .queue_full
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    self.kill_link(link);
+                }
+            }
+            Output::Dial { remote } => {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let events = self.events_tx.clone();
+                        tokio::spawn(async move {
+                            let addr = to_socket_addr(remote);
+                            let result =
+                                match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+                                    .await
+                                {
+                                    Ok(r) => r,
+                                    Err(_) => Err(std::io::Error::new(
+                                        std::io::ErrorKind::TimedOut,
+                                        "connect timed out",
+                                    )),
+                                };
+                            let _ = events
+                                .send(LinkEvent::Dialed {
+                                    remote,
+                                    result,
+                                    permit,
+                                })
+                                .await;
+                        });
+                    }
+                    Err(_) => self.deferred.push_back(Input::DialFailed { remote }),
+                }
+            }
+            Output::Close { link } => self.close_link(link),
+            Output::Play { segment, deadline } => {
+                // Lag: the source's ingest wall time to this segment's playout wall time.
+                let now = self.clock.now();
+                let ahead = deadline.as_micros() as i128 - now.as_micros() as i128;
+                let play_wall = wall_us() as i128 + ahead;
+                self.lag_s = Some((play_wall - segment.origin_us as i128) as f64 / 1e6);
+                if let Some(feed) = &self.feed {
+                    feed.publish(FeedItem::Segment(segment));
+                }
+            }
+            Output::Missed { seq, .. } => {
+                log::debug!("segment {seq:?} missed its deadline");
+                if let Some(feed) = &self.feed {
+                    feed.publish(FeedItem::Gap);
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, write: bool) {
+        let now = tokio::time::Instant::now();
+        self.closing.retain(|(w, until)| {
+            if *until <= now {
+                w.abort();
+            }
+            !w.is_finished()
+        });
+        let report = self.report();
+        self.publish(&report, write);
+    }
+
+    fn publish(&mut self, report: &NodeReport, write: bool) {
+        if write {
+            if let Some(p) = &self.stats_json {
+                if let Err(e) = write_json(p, report) {
+                    log::warn!("cannot write {}: {e}", p.display());
+                }
+            }
+        }
+        if let Some(w) = &self.report {
+            let _ = w.send(report.clone());
+        }
+    }
+
+    pub(super) fn report(&self) -> NodeReport {
+        let now = self.clock.now();
+        let s = self.node.stats();
+        let c = &self.counters;
+        let up = Counters::get(&c.upload_bytes);
+        let down = Counters::get(&c.download_bytes);
+        let payload = Counters::get(&c.payload_up) + Counters::get(&c.payload_down);
+        let due = s.played.saturating_sub(self.node.segments_ahead(now));
+        let continuity = match (self.role, s.first_play_at) {
+            (Role::Source, _) => 1.0,
+            (_, None) => 0.0,
+            (_, Some(_)) if due + s.missed == 0 => 1.0,
+            _ => due as f64 / (due + s.missed) as f64,
+        };
+        let startup_s = match (s.joined_at, s.first_play_at) {
+            (Some(j), Some(p)) => Some(p.saturating_since(j).as_secs_f64()),
+            _ => None,
+        };
+        NodeReport {
+            role: match self.role {
+                Role::Source => "source".into(),
+                Role::Peer => "peer".into(),
+            },
+            channel: self.node.config().channel.to_hex(),
+            name: self.name.clone(),
+            continuity,
+            startup_s,
+            lag_s: self.lag_s,
+            partners: s.partners,
+            members: s.members,
+            links: self.links.len(),
+            segments_played: due,
+            segments_missed: s.missed,
+            segments_ingested: self.ingested,
+            payload_bytes: payload,
+            control_bytes: (up + down).saturating_sub(payload),
+            upload_bytes: up,
+            download_bytes: down,
+            bad_segments: Counters::get(&c.bad_segments),
+            bad_frames: Counters::get(&c.bad_frames),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            players: self.feed.as_ref().map_or(0, |f| f.subscribers()),
+            busy_sent: s.busy_sent,
+            busy_received: s.busy_received,
+            request_timeouts: s.request_timeouts,
+            stalls: s.stalls,
+        }
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts connections while a link permit is free (the permit is taken before `accept`, so
+/// a full node leaves new connections in the kernel's backlog).
+async fn accept_loop(
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                backoff = Duration::from_millis(10);
+                if events
+                    .send(LinkEvent::Accepted {
+                        stream,
+                        addr,
+                        permit,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Out of descriptors and the like: wait, do not spin.
+                log::warn!("accept failed: {e}");
+                drop(permit);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! One TCP connection to another node: a reader task and a writer task.
+//!
+//! The reader reads the 4-byte length prefix, checks it against [`MAX_FRAME_LEN`] and reserves
+//! the body's bytes from a process-wide budget ([`BODY_BUDGET_KIB`]) *before* allocating, reads
+//! the body, decodes it, verifies a segment's signature, and hands the message to the actor
+//! over the shared, bounded event queue. Any error ends the link (and only that link).
+//!
+//! The writer is fed by a bounded queue ([`WRITER_QUEUE`]) that the actor fills with
+//! `try_send`: a full queue closes the link, the actor never waits for a peer. It paces every
+//! byte it writes with a token bucket at the node's upload cap, and tells the actor `Sent`
+//! when a segment frame has been written whole.
+//!
+//! Byte counters are shared atomics, read by the stats writer.
+
+use super::keys::Verifier;
+use super::LinkEvent;
+use crate::proto::wire::{
+    decode_body, encode, frame_len, SharedBody, FRAME_PREFIX_LEN, MAX_FRAME_LEN,
+};
+use crate::proto::{LinkId, Message, PeerAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Messages queued for one link's writer. A few segments and a burst of control messages fit;
+/// more means the peer (or our uplink to it) cannot keep up, and the link is closed.
+pub const WRITER_QUEUE: usize = 256;
+/// Frame bodies read but not yet handled by the actor, in KiB, across all links (one 4 MiB
+/// segment frame from each of 16 links fits).
+pub const BODY_BUDGET_KIB: usize = 64 * 1024;
+/// The writer writes (and paces) in chunks of this size.
+pub const WRITE_CHUNK: usize = 16 * 1024;
+/// Token bucket depth: this much sending time at the cap may go out at once.
+pub const BURST: Duration = Duration::from_millis(100);
+
+/// Bytes moved, shared by every link task of one node and read for stats.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub upload_bytes: AtomicU64,
+    pub download_bytes: AtomicU64,
+    /// Media bytes of segments sent and received (the rest is control).
+    pub payload_up: AtomicU64,
+    pub payload_down: AtomicU64,
+    /// Segments that failed verification (each closed its link).
+    pub bad_segments: AtomicU64,
+    /// Frames that could not be decoded or broke a cap (each closed its link).
+    pub bad_frames: AtomicU64,
+    /// Links closed because their writer queue was full.
+    pub queue_full: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+    fn add(v: &AtomicU64, n: u64) {
+        v.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Why a link ended, as its tasks saw it.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The other side closed.
+    Eof,
+    Io(std::io::Error),
+    /// A frame broke the wire rules.
+    Wire(crate::proto::wire::WireError),
+    /// A segment's signature did not verify.
+    BadSignature,
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Eof => write!(f, "closed by peer"),
+            LinkError::Io(e) => write!(f, "{e}"),
+            LinkError::Wire(e) => write!(f, "{e}"),
+            LinkError::BadSignature => write!(f, "segment failed signature check"),
+        }
+    }
+}
+
+pub fn to_peer_addr(a: SocketAddr) -> PeerAddr {
+    match a.ip() {
+        IpAddr::V4(ip) => PeerAddr::V4(ip.octets(), a.port()),
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => PeerAddr::V4(v4.octets(), a.port()),
+            None => PeerAddr::V6(ip.octets(), a.port()),
+        },
+    }
+}
+
+pub fn to_socket_addr(a: PeerAddr) -> SocketAddr {
+    match a {
+        PeerAddr::V4(ip, port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port),
+        PeerAddr::V6(ip, port) => SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port),
+    }
+}
+
+/// Upload pacing: `rate` bytes per second with a bucket of [`BURST`] worth (at least one chunk).
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    depth: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl TokenBucket {
+    pub fn new(bytes_per_s: u64, now: std::time::Instant) -> Self {
+        let rate = bytes_per_s.max(1) as f64;
+        let depth = (rate * BURST.as_secs_f64()).max(WRITE_CHUNK as f64);
+        TokenBucket {
+            rate,
+            depth,
+            tokens: depth,
+            at: now,
+        }
+    }
+
+    /// Takes `n` bytes' worth of tokens and says how long to wait before sending them (the
+    /// bucket may go negative: the debt is paid by the wait).
+    pub fn take(&mut self, n: usize, now: std::time::Instant) -> Duration {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.depth);
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// Reads frames until the stream ends or breaks a rule; reports why on the event queue.
+pub async fn reader<R: AsyncRead + Unpin>(
+    link: LinkId,
+    mut rd: R,
+    verifier: Verifier,
+    events: mpsc::Sender<LinkEvent>,
+    budget: Arc<Semaphore>,
+    counters: Arc<Counters>,
+) {
+    let why = loop {
+        match read_frame(&mut rd, &verifier, &budget, &counters).await {
+            Ok((msg, permit)) => {
+                if events
+                    .send(LinkEvent::Received {
+                        link,
+                        msg,
+                        _permit: permit,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    match &why {
+        LinkError::BadSignature => Counters::add(&counters.bad_segments, 1),
+        LinkError::Wire(_) => Counters::add(&counters.bad_frames, 1),
+        _ => {}
+    }
+    let _ = events.send(LinkEvent::Down { link, why }).await;
+}
+
+/// One frame: prefix, cap check, body budget, body, decode, verify.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    verifier: &Verifier,
+    budget: &Arc<Semaphore>,
+    counters: &Counters,
+) -> Result<(Message<SharedBody>, OwnedSemaphorePermit), LinkError> {
+    let mut prefix = [0u8; FRAME_PREFIX_LEN];
+    match rd.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(LinkError::Eof),
+        Err(e) => return Err(LinkError::Io(e)),
+    }
+    let len = frame_len(prefix, MAX_FRAME_LEN).map_err(LinkError::Wire)?;
+    // Reserve the body's memory before allocating it: `len` is capped, so this fits a u32.
+    let kib = len.div_ceil(1024) as u32;
+    let permit = budget
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|_| LinkError::Eof)?;
+    let mut body = vec![0u8; len];
+    rd.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            LinkError::Eof
+        } else {
+            LinkError::Io(e)
+        }
+    })?;
+    Counters::add(&counters.download_bytes, (FRAME_PREFIX_LEN + len) as u64);
+    let msg = decode_body(&body).map_err(LinkError::Wire)?;
+    if let Message::Segment(seg) = &msg {
+        if !verifier.verify(seg) {
+            return Err(LinkError::BadSignature);
+        }
+        Counters::add(&counters.payload_down, seg.payload.data.len() as u64);
+    }
+    Ok((msg, permit))
+}
+
+/// Writes queued messages, paced, until the queue's sender is dropped (then flushes and shuts
+/// the write side) or the stream fails. Holds the link's permit until it is done.
+pub async fn writer<W: AsyncWrite + Unpin>(
+    link: LinkId,
+    mut wr: W,
+    mut rx: mpsc::Receiver<Message<SharedBody>>,
+    events: mpsc::Sender<LinkEvent>,
+    upload_bytes_per_s: u64,
+    counters: Arc<Counters>,
+    _permit: Option<OwnedSemaphorePermit>,
+) {
+    let mut bucket = TokenBucket::new(upload_bytes_per_s, std::time::Instant::now());
+    let mut buf = Vec::with_capacity(4096);
+    while let Some(msg) = rx.recv().await {
+        buf.clear();
+        if let Err(e) = encode(&msg, &mut buf) {
+            log::warn!("link {}: not sending an unencodable message: {e}", link.0);
+            continue;
+        }
+        for chunk in buf.chunks(WRITE_CHUNK) {
+            let wait = bucket.take(chunk.len(), std::time::Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            if let Err(e) = wr.write_all(chunk).await {
+                let _ = events
+                    .send(LinkEvent::Down {
+                        link,
+                        why: LinkError::Io(e),
+                    })
+                    .await;
+                return;
+            }
+        }
+        Counters::add(&counters.upload_bytes, buf.len() as u64);
+        if let Message::Segment(seg) = &msg {
+            Counters::add(&counters.payload_up, seg.payload.data.len() as u64);
+            if events.send(LinkEvent::Sent { link }).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::keys::ChannelKey;
+    use crate::proto::wire::{Control, MAX_CONTROL_LEN};
+    use crate::proto::Seq;
+
+    fn budget() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(BODY_BUDGET_KIB))
+    }
+
+    #[test]
+    fn addresses_convert_both_ways() {
+        for s in ["127.0.0.1:7000", "[::1]:7001", "[2001:db8::5]:9"] {
+            let a: SocketAddr = s.parse().unwrap();
+            assert_eq!(to_socket_addr(to_peer_addr(a)), a);
+        }
+        // A v4-mapped v6 address (a dual-stack listener's view of a v4 peer) is v4.
+        let m: SocketAddr = "[::ffff:10.0.0.1]:5".parse().unwrap();
+        assert_eq!(to_peer_addr(m), PeerAddr::V4([10, 0, 0, 1], 5));
+    }
+
+    #[test]
+    fn bucket_paces_to_the_rate() {
+        let t0 = std::time::Instant::now();
+        let mut b = TokenBucket::new(100_000, t0);
+        // The burst goes at once, then each 10 kB costs 0.1 s.
+        assert_eq!(b.take(16_384, t0), Duration::ZERO);
+        let w = b.take(10_000, t0);
+        assert!((w.as_secs_f64() - 0.1).abs() < 1e-6, "{w:?}");
+        // Over a simulated 10 s of sending, the total stays within 5 % of the rate.
+        let mut now = t0 + w;
+        let mut sent = 0usize;
+        while now < t0 + Duration::from_secs(10) {
+            now += b.take(WRITE_CHUNK, now);
+            sent += WRITE_CHUNK;
+        }
+        let rate = sent as f64 / now.duration_since(t0).as_secs_f64();
+        assert!((rate / 100_000.0 - 1.0).abs() < 0.05, "{rate}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_cross_a_stream_and_bad_ones_end_the_link() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let c = Counters::default();
+        let seg = key.sign_segment(Seq(3), 10, 1_000_000, 0, vec![0x47; 1880]);
+        let msgs = vec![
+            Message::Ctl(Control::KeepAlive),
+            Message::Segment(seg.clone()),
+        ];
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            encode(m, &mut bytes).unwrap();
+        }
+        let mut rd = &bytes[..];
+        for m in &msgs {
+            let (got, _p) = read_frame(&mut rd, &v, &budget(), &c).await.unwrap();
+            assert_eq!(&got, m);
+        }
+        assert!(matches!(
+            read_frame(&mut rd, &v, &budget(), &c).await,
+            Err(LinkError::Eof)
+        ));
+        assert_eq!(Counters::get(&c.download_bytes), bytes.len() as u64);
+
+        // An oversized prefix is refused before anything is read or allocated for it.
+        let huge = (MAX_FRAME_LEN + 1).to_be_bytes();
+        let mut rd = &huge[..];
+        assert!(matches!(
+            read_frame(&mut rd, &v, &budget(), &c).await,
+            Err(LinkError::Wire(_))
+        ));
+        // A segment signed by someone else is refused.
+        let other = ChannelKey::from_seed([2; 32]).sign_segment(Seq(3), 10, 1, 0, vec![1; 10]);
+        let mut b = Vec::new();
+        encode(&Message::Segment(other), &mut b).unwrap();
+        let mut rd = &b[..];
+        assert!(matches!(
+            read_frame(&mut rd, &v, &budget(), &c).await,
+            Err(LinkError::BadSignature)
+        ));
+        // A truncated frame is an end, not a panic.
+        let mut rd = &bytes[..bytes.len() - 3];
+        let _ = read_frame(&mut rd, &v, &budget(), &c).await.unwrap();
+        assert!(read_frame(&mut rd, &v, &budget(), &c).await.is_err());
+        // Garbage control bodies are wire errors.
+        let mut g = vec![0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff];
+        g.truncate(4 + 5);
+        let mut rd = &g[..];
+        assert!(matches!(
+            read_frame(&mut rd, &v, &budget(), &c).await,
+            Err(LinkError::Wire(_))
+        ));
+        let _ = MAX_CONTROL_LEN;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn writer_reports_sent_after_a_segment_and_flushes_on_close() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (etx, mut erx) = mpsc::channel(16);
+        let counters = Arc::new(Counters::default());
+        let w = tokio::spawn(writer(
+            LinkId(9),
+            a,
+            rx,
+            etx,
+            10_000_000,
+            counters.clone(),
+            None,
+        ));
+        let seg = key.sign_segment(Seq(1), 0, 1, 0, vec![0x47; 50_000]);
+        tx.try_send(Message::Ctl(Control::KeepAlive)).unwrap();
+        tx.try_send(Message::Segment(seg.clone())).unwrap();
+        drop(tx);
+        match erx.recv().await {
+            Some(LinkEvent::Sent { link }) => assert_eq!(link, LinkId(9)),
+            other => panic!("expected Sent, got {other:?}"),
+        }
+        w.await.unwrap();
+        let mut all = Vec::new();
+        b.read_to_end(&mut all).await.unwrap();
+        let v = Verifier::new(key.channel());
+        let mut rd = &all[..];
+        let c = Counters::default();
+        let (m1, _) = read_frame(&mut rd, &v, &budget(), &c).await.unwrap();
+        let (m2, _) = read_frame(&mut rd, &v, &budget(), &c).await.unwrap();
+        assert_eq!(m1, Message::Ctl(Control::KeepAlive));
+        assert_eq!(m2, Message::Segment(seg));
+        assert_eq!(Counters::get(&counters.upload_bytes), all.len() as u64);
+        assert_eq!(Counters::get(&counters.payload_up), 50_000);
+    }
+}

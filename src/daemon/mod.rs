@@ -1,0 +1,248 @@
+//! The networked daemon: the only layer with sockets, tokio, clocks, files and signals.
+//!
+//! It drives the same sans-IO [`Node`](crate::proto::Node) the simulator drives. One actor
+//! task owns the node ([`actor`]); each TCP link has a reader and a writer task ([`link`]);
+//! the source's input runs in its own task ([`crate::media::input`]) and hands cut segments
+//! to the actor, which signs them ([`keys`]); played segments go to the outputs through a
+//! [`Feed`]. Every queue is bounded by a named constant, and a peer's bad bytes cost only its
+//! own link.
+//!
+//! Shutdown: the future passed to [`run_node`] resolving (SIGINT/SIGTERM in the commands, a
+//! timer in the demo and tests) makes the node leave: departures and byes are queued and
+//! flushed for up to two seconds, outputs close, the final stats are written.
+
+pub mod actor;
+pub mod clock;
+pub mod demo;
+pub mod keys;
+pub mod link;
+pub mod roles;
+pub mod stats;
+
+use crate::media::segmenter::Cut;
+use crate::output::Feed;
+use crate::proto::wire::{ChannelId, SharedBody};
+use crate::proto::{Config, LinkId, Message, Node, PeerAddr, PeerId, Role};
+use keys::ChannelKey;
+use link::LinkError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+
+pub use stats::NodeReport;
+
+/// Links (TCP connections of every kind, open or flushing) one node holds at most. A little
+/// above the core's own `max_links`, so that a full node can still say "full" to a newcomer.
+pub const MAX_LINKS: usize = 80;
+/// Events from link, dial and accept tasks waiting for the actor.
+pub const EVENT_QUEUE: usize = 1024;
+/// Segments cut by the source's input and not yet signed and ingested.
+pub const INGEST_QUEUE: usize = 16;
+/// A TCP connect that has not completed by then has failed.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Segments a source cuts before it opens its port. Peers that join a channel with no history
+/// start at its live edge with no slack (the core plays a joining peer's first segment on
+/// arrival), and the next segment is late; a few seconds of history gives the first viewers
+/// the same margin later ones get. Until then dials are refused and peers retry.
+pub const SOURCE_PREROLL: u64 = 4;
+/// Default upload cap of a node, in kbit/s (about four times a 768 kbit/s channel).
+pub const DEFAULT_UPLOAD_KBPS: u64 = 3000;
+/// The stream rate nodes assume until segments show the real one, in kbit/s.
+pub const DEFAULT_STREAM_KBPS: u64 = 768;
+
+/// What a link task or a dial/accept task tells the actor.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Accepted {
+        stream: TcpStream,
+        addr: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    },
+    Dialed {
+        remote: PeerAddr,
+        result: std::io::Result<TcpStream>,
+        permit: OwnedSemaphorePermit,
+    },
+    /// A whole, verified message. The permit holds its bytes in the body budget until the
+    /// actor has handed it to the core.
+    Received {
+        link: LinkId,
+        msg: Message<SharedBody>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// A segment frame has been written whole.
+    Sent {
+        link: LinkId,
+    },
+    Down {
+        link: LinkId,
+        why: LinkError,
+    },
+}
+
+/// Why the daemon could not run.
+#[derive(Debug)]
+pub enum DaemonError {
+    Io(String, std::io::Error),
+    Key(String, keys::KeyError),
+    Config(String),
+}
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonError::Io(what, e) => write!(f, "{what}: {e}"),
+            DaemonError::Key(what, e) => write!(f, "{what}: {e}"),
+            DaemonError::Config(what) => write!(f, "{what}"),
+        }
+    }
+}
+impl std::error::Error for DaemonError {}
+
+/// Everything one node of the daemon needs.
+pub struct NodeOptions {
+    pub role: Role,
+    pub channel: ChannelId,
+    /// Shown in stats and used for `/ch/NAME.ts`.
+    pub name: String,
+    /// Where to dial into the swarm (peers only).
+    pub bootstrap: Vec<SocketAddr>,
+    pub upload_kbps: u64,
+    pub stream_kbps: u64,
+    pub segment_ms: u64,
+    pub stats_json: Option<PathBuf>,
+    /// Where played (peer) or ingested (source) segments go.
+    pub feed: Option<Arc<Feed>>,
+    /// The source's signing key.
+    pub key: Option<ChannelKey>,
+    /// Source only: one line per cut segment (`seq len duration_us sha256`), for tests and
+    /// debugging.
+    pub segment_log: Option<std::fs::File>,
+    /// Live figures, refreshed every second (the demo reads them).
+    pub report: Option<watch::Sender<NodeReport>>,
+}
+
+impl NodeOptions {
+    pub fn new(role: Role, channel: ChannelId) -> Self {
+        NodeOptions {
+            role,
+            channel,
+            name: String::new(),
+            bootstrap: Vec::new(),
+            upload_kbps: DEFAULT_UPLOAD_KBPS,
+            stream_kbps: DEFAULT_STREAM_KBPS,
+            segment_ms: 1000,
+            stats_json: None,
+            feed: None,
+            key: None,
+            segment_log: None,
+            report: None,
+        }
+    }
+}
+
+/// The core's configuration for these options.
+pub fn node_config(opts: &NodeOptions, listen_port: u16) -> Config {
+    let mut c = Config::new(opts.channel, opts.role, opts.stream_kbps.max(8) * 1000 / 8);
+    c.listen_port = listen_port;
+    c.upload_bytes_per_s = opts.upload_kbps.max(8) * 1000 / 8;
+    c.segment_duration = crate::proto::Duration::from_millis(opts.segment_ms.max(100));
+    c
+}
+
+/// A random peer id and core seed from the operating system.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS randomness: fall back to the clock and pid (ids only need to differ).
+        return clock::wall_us() ^ ((std::process::id() as u64) << 32);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Runs one node until `shutdown` resolves; returns its final figures. A peer listens on
+/// `listen` at once; a source checks it can, and opens it for good once its pre-roll
+/// ([`SOURCE_PREROLL`]) is cut from `ingest`, the receiving end of its input's segment queue.
+pub async fn run_node(
+    mut opts: NodeOptions,
+    listen: SocketAddr,
+    ingest: Option<mpsc::Receiver<Cut>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<NodeReport, DaemonError> {
+    let listener = bind_listener(listen)?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| DaemonError::Io("listener address".into(), e))?
+        .port();
+    let listen = if opts.role == Role::Source {
+        drop(listener);
+        actor::Listen::AfterPreroll(SocketAddr::new(listen.ip(), port))
+    } else {
+        actor::Listen::Now(listener)
+    };
+    if opts.role == Role::Source && opts.key.is_none() {
+        return Err(DaemonError::Config("a source needs its key".into()));
+    }
+    if opts.role == Role::Peer && opts.bootstrap.is_empty() {
+        return Err(DaemonError::Config(
+            "a peer needs a bootstrap address".into(),
+        ));
+    }
+    let cfg = node_config(&opts, port);
+    let mut actor = {
+        let node = Node::new(
+            cfg,
+            PeerId(random_u64()),
+            random_u64(),
+            clock::Clock::new().now(),
+        );
+        actor::Actor::new(&mut opts, node)
+    };
+    log::info!(
+        "{:?} {:?} on channel {} listening on port {port}",
+        opts.role,
+        actor.node_id(),
+        opts.channel.to_hex()
+    );
+    if opts.role == Role::Peer {
+        actor.join(&opts.bootstrap);
+    }
+    actor.run(listen, ingest, shutdown).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut i), Ok(mut t)) => {
+            tokio::select! {
+                _ = i.recv() => {}
+                _ = t.recv() => {}
+            }
+        }
+        _ => {
+            // No signal handling available: run until killed.
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// Binds a TCP listener for peers, with address reuse so a restarted node gets its port back.
+pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    let err = |e| DaemonError::Io(format!("cannot listen on {addr}"), e);
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    s.listen(128).map_err(err)?;
+    TcpListener::from_std(std::net::TcpListener::from(s)).map_err(err)
+}

@@ -1,0 +1,57 @@
+//! Per-node figures for `--stats-json`, the demo's summary and (later) the control socket,
+//! with CONTRACT.md's field names.
+//!
+//! Byte counts are over all links, both directions: `upload_bytes` and `download_bytes` are
+//! whole frames written and read; `payload_bytes` is the media inside segment frames (sent and
+//! received) and `control_bytes` everything else, so the two add up to upload + download.
+
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeReport {
+    pub role: String,
+    pub channel: String,
+    pub name: String,
+    /// Segments played before their deadline / segments whose deadline passed since playback
+    /// began (DONet's continuity index); 0 before playback begins, 1 for the source.
+    pub continuity: f64,
+    /// Join to first segment handed to the player.
+    pub startup_s: Option<f64>,
+    /// Source ingest (wall clock) to playout deadline (wall clock) of the latest segment.
+    pub lag_s: Option<f64>,
+    pub partners: usize,
+    pub members: usize,
+    pub links: usize,
+    pub segments_played: u64,
+    pub segments_missed: u64,
+    /// Source only: segments cut and signed.
+    pub segments_ingested: u64,
+    pub payload_bytes: u64,
+    pub control_bytes: u64,
+    pub upload_bytes: u64,
+    pub download_bytes: u64,
+    /// Segments that failed verification (each closed its link).
+    pub bad_segments: u64,
+    pub bad_frames: u64,
+    pub uptime_s: f64,
+    /// Players connected to this node's outputs.
+    pub players: usize,
+    /// Diagnostics from the core: requests answered busy (by us / to us), and requests that
+    /// timed out.
+    pub busy_sent: u64,
+    pub busy_received: u64,
+    pub request_timeouts: u64,
+    /// Times playback paused for a late segment.
+    pub stalls: u64,
+}
+
+/// Writes `value` as JSON to `path` atomically (a temporary file renamed over it), so a
+/// reader never sees half a file.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,293 @@
+//! The HTTP output: a small HTTP/1.1 server for players on the box (localhost by default).
+//!
+//! - `GET /ch/NAME.ts`: `200`, `video/mp2t`, no length; the newest entry-point segment the
+//!   node played goes out at once (a player starts without waiting a segment), then the live
+//!   feed. Each client reads from its own bounded queue ([`super::FEED_QUEUE`] segments); a
+//!   client that falls that far behind skips to the next entry point, one that takes longer
+//!   than [`WRITE_STALL`] to take a segment is closed. The node never waits for a player.
+//! - `GET /playlist.m3u`: the channel as an `#EXTM3U` playlist.
+//! - `GET /`: a short status page.
+//!
+//! At most [`MAX_HTTP_CLIENTS`] connections; the request head is read with a deadline and a
+//! size cap, and parsed with `httparse`.
+
+use super::{Feed, FeedItem};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, Semaphore};
+use tokio::task::JoinSet;
+
+/// Connections served at once (players, playlist and status requests).
+pub const MAX_HTTP_CLIENTS: usize = 16;
+/// Largest request head read.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Headers parsed at most.
+pub const MAX_HEADERS: usize = 32;
+/// Time a client has to send its request head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a player may take to accept one segment before it is dropped.
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
+/// A new player waits at most this many segments for an entry point, then starts anyway
+/// (a stream whose muxer marks no random access points has none).
+const MAX_ENTRY_WAIT: u32 = 3;
+
+/// The status text shown at `/` (the daemon supplies its figures).
+pub type StatusFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Stream(String),
+    Playlist,
+    Index,
+    NotFound,
+    MethodNotAllowed,
+}
+
+/// A parsed request head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub route: Route,
+    pub host: Option<String>,
+}
+
+/// Parses a request head: `Ok(None)` if more bytes are needed.
+pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf)? {
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(_) => {
+            let host = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("host"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(|s| s.to_string());
+            let path = req.path.unwrap_or("/");
+            let path = path.split(['?', '#']).next().unwrap_or("/");
+            let route = if !matches!(req.method, Some("GET") | Some("HEAD")) {
+                Route::MethodNotAllowed
+            } else if path == "/" || path == "/index.html" {
+                Route::Index
+            } else if path == "/playlist.m3u" || path == "/playlist.m3u8" {
+                Route::Playlist
+            } else if let Some(name) = path
+                .strip_prefix("/ch/")
+                .and_then(|n| n.strip_suffix(".ts"))
+            {
+                Route::Stream(name.to_string())
+            } else {
+                Route::NotFound
+            };
+            Ok(Some(Request { route, host }))
+        }
+    }
+}
+
+/// Serves players on `listener` until the task is dropped (which also ends every client).
+pub async fn serve(listener: TcpListener, feed: Arc<Feed>, aliases: Vec<String>, status: StatusFn) {
+    let limit = Arc::new(Semaphore::new(MAX_HTTP_CLIENTS));
+    let local = listener.local_addr().ok();
+    let mut clients = JoinSet::new();
+    loop {
+        // Reap finished clients so the set stays as small as the limit.
+        while clients.try_join_next().is_some() {}
+        let (sock, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("http accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            let _ = sock
+                .try_write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+            continue;
+        };
+        let feed = feed.clone();
+        let aliases = aliases.clone();
+        let status = status.clone();
+        clients.spawn(async move {
+            let _permit = permit;
+            let fallback_host = local.map(|a| a.to_string()).unwrap_or_default();
+            if let Err(e) = client(sock, &feed, &aliases, &status, &fallback_host).await {
+                log::debug!("http client: {e}");
+            }
+        });
+    }
+}
+
+async fn read_head(sock: &mut TcpStream) -> std::io::Result<Option<Request>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_request(&buf) {
+            Ok(Some(r)) => return Ok(Some(r)),
+            Ok(None) if buf.len() < MAX_REQUEST_HEAD => continue,
+            _ => return Ok(None),
+        }
+    }
+}
+
+async fn respond(
+    sock: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-cache\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+async fn client(
+    mut sock: TcpStream,
+    feed: &Feed,
+    aliases: &[String],
+    status: &StatusFn,
+    fallback_host: &str,
+) -> std::io::Result<()> {
+    let req = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut sock)).await {
+        Ok(r) => r?,
+        Err(_) => None,
+    };
+    let Some(req) = req else {
+        return respond(&mut sock, "400 Bad Request", "text/plain", "bad request\n").await;
+    };
+    let name = feed.name();
+    let host = req
+        .host
+        .clone()
+        .unwrap_or_else(|| fallback_host.to_string());
+    match req.route {
+        Route::Stream(n) if aliases.is_empty() || aliases.contains(&n) => stream(sock, feed).await,
+        Route::Stream(_) | Route::NotFound => {
+            respond(
+                &mut sock,
+                "404 Not Found",
+                "text/plain",
+                "no such channel\n",
+            )
+            .await
+        }
+        Route::MethodNotAllowed => {
+            respond(
+                &mut sock,
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET only\n",
+            )
+            .await
+        }
+        Route::Playlist => {
+            let body = format!("#EXTM3U\n#EXTINF:-1,{name}\nhttp://{host}/ch/{name}.ts\n");
+            respond(&mut sock, "200 OK", "audio/x-mpegurl", &body).await
+        }
+        Route::Index => {
+            let body = format!(
+                "<!doctype html><meta charset=utf-8><title>coolstream</title>\
+                 <h1>coolstream</h1><p>Channel <b>{name}</b>: \
+                 <a href=\"/ch/{name}.ts\">/ch/{name}.ts</a> · \
+                 <a href=\"/playlist.m3u\">playlist</a></p><pre>{}</pre>\n",
+                html_escape(&status())
+            );
+            respond(&mut sock, "200 OK", "text/html; charset=utf-8", &body).await
+        }
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Sends the channel to one player until it goes away or stalls.
+async fn stream(mut sock: TcpStream, feed: &Feed) -> std::io::Result<()> {
+    let _ = sock.set_nodelay(true);
+    sock.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\nCache-Control: no-cache\r\n\r\n",
+    )
+    .await?;
+    let (start, mut rx) = feed.subscribe();
+    let mut waiting = start.is_empty();
+    let mut waited = 0u32;
+    for item in start {
+        send(&mut sock, &item).await?;
+    }
+    loop {
+        match rx.recv().await {
+            Ok(item) => {
+                if let FeedItem::Segment(_) = &item {
+                    if waiting && !item.is_entry_point() && waited < MAX_ENTRY_WAIT {
+                        waited += 1;
+                        continue;
+                    }
+                    waiting = false;
+                }
+                send(&mut sock, &item).await?;
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                log::info!("http player fell {n} segments behind; skipping ahead");
+                waiting = true;
+                waited = 0;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+async fn send(sock: &mut TcpStream, item: &FeedItem) -> std::io::Result<()> {
+    let FeedItem::Segment(s) = item else {
+        return Ok(());
+    };
+    match tokio::time::timeout(WRITE_STALL, sock.write_all(&s.payload.data)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "player stalled",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_to_routes() {
+        let r = parse_request(b"GET /ch/news.ts HTTP/1.1\r\nHost: box:8080\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.route, Route::Stream("news".into()));
+        assert_eq!(r.host.as_deref(), Some("box:8080"));
+        let route = |b: &[u8]| parse_request(b).unwrap().unwrap().route;
+        assert_eq!(
+            route(b"GET /playlist.m3u HTTP/1.1\r\n\r\n"),
+            Route::Playlist
+        );
+        assert_eq!(route(b"GET /?x=1 HTTP/1.0\r\n\r\n"), Route::Index);
+        assert_eq!(route(b"GET /ch/x.mp4 HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"POST / HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);
+        // Incomplete heads ask for more; garbage is an error, not a panic.
+        assert_eq!(parse_request(b"GET /ch/a.ts HTTP/1.1\r\nHo").unwrap(), None);
+        assert!(parse_request(b"\x00\x01\x02 junk\r\n\r\n").is_err());
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: y\r\n"))
+            .collect();
+        assert!(parse_request(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()).is_err());
+    }
+}

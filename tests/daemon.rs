@@ -1,0 +1,568 @@
+//! End-to-end tests of the networked daemon: real processes on loopback.
+//!
+//! The stream test needs ffmpeg (to make a live TS over UDP); without it the test fails with a
+//! message saying so (`scripts/test` installs it on Debian when run as root).
+
+use coolstream::proto::wire::{
+    decode_body, encode, frame_len, ByeReason, ChannelId, Control, Hello, Message, PeerId, Role,
+    SegmentBody, FRAME_PREFIX_LEN, MAGIC, MAX_FRAME_LEN, VERSION,
+};
+use coolstream::proto::{Segment, Seq};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_coolstream");
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn start(name: &str, args: &[&str], log: &Path) -> Proc {
+        let f = std::fs::File::create(log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.into(),
+        }
+    }
+
+    /// SIGTERM, and the exit code once it has gone (None if it had to be killed).
+    fn stop(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("coolstream-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn keygen(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("ch.key");
+    let out = Command::new(BIN)
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen failed: {out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 64, "keygen printed {id:?}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    (key, id)
+}
+
+fn require_ffmpeg() {
+    let ok = Command::new("ffmpeg")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "ffmpeg is required by this test (it makes the live input) and was not found on PATH; \
+         install it (Debian: apt-get install ffmpeg, or run scripts/test as root)"
+    );
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn read_json(p: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// GETs `path` and reads the response for up to `dur` or `max` bytes: (head, body).
+fn http_get(port: u16, path: &str, dur: Duration, max: usize) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let until = Instant::now() + dur;
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while Instant::now() < until && all.len() < max {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("http read: {e}"),
+        }
+    }
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&all[..split]).to_string();
+    (head, all[split + 4..].to_vec())
+}
+
+/// The source's segment log: (len, sha256 hex) per line.
+fn segment_log(p: &Path) -> Vec<(usize, String)> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(1)?.parse().ok()?, f.get(3)?.to_string()))
+        })
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// How many whole source segments `body` is made of, back to back from its first byte.
+fn whole_segments(body: &[u8], log: &[(usize, String)]) -> usize {
+    let mut off = 0;
+    let mut n = 0;
+    'next: while off < body.len() {
+        for (len, digest) in log {
+            if off + len <= body.len() && hex(&Sha256::digest(&body[off..off + len])) == *digest {
+                off += len;
+                n += 1;
+                continue 'next;
+            }
+        }
+        break;
+    }
+    n
+}
+
+#[test]
+fn a_source_fed_over_udp_reaches_peers_and_their_players_byte_for_byte() {
+    require_ffmpeg();
+    let dir = tmpdir("stream");
+    let (key, id) = keygen(&dir);
+    let udp = free_udp_port();
+    let sp = free_port();
+    let seglog = dir.join("segments.log");
+    let mut source = Proc::start(
+        "source",
+        &[
+            "source",
+            "--key",
+            key.to_str().unwrap(),
+            "--name",
+            "test",
+            "--input",
+            &format!("udp://127.0.0.1:{udp}"),
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+            "--segment-log",
+            seglog.to_str().unwrap(),
+        ],
+        &dir.join("source.log"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // A live feed: ffmpeg encodes a test pattern in real time and sends TS over UDP.
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "40",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-b:v",
+            "300k",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "48k",
+            "-f",
+            "mpegts",
+        ])
+        .arg(format!("udp://127.0.0.1:{udp}?pkt_size=1316"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg starts");
+    let mut peers = Vec::new();
+    let mut https = Vec::new();
+    for i in 0..3 {
+        let p = free_port();
+        let h = free_port();
+        https.push(h);
+        peers.push(Proc::start(
+            &format!("peer{i}"),
+            &[
+                "peer",
+                "--channel",
+                &id,
+                "--bootstrap",
+                &format!("127.0.0.1:{sp}"),
+                "--listen",
+                &format!("127.0.0.1:{p}"),
+                "--http",
+                &format!("127.0.0.1:{h}"),
+                "--stats-json",
+                dir.join(format!("stats{i}.json")).to_str().unwrap(),
+            ],
+            &dir.join(format!("peer{i}.log")),
+        ));
+    }
+    // Every peer plays.
+    for i in 0..3 {
+        wait_for(
+            &format!("peer {i} to play"),
+            Duration::from_secs(40),
+            || {
+                let v = read_json(&dir.join(format!("stats{i}.json")))?;
+                (v["segments_played"].as_u64()? >= 2).then_some(())
+            },
+        );
+    }
+    // A player on the last peer gets whole source segments, back to back.
+    let (head, body) = http_get(https[2], "/ch/test.ts", Duration::from_secs(6), 4 << 20);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("video/mp2t"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let log = segment_log(&seglog);
+    let n = whole_segments(&body, &log);
+    assert!(
+        n >= 3,
+        "only {n} whole source segments at the start of {} HTTP bytes ({} segments logged)",
+        body.len(),
+        log.len()
+    );
+    assert_eq!(body[0], 0x47, "the stream starts on a TS packet");
+    // The playlist and the index answer too.
+    let (head, body) = http_get(https[0], "/playlist.m3u", Duration::from_secs(2), 1 << 16);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("audio/x-mpegurl"),
+        "{head}"
+    );
+    assert!(String::from_utf8_lossy(&body).starts_with("#EXTM3U"));
+    let (head, _) = http_get(https[0], "/", Duration::from_secs(2), 1 << 16);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, _) = http_get(https[0], "/nothing", Duration::from_secs(2), 1 << 16);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // Graceful stops, and the stats written at exit.
+    for (i, p) in peers.iter_mut().enumerate() {
+        assert_eq!(p.stop(), Some(0), "peer {i} exits 0 on SIGTERM");
+        let v = read_json(&dir.join(format!("stats{i}.json"))).unwrap();
+        for k in [
+            "continuity",
+            "startup_s",
+            "lag_s",
+            "partners",
+            "segments_played",
+            "segments_missed",
+            "payload_bytes",
+            "control_bytes",
+            "upload_bytes",
+            "download_bytes",
+        ] {
+            assert!(!v[k].is_null(), "stats lack {k}: {v}");
+        }
+        assert!(v["continuity"].as_f64().unwrap() > 0.5, "{v}");
+        assert!(v["download_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(v["bad_segments"].as_u64(), Some(0));
+        let lag = v["lag_s"].as_f64().unwrap();
+        assert!(lag > 0.0 && lag < 20.0, "lag {lag}");
+    }
+    assert_eq!(source.stop(), Some(0), "source exits 0 on SIGTERM");
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn read_msg(s: &mut TcpStream) -> Option<Message<coolstream::proto::wire::SharedBody>> {
+    let mut prefix = [0u8; FRAME_PREFIX_LEN];
+    s.read_exact(&mut prefix).ok()?;
+    let len = frame_len(prefix, MAX_FRAME_LEN).ok()?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    decode_body(&body).ok()
+}
+
+fn send_msg(s: &mut TcpStream, m: &Message<coolstream::proto::wire::SharedBody>) {
+    let mut out = Vec::new();
+    encode(m, &mut out).unwrap();
+    s.write_all(&out).unwrap();
+}
+
+fn hello(channel: ChannelId) -> Message<coolstream::proto::wire::SharedBody> {
+    Message::Ctl(Control::Hello(Hello {
+        magic: MAGIC,
+        version: VERSION,
+        channel,
+        peer_id: PeerId(77),
+        listen_port: 9,
+        role: Role::Peer,
+        upload_kbps: 1000,
+    }))
+}
+
+/// Connects once the source is on air (it opens its port after its pre-roll).
+fn connect(port: u16) -> TcpStream {
+    let s = wait_for("the source to accept", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+#[test]
+fn strangers_are_refused_wrong_channel_and_forged_segments_cost_the_link() {
+    let dir = tmpdir("refuse");
+    let (key, id) = keygen(&dir);
+    let sp = free_port();
+    let asset = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo.ts");
+    let mut source = Proc::start(
+        "source",
+        &[
+            "source",
+            "--key",
+            key.to_str().unwrap(),
+            "--name",
+            "t",
+            "--input",
+            &format!("file:{asset}?loop"),
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+        ],
+        &dir.join("source.log"),
+    );
+    // Another channel's hello gets a bye saying why, then the link closes.
+    let mut s = connect(sp);
+    send_msg(&mut s, &hello(ChannelId([9; 32])));
+    match read_msg(&mut s) {
+        Some(Message::Ctl(Control::Bye(ByeReason::WrongChannel))) => {}
+        other => panic!("expected Bye(WrongChannel), got {other:?}"),
+    }
+    assert!(read_msg(&mut s).is_none(), "the link closes after the bye");
+
+    // The right channel, then a segment the source never signed: the link is closed.
+    let channel = ChannelId::from_hex(&id).unwrap();
+    let mut s = connect(sp);
+    send_msg(&mut s, &hello(channel));
+    let forged = Message::Segment(Segment {
+        seq: Seq(1),
+        origin_us: 1,
+        duration_us: 1_000_000,
+        flags: 0,
+        payload: Arc::new(SegmentBody {
+            signature: [[3; 32]; 2],
+            data: vec![0x47; 188 * 4],
+        }),
+    });
+    send_msg(&mut s, &forged);
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut closed = false;
+    while Instant::now() < until {
+        match read_msg(&mut s) {
+            Some(_) => continue, // its hello, haves
+            None => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a forged segment closes the link");
+
+    // An oversized length prefix closes the link without the source allocating for it.
+    let mut s = connect(sp);
+    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let mut buf = [0u8; 1];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "oversized frame closes the link: {r:?}"
+    );
+
+    assert_eq!(source.stop(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_runs_a_swarm_in_one_process_and_summarises_it() {
+    let out = Command::new(BIN)
+        .args(["demo", "--peers", "3", "--seconds", "14", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "demo --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(v["peers"].as_u64(), Some(3));
+    let ci = v["continuity_min"].as_f64().unwrap();
+    assert!(ci > 0.9, "continuity_min {ci}: {v}");
+    let peers = v["per_peer"].as_array().unwrap();
+    assert_eq!(peers.len(), 3);
+    for p in peers {
+        assert!(p["segments_played"].as_u64().unwrap() >= 3, "{p}");
+    }
+}
+
+#[test]
+fn an_rtp_input_is_unwrapped_and_reaches_a_peer() {
+    require_ffmpeg();
+    let dir = tmpdir("rtp");
+    let (key, id) = keygen(&dir);
+    let rtp = free_udp_port();
+    let sp = free_port();
+    let mut source = Proc::start(
+        "source",
+        &[
+            "source",
+            "--key",
+            key.to_str().unwrap(),
+            "--name",
+            "rtp",
+            "--input",
+            &format!("rtp://127.0.0.1:{rtp}"),
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+            "--stats-json",
+            dir.join("source.json").to_str().unwrap(),
+        ],
+        &dir.join("source.log"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-b:v",
+            "300k",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "rtp_mpegts",
+        ])
+        .arg(format!("rtp://127.0.0.1:{rtp}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg starts");
+    let mut peer = Proc::start(
+        "peer",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &format!("127.0.0.1:{sp}"),
+            "--stats-json",
+            dir.join("peer.json").to_str().unwrap(),
+        ],
+        &dir.join("peer.log"),
+    );
+    wait_for("the peer to play", Duration::from_secs(40), || {
+        let v = read_json(&dir.join("peer.json"))?;
+        (v["segments_played"].as_u64()? >= 3).then_some(())
+    });
+    assert_eq!(peer.stop(), Some(0));
+    assert_eq!(source.stop(), Some(0));
+    let v = read_json(&dir.join("source.json")).unwrap();
+    assert!(v["segments_ingested"].as_u64().unwrap() >= 4, "{v}");
+    assert_eq!(v["role"].as_str(), Some("source"));
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
