@@ -179,11 +179,14 @@ impl MCache {
         now: Instant,
         mut keep: impl FnMut(&MemberEntry) -> bool,
     ) -> Option<MemberEntry> {
+        // Members that have been around a while (their record's counter grows each gossip
+        // round) hold more of the stream and are settled: a newcomer does better with them.
         let weight = |e: &MemberEntry| {
+            let settled = 1 + e.seq.min(6) as u64;
             if e.num_partners < e.max_partners {
-                e.max_partners.max(1) as u64
+                e.max_partners.max(1) as u64 * settled
             } else {
-                1
+                settled
             }
         };
         let total: u64 = self.live(now).filter(|e| keep(e)).map(|e| weight(&e)).sum();
@@ -284,7 +287,7 @@ mod tests {
                     == PeerId(2)
             })
             .count();
-        // Odds 16 : 1.
+        // Odds 16 x 2 : 2 (both records have counter 1).
         assert!((1500..1700).contains(&picks), "{picks}");
         assert!(m
             .pick_candidate(&mut rng, Instant::ZERO, |_| false)

@@ -1091,7 +1091,7 @@ impl<P: Payload> Node<P> {
             return;
         };
         self.links[i].partner = Some(Partner::new(self.now, peer.upload_bytes_per_s));
-        let map = *self.store.map();
+        let map = self.advertised_map();
         let backlog_ms = self.backlog_ms();
         let playing = self.playing();
         let spare = self.spare();
@@ -1123,6 +1123,19 @@ impl<P: Payload> Node<P> {
             .map(|&(_, _, done)| done.saturating_since(self.now))
             .max()
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// What we tell partners we hold: everything, except that the source only offers the
+    /// segments it serves (its freshest), so that nobody picks an older one to start from
+    /// and waits for a refusal.
+    fn advertised_map(&self) -> super::buffer_map::BufferMap {
+        let mut map = *self.store.map();
+        if self.cfg.role == Role::Source {
+            if let Some(newest) = self.store.newest() {
+                map.slide_to(newest.sub(self.cfg.source_fresh_window.saturating_sub(1)));
+            }
+        }
+        map
     }
 
     /// How long our upload queue would take to drain, as advertised to partners.
@@ -2305,7 +2318,7 @@ impl<P: Payload> Node<P> {
         }
         if now >= self.next_map_refresh {
             self.next_map_refresh = now + BUFFER_MAP_REFRESH;
-            let map = *self.store.map();
+            let map = self.advertised_map();
             let backlog_ms = self.backlog_ms();
             let playing = self.playing();
             let spare = self.spare();
