@@ -13,16 +13,23 @@
 //! - **Gossip**: every `gossip_interval` the node sends its own record (with a fresh `seq`) and
 //!   a random sample of its mCache to a few partners. Leavers send `Depart`; a partner that
 //!   times out is announced departed on its behalf.
-//! - **Buffer maps**: a full map when a partnership starts, then a `Have` for every new
-//!   segment to each partner that lacks it; both carry the sender's upload backlog.
-//! - **Scheduling**: see [`super::scheduler`]; requests carry their deadline, suppliers serve
-//!   earliest deadline first within their upload budget and answer `Busy` when they cannot
-//!   make it, so the requester can go elsewhere at once.
-//! - **Refinement**: every `refine_interval` partner scores are updated; above M partners the
-//!   worst goes, at M a new candidate is tried.
-//! - **Playout**: a joining peer picks a start a few segments behind its partners' newest,
-//!   plays it the moment it arrives, and from then on each segment is due one duration after
-//!   the previous one; a segment still missing at its deadline is skipped and counted missed.
+//! - **Buffer maps**: a full map when a partnership starts (and every 30 s), then a `Have`
+//!   for every new segment, sent when its head arrives, to each partner that lacks it; both
+//!   carry the sender's upload backlog.
+//! - **Scheduling**: see [`super::scheduler`]: urgent segments first, then rarest first, each
+//!   from the partner that would deliver it soonest; requests carry their deadline.
+//! - **Serving**: a request about to miss its deadline goes first, otherwise the freshest
+//!   segment (it is the one the swarm still has to spread); a full queue turns away its
+//!   stalest request for a fresher one, and a request that cannot be met gets `Busy` so the
+//!   requester goes elsewhere at once. A segment is forwarded while it still streams in.
+//! - **Refinement**: every `refine_interval` partner scores are updated; above its target the
+//!   worst goes, at the target a new candidate is tried. Stronger uplinks aim for more
+//!   partners.
+//! - **Playout**: a joining peer picks a start behind its partners' newest (no later than the
+//!   median partner's playback position), plays it when it arrives, and from then on each
+//!   segment is due one duration after the previous one. A segment late at its deadline is
+//!   counted missed once; playback pauses for it (up to the lag recent arrivals call for,
+//!   never past `max_lag`) or skips it if it is lost.
 //!
 //! A peer that misbehaves (a message before hello, a wrong channel, garbage) costs only its
 //! own link.
