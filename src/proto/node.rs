@@ -1098,19 +1098,8 @@ impl<P: Payload> Node<P> {
             return;
         };
         self.links[i].partner = Some(Partner::new(self.now, peer.upload_bytes_per_s));
-        let map = self.advertised_map();
-        let backlog_ms = self.backlog_ms();
-        let playing = self.playing();
-        let spare = self.spare();
-        self.send(
-            i,
-            Control::BufferMap {
-                map,
-                backlog_ms,
-                playing,
-                spare,
-            },
-        );
+        let bm = self.buffer_map_message();
+        self.send(i, bm);
         self.schedule_due = true;
     }
 
@@ -1143,6 +1132,16 @@ impl<P: Payload> Node<P> {
             }
         }
         map
+    }
+
+    /// Our full buffer map, with what partners need to choose us as a supplier.
+    fn buffer_map_message(&self) -> Control {
+        Control::BufferMap {
+            map: self.advertised_map(),
+            backlog_ms: self.backlog_ms(),
+            playing: self.playing(),
+            spare: self.spare(),
+        }
     }
 
     /// How long our upload queue would take to drain, as advertised to partners.
@@ -2325,21 +2324,10 @@ impl<P: Payload> Node<P> {
         }
         if now >= self.next_map_refresh {
             self.next_map_refresh = now + BUFFER_MAP_REFRESH;
-            let map = self.advertised_map();
-            let backlog_ms = self.backlog_ms();
-            let playing = self.playing();
-            let spare = self.spare();
+            let bm = self.buffer_map_message();
             for j in 0..self.links.len() {
                 if self.links[j].partner.is_some() {
-                    self.send(
-                        j,
-                        Control::BufferMap {
-                            map,
-                            backlog_ms,
-                            playing,
-                            spare,
-                        },
-                    );
+                    self.send(j, bm.clone());
                 }
             }
         }
