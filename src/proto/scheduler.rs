@@ -140,20 +140,31 @@ mod tests {
         }
     }
 
+    /// `plan` at time zero with a 2 s urgency window.
+    fn plan_at_zero(
+        wants: &mut [Want],
+        suppliers: &mut [Supplier],
+        segment_bytes: u64,
+        budget: usize,
+        out: &mut Vec<Pick>,
+    ) {
+        plan(
+            Instant::ZERO,
+            wants,
+            suppliers,
+            segment_bytes,
+            Duration::from_secs(2),
+            budget,
+            out,
+        );
+    }
+
     #[test]
     fn rarest_first_then_fastest_supplier() {
         let mut s = vec![sup(0, 100_000, 3), sup(0, 400_000, 3)];
         let mut w = vec![want(1, 10, 0b11), want(2, 10, 0b10)];
         let mut out = Vec::new();
-        plan(
-            Instant::ZERO,
-            &mut w,
-            &mut s,
-            100_000,
-            Duration::from_secs(2),
-            8,
-            &mut out,
-        );
+        plan_at_zero(&mut w, &mut s, 100_000, 8, &mut out);
         // #2 is rarer (one holder) so it goes first, to the fast supplier.
         assert_eq!(out[0].seq, Seq(2));
         assert_eq!(out[0].supplier, 1);
@@ -167,15 +178,7 @@ mod tests {
         let mut s = vec![sup(0, 100_000, 1)];
         let mut w = vec![want(5, 30, 0b1), want(3, 1, 0b1)];
         let mut out = Vec::new();
-        plan(
-            Instant::ZERO,
-            &mut w,
-            &mut s,
-            100_000,
-            Duration::from_secs(2),
-            8,
-            &mut out,
-        );
+        plan_at_zero(&mut w, &mut s, 100_000, 8, &mut out);
         assert_eq!(out.len(), 1, "one slot only");
         assert_eq!(out[0].seq, Seq(3));
 
@@ -183,15 +186,7 @@ mod tests {
         let mut s = vec![sup(9_000, 100_000, 1)];
         let mut w = vec![want(7, 5, 0b1)];
         out.clear();
-        plan(
-            Instant::ZERO,
-            &mut w,
-            &mut s,
-            100_000,
-            Duration::from_secs(2),
-            8,
-            &mut out,
-        );
+        plan_at_zero(&mut w, &mut s, 100_000, 8, &mut out);
         assert!(out.is_empty());
     }
 
@@ -200,27 +195,11 @@ mod tests {
         let mut s = vec![sup(0, 1_000_000, 2), sup(0, 1_000_000, 1)];
         let mut w: Vec<Want> = (0..10).map(|i| want(i, 60, 0b11)).collect();
         let mut out = Vec::new();
-        plan(
-            Instant::ZERO,
-            &mut w,
-            &mut s,
-            1000,
-            Duration::from_secs(2),
-            8,
-            &mut out,
-        );
+        plan_at_zero(&mut w, &mut s, 1000, 8, &mut out);
         assert_eq!(out.len(), 3);
         let mut out2 = Vec::new();
         let mut s2 = vec![sup(0, 1_000_000, 5)];
-        plan(
-            Instant::ZERO,
-            &mut w,
-            &mut s2,
-            1000,
-            Duration::from_secs(2),
-            2,
-            &mut out2,
-        );
+        plan_at_zero(&mut w, &mut s2, 1000, 2, &mut out2);
         assert_eq!(out2.len(), 2);
     }
 }
