@@ -272,6 +272,12 @@ const MAX_INCOMING: usize = 32;
 const UPLOAD_STUCK: Duration = Duration::from_secs(10);
 /// Grace past the requester's deadline a supplier still accepts (estimates are rough).
 const DEADLINE_GRACE: Duration = Duration::from_millis(200);
+/// A peer that refused us as a partner (or could not be reached) is not asked again for this
+/// long: in a small swarm the mCache holds few candidates, and without it a full peer would
+/// be re-dialled the moment it says no, as fast as the network answers.
+const REFUSAL_BACKOFF: Duration = Duration::from_secs(10);
+/// Refusals remembered at most (the oldest is forgotten first).
+const REFUSAL_MEMORY: usize = 16;
 
 pub struct Node<P> {
     cfg: Config,
@@ -280,6 +286,9 @@ pub struct Node<P> {
     now: Instant,
     links: Vec<Link>,
     pending_dials: Vec<PendingDial>,
+    /// Addresses that refused to partner (or failed to answer) recently: see
+    /// [`REFUSAL_BACKOFF`]. At most [`REFUSAL_MEMORY`] entries.
+    refusals: Vec<(PeerAddr, Instant)>,
     mcache: MCache,
     store: Store<P>,
     requests: Vec<Request>,
@@ -345,6 +354,7 @@ impl<P: Payload> Node<P> {
             now,
             links: Vec::new(),
             pending_dials: Vec::new(),
+            refusals: Vec::new(),
             store,
             requests: Vec::new(),
             uploads: Vec::new(),
@@ -726,6 +736,7 @@ impl<P: Payload> Node<P> {
         };
         let d = self.pending_dials.swap_remove(k);
         self.mcache.forget_addr(remote);
+        self.note_refusal(remote);
         if d.purpose == Purpose::Bootstrap && self.partner_count() == 0 {
             self.rebootstrap_at = Some(self.now + REBOOTSTRAP_BACKOFF);
         }
@@ -811,6 +822,10 @@ impl<P: Payload> Node<P> {
             match c {
                 Control::Hello(h) => self.on_hello(i, h),
                 Control::Bye(_) => {
+                    if self.links[i].purpose == Purpose::Partner {
+                        let remote = self.links[i].remote;
+                        self.note_refusal(remote);
+                    }
                     let id = self.links[i].id;
                     self.out.push_back(Output::Close { link: id });
                     self.remove_link(i);
@@ -822,6 +837,10 @@ impl<P: Payload> Node<P> {
         match c {
             Control::Hello(_) => self.close(i, ByeReason::Protocol),
             Control::Bye(_) => {
+                if self.links[i].awaiting & awaiting::PARTNER != 0 {
+                    let remote = self.links[i].remote;
+                    self.note_refusal(remote);
+                }
                 let id = self.links[i].id;
                 self.out.push_back(Output::Close { link: id });
                 self.remove_link(i);
@@ -882,6 +901,8 @@ impl<P: Payload> Node<P> {
             }
             Control::PartnerReject(entries) => {
                 self.learn_all(i, &entries);
+                let remote = self.links[i].remote;
+                self.note_refusal(remote);
                 self.links[i].awaiting &= !awaiting::PARTNER;
                 self.close_if_done(i);
                 self.maintain_partners();
@@ -2438,11 +2459,24 @@ impl<P: Payload> Node<P> {
         }
     }
 
+    /// Remembers that `addr` refused us (or did not answer), replacing the oldest memory
+    /// when full.
+    fn note_refusal(&mut self, addr: PeerAddr) {
+        let now = self.now;
+        self.refusals
+            .retain(|&(a, at)| a != addr && now.saturating_since(at) < REFUSAL_BACKOFF);
+        if self.refusals.len() == REFUSAL_MEMORY {
+            self.refusals.remove(0);
+        }
+        self.refusals.push((addr, now));
+    }
+
     fn dial_candidate(&mut self) -> bool {
         let now = self.now;
         // Borrow dance: the filter reads links and dials while the mCache is sampled.
         let links = &self.links;
         let dials = &self.pending_dials;
+        let refusals = &self.refusals;
         let me = self.id;
         let cand = self.mcache.pick_candidate(&mut self.rng, now, |e| {
             e.id != me
@@ -2450,6 +2484,9 @@ impl<P: Payload> Node<P> {
                     .iter()
                     .any(|l| l.peer.is_some_and(|p| p.id == e.id) || l.remote == e.addr)
                 && !dials.iter().any(|d| d.addr == e.addr)
+                && !refusals
+                    .iter()
+                    .any(|&(a, at)| a == e.addr && now.saturating_since(at) < REFUSAL_BACKOFF)
         });
         match cand {
             Some(e) => self.dial(e.addr, Purpose::Partner),
