@@ -276,6 +276,9 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(200);
 /// long: in a small swarm the mCache holds few candidates, and without it a full peer would
 /// be re-dialled the moment it says no, as fast as the network answers.
 const REFUSAL_BACKOFF: Duration = Duration::from_secs(10);
+/// A partner request from a peer with fewer partners than this is from a newcomer (or an
+/// orphan): see [`Config::partner_cap`].
+const NEEDY_PARTNERS: usize = 2;
 /// Refusals remembered at most (the oldest is forgotten first).
 const REFUSAL_MEMORY: usize = 16;
 
@@ -713,16 +716,16 @@ impl<P: Payload> Node<P> {
             match purpose {
                 Purpose::Bootstrap => {
                     self.send(i, Control::Join);
-                    self.send(i, Control::PartnerRequest);
+                    self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::REDIRECT | awaiting::PARTNER;
                 }
                 Purpose::Deputy => {
                     self.send(i, Control::MembersRequest);
-                    self.send(i, Control::PartnerRequest);
+                    self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::MEMBERS | awaiting::PARTNER;
                 }
                 Purpose::Partner => {
-                    self.send(i, Control::PartnerRequest);
+                    self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::PARTNER;
                 }
                 Purpose::Inbound => {}
@@ -885,7 +888,7 @@ impl<P: Payload> Node<P> {
                     self.broadcast_except(from, Control::Depart { id, seq });
                 }
             }
-            Control::PartnerRequest => self.on_partner_request(i),
+            Control::PartnerRequest { partners } => self.on_partner_request(i, partners),
             Control::PartnerAccept => {
                 if self.links[i].awaiting & awaiting::PARTNER != 0 {
                     self.links[i].awaiting &= !awaiting::PARTNER;
@@ -1093,7 +1096,13 @@ impl<P: Payload> Node<P> {
         self.send(i, Control::Redirect { deputy, members });
     }
 
-    fn on_partner_request(&mut self, i: usize) {
+    fn partner_request(&self) -> Control {
+        Control::PartnerRequest {
+            partners: self.partner_count().min(u8::MAX as usize) as u8,
+        }
+    }
+
+    fn on_partner_request(&mut self, i: usize, asker_partners: u8) {
         let Some(peer) = self.links[i].peer else {
             return;
         };
@@ -1101,7 +1110,15 @@ impl<P: Payload> Node<P> {
             .links
             .iter()
             .any(|l| l.partner.is_some() && l.peer.is_some_and(|p| p.id == peer.id));
-        let room = self.partner_count() < self.cfg.accept_limit();
+        // Established peers fill every free slot, so a newcomer would find the swarm full:
+        // one with (almost) no partners gets a few slots above the limit, which refinement
+        // gives back later.
+        let limit = if (asker_partners as usize) < NEEDY_PARTNERS {
+            self.cfg.partner_cap()
+        } else {
+            self.cfg.accept_limit()
+        };
+        let room = self.partner_count() < limit;
         if room && !duplicate && peer.role == Role::Peer {
             self.send(i, Control::PartnerAccept);
             self.become_partners(i);
@@ -1219,21 +1236,31 @@ impl<P: Payload> Node<P> {
         // When it would be done: after the uploads in progress and the queued ones that go
         // first (those about to miss, and fresher ones).
         let critical_before = self.critical_before(xfer);
+        // A request about to miss its deadline (a newcomer's first segments, a late one) is
+        // served before everything that is not: only those go ahead of it.
+        let critical = deadline <= critical_before;
         let ahead = self
             .uploads
             .iter()
-            .filter(|u| (!u.push && u.deadline <= critical_before) || u.seq.is_after(seq))
+            .filter(|u| {
+                let urgent = !u.push && u.deadline <= critical_before;
+                if critical {
+                    urgent && u.deadline <= deadline
+                } else {
+                    urgent || u.seq.is_after(seq)
+                }
+            })
             .count() as u64;
         let finish = self.now + self.active_remaining() + xfer.mul(ahead + 1);
-        // A full queue makes room for a fresher request by turning away its stalest one:
-        // old segments are widely held and their requesters find them elsewhere, while a
-        // fresh one has few holders, and this may be one.
+        // A full queue makes room for a fresher request (or a critical one) by turning away
+        // its stalest non-critical one: old segments are widely held and their requesters
+        // find them elsewhere, while a fresh one has few holders, and this may be one.
         let mut evict = None;
         if self.backlog() >= self.max_backlog() || pulls_queued >= self.cfg.upload_queue_capacity {
             evict = (0..self.uploads.len())
                 .filter(|&k| {
                     let u = &self.uploads[k];
-                    !u.push && u.deadline > critical_before && u.seq.is_before(seq)
+                    !u.push && u.deadline > critical_before && (critical || u.seq.is_before(seq))
                 })
                 .min_by(|&a, &b| self.uploads[a].seq.serial_cmp(self.uploads[b].seq));
         }
