@@ -21,7 +21,6 @@ VM_SMP=${VM_SMP:-2}
 VM_MEM=${VM_MEM:-512}
 VM_PID=
 VM_STATE=
-VM_JOB=0
 
 vm_log() { printf '[vm %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 vm_die() { printf '[vm] error: %s\n' "$*" >&2; exit 1; }
@@ -84,8 +83,9 @@ vm_wait_boot() {
 
 # vm_submit 'SCRIPT': queues a job, sets VM_JOBPATH; vm_exec waits for it.
 vm_submit() {
-  VM_JOB=$((VM_JOB + 1))
-  local n; n=$(printf '%04d' "$VM_JOB")
+  # Named by the clock (fixed width, so the agent's sorted glob runs them in order): a
+  # counter would not survive vm_exec being called in a $(...) subshell.
+  local n; n=$(date +%s%N)
   VM_JOBPATH="$VM_STATE/share/jobs/$n"
   printf 'set -euo pipefail\n%s\n' "$1" > "$VM_JOBPATH.tmp"
   mv "$VM_JOBPATH.tmp" "$VM_JOBPATH.sh"
