@@ -5,6 +5,8 @@
 //! without sockets.
 
 pub mod input;
+pub mod nal;
+pub mod psi;
 pub mod rtp;
 pub mod segmenter;
 pub mod ts;
