@@ -9,4 +9,6 @@ pub mod nal;
 pub mod psi;
 pub mod rtp;
 pub mod segmenter;
+pub mod splice;
+pub mod tr101290;
 pub mod ts;

@@ -114,7 +114,24 @@ mod tests {
             Some(false)
         );
         // HEVC: AUD (35), VPS (32), then CRA (21) / TRAIL_R (1); each split over chunks.
-        let cra = [0, 0, 1, 35 << 1, 1, 0x50, 0, 0, 1, 32 << 1, 1, 0, 0, 1, 21 << 1, 1];
+        let cra = [
+            0,
+            0,
+            1,
+            35 << 1,
+            1,
+            0x50,
+            0,
+            0,
+            1,
+            32 << 1,
+            1,
+            0,
+            0,
+            1,
+            21 << 1,
+            1,
+        ];
         let trail = [0, 0, 1, 35 << 1, 1, 0x50, 0, 0, 1, 1 << 1, 1, 0];
         for split in 1..cra.len() {
             let mut s = RapScan::new(Codec::Hevc);

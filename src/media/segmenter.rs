@@ -474,7 +474,9 @@ mod tests {
         let pes = [0, 0, 1, 0xe0, 0, 0, 0x80, 0x00, 0];
         p[12..21].copy_from_slice(&pes);
         let nal = if idr { 0x65 } else { 0x41 };
-        let es = [0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, nal, 0x88];
+        let es = [
+            0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, nal, 0x88,
+        ];
         p[21..21 + es.len()].copy_from_slice(&es);
         p
     }
@@ -499,7 +501,8 @@ mod tests {
 
     fn starts_with_keyframe(c: &Cut) -> bool {
         let first = &c.data[2 * PACKET..3 * PACKET];
-        ts::pid(first) == 256 && ts::pes_payload(first).is_some_and(|es| es[4] == 0x09 && es.contains(&0x65))
+        ts::pid(first) == 256
+            && ts::pes_payload(first).is_some_and(|es| es[4] == 0x09 && es.contains(&0x65))
     }
 
     #[test]
@@ -520,11 +523,25 @@ mod tests {
         // A 3 s GOP: cut at each IDR past 3/4 s, and at 2 s anyway (not an entry point).
         let mut s = Segmenter::new(1000, CutRule::RandomAccess);
         let cuts = run(&mut s, &h264_stream(75, 12));
-        let kinds: Vec<(u32, bool)> = cuts.iter().map(|c| (c.duration_us, c.entry_point)).collect();
-        assert_eq!(kinds[1..5], [(1_000_000, false), (2_000_000, true), (1_000_000, false), (2_000_000, true)], "{kinds:?}");
+        let kinds: Vec<(u32, bool)> = cuts
+            .iter()
+            .map(|c| (c.duration_us, c.entry_point))
+            .collect();
+        assert_eq!(
+            kinds[1..5],
+            [
+                (1_000_000, false),
+                (2_000_000, true),
+                (1_000_000, false),
+                (2_000_000, true)
+            ],
+            "{kinds:?}"
+        );
         assert!(kinds[0].1);
         assert!(s.stats().forced_cuts >= 3);
-        assert!(cuts.iter().all(|c| c.entry_point == starts_with_keyframe(c)));
+        assert!(cuts
+            .iter()
+            .all(|c| c.entry_point == starts_with_keyframe(c)));
     }
 
     #[test]
@@ -555,9 +572,17 @@ mod tests {
             let sdt = &c.data[2 * PACKET..3 * PACKET];
             assert_eq!(ts::pid(sdt), psi::SDT_PID);
             let mut name = None;
-            psi::Sections::new().push(sdt.try_into().unwrap(), |sec| name = psi::parse_sdt_name(sec));
+            psi::Sections::new().push(sdt.try_into().unwrap(), |sec| {
+                name = psi::parse_sdt_name(sec)
+            });
             assert_eq!(name.as_deref(), Some("news"));
-            assert_eq!(c.data.chunks(PACKET).filter(|p| ts::pid(p) == psi::SDT_PID).count(), 1);
+            assert_eq!(
+                c.data
+                    .chunks(PACKET)
+                    .filter(|p| ts::pid(p) == psi::SDT_PID)
+                    .count(),
+                1
+            );
         }
     }
 
