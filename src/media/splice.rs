@@ -137,7 +137,10 @@ impl Splicer {
             self.begin_after_break(data, out);
             self.broken = false;
         } else {
-            out.append(&mut self.held);
+            let held = std::mem::take(&mut self.held);
+            for p in held.chunks_exact(PACKET) {
+                self.emit(p, out);
+            }
             let keep = self.tail_start(data);
             for p in data[..keep].chunks_exact(PACKET) {
                 self.emit(p, out);
@@ -392,6 +395,10 @@ mod tests {
             let n = k * 40 + i;
             v.extend_from_slice(&pkt(0x100, (n & 0x0f) as u8, i % 4 == 0));
             v.extend_from_slice(&pkt(0x101, (n & 0x0f) as u8, (n + 1) % 3 == 0));
+            if i == 38 {
+                // A table repeated in the tail (held back with it): its counter is ours too.
+                v.extend_from_slice(&pat(9));
+            }
         }
         v
     }

@@ -285,7 +285,7 @@ impl PcrClock {
             if d > MAX_PCR_STEP || d == 0 {
                 self.base = None; // a jump (or the clock stood still): start afresh
             } else if k > 0 {
-                self.ticks_per_packet = Some((d / k).max(1));
+                self.ticks_per_packet = Some((d / (k + 1)).max(1));
             }
         }
         let mut due = match self.base {
@@ -351,6 +351,98 @@ fn ticks(t: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::ts::packet_with_pcr;
+
+    /// `n` packets, a PCR every 10 packets stepping 10 ms from `pcr0`, the rest PID 257.
+    fn chunk(n: usize, pcr0: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        for i in 0..n {
+            if i % 10 == 0 {
+                v.extend_from_slice(&packet_with_pcr(
+                    256,
+                    pcr0 + (i as u64 / 10) * 270_000,
+                    false,
+                ));
+            } else {
+                let mut p = [0u8; PACKET];
+                p[..4].copy_from_slice(&[0x47, 0x01, 0x01, 0x10]);
+                v.extend_from_slice(&p);
+            }
+        }
+        v
+    }
+
+    fn ms(d: Duration) -> f64 {
+        d.as_secs_f64() * 1000.0
+    }
+
+    #[test]
+    fn packets_are_due_by_their_pcr_interpolated_between_pcrs() {
+        let t0 = Instant::now();
+        let mut c = PcrClock::default();
+        let mut plan = Vec::new();
+        c.plan(
+            &chunk(100, 27_000_000),
+            Duration::from_millis(100),
+            t0,
+            &mut plan,
+        );
+        assert_eq!(plan.len(), 100);
+        for (i, due) in plan.iter().enumerate() {
+            // 1 ms per packet from the first PCR (10 ms per 10 packets).
+            assert!(
+                (ms(*due - t0) - i as f64).abs() < 0.01,
+                "{i}: {:?}",
+                *due - t0
+            );
+        }
+        // The next chunk continues the clock (its packets after its last PCR at the last
+        // interval's rate).
+        let mut plan2 = Vec::new();
+        c.plan(
+            &chunk(95, 27_000_000 + 2_700_000),
+            Duration::from_millis(95),
+            t0,
+            &mut plan2,
+        );
+        assert!((ms(plan2[0] - t0) - 100.0).abs() < 0.01);
+        assert!((ms(plan2[94] - t0) - 194.0).abs() < 0.01);
+        // A jump in the PCR (another pass of a loop, a gap) goes on from the last packet.
+        let mut plan3 = Vec::new();
+        c.plan(
+            &chunk(10, 999 * 27_000_000),
+            Duration::from_millis(10),
+            t0,
+            &mut plan3,
+        );
+        assert!(
+            (ms(plan3[0] - t0) - 194.0).abs() < 0.01,
+            "{:?}",
+            plan3[0] - t0
+        );
+        assert!((ms(plan3[9] - t0) - 203.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_late_output_restarts_its_schedule_instead_of_bursting() {
+        let t0 = Instant::now();
+        let mut c = PcrClock::default();
+        let mut plan = Vec::new();
+        c.plan(&chunk(20, 0), Duration::from_millis(20), t0, &mut plan);
+        // Two seconds later (the feed stalled), the stream goes on from now.
+        let later = t0 + Duration::from_secs(2);
+        c.plan(
+            &chunk(20, 540_000),
+            Duration::from_millis(20),
+            later,
+            &mut plan,
+        );
+        assert_eq!(plan[0], later);
+        assert!((ms(plan[19] - later) - 19.0).abs() < 0.01);
+        // RTP time runs at 90 kHz from the first datagram.
+        assert_eq!(c.rtp_time(t0), 0);
+        assert_eq!(c.rtp_time(t0 + Duration::from_secs(1)), 90_000);
+    }
 
     #[test]
     fn output_urls_parse() {
