@@ -23,8 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
-/// TS bytes per datagram: seven packets, the usual IPTV size.
-pub const DATAGRAM_TS: usize = 7 * 188;
+/// TS packets per datagram: seven, the usual IPTV size (1316 bytes).
+pub const PER_DATAGRAM: usize = 7;
+/// TS bytes per datagram.
+pub const DATAGRAM_TS: usize = PER_DATAGRAM * PACKET;
 /// Behind schedule by more than this, the output restarts its clock at now.
 pub const MAX_LATE: Duration = Duration::from_millis(200);
 /// A PCR step larger than this (or backwards) is a break in the clock.
@@ -84,6 +86,9 @@ pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>) -> std::io:
     let mut splicer = Splicer::new();
     let mut spliced = Vec::new();
     let mut plan = Vec::new();
+    let mut carry: Vec<u8> = Vec::with_capacity(2 * DATAGRAM_TS);
+    let mut carry_plan: Vec<Instant> = Vec::new();
+    let mut sent = 0;
     loop {
         let feed = feeds.borrow_and_update().clone();
         let (start, mut rx) = feed.subscribe(Instant::now());
@@ -120,16 +125,26 @@ pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>) -> std::io:
                 }
             };
             clock.plan(&spliced, dur, Instant::now(), &mut plan);
+            // Packets left over from the last chunk go first: every datagram is whole (seven
+            // packets), and leaves when its last packet is due, as a multiplexer sends it.
+            carry.extend_from_slice(&spliced);
+            carry_plan.extend_from_slice(&plan);
+            let whole = carry.len() / DATAGRAM_TS;
             let mut changed = false;
-            for (i, chunk) in spliced.chunks(DATAGRAM_TS).enumerate() {
-                let due = plan[i * 7];
+            for i in 0..whole {
+                let due = carry_plan[i * PER_DATAGRAM + PER_DATAGRAM - 1];
                 tokio::select! {
                     biased;
                     c = feeds.changed() => { changed = c.is_ok(); if !changed { return Ok(()); } break; }
                     _ = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {}
                 }
+                let chunk = &carry[i * DATAGRAM_TS..(i + 1) * DATAGRAM_TS];
                 send(&sock, &out, &mut rtp, clock.rtp_time(due), chunk).await?;
+                sent = i + 1;
             }
+            carry.drain(..sent * DATAGRAM_TS);
+            carry_plan.drain(..sent * PER_DATAGRAM);
+            sent = 0;
             if changed {
                 break true;
             }
@@ -141,6 +156,10 @@ pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>) -> std::io:
         spliced.clear();
         splicer.change_channel(&mut spliced);
         clock.restart();
+        // What is left of the old channel is not sent: the new one starts now (a decoder
+        // drops the unfinished PES at the signalled discontinuity).
+        carry.clear();
+        carry_plan.clear();
     }
 }
 
