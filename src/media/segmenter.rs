@@ -92,6 +92,7 @@ pub struct Segmenter {
     /// The name written into the SDT in front of every segment.
     service_name: Option<String>,
     sdt: Option<[u8; PACKET]>,
+    sdt_cc: u8,
     /// An access unit whose keyframe scan has not answered: its packets, from the PES start.
     pending: Vec<u8>,
     scan: Option<RapScan>,
@@ -129,6 +130,7 @@ impl Segmenter {
             video: None,
             service_name: None,
             sdt: None,
+            sdt_cc: 0,
             pending: Vec::new(),
             scan: None,
             pending_at_us: 0,
@@ -396,7 +398,10 @@ impl Segmenter {
             self.cur.extend_from_slice(&pmt);
             psi = true;
         }
-        if let Some(sdt) = self.sdt {
+        if let Some(mut sdt) = self.sdt {
+            // Our SDT is sent once per segment: its counter moves on each time.
+            ts::set_cc(&mut sdt, self.sdt_cc);
+            self.sdt_cc = (self.sdt_cc + 1) & 0x0f;
             self.cur.extend_from_slice(&sdt);
         }
         self.cur_entry = psi && keyframe_next;
