@@ -38,7 +38,9 @@ pub const MAX_PIDS: usize = 32;
 #[derive(Clone, Copy, Debug)]
 struct TableCc {
     pid: u16,
-    last: u8,
+    /// Counters of the last packet taken in and sent out.
+    last_in: u8,
+    last_out: u8,
     shift: u8,
     realign: bool,
 }
@@ -322,9 +324,11 @@ impl Splicer {
             let k = match self.tables.iter().position(|t| t.pid == pid) {
                 Some(k) => k,
                 None => {
+                    let prev = cc.wrapping_sub(1) & 0x0f;
                     self.tables.push(TableCc {
                         pid,
-                        last: cc.wrapping_sub(1) & 0x0f,
+                        last_in: prev,
+                        last_out: prev,
                         shift: 0,
                         realign: false,
                     });
@@ -332,13 +336,19 @@ impl Splicer {
                 }
             };
             let t = &mut self.tables[k];
-            if t.realign && ts::has_payload(q) {
-                t.shift = (t.last + 1).wrapping_sub(cc) & 0x0f;
-                t.realign = false;
+            if ts::has_payload(q) {
+                // After a break, or where the input's own counter jumps (a looped file's
+                // tables restart behind the copies in front): continue our sequence.
+                let follows = cc == t.last_in || cc == (t.last_in + 1) & 0x0f;
+                if t.realign || !follows {
+                    t.shift = (t.last_out + 1).wrapping_sub(cc) & 0x0f;
+                    t.realign = false;
+                }
+                t.last_in = cc;
             }
             let out_cc = (cc + t.shift) & 0x0f;
             ts::set_cc(q, out_cc);
-            t.last = out_cc;
+            t.last_out = out_cc;
             if self.version_shift != 0 {
                 shift_version(q, self.version_shift);
             }
@@ -488,6 +498,27 @@ mod tests {
         let brk = video.iter().position(|&(_, d)| d).unwrap();
         assert_eq!(video[brk + 1], (true, false));
         assert!(s.dropped_packets > 0);
+    }
+
+    #[test]
+    fn a_looped_input_keeps_table_counters_continuous() {
+        let mut s = Splicer::new();
+        let mut out = Vec::new();
+        s.segment(&segment(0), true, false, &mut out);
+        s.segment(&segment(1), true, false, &mut out);
+        // The input starts over: the copy in front repeats the last PAT, then the restarted
+        // input's own tables and streams count from where the file began.
+        let mut looped = pat(1).to_vec();
+        looped.extend_from_slice(&segment(0));
+        s.segment(&looped, true, true, &mut out);
+        s.segment(&segment(1), true, false, &mut out);
+        let r = {
+            let mut c = Checker::new();
+            c.push_bytes(&out, 0);
+            c.report()
+        };
+        assert_eq!(r.errors(), 0, "{r:?}");
+        assert_eq!(r.discontinuities, 2);
     }
 
     #[test]
