@@ -300,8 +300,28 @@ fn through_the_swarm(codec: &str, name: &str, group: &str) {
     let (up, rp) = (free_udp_port(), free_udp_port() & !1);
     let udp_url = format!("udp://{group}:{up}?localaddr=127.0.0.1&timeout=40000000");
     let udp_player = Player::start(&dir, "udp", &["-i", &udp_url]);
-    let rtp_url = format!("rtp://127.0.0.1:{rp}?timeout=40000000");
-    let rtp_player = Player::start(&dir, "rtp", &["-i", &rtp_url]);
+    // RTP is read as a player that knows the session does, from an SDP (ffmpeg's bare
+    // rtp:// reader closes and reopens its socket after the first datagram, losing the
+    // stream's first packets, tables and keyframe included).
+    let sdp = dir.join("rtp.sdp");
+    std::fs::write(
+        &sdp,
+        format!(
+            "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=coolstream\r\nc=IN IP4 127.0.0.1\r\n\
+             t=0 0\r\nm=video {rp} RTP/AVP 33\r\na=rtpmap:33 MP2T/90000\r\n"
+        ),
+    )
+    .unwrap();
+    let rtp_player = Player::start(
+        &dir,
+        "rtp",
+        &[
+            "-protocol_whitelist",
+            "file,udp,rtp",
+            "-i",
+            sdp.to_str().unwrap(),
+        ],
+    );
     // An in-process TR 101 290 check on the multicast output too.
     let mc = multicast_socket(group, up);
     std::thread::sleep(Duration::from_millis(500));
