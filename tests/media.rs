@@ -211,7 +211,7 @@ impl Player {
             .lines()
             .filter_map(|l| l.strip_prefix("frame="))
             .filter_map(|v| v.trim().parse().ok())
-            .last()
+            .next_back()
             .unwrap_or(0);
         eprintln!("{}: ok {ok}, {frames} frames, errors {err:?}", self.what);
         (ok, err, frames)

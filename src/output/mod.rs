@@ -188,7 +188,7 @@ impl Feed {
         let due = entries()
             .filter(|(_, i)| matches!(i, FeedItem::Segment { due, .. } if *due <= now))
             .map(|(k, _)| k)
-            .last();
+            .next_back();
         let start = due
             .or_else(|| entries().map(|(k, _)| k).next())
             .unwrap_or(recent.len());
