@@ -514,3 +514,104 @@ fn garbage_in_the_input_is_skipped_and_the_channel_goes_on() {
     assert!(!log.contains("panicked"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A UDP output pointed at another channel while it runs (the zap mechanism): the new
+/// channel starts at an entry point, the break is signalled on every stream, the tables get a
+/// new version, and the output stays whole datagrams with no TR 101 290 error.
+#[test]
+fn a_udp_output_changes_channel_cleanly() {
+    use coolstream::media::segmenter::{CutRule, Segmenter};
+    use coolstream::media::ts::{self, PACKET};
+    use coolstream::output::{udp, Feed, FeedItem};
+    use coolstream::proto::wire::{flags, SegmentBody};
+    use coolstream::proto::{Segment, Seq};
+    use std::sync::Arc;
+
+    // The bundled demo stream cut into segments: channel A plays it, channel B too.
+    let mut seg = Segmenter::new(1000, CutRule::RandomAccess);
+    let mut cuts = Vec::new();
+    for (i, p) in coolstream::daemon::demo::DEMO_TS
+        .chunks_exact(PACKET)
+        .enumerate()
+    {
+        if let Some(c) = seg.push(p.try_into().unwrap(), i as u64) {
+            cuts.push(c);
+        }
+    }
+    // Each channel's segments follow on within the stream (no wrap): k + 1 < cuts.len() - 1.
+    assert!(
+        cuts.len() >= 7 && cuts[1..].iter().all(|c| c.entry_point),
+        "{}",
+        cuts.len()
+    );
+    let item = |k: usize| {
+        let c = &cuts[1 + k];
+        FeedItem::Segment {
+            seg: Segment {
+                seq: Seq(k as u32),
+                origin_us: 0,
+                duration_us: c.duration_us,
+                flags: flags::ENTRY_POINT,
+                payload: Arc::new(SegmentBody {
+                    signature: [[0; 32]; 2],
+                    data: c.data.clone(),
+                }),
+            },
+            due: Instant::now(),
+        }
+    };
+    let (a, b) = (Feed::new("a"), Feed::new("b"));
+    let port = free_udp_port();
+    let rx = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt.block_on(async {
+        let (retarget, feeds) = tokio::sync::watch::channel(a.clone());
+        let out = udp::UdpOut::parse(&format!("udp://127.0.0.1:{port}")).unwrap();
+        let sender = tokio::spawn(udp::run(out, feeds));
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                if let Ok(n) = rx.recv(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            got
+        });
+        // One segment a second on each channel; the output moves from A to B after 2.5 s.
+        for k in 0..5 {
+            a.publish(item(k));
+            b.publish(item(k + 1));
+            if k == 2 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                retarget.send(b.clone()).unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            } else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        let got = reader.await.unwrap();
+        sender.abort();
+        got
+    });
+    assert!(got.len() > 50, "{} datagrams", got.len());
+    assert!(got.iter().all(|d| d.len() == 1316), "whole datagrams only");
+    let all: Vec<u8> = got.concat();
+    let r = tr101290(&all);
+    assert_eq!(r.errors(), 0, "{r:?}");
+    assert!(r.discontinuities >= 2, "the change is signalled: {r:?}");
+    // PAT versions: 0 on A, then 1 on B.
+    let mut versions = Vec::new();
+    let mut secs = coolstream::media::psi::Sections::new();
+    for p in all.chunks_exact(PACKET).filter(|p| ts::pid(p) == 0) {
+        secs.push(p.try_into().unwrap(), |s| versions.push((s[5] >> 1) & 0x1f));
+    }
+    versions.dedup();
+    assert_eq!(versions, vec![0, 1]);
+}

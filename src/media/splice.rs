@@ -288,6 +288,19 @@ impl Splicer {
         self.held = clean;
     }
 
+    /// Packets this splicer wrote out that will not be sent after all (an output dropping the
+    /// rest of a channel it leaves): the tables' counters go back to before them.
+    pub fn unsent(&mut self, data: &[u8]) {
+        for t in self.tables.iter_mut() {
+            let first = data
+                .chunks_exact(PACKET)
+                .find(|p| ts::pid(p) == t.pid && ts::has_payload(p));
+            if let Some(p) = first {
+                t.last_out = ts::cc(p).wrapping_sub(1) & 0x0f;
+            }
+        }
+    }
+
     fn break_tables(&mut self) {
         for t in self.tables.iter_mut() {
             t.realign = true;

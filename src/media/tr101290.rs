@@ -81,6 +81,7 @@ pub struct Checker {
     last_pat_us: Option<u64>,
     pcr_pid: Option<u16>,
     last_pcr: Option<u64>,
+    pcr_break: bool,
     now_us: u64,
     last_arrival_us: Option<u64>,
     r: Report,
@@ -140,15 +141,20 @@ impl Checker {
 
     fn clock(&mut self, p: &[u8], arrival_us: u64) {
         let pid = ts::pid(p);
+        // A discontinuity on the PCR PID starts a new timebase at its next PCR.
+        if ts::discontinuity(p) && Some(pid) == self.pcr_pid {
+            self.pcr_break = true;
+        }
         if let Some(pcr) = ts::pcr(p) {
             let pcr_pid = *self.pcr_pid.get_or_insert(pid);
             if pcr_pid == pid {
                 if let Some(last) = self.last_pcr {
                     let d = ts::pcr_delta(last, pcr) * 1_000_000 / PCR_HZ;
-                    if d <= 1_000_000 && !ts::discontinuity(p) {
+                    if d <= 1_000_000 && !self.pcr_break {
                         self.now_us += d;
                     }
                 }
+                self.pcr_break = false;
                 self.last_pcr = Some(pcr);
             }
             return;

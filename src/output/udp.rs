@@ -142,24 +142,26 @@ pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>) -> std::io:
                 send(&sock, &out, &mut rtp, clock.rtp_time(due), chunk).await?;
                 sent = i + 1;
             }
-            carry.drain(..sent * DATAGRAM_TS);
-            carry_plan.drain(..sent * PER_DATAGRAM);
-            sent = 0;
             if changed {
                 break true;
             }
+            carry.drain(..sent * DATAGRAM_TS);
+            carry_plan.drain(..sent * PER_DATAGRAM);
+            sent = 0;
         };
         if !switched {
             return Ok(());
         }
         log::info!("udp output: channel changed");
-        spliced.clear();
-        splicer.change_channel(&mut spliced);
-        clock.restart();
         // What is left of the old channel is not sent: the new one starts now (a decoder
         // drops the unfinished PES at the signalled discontinuity).
+        carry.drain(..sent * DATAGRAM_TS);
+        splicer.change_channel(&mut carry);
+        splicer.unsent(&carry);
+        clock.restart();
         carry.clear();
         carry_plan.clear();
+        sent = 0;
     }
 }
 
