@@ -342,6 +342,10 @@ fn through_the_swarm(codec: &str, name: &str, group: &str) {
     );
     let url1 = format!("http://127.0.0.1:{h1}/ch/{name}.ts");
     let url2 = format!("http://127.0.0.1:{h2}/ch/{name}.ts");
+    // A player that never reads: its queue fills and it falls behind on its own; the node
+    // and the other players never wait for it.
+    let mut stalled = TcpStream::connect(("127.0.0.1", h1)).unwrap();
+    write!(stalled, "GET /ch/{name}.ts HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let http_player = Player::start(&dir, "http", &["-i", &url1]);
     let gap_player = Player::start(&dir, "gap", &["-i", &url2]);
     let first = first_frame_is_key(&url1);
@@ -392,6 +396,7 @@ fn through_the_swarm(codec: &str, name: &str, group: &str) {
             want + 5
         );
     }
+    drop(stalled);
     drop(peers);
     let _ = std::fs::remove_dir_all(&dir);
 }
