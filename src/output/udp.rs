@@ -323,6 +323,8 @@ impl PcrClock {
             self.base = Some((v, now));
             due = now;
         }
+        // Re-anchored at every PCR: the mapping never spans a wrap of the 33-bit clock.
+        self.base = Some((v, due));
         self.last = Some((v, due, 0));
         due
     }
