@@ -107,6 +107,19 @@ pub struct Config {
     /// Source only: times one segment is uploaded at most (fresh data first, the swarm
     /// relays the rest).
     pub source_max_copies: u8,
+    /// How long a peer that sent a segment failing verification stays banned.
+    pub ban_duration: Duration,
+    /// Membership records one peer may teach us per gossip interval (a deputy's answer is
+    /// [`super::wire::MAX_ENTRIES_PER_MESSAGE`]); more are ignored, so one peer cannot fill
+    /// the mCache with members of its choosing.
+    pub max_learned_per_peer: u32,
+    /// Requests one partner may make of us per refinement period, in stream segments per
+    /// second of the period: a viewer plays one a second, a relay fetches a few more; past
+    /// this, its requests are answered busy.
+    pub max_request_rate: f64,
+    /// A partner whose requests time out this often in a refinement period, more often than
+    /// it delivers, advertises what it does not send: it is dropped and replaced.
+    pub liar_timeouts: u32,
 }
 
 /// Most partners any node accepts, whatever its upload.
@@ -206,6 +219,10 @@ impl Config {
             parent_lag_limit: 2,
             pull_lead: Duration::from_millis(3000),
             push_queue_per_child: 8,
+            ban_duration: Duration::from_secs(600),
+            max_learned_per_peer: 48,
+            max_request_rate: 4.0,
+            liar_timeouts: 3,
         }
     }
 }
@@ -247,6 +264,10 @@ impl Config {
         "start_buffer",
         "offers",
         "strong_partner_scale",
+        "ban_duration_ms",
+        "max_learned_per_peer",
+        "max_request_rate",
+        "liar_timeouts",
     ];
 
     /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
@@ -288,6 +309,10 @@ impl Config {
             "start_buffer" => self.start_buffer = num(key, value)?,
             "offers" => self.offers = num::<u8>(key, value)? != 0,
             "strong_partner_scale" => self.strong_partner_scale = num(key, value)?,
+            "ban_duration_ms" => self.ban_duration = ms(value)?,
+            "max_learned_per_peer" => self.max_learned_per_peer = num(key, value)?,
+            "max_request_rate" => self.max_request_rate = num(key, value)?,
+            "liar_timeouts" => self.liar_timeouts = num(key, value)?,
             _ => {
                 return Err(SettingError(format!(
                     "unknown setting '{key}' (known: {})",
