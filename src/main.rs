@@ -369,6 +369,7 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
         "udp-out",
         "upload-kbps",
         "stats-json",
+        "play-log",
     ])?;
     let channel = ChannelId::from_hex(&required(&f, "channel")?)
         .ok_or_else(|| UsageError("--channel: expected 64 hex characters".into()))?;
@@ -412,6 +413,7 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
         upload_kbps: upload_kbps(&f)?,
         stats_json: optional_path(&f, "stats-json")?,
         report: None,
+        play_log: optional_path(&f, "play-log")?,
     };
     let rt = runtime()?;
     daemon_result(rt.block_on(run_peer(args, shutdown_signal())))
