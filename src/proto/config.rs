@@ -117,8 +117,8 @@ pub struct Config {
     /// second of the period: a viewer plays one a second, a relay fetches a few more; past
     /// this, its requests are answered busy.
     pub max_request_rate: f64,
-    /// A partner whose requests time out this often in a refinement period, more often than
-    /// it delivers, advertises what it does not send: it is dropped and replaced.
+    /// A partner whose requests time out this often in a refinement period while it
+    /// delivers nothing advertises what it does not send: it is dropped and replaced.
     pub liar_timeouts: u32,
 }
 

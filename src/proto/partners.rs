@@ -96,9 +96,10 @@ impl Partner {
     }
 
     /// It advertised segments, failed to deliver at least `limit` of our requests for them
-    /// this period, and delivered fewer than it failed.
+    /// this period, and delivered none. (A partner that delivers some and misses some is
+    /// slow, not lying: its score already says so.)
     pub fn lies(&self, limit: u32) -> bool {
-        self.failed >= limit.max(1) && self.failed > self.received
+        self.failed >= limit.max(1) && self.received == 0
     }
 
     pub fn note_sent(&mut self, seq: Seq) {
