@@ -17,8 +17,11 @@ use crate::proto::wire::{
 };
 use crate::proto::{Config, Duration, Input, Instant, LinkId, Message, Node, PeerAddr, PeerId};
 
+/// A property check over untrusted bytes.
+pub type Check = fn(&[u8]);
+
 /// The fuzz targets, by name (a directory under `fuzz/corpus/` each).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("wire_frame", wire_frame),
     ("node_input", node_input),
     ("ts_segmenter", ts_segmenter),
@@ -115,21 +118,16 @@ pub fn node_input(data: &[u8]) {
     let mut r = FrameReader::new(MAX_FRAME_LEN);
     r.push(data);
     let mut outputs = 0usize;
-    loop {
-        match r.next_message() {
-            Ok(Some(msg)) => {
-                now = now + Duration::from_millis(137);
-                node.handle_input(now, Input::Received { link, msg });
-                node.handle_timeout(now);
-            }
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(msg)) = r.next_message() {
+        now += Duration::from_millis(137);
+        node.handle_input(now, Input::Received { link, msg });
+        node.handle_timeout(now);
         while node.poll_output().is_some() {
             outputs += 1;
         }
     }
     for _ in 0..4 {
-        now = now + Duration::from_secs(3);
+        now += Duration::from_secs(3);
         node.handle_timeout(now);
         while node.poll_output().is_some() {
             outputs += 1;
@@ -215,7 +213,7 @@ pub fn config_settings(data: &[u8]) {
         },
     );
     for _ in 0..8 {
-        now = now + Duration::from_millis(700);
+        now += Duration::from_millis(700);
         node.handle_timeout(now);
         while node.poll_output().is_some() {}
     }

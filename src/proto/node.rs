@@ -276,6 +276,10 @@ const MAX_INCOMING: usize = 32;
 /// An upload the driver has not reported done this long after it should have is forgotten
 /// (its link stalled or the data it was forwarding never came).
 const UPLOAD_STUCK: Duration = Duration::from_secs(10);
+/// A joined peer that has received no new segment for this many segment durations asks the
+/// origin again, partners or not: the source may have restarted, and partners that all lost
+/// it would otherwise wait among themselves for ever.
+const STARVED_AFTER: u64 = 3;
 /// Grace past the requester's deadline a supplier still accepts (estimates are rough).
 const DEADLINE_GRACE: Duration = Duration::from_millis(200);
 
@@ -301,6 +305,8 @@ pub struct Node<P> {
     bootstrap: Vec<PeerAddr>,
     bootstrap_next: usize,
     rebootstrap_at: Option<Instant>,
+    /// When the newest segment we hold last moved on (see `STARVED_AFTER`).
+    last_fresh: Instant,
     member_seq: u32,
     next_gossip: Instant,
     next_refine: Instant,
@@ -362,6 +368,7 @@ impl<P: Payload> Node<P> {
             bootstrap: Vec::new(),
             bootstrap_next: 0,
             rebootstrap_at: None,
+            last_fresh: now,
             member_seq: 0,
             next_gossip,
             next_refine,
@@ -522,6 +529,7 @@ impl<P: Payload> Node<P> {
                     return Err(CommandError::NoBootstrap);
                 }
                 self.joined = true;
+                self.last_fresh = now;
                 self.stats.joined_at = Some(self.now);
                 self.bootstrap = bootstrap;
                 self.bootstrap_next = self.rng.below(self.bootstrap.len());
@@ -1632,8 +1640,12 @@ impl<P: Payload> Node<P> {
             }
             None => false,
         };
+        let fresh = self.store.newest().is_none_or(|n| seq.is_after(n));
         match self.store.insert(seg) {
             Inserted::New => {
+                if fresh {
+                    self.last_fresh = self.now;
+                }
                 if !announced {
                     self.push_to_children(seq);
                     self.announce(seq, Some(link));
@@ -2415,9 +2427,30 @@ impl<P: Payload> Node<P> {
                 self.dial_bootstrap();
             }
         }
+        self.rebootstrap_if_starved();
         self.maintain_partners();
         self.check_parents();
         self.schedule_due = true;
+    }
+
+    /// See `STARVED_AFTER`. Not while linked to the source (its input may just have paused),
+    /// and at most once per `REBOOTSTRAP_BACKOFF`.
+    fn rebootstrap_if_starved(&mut self) {
+        let now = self.now;
+        let starved = self.nominal().mul(STARVED_AFTER);
+        if self.cfg.role != Role::Peer
+            || !self.joined
+            || now.saturating_since(self.last_fresh) < starved
+            || self.rebootstrap_at.is_some_and(|at| now < at)
+            || self
+                .links
+                .iter()
+                .any(|l| l.peer.is_some_and(|p| p.role == Role::Source))
+        {
+            return;
+        }
+        self.dial_bootstrap();
+        self.rebootstrap_at = Some(now + REBOOTSTRAP_BACKOFF);
     }
 
     fn gossip(&mut self) {
