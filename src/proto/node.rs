@@ -282,6 +282,15 @@ const UPLOAD_STUCK: Duration = Duration::from_secs(10);
 const STARVED_AFTER: u64 = 3;
 /// Grace past the requester's deadline a supplier still accepts (estimates are rough).
 const DEADLINE_GRACE: Duration = Duration::from_millis(200);
+/// A peer that refused us as a partner (or could not be reached) is not asked again for this
+/// long: in a small swarm the mCache holds few candidates, and without it a full peer would
+/// be re-dialled the moment it says no, as fast as the network answers.
+const REFUSAL_BACKOFF: Duration = Duration::from_secs(10);
+/// A partner request from a peer with fewer partners than this is from a newcomer (or an
+/// orphan): see [`Config::partner_cap`].
+const NEEDY_PARTNERS: usize = 2;
+/// Refusals remembered at most (the oldest is forgotten first).
+const REFUSAL_MEMORY: usize = 16;
 
 pub struct Node<P> {
     cfg: Config,
@@ -290,6 +299,9 @@ pub struct Node<P> {
     now: Instant,
     links: Vec<Link>,
     pending_dials: Vec<PendingDial>,
+    /// Addresses that refused to partner (or failed to answer) recently: see
+    /// [`REFUSAL_BACKOFF`]. At most [`REFUSAL_MEMORY`] entries.
+    refusals: Vec<(PeerAddr, Instant)>,
     mcache: MCache,
     store: Store<P>,
     requests: Vec<Request>,
@@ -358,6 +370,7 @@ impl<P: Payload> Node<P> {
             now,
             links: Vec::new(),
             pending_dials: Vec::new(),
+            refusals: Vec::new(),
             store,
             requests: Vec::new(),
             uploads: Vec::new(),
@@ -731,16 +744,16 @@ impl<P: Payload> Node<P> {
             match purpose {
                 Purpose::Bootstrap => {
                     self.send(i, Control::Join);
-                    self.send(i, Control::PartnerRequest);
+                    self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::REDIRECT | awaiting::PARTNER;
                 }
                 Purpose::Deputy => {
                     self.send(i, Control::MembersRequest);
-                    self.send(i, Control::PartnerRequest);
+                    self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::MEMBERS | awaiting::PARTNER;
                 }
                 Purpose::Partner => {
-                    self.send(i, Control::PartnerRequest);
+                    self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::PARTNER;
                 }
                 Purpose::Inbound => {}
@@ -754,6 +767,7 @@ impl<P: Payload> Node<P> {
         };
         let d = self.pending_dials.swap_remove(k);
         self.mcache.forget_addr(remote);
+        self.note_refusal(remote);
         if d.purpose == Purpose::Bootstrap && self.partner_count() == 0 {
             self.rebootstrap_at = Some(self.now + REBOOTSTRAP_BACKOFF);
         }
@@ -839,6 +853,10 @@ impl<P: Payload> Node<P> {
             match c {
                 Control::Hello(h) => self.on_hello(i, h),
                 Control::Bye(_) => {
+                    if self.links[i].purpose == Purpose::Partner {
+                        let remote = self.links[i].remote;
+                        self.note_refusal(remote);
+                    }
                     let id = self.links[i].id;
                     self.out.push_back(Output::Close { link: id });
                     self.remove_link(i);
@@ -850,6 +868,10 @@ impl<P: Payload> Node<P> {
         match c {
             Control::Hello(_) => self.close(i, ByeReason::Protocol),
             Control::Bye(_) => {
+                if self.links[i].awaiting & awaiting::PARTNER != 0 {
+                    let remote = self.links[i].remote;
+                    self.note_refusal(remote);
+                }
                 let id = self.links[i].id;
                 self.out.push_back(Output::Close { link: id });
                 self.remove_link(i);
@@ -894,7 +916,7 @@ impl<P: Payload> Node<P> {
                     self.broadcast_except(from, Control::Depart { id, seq });
                 }
             }
-            Control::PartnerRequest => self.on_partner_request(i),
+            Control::PartnerRequest { partners } => self.on_partner_request(i, partners),
             Control::PartnerAccept => {
                 if self.links[i].awaiting & awaiting::PARTNER != 0 {
                     self.links[i].awaiting &= !awaiting::PARTNER;
@@ -910,6 +932,8 @@ impl<P: Payload> Node<P> {
             }
             Control::PartnerReject(entries) => {
                 self.learn_all(i, &entries);
+                let remote = self.links[i].remote;
+                self.note_refusal(remote);
                 self.links[i].awaiting &= !awaiting::PARTNER;
                 self.close_if_done(i);
                 self.maintain_partners();
@@ -1140,7 +1164,13 @@ impl<P: Payload> Node<P> {
         self.send(i, Control::Redirect { deputy, members });
     }
 
-    fn on_partner_request(&mut self, i: usize) {
+    fn partner_request(&self) -> Control {
+        Control::PartnerRequest {
+            partners: self.partner_count().min(u8::MAX as usize) as u8,
+        }
+    }
+
+    fn on_partner_request(&mut self, i: usize, asker_partners: u8) {
         let Some(peer) = self.links[i].peer else {
             return;
         };
@@ -1148,7 +1178,15 @@ impl<P: Payload> Node<P> {
             .links
             .iter()
             .any(|l| l.partner.is_some() && l.peer.is_some_and(|p| p.id == peer.id));
-        let room = self.partner_count() < self.cfg.accept_limit();
+        // Established peers fill every free slot, so a newcomer would find the swarm full:
+        // one with (almost) no partners gets a few slots above the limit, which refinement
+        // gives back later.
+        let limit = if (asker_partners as usize) < NEEDY_PARTNERS {
+            self.cfg.partner_cap()
+        } else {
+            self.cfg.accept_limit()
+        };
+        let room = self.partner_count() < limit;
         if room && !duplicate && peer.role == Role::Peer {
             self.send(i, Control::PartnerAccept);
             self.become_partners(i);
@@ -1266,21 +1304,31 @@ impl<P: Payload> Node<P> {
         // When it would be done: after the uploads in progress and the queued ones that go
         // first (those about to miss, and fresher ones).
         let critical_before = self.critical_before(xfer);
+        // A request about to miss its deadline (a newcomer's first segments, a late one) is
+        // served before everything that is not: only those go ahead of it.
+        let critical = deadline <= critical_before;
         let ahead = self
             .uploads
             .iter()
-            .filter(|u| (!u.push && u.deadline <= critical_before) || u.seq.is_after(seq))
+            .filter(|u| {
+                let urgent = !u.push && u.deadline <= critical_before;
+                if critical {
+                    urgent && u.deadline <= deadline
+                } else {
+                    urgent || u.seq.is_after(seq)
+                }
+            })
             .count() as u64;
         let finish = self.now + self.active_remaining() + xfer.mul(ahead + 1);
-        // A full queue makes room for a fresher request by turning away its stalest one:
-        // old segments are widely held and their requesters find them elsewhere, while a
-        // fresh one has few holders, and this may be one.
+        // A full queue makes room for a fresher request (or a critical one) by turning away
+        // its stalest non-critical one: old segments are widely held and their requesters
+        // find them elsewhere, while a fresh one has few holders, and this may be one.
         let mut evict = None;
         if self.backlog() >= self.max_backlog() || pulls_queued >= self.cfg.upload_queue_capacity {
             evict = (0..self.uploads.len())
                 .filter(|&k| {
                     let u = &self.uploads[k];
-                    !u.push && u.deadline > critical_before && u.seq.is_before(seq)
+                    !u.push && u.deadline > critical_before && (critical || u.seq.is_before(seq))
                 })
                 .min_by(|&a, &b| self.uploads[a].seq.serial_cmp(self.uploads[b].seq));
         }
@@ -2549,11 +2597,24 @@ impl<P: Payload> Node<P> {
         }
     }
 
+    /// Remembers that `addr` refused us (or did not answer), replacing the oldest memory
+    /// when full.
+    fn note_refusal(&mut self, addr: PeerAddr) {
+        let now = self.now;
+        self.refusals
+            .retain(|&(a, at)| a != addr && now.saturating_since(at) < REFUSAL_BACKOFF);
+        if self.refusals.len() == REFUSAL_MEMORY {
+            self.refusals.remove(0);
+        }
+        self.refusals.push((addr, now));
+    }
+
     fn dial_candidate(&mut self) -> bool {
         let now = self.now;
         // Borrow dance: the filter reads links and dials while the mCache is sampled.
         let links = &self.links;
         let dials = &self.pending_dials;
+        let refusals = &self.refusals;
         let me = self.id;
         let cand = self.mcache.pick_candidate(&mut self.rng, now, |e| {
             e.id != me
@@ -2561,6 +2622,9 @@ impl<P: Payload> Node<P> {
                     .iter()
                     .any(|l| l.peer.is_some_and(|p| p.id == e.id) || l.remote == e.addr)
                 && !dials.iter().any(|d| d.addr == e.addr)
+                && !refusals
+                    .iter()
+                    .any(|&(a, at)| a == e.addr && now.saturating_since(at) < REFUSAL_BACKOFF)
         });
         match cand {
             Some(e) => self.dial(e.addr, Purpose::Partner),
