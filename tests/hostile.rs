@@ -271,7 +271,9 @@ fn attack(port: u16, channel: ChannelId) -> usize {
     // it reads nothing.
     let slow = connect(port).map(|mut s| {
         let _ = s.write_all(&frame(&hello(channel, 0x5100)));
-        let _ = s.write_all(&frame(&Message::Ctl(Control::PartnerRequest)));
+        let _ = s.write_all(&frame(&Message::Ctl(Control::PartnerRequest {
+            partners: 0,
+        })));
         let until = Instant::now() + Duration::from_secs(3);
         let mut map: Option<BufferMap> = None;
         while map.is_none() && Instant::now() < until {
