@@ -396,6 +396,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn before_hello_only_control_sized_frames_and_a_trickle_times_out() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let c = Counters::default();
+        // A segment-sized prefix from a stranger is refused before anything is reserved.
+        let big = (MAX_CONTROL_LEN + 1).to_be_bytes();
+        let mut rd = &big[..];
+        let b = budget();
+        assert!(matches!(
+            read_frame_capped(&mut rd, MAX_CONTROL_LEN, &v, &b, &c).await,
+            Err(LinkError::Wire(WireError::TooLong { .. }))
+        ));
+        assert_eq!(b.available_permits(), BODY_BUDGET_KIB);
+        // A body that never comes ends the link once its deadline passes (5 s here).
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        tx.write_all(&100u32.to_be_bytes()).await.unwrap();
+        let r = read_frame_capped(&mut rx, MAX_CONTROL_LEN, &v, &b, &c).await;
+        assert!(matches!(r, Err(LinkError::Slow)), "{r:?}");
+        drop(tx);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn writer_reports_sent_after_a_segment_and_flushes_on_close() {
         let key = ChannelKey::from_seed([1; 32]);
         let (a, mut b) = tokio::io::duplex(1 << 20);
