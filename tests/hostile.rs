@@ -7,6 +7,11 @@
 //!   signatures, valid framing). No altered byte is played anywhere (each peer's play log is
 //!   compared digest by digest with the source's segment log), and the polluters are banned.
 //! - Chaos: 32 peers, a fifth killed with SIGKILL at once; the survivors keep playing.
+//! - A source killed for 10 s and restarted with the same key: players stay connected and the
+//!   swarm plays again soon after it is back on air.
+//! - In memory, the core: a polluter banned by id and address; a partner that requests far
+//!   more than it could play throttled; a partner that advertises what it never delivers
+//!   replaced.
 //!
 //! Each test uses the bundled stream (`assets/demo.ts`), so none needs ffmpeg.
 
@@ -825,4 +830,183 @@ fn the_core_bans_a_polluter_by_id_and_address_and_drops_what_it_taught() {
     assert!(!drain(&mut node)
         .iter()
         .any(|o| matches!(o, Output::Close { link } if *link == LinkId(5))));
+}
+
+#[test]
+fn a_partner_that_requests_far_more_than_it_could_play_is_throttled() {
+    let channel = ChannelId([6; 32]);
+    let mut cfg = Config::new(channel, Role::Source, 96_000);
+    // Let every request through but the throttle: no copy limit, a fast uplink.
+    cfg.source_max_copies = u8::MAX;
+    cfg.upload_bytes_per_s = 10_000_000;
+    let (rate, period, window) = (cfg.max_request_rate, cfg.refine_interval, cfg.window);
+    let mut now = CoreInstant::ZERO;
+    let mut node: Node<SimPayload> = Node::new(cfg, PeerId(1), 3, now);
+    let link = LinkId(1);
+    node.handle_input(
+        now,
+        Input::LinkUp {
+            link,
+            remote: PeerAddr::V4([10, 0, 0, 9], 40_000),
+            outbound: false,
+        },
+    );
+    for m in [
+        Control::Hello(Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel,
+            peer_id: PeerId(2),
+            listen_port: 7000,
+            role: Role::Peer,
+            upload_kbps: 1000,
+        }),
+        Control::PartnerRequest { partners: 0 },
+    ] {
+        node.handle_input(
+            now,
+            Input::Received {
+                link,
+                msg: Message::Ctl(m),
+            },
+        );
+    }
+    while node.poll_output().is_some() {}
+    // 200 requests in 10 s, each for the newest segment: a viewer plays 10 in that time.
+    let (mut served, mut busy) = (0u32, 0u32);
+    for k in 0..200u32 {
+        now += coolstream::proto::Duration::from_millis(50);
+        let seg = coolstream::proto::Segment {
+            seq: coolstream::proto::Seq(k),
+            origin_us: 0,
+            duration_us: 1_000_000,
+            flags: 0,
+            payload: SimPayload { len: 1000, hops: 0 },
+        };
+        node.handle_input(now, Input::Ingest(seg));
+        let r = Control::Request {
+            seq: coolstream::proto::Seq(k),
+            deadline_ms: 5000,
+        };
+        node.handle_input(
+            now,
+            Input::Received {
+                link,
+                msg: Message::Ctl(r),
+            },
+        );
+        while let Some(o) = node.poll_output() {
+            match o {
+                Output::Send {
+                    msg: Message::Segment(_),
+                    ..
+                } => {
+                    served += 1;
+                    node.handle_input(now, Input::Sent { link });
+                }
+                Output::Send {
+                    msg: Message::Ctl(Control::Busy { .. }),
+                    ..
+                } => busy += 1,
+                _ => {}
+            }
+        }
+    }
+    let allowed = (rate * period.as_secs_f64() + window as f64 / 4.0) as u32;
+    eprintln!("throttle: {served} of 200 requests served, {busy} busy (allowed {allowed})");
+    assert!(
+        served <= allowed + 1 && served >= allowed - 5,
+        "served {served}, allowed {allowed}"
+    );
+    assert_eq!(served + busy, 200);
+}
+
+#[test]
+fn a_partner_that_advertises_what_it_never_delivers_is_replaced() {
+    let channel = ChannelId([7; 32]);
+    let cfg = Config::new(channel, Role::Peer, 96_000);
+    let refine = cfg.refine_interval;
+    let mut now = CoreInstant::ZERO;
+    let mut node: Node<SimPayload> = Node::new(cfg, PeerId(1), 4, now);
+    let origin = PeerAddr::V4([10, 0, 0, 1], 7000);
+    node.command(
+        now,
+        coolstream::proto::Command::Join {
+            bootstrap: vec![origin],
+        },
+    )
+    .unwrap();
+    while node.poll_output().is_some() {}
+    let link = LinkId(1);
+    node.handle_input(
+        now,
+        Input::LinkUp {
+            link,
+            remote: origin,
+            outbound: true,
+        },
+    );
+    // The liar: a peer that answers like an origin, accepts the partnership and advertises
+    // a full window it never sends.
+    let mut map = BufferMap::empty(coolstream::proto::Seq(1000));
+    for s in 1000..1100 {
+        map.set(coolstream::proto::Seq(s));
+    }
+    for m in [
+        Control::Hello(Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel,
+            peer_id: PeerId(66),
+            listen_port: 7000,
+            role: Role::Peer,
+            upload_kbps: 10_000,
+        }),
+        Control::Redirect {
+            deputy: None,
+            members: Vec::new(),
+        },
+        Control::PartnerAccept,
+    ] {
+        node.handle_input(
+            now,
+            Input::Received {
+                link,
+                msg: Message::Ctl(m),
+            },
+        );
+    }
+    let (mut requests, mut dropped_at) = (0, None);
+    let until = now + refine.mul(3);
+    while now < until && dropped_at.is_none() {
+        now += coolstream::proto::Duration::from_millis(250);
+        // It keeps advertising, and keeps talking (so it is not simply timed out as silent).
+        node.handle_input(
+            now,
+            Input::Received {
+                link,
+                msg: Message::Ctl(Control::BufferMap {
+                    map: map.clone(),
+                    backlog_ms: 0,
+                    playing: None,
+                    spare: 0,
+                }),
+            },
+        );
+        node.handle_timeout(now);
+        while let Some(o) = node.poll_output() {
+            match o {
+                Output::Send {
+                    msg: Message::Ctl(Control::Request { .. }),
+                    ..
+                } => requests += 1,
+                Output::Close { link: l } if l == link => dropped_at = Some(now),
+                _ => {}
+            }
+        }
+    }
+    eprintln!("liar: {requests} requests, dropped at {dropped_at:?}");
+    assert!(requests >= 3, "the node asked the liar for segments");
+    let at = dropped_at.expect("the liar is dropped");
+    assert!(at <= CoreInstant::ZERO + refine.mul(2), "dropped at {at:?}");
 }
