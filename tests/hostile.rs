@@ -986,7 +986,7 @@ fn a_partner_that_advertises_what_it_never_delivers_is_replaced() {
             Input::Received {
                 link,
                 msg: Message::Ctl(Control::BufferMap {
-                    map: map.clone(),
+                    map,
                     backlog_ms: 0,
                     playing: None,
                     spare: 0,
