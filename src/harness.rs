@@ -200,6 +200,7 @@ pub fn config_settings(data: &[u8]) {
             let _ = cfg.set(k.trim(), v);
         }
     }
+    let _ = (cfg.accept_limit(), cfg.partner_target(), cfg.max_children());
     // Absurd sizes are the caller's to refuse; the fuzzer looks for panics in the logic.
     if cfg.window > 4096 || cfg.partners > 64 || cfg.max_partners > 64 {
         return;

@@ -169,7 +169,9 @@ impl Config {
         }
         let factor = self.upload_bytes_per_s as f64 / self.stream_bytes_per_s.max(1) as f64;
         let scaled = (self.max_partners as f64 * factor.max(1.0)).round() as usize;
-        scaled.clamp(self.max_partners, PARTNER_CEILING)
+        // `max_partners` above the ceiling is refused by `set`; a config built by hand gets
+        // the ceiling (clamp panics on min > max).
+        scaled.clamp(self.max_partners.min(PARTNER_CEILING), PARTNER_CEILING)
     }
 
     /// Defaults for a stream of `stream_bytes_per_s` cut into segments of `segment_duration`.
@@ -289,7 +291,15 @@ impl Config {
         let ms = |v: &str| num::<u64>(key, v).map(Duration::from_millis);
         match key {
             "partners" => self.partners = num(key, value)?,
-            "max_partners" => self.max_partners = num(key, value)?,
+            "max_partners" => {
+                let m: usize = num(key, value)?;
+                if m > PARTNER_CEILING {
+                    return Err(SettingError(format!(
+                        "max_partners: at most {PARTNER_CEILING}"
+                    )));
+                }
+                self.max_partners = m;
+            }
             "window" => self.window = num(key, value)?,
             "start_behind" => self.start_behind = num(key, value)?,
             "start_margin" => self.start_margin = num(key, value)?,
@@ -346,6 +356,11 @@ mod tests {
         assert_eq!(c.pull_lead, Duration::from_millis(1500));
         assert!(c.set("partners", "many").is_err());
         assert!(c.set("substreams", "0").is_err());
+        assert!(c.set("max_partners", "33").is_err());
+        // Built by hand past the ceiling: the ceiling, not a panic.
+        let mut d = c.clone();
+        d.max_partners = PARTNER_CEILING + 1;
+        assert_eq!(d.accept_limit(), PARTNER_CEILING);
         assert!(c.set("nonsense", "1").is_err());
         for k in Config::SETTINGS {
             assert!(
