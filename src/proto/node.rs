@@ -268,7 +268,7 @@ const CRITICAL_MIN: Duration = Duration::from_secs(3);
 /// Longest single playback pause for a late segment.
 const MAX_STALL: Duration = Duration::from_secs(10);
 /// Lag kept above the observed arrival delays.
-const STALL_MARGIN: Duration = Duration::from_millis(1000);
+const STALL_MARGIN: Duration = Duration::from_millis(3000);
 /// Offers an idle supplier has out at once.
 const MAX_OFFERS: usize = 1;
 /// Segments at most arriving at once (cut-through forwarding keeps a handle to each).
