@@ -122,6 +122,9 @@ pub struct Config {
     pub liar_timeouts: u32,
 }
 
+/// Longest period a `*_ms` setting takes (a day).
+pub const MAX_SETTING_MS: u64 = 24 * 3600 * 1000;
+
 /// Most partners any node accepts, whatever its upload.
 pub const PARTNER_CEILING: usize = 32;
 /// Partners a node takes above its accept limit for newcomers (peers with almost no
@@ -288,7 +291,13 @@ impl Config {
                 .parse()
                 .map_err(|_| SettingError(format!("{key}: cannot read '{v}' as a number")))
         }
-        let ms = |v: &str| num::<u64>(key, v).map(Duration::from_millis);
+        // A day is past any sensible period, and far from the µs count's overflow.
+        let ms = |v: &str| match num::<u64>(key, v)? {
+            m if m > MAX_SETTING_MS => {
+                Err(SettingError(format!("{key}: at most {MAX_SETTING_MS} ms")))
+            }
+            m => Ok(Duration::from_millis(m)),
+        };
         match key {
             "partners" => self.partners = num(key, value)?,
             "max_partners" => {
@@ -357,6 +366,7 @@ mod tests {
         assert!(c.set("partners", "many").is_err());
         assert!(c.set("substreams", "0").is_err());
         assert!(c.set("max_partners", "33").is_err());
+        assert!(c.set("max_lag_ms", "10255828924854210822").is_err());
         // Built by hand past the ceiling: the ceiling, not a panic.
         let mut d = c.clone();
         d.max_partners = PARTNER_CEILING + 1;
