@@ -158,7 +158,7 @@ impl Config {
         let factor = self.upload_bytes_per_s as f64 / self.stream_bytes_per_s.max(1) as f64;
         let extra = ((factor - 1.0).max(0.0) * self.strong_partner_scale * self.partners as f64)
             .round() as usize;
-        (self.partners + extra).min(self.accept_limit())
+        self.partners.saturating_add(extra).min(self.accept_limit())
     }
 
     /// Partners this node ever has: its accept limit plus the newcomers' slack.
@@ -299,7 +299,13 @@ impl Config {
             m => Ok(Duration::from_millis(m)),
         };
         match key {
-            "partners" => self.partners = num(key, value)?,
+            "partners" => {
+                let m: usize = num(key, value)?;
+                if m > PARTNER_CEILING {
+                    return Err(SettingError(format!("partners: at most {PARTNER_CEILING}")));
+                }
+                self.partners = m;
+            }
             "max_partners" => {
                 let m: usize = num(key, value)?;
                 if m > PARTNER_CEILING {
@@ -366,6 +372,10 @@ mod tests {
         assert!(c.set("partners", "many").is_err());
         assert!(c.set("substreams", "0").is_err());
         assert!(c.set("max_partners", "33").is_err());
+        assert!(c.set("partners", "9999999999999996015").is_err());
+        let mut e = c.clone();
+        e.partners = usize::MAX;
+        assert_eq!(e.partner_target(), e.accept_limit());
         assert!(c.set("max_lag_ms", "10255828924854210822").is_err());
         // Built by hand past the ceiling: the ceiling, not a panic.
         let mut d = c.clone();
