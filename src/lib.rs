@@ -5,6 +5,7 @@
 //! `sim` (the deterministic simulator) drives the same `proto`.
 
 pub mod daemon;
+pub mod harness;
 pub mod media;
 pub mod output;
 pub mod proto;

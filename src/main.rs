@@ -370,6 +370,7 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
         "upload-kbps",
         "stats-json",
         "drop-every",
+        "play-log",
     ])?;
     let channel = ChannelId::from_hex(&required(&f, "channel")?)
         .ok_or_else(|| UsageError("--channel: expected 64 hex characters".into()))?;
@@ -418,6 +419,7 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
         upload_kbps: upload_kbps(&f)?,
         stats_json: optional_path(&f, "stats-json")?,
         report: None,
+        play_log: optional_path(&f, "play-log")?,
     };
     let rt = runtime()?;
     daemon_result(rt.block_on(run_peer(args, shutdown_signal())))

@@ -117,3 +117,18 @@ fn small_churn_swarm_figures() {
         s.never_started
     );
 }
+
+/// A flash crowd: 200 peers join within 10 s of the start. Their startup (join to first
+/// segment played) stays within 5 s at the 95th percentile, for several seeds.
+#[test]
+fn a_flash_crowd_of_200_starts_within_5_s() {
+    for seed in 1..=3 {
+        let s = Sim::new(config(200, Scenario::Flash, 60.0, seed)).run();
+        assert!(
+            s.startup_p95_s <= 5.0,
+            "seed {seed}: startup p95 {:.2} s (p50 {:.2} s)",
+            s.startup_p95_s,
+            s.startup_p50_s
+        );
+    }
+}

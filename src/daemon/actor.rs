@@ -8,6 +8,7 @@
 //! tasks and report back on the event queue.
 
 use super::clock::{wall_us, Clock};
+use super::guard::{Admitted, Guard};
 use super::keys::{sha256, ChannelKey, Verifier};
 use super::link::{self, to_peer_addr, to_socket_addr, Counters, LinkError};
 use super::stats::{write_json, NodeReport};
@@ -34,6 +35,8 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 
 struct LinkHandle {
     tx: mpsc::Sender<crate::proto::Message<SharedBody>>,
+    /// The other end's address (banned at the door if it pollutes).
+    ip: std::net::IpAddr,
     reader: AbortHandle,
     writer: JoinHandle<()>,
 }
@@ -69,6 +72,9 @@ pub(super) struct Actor {
     acceptor: Option<JoinHandle<()>>,
     /// A failure that ends the node (the deferred listen could not bind).
     fatal: Option<super::DaemonError>,
+    guard: Guard,
+    play_log: Option<std::fs::File>,
+    pollute: bool,
 }
 
 /// Where the actor takes connections from.
@@ -111,6 +117,9 @@ impl Actor {
             listen_later: None,
             acceptor: None,
             fatal: None,
+            guard: Guard::default(),
+            play_log: opts.play_log.take(),
+            pollute: opts.pollute,
             node,
         }
     }
@@ -197,6 +206,7 @@ impl Actor {
         self.acceptor = Some(tokio::spawn(accept_loop(
             listener,
             self.permits.clone(),
+            self.guard.clone(),
             self.events_tx.clone(),
         )));
     }
@@ -232,8 +242,9 @@ impl Actor {
                 stream,
                 addr,
                 permit,
+                admitted,
             } => {
-                let link = self.start_link(stream, permit);
+                let link = self.start_link(stream, addr.ip(), (permit, Some(admitted)));
                 self.node.handle_input(
                     now,
                     Input::LinkUp {
@@ -249,7 +260,8 @@ impl Actor {
                 permit,
             } => match result {
                 Ok(stream) => {
-                    let link = self.start_link(stream, permit);
+                    let ip = to_socket_addr(remote).ip();
+                    let link = self.start_link(stream, ip, (permit, None));
                     self.node.handle_input(
                         now,
                         Input::LinkUp {
@@ -281,8 +293,27 @@ impl Actor {
                         LinkError::Eof => log::debug!("link {} closed by peer", link.0),
                         ref e => log::info!("link {} down: {e}", link.0),
                     }
-                    h.reader.abort();
-                    h.writer.abort();
+                    if why.is_pollution() {
+                        // The core bans the sender's id and listen address and closes every
+                        // link to it; the door refuses its address from now on.
+                        let ban = self.node.config().ban_duration.as_micros();
+                        let ban = Duration::from_micros(ban);
+                        self.guard.ban(h.ip, ban, std::time::Instant::now());
+                        log::warn!("link {}: polluted segment from {}: banned", link.0, h.ip);
+                        self.links.insert(link, h);
+                        self.node.handle_input(now, Input::Polluted { link });
+                        self.drain();
+                        match self.links.remove(&link) {
+                            Some(h) => {
+                                h.reader.abort();
+                                h.writer.abort();
+                            }
+                            None => return,
+                        }
+                    } else {
+                        h.reader.abort();
+                        h.writer.abort();
+                    }
                     self.node.handle_input(now, Input::LinkDown { link });
                 }
             }
@@ -336,11 +367,13 @@ impl Actor {
         }
     }
 
-    /// Registers a connected stream as a link and starts its reader and writer.
+    /// Registers a connected stream as a link and starts its reader and writer. The writer
+    /// holds `place` (the link permit, the address's count) until it is done.
     fn start_link(
         &mut self,
         stream: TcpStream,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        ip: std::net::IpAddr,
+        place: (tokio::sync::OwnedSemaphorePermit, Option<Admitted>),
     ) -> LinkId {
         let link = LinkId(self.next_link);
         self.next_link += 1;
@@ -363,9 +396,17 @@ impl Actor {
             self.events_tx.clone(),
             self.upload_bytes_per_s,
             self.counters.clone(),
-            Some(permit),
+            place,
         ));
-        self.links.insert(link, LinkHandle { tx, reader, writer });
+        self.links.insert(
+            link,
+            LinkHandle {
+                tx,
+                ip,
+                reader,
+                writer,
+            },
+        );
         link
     }
 
@@ -407,6 +448,7 @@ impl Actor {
                 let Some(h) = self.links.get(&link) else {
                     return;
                 };
+                let msg = if self.pollute { polluted(msg) } else { msg };
                 if let Err(e) = h.tx.try_send(msg) {
                     if matches!(e, mpsc::error::TrySendError::Full(_)) {
                         log::info!("link {}: send queue full, closing it", link.0);
@@ -452,6 +494,11 @@ impl Actor {
                 let ahead = deadline.as_micros() as i128 - now.as_micros() as i128;
                 let play_wall = wall_us() as i128 + ahead;
                 self.lag_s = Some((play_wall - segment.origin_us as i128) as f64 / 1e6);
+                if let Some(log) = self.play_log.as_mut() {
+                    let d = &segment.payload.data;
+                    let hex: String = sha256(d).iter().map(|b| format!("{b:02x}")).collect();
+                    let _ = writeln!(log, "{} {} {hex}", segment.seq.0, d.len());
+                }
                 if let Some(feed) = &self.feed {
                     let due = self.clock.to_tokio(deadline).into_std();
                     feed.publish(FeedItem::Segment { seg: segment, due });
@@ -537,6 +584,15 @@ impl Actor {
             busy_received: s.busy_received,
             request_timeouts: s.request_timeouts,
             stalls: s.stalls,
+            id: format!("{:016x}", self.node.id().0),
+            banned: self
+                .node
+                .bans()
+                .ids()
+                .map(|id| format!("{:016x}", id.0))
+                .collect(),
+            bans_total: self.node.bans().total(),
+            store_bytes: self.node.store().bytes_held(),
         }
     }
 }
@@ -555,11 +611,36 @@ async fn sleep_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
+/// The test hook behind [`super::NodeOptions::pollute`]: a segment as a polluter would send
+/// it. Odd segments keep their signature over substituted bytes, even ones carry the right
+/// bytes under a forged signature; both keep valid framing.
+fn polluted(msg: crate::proto::Message<SharedBody>) -> crate::proto::Message<SharedBody> {
+    use crate::proto::wire::SegmentBody;
+    use crate::proto::Message;
+    match msg {
+        Message::Segment(mut seg) => {
+            let mut body = SegmentBody::clone(&seg.payload);
+            if seg.seq.0 % 2 == 1 {
+                for b in body.data.iter_mut().skip(188).step_by(997) {
+                    *b ^= 0x5a;
+                }
+            } else {
+                body.signature[1][7] ^= 1;
+            }
+            seg.payload = Arc::new(body);
+            Message::Segment(seg)
+        }
+        m => m,
+    }
+}
+
 /// Accepts connections while a link permit is free (the permit is taken before `accept`, so
-/// a full node leaves new connections in the kernel's backlog).
+/// a full node leaves new connections in the kernel's backlog), and only from addresses the
+/// guard admits (not banned, not over their share).
 async fn accept_loop(
     listener: TcpListener,
     permits: Arc<Semaphore>,
+    guard: Guard,
     events: mpsc::Sender<LinkEvent>,
 ) {
     let mut backoff = Duration::from_millis(10);
@@ -570,11 +651,19 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, addr)) => {
                 backoff = Duration::from_millis(10);
+                let admitted = match guard.admit(addr.ip(), std::time::Instant::now()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        log::debug!("refused a connection from {addr}: {why:?}");
+                        continue;
+                    }
+                };
                 if events
                     .send(LinkEvent::Accepted {
                         stream,
                         addr,
                         permit,
+                        admitted,
                     })
                     .await
                     .is_err()

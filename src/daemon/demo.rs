@@ -116,6 +116,7 @@ pub async fn run_demo(
                 upload_kbps: DEFAULT_UPLOAD_KBPS,
                 stats_json: None,
                 report: Some(tx),
+                play_log: None,
             },
             stop(stop_rx.clone()),
         )));

@@ -1,9 +1,13 @@
 //! One TCP connection to another node: a reader task and a writer task.
 //!
-//! The reader reads the 4-byte length prefix, checks it against [`MAX_FRAME_LEN`] and reserves
-//! the body's bytes from a process-wide budget ([`BODY_BUDGET_KIB`]) *before* allocating, reads
-//! the body, decodes it, verifies a segment's signature, and hands the message to the actor
-//! over the shared, bounded event queue. Any error ends the link (and only that link).
+//! The reader reads the 4-byte length prefix, checks it against the cap (until the other side
+//! has said hello, [`MAX_CONTROL_LEN`]: a stranger cannot make us reserve room for a segment;
+//! then [`MAX_FRAME_LEN`]) and reserves the body's bytes from a process-wide budget
+//! ([`BODY_BUDGET_KIB`]) *before* allocating, reads the body within a deadline that allows
+//! [`MIN_FRAME_RATE`] (a trickling sender cannot hold budget for ever), decodes it, verifies a
+//! segment's signature, and hands the message to the actor over the shared, bounded event
+//! queue. Any error ends the link (and only that link); a segment that fails verification or
+//! declares a wrong length also gets its sender banned ([`LinkError::is_pollution`]).
 //!
 //! The writer is fed by a bounded queue ([`WRITER_QUEUE`]) that the actor fills with
 //! `try_send`: a full queue closes the link, the actor never waits for a peer. It paces every
@@ -15,7 +19,8 @@
 use super::keys::Verifier;
 use super::LinkEvent;
 use crate::proto::wire::{
-    decode_body, encode, frame_len, SharedBody, FRAME_PREFIX_LEN, MAX_FRAME_LEN,
+    decode_body, encode, frame_len, Control, SharedBody, WireError, FRAME_PREFIX_LEN,
+    MAX_CONTROL_LEN, MAX_FRAME_LEN,
 };
 use crate::proto::{LinkId, Message, PeerAddr};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -35,6 +40,11 @@ pub const BODY_BUDGET_KIB: usize = 64 * 1024;
 pub const WRITE_CHUNK: usize = 16 * 1024;
 /// Token bucket depth: this much sending time at the cap may go out at once.
 pub const BURST: Duration = Duration::from_millis(100);
+/// A frame's body must arrive at this rate at least (plus [`FRAME_GRACE`]), or the link is
+/// dropped: a partner uploading at half a 768 kbit/s stream sends 48 KB/s.
+pub const MIN_FRAME_RATE: usize = 8 * 1024;
+/// Time any frame body may take on top of its size at [`MIN_FRAME_RATE`].
+pub const FRAME_GRACE: Duration = Duration::from_secs(5);
 
 /// Bytes moved, shared by every link task of one node and read for stats.
 #[derive(Default, Debug)]
@@ -71,6 +81,19 @@ pub enum LinkError {
     Wire(crate::proto::wire::WireError),
     /// A segment's signature did not verify.
     BadSignature,
+    /// A frame body did not arrive in time.
+    Slow,
+}
+
+impl LinkError {
+    /// The other side sent a segment that is not the source's as it signed it (a bad
+    /// signature, another channel's, or a length that disagrees with its head): it is banned.
+    pub fn is_pollution(&self) -> bool {
+        matches!(
+            self,
+            LinkError::BadSignature | LinkError::Wire(WireError::BadSegmentLength { .. })
+        )
+    }
 }
 
 impl std::fmt::Display for LinkError {
@@ -80,6 +103,7 @@ impl std::fmt::Display for LinkError {
             LinkError::Io(e) => write!(f, "{e}"),
             LinkError::Wire(e) => write!(f, "{e}"),
             LinkError::BadSignature => write!(f, "segment failed signature check"),
+            LinkError::Slow => write!(f, "frame body too slow"),
         }
     }
 }
@@ -146,9 +170,13 @@ pub async fn reader<R: AsyncRead + Unpin>(
     budget: Arc<Semaphore>,
     counters: Arc<Counters>,
 ) {
+    let mut max = MAX_CONTROL_LEN;
     let why = loop {
-        match read_frame(&mut rd, &verifier, &budget, &counters).await {
+        match read_frame_capped(&mut rd, max, &verifier, &budget, &counters).await {
             Ok((msg, permit)) => {
+                if matches!(msg, Message::Ctl(Control::Hello(_))) {
+                    max = MAX_FRAME_LEN;
+                }
                 if events
                     .send(LinkEvent::Received {
                         link,
@@ -165,16 +193,27 @@ pub async fn reader<R: AsyncRead + Unpin>(
         }
     };
     match &why {
-        LinkError::BadSignature => Counters::add(&counters.bad_segments, 1),
+        e if e.is_pollution() => Counters::add(&counters.bad_segments, 1),
         LinkError::Wire(_) => Counters::add(&counters.bad_frames, 1),
         _ => {}
     }
     let _ = events.send(LinkEvent::Down { link, why }).await;
 }
 
-/// One frame: prefix, cap check, body budget, body, decode, verify.
+/// One frame of any size up to [`MAX_FRAME_LEN`]: see [`read_frame_capped`].
 pub async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
+    verifier: &Verifier,
+    budget: &Arc<Semaphore>,
+    counters: &Counters,
+) -> Result<(Message<SharedBody>, OwnedSemaphorePermit), LinkError> {
+    read_frame_capped(rd, MAX_FRAME_LEN, verifier, budget, counters).await
+}
+
+/// One frame: prefix, cap check against `max`, body budget, body (in time), decode, verify.
+pub async fn read_frame_capped<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    max: u32,
     verifier: &Verifier,
     budget: &Arc<Semaphore>,
     counters: &Counters,
@@ -185,7 +224,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(LinkError::Eof),
         Err(e) => return Err(LinkError::Io(e)),
     }
-    let len = frame_len(prefix, MAX_FRAME_LEN).map_err(LinkError::Wire)?;
+    let len = frame_len(prefix, max).map_err(LinkError::Wire)?;
     // Reserve the body's memory before allocating it: `len` is capped, so this fits a u32.
     let kib = len.div_ceil(1024) as u32;
     let permit = budget
@@ -194,13 +233,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         .await
         .map_err(|_| LinkError::Eof)?;
     let mut body = vec![0u8; len];
-    rd.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            LinkError::Eof
-        } else {
-            LinkError::Io(e)
-        }
-    })?;
+    let deadline = FRAME_GRACE + Duration::from_secs((len / MIN_FRAME_RATE) as u64);
+    match tokio::time::timeout(deadline, rd.read_exact(&mut body)).await {
+        Err(_) => return Err(LinkError::Slow),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(LinkError::Eof),
+        Ok(Err(e)) => return Err(LinkError::Io(e)),
+        Ok(Ok(_)) => {}
+    }
     Counters::add(&counters.download_bytes, (FRAME_PREFIX_LEN + len) as u64);
     let msg = decode_body(&body).map_err(LinkError::Wire)?;
     if let Message::Segment(seg) = &msg {
@@ -213,15 +252,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// Writes queued messages, paced, until the queue's sender is dropped (then flushes and shuts
-/// the write side) or the stream fails. Holds the link's permit until it is done.
-pub async fn writer<W: AsyncWrite + Unpin>(
+/// the write side) or the stream fails. Holds `_place` (the link's permit, its address's
+/// count) until it is done.
+pub async fn writer<W: AsyncWrite + Unpin, H: Send>(
     link: LinkId,
     mut wr: W,
     mut rx: mpsc::Receiver<Message<SharedBody>>,
     events: mpsc::Sender<LinkEvent>,
     upload_bytes_per_s: u64,
     counters: Arc<Counters>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _place: H,
 ) {
     let mut bucket = TokenBucket::new(upload_bytes_per_s, std::time::Instant::now());
     let mut buf = Vec::with_capacity(4096);
@@ -356,6 +396,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn before_hello_only_control_sized_frames_and_a_trickle_times_out() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let c = Counters::default();
+        // A segment-sized prefix from a stranger is refused before anything is reserved.
+        let big = (MAX_CONTROL_LEN + 1).to_be_bytes();
+        let mut rd = &big[..];
+        let b = budget();
+        assert!(matches!(
+            read_frame_capped(&mut rd, MAX_CONTROL_LEN, &v, &b, &c).await,
+            Err(LinkError::Wire(WireError::TooLong { .. }))
+        ));
+        assert_eq!(b.available_permits(), BODY_BUDGET_KIB);
+        // A body that never comes ends the link once its deadline passes (5 s here).
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        tx.write_all(&100u32.to_be_bytes()).await.unwrap();
+        let r = read_frame_capped(&mut rx, MAX_CONTROL_LEN, &v, &b, &c).await;
+        assert!(matches!(r, Err(LinkError::Slow)), "{r:?}");
+        drop(tx);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn writer_reports_sent_after_a_segment_and_flushes_on_close() {
         let key = ChannelKey::from_seed([1; 32]);
         let (a, mut b) = tokio::io::duplex(1 << 20);
@@ -369,7 +431,7 @@ mod tests {
             etx,
             10_000_000,
             counters.clone(),
-            None,
+            (),
         ));
         let seg = key.sign_segment(Seq(1), 0, 1, 0, vec![0x47; 50_000]);
         tx.try_send(Message::Ctl(Control::KeepAlive)).unwrap();

@@ -14,8 +14,10 @@
 pub mod actor;
 pub mod clock;
 pub mod demo;
+pub mod guard;
 pub mod keys;
 pub mod link;
+pub mod memory;
 pub mod roles;
 pub mod stats;
 
@@ -61,6 +63,7 @@ pub enum LinkEvent {
         stream: TcpStream,
         addr: SocketAddr,
         permit: OwnedSemaphorePermit,
+        admitted: guard::Admitted,
     },
     Dialed {
         remote: PeerAddr,
@@ -124,7 +127,21 @@ pub struct NodeOptions {
     pub segment_log: Option<std::fs::File>,
     /// Live figures, refreshed every second (the demo reads them).
     pub report: Option<watch::Sender<NodeReport>>,
+    /// Peer only: one line per segment handed to the player (`seq len sha256`), to compare
+    /// with the source's segment log.
+    pub play_log: Option<std::fs::File>,
+    /// Reserve the segment store's memory at start ([`memory::reserve_heap`]). Off where
+    /// several nodes share one process (the demo).
+    pub reserve_memory: bool,
+    /// Test hook, never set by the commands' flags: this node alters every segment it
+    /// uploads (set by the environment variable [`POLLUTE_ENV`]). The polluter tests use it
+    /// to play a hostile peer with the real binary.
+    pub pollute: bool,
 }
+
+/// Environment variable that makes a node corrupt the segments it uploads, for tests of the
+/// defences (see [`NodeOptions::pollute`]).
+pub const POLLUTE_ENV: &str = "COOLSTREAM_TEST_POLLUTE";
 
 impl NodeOptions {
     pub fn new(role: Role, channel: ChannelId) -> Self {
@@ -141,6 +158,9 @@ impl NodeOptions {
             key: None,
             segment_log: None,
             report: None,
+            play_log: None,
+            reserve_memory: false,
+            pollute: std::env::var_os(POLLUTE_ENV).is_some_and(|v| v == "1"),
         }
     }
 }
@@ -193,6 +213,9 @@ pub async fn run_node(
         ));
     }
     let mut cfg = node_config(&opts, port);
+    if opts.reserve_memory {
+        memory::reserve_heap(cfg.store_bytes as usize + memory::RESERVE_SLACK);
+    }
     let mut actor = {
         let now = clock::Clock::new().now();
         // Segment origin stamps are wall-clock µs; the core counts from the daemon's start.

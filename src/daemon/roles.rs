@@ -40,6 +40,8 @@ pub struct PeerArgs {
     pub upload_kbps: u64,
     pub stats_json: Option<PathBuf>,
     pub report: Option<watch::Sender<NodeReport>>,
+    /// One line per played segment (`seq len sha256`).
+    pub play_log: Option<PathBuf>,
 }
 
 /// Binds the HTTP output and serves `channels` on it; the task ends when the handle is
@@ -111,6 +113,7 @@ pub async fn run_source(
     opts.segment_ms = args.segment_ms;
     opts.key = Some(args.key);
     opts.segment_log = segment_log;
+    opts.reserve_memory = true;
     opts.stats_json = args.stats_json;
     opts.feed = feed;
     opts.report = Some(report_tx);
@@ -164,6 +167,13 @@ pub async fn run_peer(
     let mut opts = NodeOptions::new(Role::Peer, args.channel);
     opts.name = name;
     opts.bootstrap = args.bootstrap;
+    opts.reserve_memory = true;
+    if let Some(p) = &args.play_log {
+        opts.play_log = Some(
+            std::fs::File::create(p)
+                .map_err(|e| DaemonError::Io(format!("cannot create {}", p.display()), e))?,
+        );
+    }
     opts.upload_kbps = args.upload_kbps;
     opts.stats_json = args.stats_json;
     opts.feed = feed;

@@ -44,6 +44,14 @@ pub struct NodeReport {
     pub request_timeouts: u64,
     /// Times playback paused for a late segment.
     pub stalls: u64,
+    /// This node's peer id (16 hex digits).
+    pub id: String,
+    /// Peers banned now for sending segments that failed verification, by id, and bans made
+    /// since start.
+    pub banned: Vec<String>,
+    pub bans_total: u64,
+    /// Payload bytes in the segment store.
+    pub store_bytes: u64,
 }
 
 /// Writes `value` as JSON to `path` atomically (a temporary file renamed over it), so a

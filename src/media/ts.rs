@@ -166,9 +166,10 @@ pub fn pcr(p: &[u8]) -> Option<u64> {
     Some(base * 300 + ext)
 }
 
-/// Ticks from `earlier` to `later`, across the wrap.
+/// Ticks from `earlier` to `later`, across the wrap. Either may be out of range (an extension
+/// field above 299 is malformed but encodable): both are taken modulo the wrap first.
 pub fn pcr_delta(earlier: u64, later: u64) -> u64 {
-    (later + PCR_WRAP - earlier) % PCR_WRAP
+    (later % PCR_WRAP + PCR_WRAP - earlier % PCR_WRAP) % PCR_WRAP
 }
 
 /// The payload of a packet (after the header and any adaptation field).
@@ -354,6 +355,8 @@ mod tests {
         }
         assert_eq!(pcr(&pkt(5, 0)), None);
         assert_eq!(pcr_delta(PCR_WRAP - 10, 5), 15);
+        // A malformed extension (above 299) puts a PCR past the wrap: no underflow.
+        assert_eq!(pcr_delta(PCR_WRAP + 511, 0), PCR_WRAP - 511);
     }
 
     #[test]

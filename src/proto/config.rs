@@ -107,7 +107,23 @@ pub struct Config {
     /// Source only: times one segment is uploaded at most (fresh data first, the swarm
     /// relays the rest).
     pub source_max_copies: u8,
+    /// How long a peer that sent a segment failing verification stays banned.
+    pub ban_duration: Duration,
+    /// Membership records one peer may teach us per gossip interval (a deputy's answer is
+    /// [`super::wire::MAX_ENTRIES_PER_MESSAGE`]); more are ignored, so one peer cannot fill
+    /// the mCache with members of its choosing.
+    pub max_learned_per_peer: u32,
+    /// Requests one partner may make of us per refinement period, in stream segments per
+    /// second of the period: a viewer plays one a second, a relay fetches a few more; past
+    /// this, its requests are answered busy.
+    pub max_request_rate: f64,
+    /// A partner whose requests time out this often in a refinement period while it
+    /// delivers nothing advertises what it does not send: it is dropped and replaced.
+    pub liar_timeouts: u32,
 }
+
+/// Longest period a `*_ms` setting takes (a day).
+pub const MAX_SETTING_MS: u64 = 24 * 3600 * 1000;
 
 /// Most partners any node accepts, whatever its upload.
 pub const PARTNER_CEILING: usize = 32;
@@ -142,7 +158,7 @@ impl Config {
         let factor = self.upload_bytes_per_s as f64 / self.stream_bytes_per_s.max(1) as f64;
         let extra = ((factor - 1.0).max(0.0) * self.strong_partner_scale * self.partners as f64)
             .round() as usize;
-        (self.partners + extra).min(self.accept_limit())
+        self.partners.saturating_add(extra).min(self.accept_limit())
     }
 
     /// Partners this node ever has: its accept limit plus the newcomers' slack.
@@ -156,7 +172,9 @@ impl Config {
         }
         let factor = self.upload_bytes_per_s as f64 / self.stream_bytes_per_s.max(1) as f64;
         let scaled = (self.max_partners as f64 * factor.max(1.0)).round() as usize;
-        scaled.clamp(self.max_partners, PARTNER_CEILING)
+        // `max_partners` above the ceiling is refused by `set`; a config built by hand gets
+        // the ceiling (clamp panics on min > max).
+        scaled.clamp(self.max_partners.min(PARTNER_CEILING), PARTNER_CEILING)
     }
 
     /// Defaults for a stream of `stream_bytes_per_s` cut into segments of `segment_duration`.
@@ -215,6 +233,10 @@ impl Config {
             parent_lag_limit: 2,
             pull_lead: Duration::from_millis(3000),
             push_queue_per_child: 8,
+            ban_duration: Duration::from_secs(600),
+            max_learned_per_peer: 48,
+            max_request_rate: 4.0,
+            liar_timeouts: 3,
         }
     }
 }
@@ -256,6 +278,10 @@ impl Config {
         "start_buffer",
         "offers",
         "strong_partner_scale",
+        "ban_duration_ms",
+        "max_learned_per_peer",
+        "max_request_rate",
+        "liar_timeouts",
     ];
 
     /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
@@ -265,10 +291,30 @@ impl Config {
                 .parse()
                 .map_err(|_| SettingError(format!("{key}: cannot read '{v}' as a number")))
         }
-        let ms = |v: &str| num::<u64>(key, v).map(Duration::from_millis);
+        // A day is past any sensible period, and far from the µs count's overflow.
+        let ms = |v: &str| match num::<u64>(key, v)? {
+            m if m > MAX_SETTING_MS => {
+                Err(SettingError(format!("{key}: at most {MAX_SETTING_MS} ms")))
+            }
+            m => Ok(Duration::from_millis(m)),
+        };
         match key {
-            "partners" => self.partners = num(key, value)?,
-            "max_partners" => self.max_partners = num(key, value)?,
+            "partners" => {
+                let m: usize = num(key, value)?;
+                if m > PARTNER_CEILING {
+                    return Err(SettingError(format!("partners: at most {PARTNER_CEILING}")));
+                }
+                self.partners = m;
+            }
+            "max_partners" => {
+                let m: usize = num(key, value)?;
+                if m > PARTNER_CEILING {
+                    return Err(SettingError(format!(
+                        "max_partners: at most {PARTNER_CEILING}"
+                    )));
+                }
+                self.max_partners = m;
+            }
             "window" => self.window = num(key, value)?,
             "start_behind" => self.start_behind = num(key, value)?,
             "start_margin" => self.start_margin = num(key, value)?,
@@ -297,6 +343,10 @@ impl Config {
             "start_buffer" => self.start_buffer = num(key, value)?,
             "offers" => self.offers = num::<u8>(key, value)? != 0,
             "strong_partner_scale" => self.strong_partner_scale = num(key, value)?,
+            "ban_duration_ms" => self.ban_duration = ms(value)?,
+            "max_learned_per_peer" => self.max_learned_per_peer = num(key, value)?,
+            "max_request_rate" => self.max_request_rate = num(key, value)?,
+            "liar_timeouts" => self.liar_timeouts = num(key, value)?,
             _ => {
                 return Err(SettingError(format!(
                     "unknown setting '{key}' (known: {})",
@@ -321,6 +371,16 @@ mod tests {
         assert_eq!(c.pull_lead, Duration::from_millis(1500));
         assert!(c.set("partners", "many").is_err());
         assert!(c.set("substreams", "0").is_err());
+        assert!(c.set("max_partners", "33").is_err());
+        assert!(c.set("partners", "9999999999999996015").is_err());
+        let mut e = c.clone();
+        e.partners = usize::MAX;
+        assert_eq!(e.partner_target(), e.accept_limit());
+        assert!(c.set("max_lag_ms", "10255828924854210822").is_err());
+        // Built by hand past the ceiling: the ceiling, not a panic.
+        let mut d = c.clone();
+        d.max_partners = PARTNER_CEILING + 1;
+        assert_eq!(d.accept_limit(), PARTNER_CEILING);
         assert!(c.set("nonsense", "1").is_err());
         for k in Config::SETTINGS {
             assert!(

@@ -20,6 +20,9 @@ struct Record {
     entry: MemberEntry,
     expires: Instant,
     departed: bool,
+    /// The peer that told us, if it was not the member itself: a banned peer's word is
+    /// dropped with it ([`MCache::forget_via`]).
+    via: Option<PeerId>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,7 +47,13 @@ impl MCache {
 
     /// Takes in a record. Returns true if it told us something new (a new member or a newer
     /// record of a known one).
-    pub fn learn(&mut self, mut entry: MemberEntry, now: Instant) -> bool {
+    pub fn learn(&mut self, entry: MemberEntry, now: Instant) -> bool {
+        self.learn_via(entry, now, None)
+    }
+
+    /// [`MCache::learn`], remembering which peer passed the record on.
+    pub fn learn_via(&mut self, mut entry: MemberEntry, now: Instant, via: Option<PeerId>) -> bool {
+        let via = via.filter(|v| *v != entry.id);
         if entry.id == self.me || entry.ttl_s == 0 {
             return false;
         }
@@ -60,6 +69,7 @@ impl MCache {
                 r.entry = entry;
                 r.expires = r.expires.max(expires);
                 r.departed = false;
+                r.via = via;
                 return newer;
             }
             return false;
@@ -80,6 +90,7 @@ impl MCache {
             entry,
             expires,
             departed: false,
+            via,
         });
         true
     }
@@ -115,6 +126,12 @@ impl MCache {
     /// Forgets every record at `addr` (a dial to it failed; we may not know its id).
     pub fn forget_addr(&mut self, addr: super::wire::PeerAddr) {
         self.records.retain(|r| r.entry.addr != addr);
+    }
+
+    /// Forgets every record that `via` passed on to us (it was banned: what it said about the
+    /// swarm may point at its accomplices or at nobody).
+    pub fn forget_via(&mut self, via: PeerId) {
+        self.records.retain(|r| r.via != Some(via));
     }
 
     /// Drops expired records.
@@ -238,6 +255,21 @@ mod tests {
         assert!(!m.learn(e(99, 5, 30), t));
         assert_eq!(m.len(), 1);
         assert_eq!(m.get(PeerId(1)).unwrap().seq, 2);
+    }
+
+    #[test]
+    fn records_passed_on_by_a_peer_go_with_it() {
+        let mut m = MCache::new(8, PeerId(0));
+        m.learn_via(e(1, 1, 30), Instant::ZERO, Some(PeerId(7)));
+        m.learn_via(e(2, 1, 30), Instant::ZERO, Some(PeerId(8)));
+        m.learn_via(e(7, 1, 30), Instant::ZERO, Some(PeerId(7)));
+        m.forget_via(PeerId(7));
+        assert!(m.get(PeerId(1)).is_none());
+        assert!(m.get(PeerId(2)).is_some());
+        assert!(
+            m.get(PeerId(7)).is_some(),
+            "its own record is not passed on"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! store, as plain state machines. `now` and events go in; messages, timers and playout come
 //! out. Nothing in here opens a socket, reads a clock or spawns a task.
 
+pub mod bans;
 pub mod buffer_map;
 pub mod config;
 pub mod membership;

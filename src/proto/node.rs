@@ -34,6 +34,7 @@
 //! A peer that misbehaves (a message before hello, a wrong channel, garbage) costs only its
 //! own link.
 
+use super::bans::{Bans, Budget};
 use super::config::Config;
 use super::membership::MCache;
 use super::partners::Partner;
@@ -77,6 +78,9 @@ pub enum Input<P> {
     Sent { link: LinkId },
     /// The source's segmenter produced a segment (source only).
     Ingest(Segment<P>),
+    /// A segment from this link failed the driver's verification (signature, channel or
+    /// length): its sender is banned and the link closed.
+    Polluted { link: LinkId },
 }
 
 /// Something the node asks of its driver.
@@ -198,6 +202,8 @@ struct Link {
     partner: Option<Partner>,
     awaiting: u8,
     one_way: Duration,
+    /// Membership records this link may still teach us this gossip interval.
+    learned: Budget,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -270,6 +276,10 @@ const MAX_INCOMING: usize = 32;
 /// An upload the driver has not reported done this long after it should have is forgotten
 /// (its link stalled or the data it was forwarding never came).
 const UPLOAD_STUCK: Duration = Duration::from_secs(10);
+/// A joined peer that has received no new segment for this many segment durations asks the
+/// origin again, partners or not: the source may have restarted, and partners that all lost
+/// it would otherwise wait among themselves for ever.
+const STARVED_AFTER: u64 = 3;
 /// Grace past the requester's deadline a supplier still accepts (estimates are rough).
 const DEADLINE_GRACE: Duration = Duration::from_millis(200);
 /// A peer that refused us as a partner (or could not be reached) is not asked again for this
@@ -307,6 +317,8 @@ pub struct Node<P> {
     bootstrap: Vec<PeerAddr>,
     bootstrap_next: usize,
     rebootstrap_at: Option<Instant>,
+    /// When the newest segment we hold last moved on (see `STARVED_AFTER`).
+    last_fresh: Instant,
     member_seq: u32,
     next_gossip: Instant,
     next_refine: Instant,
@@ -331,6 +343,7 @@ pub struct Node<P> {
     scratch_suppliers: Vec<Supplier>,
     scratch_links: Vec<usize>,
     scratch_picks: Vec<Pick>,
+    bans: Bans,
 }
 
 impl<P: Payload> Node<P> {
@@ -368,6 +381,7 @@ impl<P: Payload> Node<P> {
             bootstrap: Vec::new(),
             bootstrap_next: 0,
             rebootstrap_at: None,
+            last_fresh: now,
             member_seq: 0,
             next_gossip,
             next_refine,
@@ -387,6 +401,7 @@ impl<P: Payload> Node<P> {
             scratch_suppliers: Vec::new(),
             scratch_links: Vec::new(),
             scratch_picks: Vec::new(),
+            bans: Bans::default(),
             cfg,
         }
     }
@@ -423,6 +438,11 @@ impl<P: Payload> Node<P> {
     }
 
     /// The store, for drivers that serve players from it (the HTTP output's start point).
+    /// Peers banned for sending segments that failed verification.
+    pub fn bans(&self) -> &Bans {
+        &self.bans
+    }
+
     pub fn store(&self) -> &Store<P> {
         &self.store
     }
@@ -522,6 +542,7 @@ impl<P: Payload> Node<P> {
                     return Err(CommandError::NoBootstrap);
                 }
                 self.joined = true;
+                self.last_fresh = now;
                 self.stats.joined_at = Some(self.now);
                 self.bootstrap = bootstrap;
                 self.bootstrap_next = self.rng.below(self.bootstrap.len());
@@ -572,6 +593,11 @@ impl<P: Payload> Node<P> {
                 self.start_uploads();
             }
             Input::Ingest(seg) => self.on_ingest(seg),
+            Input::Polluted { link } => {
+                if let Some(i) = self.link_index(link) {
+                    self.on_polluted(i);
+                }
+            }
         }
         self.finish();
     }
@@ -641,6 +667,7 @@ impl<P: Payload> Node<P> {
         if self.pending_dials.len() >= self.cfg.max_pending_dials
             || self.links.len() + self.pending_dials.len() >= self.cfg.max_links
             || self.pending_dials.iter().any(|d| d.addr == addr)
+            || self.bans.addr_banned(addr, self.now)
         {
             return false;
         }
@@ -707,6 +734,7 @@ impl<P: Payload> Node<P> {
             partner: None,
             awaiting: 0,
             one_way,
+            learned: Budget::new(self.now),
         });
         let i = self.links.len() - 1;
         if outbound {
@@ -1029,6 +1057,12 @@ impl<P: Payload> Node<P> {
             self.close(i, ByeReason::Protocol);
             return;
         }
+        let listen = self.links[i].remote.with_port(h.listen_port);
+        if self.bans.id_banned(h.peer_id, self.now) || self.bans.addr_banned(listen, self.now) {
+            self.stats.links_refused += 1;
+            self.close(i, ByeReason::Banned);
+            return;
+        }
         let l = &mut self.links[i];
         l.peer = Some(PeerInfo {
             id: h.peer_id,
@@ -1043,6 +1077,8 @@ impl<P: Payload> Node<P> {
 
     /// Learns membership records from link `i`, giving the sender's own record the address
     /// we see it at (a node cannot know its own public address).
+    /// At most `max_learned_per_peer` per gossip interval from one link; banned members are
+    /// not learned.
     fn learn_all(&mut self, i: usize, entries: &[MemberEntry]) {
         let sender = self.links[i].peer;
         for e in entries {
@@ -1052,7 +1088,39 @@ impl<P: Payload> Node<P> {
                     e.addr = p.listen;
                 }
             }
-            self.mcache.learn(e, self.now);
+            if self.bans.id_banned(e.id, self.now) || self.bans.addr_banned(e.addr, self.now) {
+                continue;
+            }
+            let (limit, period) = (self.cfg.max_learned_per_peer, self.cfg.gossip_interval);
+            if !self.links[i].learned.take(self.now, limit, period) {
+                break;
+            }
+            self.mcache.learn_via(e, self.now, sender.map(|p| p.id));
+        }
+    }
+
+    /// A segment from link `i` failed verification: ban its sender by id and listen address,
+    /// close every link to it, and forget what it told us about the swarm.
+    fn on_polluted(&mut self, i: usize) {
+        let Some(peer) = self.links[i].peer else {
+            // No hello yet: nothing to ban but an ephemeral port; the link goes.
+            self.close(i, ByeReason::Protocol);
+            return;
+        };
+        self.bans.ban(
+            Some(peer.id),
+            Some(peer.listen),
+            self.now + self.cfg.ban_duration,
+        );
+        self.mcache.forget(peer.id);
+        self.mcache.forget_addr(peer.listen);
+        self.mcache.forget_via(peer.id);
+        while let Some(j) = self
+            .links
+            .iter()
+            .position(|l| l.peer.is_some_and(|p| p.id == peer.id))
+        {
+            self.close(j, ByeReason::Banned);
         }
     }
 
@@ -1278,11 +1346,19 @@ impl<P: Payload> Node<P> {
         let full = (self.backlog() >= self.max_backlog()
             || pulls_queued >= self.cfg.upload_queue_capacity)
             && evict.is_none();
+        // A partner asking far more than it could play is throttled (counted with the
+        // per-partner limit).
+        let allowed = self.cfg.max_request_rate * self.cfg.refine_interval.as_secs_f64()
+            / self.nominal().as_secs_f64().max(1e-3);
+        let throttled = self.links[i].partner.as_mut().is_some_and(|p| {
+            p.requested = p.requested.saturating_add(1);
+            p.requested as f64 > allowed + self.cfg.window as f64 / 4.0
+        });
         let reasons = [
             !is_partner,
             self.sendable(seq).is_none(),
             self.cfg.role == Role::Source && self.copies_of(seq) >= self.cfg.source_max_copies,
-            queued_here >= self.cfg.upload_queue_per_partner,
+            queued_here >= self.cfg.upload_queue_per_partner || throttled,
             false,
             full,
             finish > deadline + DEADLINE_GRACE,
@@ -1623,8 +1699,12 @@ impl<P: Payload> Node<P> {
             }
             None => false,
         };
+        let fresh = self.store.newest().is_none_or(|n| seq.is_after(n));
         match self.store.insert(seg) {
             Inserted::New => {
+                if fresh {
+                    self.last_fresh = self.now;
+                }
                 if !announced {
                     self.push_to_children(seq);
                     self.announce(seq, Some(link));
@@ -2319,6 +2399,7 @@ impl<P: Payload> Node<P> {
 
     fn on_tick(&mut self) {
         let now = self.now;
+        self.bans.expire(now);
         // Links: handshake, heartbeat, keep-alive, idle queries. Walk backwards: closing
         // swap-removes.
         let mut j = self.links.len();
@@ -2369,6 +2450,7 @@ impl<P: Payload> Node<P> {
                     if let Some(p) = self.links[j].partner.as_mut() {
                         p.inflight = p.inflight.saturating_sub(1);
                         p.avoid_until = now + Duration::from_secs(1);
+                        p.failed = p.failed.saturating_add(1);
                     }
                 }
                 self.schedule_due = true;
@@ -2404,9 +2486,30 @@ impl<P: Payload> Node<P> {
                 self.dial_bootstrap();
             }
         }
+        self.rebootstrap_if_starved();
         self.maintain_partners();
         self.check_parents();
         self.schedule_due = true;
+    }
+
+    /// See `STARVED_AFTER`. Not while linked to the source (its input may just have paused),
+    /// and at most once per `REBOOTSTRAP_BACKOFF`.
+    fn rebootstrap_if_starved(&mut self) {
+        let now = self.now;
+        let starved = self.nominal().mul(STARVED_AFTER);
+        if self.cfg.role != Role::Peer
+            || !self.joined
+            || now.saturating_since(self.last_fresh) < starved
+            || self.rebootstrap_at.is_some_and(|at| now < at)
+            || self
+                .links
+                .iter()
+                .any(|l| l.peer.is_some_and(|p| p.role == Role::Source))
+        {
+            return;
+        }
+        self.dial_bootstrap();
+        self.rebootstrap_at = Some(now + REBOOTSTRAP_BACKOFF);
     }
 
     fn gossip(&mut self) {
@@ -2434,6 +2537,14 @@ impl<P: Payload> Node<P> {
 
     fn refine(&mut self) {
         let period = self.cfg.refine_interval;
+        // A partner that advertised segments and did not deliver them goes first.
+        let limit = self.cfg.liar_timeouts;
+        if let Some(j) = self.links.iter().position(|l| {
+            l.peer.is_some_and(|p| p.role == Role::Peer)
+                && l.partner.as_ref().is_some_and(|p| p.lies(limit))
+        }) {
+            self.close(j, ByeReason::Refined);
+        }
         for l in &mut self.links {
             if let Some(p) = l.partner.as_mut() {
                 p.close_period(period);

@@ -40,6 +40,11 @@ pub struct Partner {
     pub received: u32,
     /// Smoothed `max(sent, received)` per second.
     pub score: f64,
+    /// Requests it made of us, and our requests to it that timed out, since the last
+    /// refinement (an over-requester is throttled, a partner that does not deliver what it
+    /// advertises is replaced).
+    pub requested: u32,
+    pub failed: u32,
 }
 
 impl Partner {
@@ -62,6 +67,8 @@ impl Partner {
             sent: 0,
             received: 0,
             score: 0.0,
+            requested: 0,
+            failed: 0,
         }
     }
 
@@ -84,6 +91,15 @@ impl Partner {
         self.score = 0.5 * self.score + 0.5 * rate;
         self.sent = 0;
         self.received = 0;
+        self.requested = 0;
+        self.failed = 0;
+    }
+
+    /// It advertised segments, failed to deliver at least `limit` of our requests for them
+    /// this period, and delivered none. (A partner that delivers some and misses some is
+    /// slow, not lying: its score already says so.)
+    pub fn lies(&self, limit: u32) -> bool {
+        self.failed >= limit.max(1) && self.received == 0
     }
 
     pub fn note_sent(&mut self, seq: Seq) {
