@@ -69,6 +69,8 @@ pub(super) struct Actor {
     acceptor: Option<JoinHandle<()>>,
     /// A failure that ends the node (the deferred listen could not bind).
     fatal: Option<super::DaemonError>,
+    /// The box daemon's warm view of this channel, shown the membership records we receive.
+    warm: Option<super::warm::SharedView>,
 }
 
 /// Where the actor takes connections from.
@@ -111,6 +113,7 @@ impl Actor {
             listen_later: None,
             acceptor: None,
             fatal: None,
+            warm: opts.warm.clone(),
             node,
         }
     }
@@ -266,6 +269,9 @@ impl Actor {
                 }
             },
             LinkEvent::Received { link, msg, _permit } => {
+                if let (Some(w), crate::proto::Message::Ctl(c)) = (&self.warm, &msg) {
+                    super::warm::lock(w).observe(c, std::time::Instant::now());
+                }
                 if self.links.contains_key(&link) {
                     self.node.handle_input(now, Input::Received { link, msg });
                 }
