@@ -644,7 +644,7 @@ bootstrap = ["[2001:db8::1]:7000"]
             ("[outputs]\nudp = \"tcp://1.2.3.4:5\"\n", 2, "udp://"),
             ("control_socket = \"relative.sock\"\n", 1, "absolute path"),
             (
-                "[[channel]]\nname = \"a b\"\nid = \"00\"\nbootstrap = []\n",
+                &format!("[[channel]]\nname = \"a b\"\nid = \"{ID}\"\nbootstrap = [\"h:1\"]\n"),
                 2,
                 "not a channel name",
             ),
@@ -713,6 +713,33 @@ bootstrap = ["[2001:db8::1]:7000"]
         assert!(c.set_flag("control-socket", "x.sock").is_err());
         assert!(c.set_flag("udp-out", "udp://nonsense").is_err());
         assert_eq!(c.tune.as_deref(), Some("a"));
+    }
+
+    /// The configs shipped for each board, and the package's default, are valid as they are.
+    #[test]
+    fn shipped_configs_parse() {
+        let shipped = [
+            ("rpi3", include_str!("../board/rpi3/coolstream.toml")),
+            ("rpi4", include_str!("../board/rpi4/coolstream.toml")),
+            ("rpi5", include_str!("../board/rpi5/coolstream.toml")),
+            ("pizero", include_str!("../board/pizero/coolstream.toml")),
+            (
+                "generic-stb",
+                include_str!("../board/generic-stb/coolstream.toml"),
+            ),
+            ("default", include_str!("../systemd/coolstream.toml")),
+        ];
+        for (name, text) in shipped {
+            let c = BoxConfig::parse(text, name).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                c.control_socket,
+                PathBuf::from(DEFAULT_CONTROL_SOCKET),
+                "{name}"
+            );
+            assert_eq!(c.listen.port(), 7000, "{name}");
+        }
+        let stb = BoxConfig::parse(shipped[4].1, "stb").unwrap();
+        assert!(stb.http.is_none() && stb.udp.is_some());
     }
 
     #[test]

@@ -23,11 +23,7 @@ impl Notifier {
     /// set, naming this process).
     pub fn from_env() -> Notifier {
         let var = std::env::var_os("NOTIFY_SOCKET").filter(|v| !v.is_empty());
-        let sock = var.as_ref().and_then(|p| {
-            let addr = socket_addr(p.to_str()?)?;
-            let s = UnixDatagram::unbound().ok()?;
-            Some((s, addr))
-        });
+        let sock = var.as_ref().and_then(|p| open(p.to_str()?));
         let for_us = std::env::var("WATCHDOG_PID")
             .map(|p| p.parse::<u32>().ok() == Some(std::process::id()))
             .unwrap_or(true);
@@ -60,8 +56,8 @@ impl Notifier {
         self.watchdog.map(|w| w / 2)
     }
 
-    /// Sends `state` (newline-separated `KEY=VALUE` lines). Failures are logged, never fatal:
-    /// the daemon works without systemd.
+    /// Sends `state` (newline-separated `KEY=VALUE` lines) without waiting. Failures are
+    /// logged, never fatal: the daemon works without systemd.
     pub fn send(&self, state: &str) {
         let Some((s, addr)) = &self.sock else { return };
         let msg = &state.as_bytes()[..state.len().min(MAX_NOTIFY_LEN)];
@@ -85,6 +81,15 @@ impl Notifier {
     pub fn stopping(&self) {
         self.send("STOPPING=1");
     }
+}
+
+/// A socket that sends to `NOTIFY_SOCKET`'s address.
+fn open(notify_socket: &str) -> Option<(UnixDatagram, std::os::unix::net::SocketAddr)> {
+    let addr = socket_addr(notify_socket)?;
+    let s = UnixDatagram::unbound().ok()?;
+    // Never block the main loop: if the receiver's queue is full, a message is dropped.
+    s.set_nonblocking(true).ok()?;
+    Some((s, addr))
 }
 
 /// A status fits on one line (a newline would start a new assignment).
@@ -116,10 +121,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let rx = UnixDatagram::bind(&path).unwrap();
         let n = Notifier {
-            sock: Some((
-                UnixDatagram::unbound().unwrap(),
-                socket_addr(path.to_str().unwrap()).unwrap(),
-            )),
+            sock: open(path.to_str().unwrap()),
             watchdog: Some(Duration::from_secs(10)),
         };
         n.ready("tuned: news\nx");
@@ -130,6 +132,10 @@ mod tests {
         let k = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..k], b"WATCHDOG=1");
         assert_eq!(n.watchdog_interval(), Some(Duration::from_secs(5)));
+        // A receiver that stops reading fills its queue; sending then drops, never blocks.
+        for _ in 0..10_000 {
+            n.watchdog();
+        }
         assert!(socket_addr("relative").is_none());
         assert!(socket_addr("@abstract").is_some());
         let _ = std::fs::remove_dir_all(&dir);
