@@ -21,14 +21,18 @@ pub fn call(path: &Path, req: &Request) -> Result<Value, String> {
     let _ = s.set_write_timeout(Some(CTL_TIMEOUT));
     let line = req.to_line();
     debug_assert!(line.len() <= MAX_LINE);
-    (&s).write_all(line.as_bytes())
-        .map_err(|e| format!("cannot send to {}: {e}", path.display()))?;
+    // A daemon that refuses us says why and closes at once, possibly before our request is
+    // written: read its line even when the write failed.
+    let sent = (&s).write_all(line.as_bytes());
     let mut answer = Vec::new();
-    BufReader::new(std::io::Read::take(&s, MAX_ANSWER as u64))
-        .read_until(b'\n', &mut answer)
-        .map_err(|e| format!("no answer from {}: {e}", path.display()))?;
+    let read =
+        BufReader::new(std::io::Read::take(&s, MAX_ANSWER as u64)).read_until(b'\n', &mut answer);
     if answer.is_empty() {
-        return Err(format!("{} closed without answering", path.display()));
+        return Err(match (sent, read) {
+            (Err(e), _) => format!("cannot send to {}: {e}", path.display()),
+            (_, Err(e)) => format!("no answer from {}: {e}", path.display()),
+            _ => format!("{} closed without answering", path.display()),
+        });
     }
     serde_json::from_slice(&answer).map_err(|e| format!("unreadable answer: {e}"))
 }
