@@ -265,6 +265,11 @@ fn run_from_a_config_answers_the_control_socket_zaps_and_talks_to_systemd() {
         let s = ctl.ask(r#"{"cmd":"status"}"#);
         (s["state"] == "playing").then_some(())
     });
+    // The standby channel's view fills from its member probes (here: its source answers).
+    wait_for("beta's warm view", Duration::from_secs(20), || {
+        let c = ctl.ask(r#"{"cmd":"channels"}"#);
+        (c["channels"][1]["warm"].as_u64() >= Some(1)).then_some(())
+    });
     let (head, body) = http_get(http, "/ch/alpha.ts", 2 * 188);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body[0], 0x47, "MPEG-TS sync byte");

@@ -4,18 +4,17 @@
 //! - **Tuned channel**: a full peer node (M partners, the configured ring, upload cap and
 //!   partner limit) whose played segments feed the outputs: HTTP for players on the box, and
 //!   UDP/RTP to the hardware decoder.
-//! - **Standby channels**: a node each with no partners and no store to speak of: it joins
-//!   through the channel's bootstrap, learns members from the origin's redirect and a deputy's
-//!   sample, and joins again when those expire (the core's member TTL, a minute), so it costs
-//!   a few small exchanges a minute and no stream. What they learn, and whatever the tuned
-//!   node hears, fills each channel's [`WarmView`](super::warm::WarmView).
+//! - **Standby channels**: no node at all, only a [`keep_warm`](super::warm::keep_warm) task
+//!   that asks one member for its sample every 20 s (no join, no partnership, no stream: a
+//!   standby box is not a member and nobody is offered it as a partner). What it learns, and
+//!   whatever the tuned node hears, fills each channel's [`WarmView`](super::warm::WarmView).
 //! - **Zap** (`{"cmd":"zap"}`): the tuned node leaves in the background, the outputs move to
 //!   a fresh feed named after the new channel (the HTTP listener and the UDP destination stay;
 //!   a player of `/ch/OLD.ts` is closed, the decoder's stream just continues with the new
-//!   channel from an entry point), the new channel's standby stops, and a tuned node joins it
-//!   through the freshest warm members and the configured bootstrap. The old channel goes to
-//!   standby. Nothing restarts but those two nodes.
-//! - **Supervision**: a node that ends by itself (its bootstrap names do not resolve, a bind
+//!   channel from an entry point), and a tuned node joins the new channel through its freshest
+//!   warm members and the configured bootstrap. The old channel goes to standby. Nothing else
+//!   restarts.
+//! - **Supervision**: the tuned node, if it ends by itself (its bootstrap names do not resolve, a bind
 //!   fails, a panic) is started again after [`RESTART_BACKOFF`]. The main loop sends systemd's
 //!   watchdog ping; a runtime wedged by any task stops the pings and systemd restarts us.
 //!
@@ -31,6 +30,7 @@ use crate::control::server::{Call, ControlSocket};
 use crate::control::{error, Request, REQUEST_QUEUE};
 use crate::output::udp::UdpOut;
 use crate::output::{http, udp, Feed};
+use crate::proto::PeerId;
 use crate::proto::Role;
 use serde_json::{json, Value};
 use std::future::Future;
@@ -48,10 +48,6 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const RESTART_BACKOFF: Duration = Duration::from_secs(5);
 /// Nodes still leaving (after zaps) kept at once; past that the oldest is cut short.
 pub const MAX_LEAVING: usize = 16;
-/// A standby node's upload cap, kbit/s: it serves no stream, only membership answers.
-pub const STANDBY_UPLOAD_KBPS: u64 = 64;
-/// A standby node's store budget (it holds no segments; the core wants a budget all the same).
-pub const STANDBY_STORE_BYTES: u64 = 256 * 1024;
 /// At shutdown, nodes get this long to leave their swarms.
 pub const STOP_WAIT: Duration = Duration::from_secs(3);
 /// Partners the tuned channel looks for (DONet's M; continuity flattens at 4 to 5).
@@ -70,6 +66,8 @@ struct Slot {
     view: SharedView,
     report: watch::Receiver<NodeReport>,
     node: Option<Running>,
+    /// A standby channel's membership upkeep.
+    warm_task: Option<JoinHandle<()>>,
     /// When a node that ended by itself is started again.
     retry_at: Option<tokio::time::Instant>,
 }
@@ -140,6 +138,8 @@ pub struct BoxDaemon {
     leaving: Vec<NodeTask>,
     started: std::time::Instant,
     last_status: String,
+    /// The id a standby channel's probes carry (a box is one asker for all its channels).
+    probe_id: PeerId,
 }
 
 /// Binds what the daemon serves on (control socket, peer port, HTTP port), starts its
@@ -172,6 +172,7 @@ pub async fn run_box(
                 view: SharedView::default(),
                 report: watch::channel(NodeReport::default()).1,
                 node: None,
+                warm_task: None,
                 retry_at: None,
             })
             .collect(),
@@ -187,6 +188,7 @@ pub async fn run_box(
         leaving: Vec::new(),
         started: std::time::Instant::now(),
         last_status: String::new(),
+        probe_id: PeerId(super::random_u64()),
         cfg,
     };
     let first = d.cfg.initial_channel().map(|c| c.name.clone());
@@ -246,29 +248,27 @@ impl BoxDaemon {
     fn start_tuned(&mut self, i: usize) {
         let report = watch::channel(NodeReport::default());
         self.feed = self.outputs.retune(&self.slots[i].cfg, report.1.clone());
-        self.start_node(i, true, report);
+        self.start_node(i, report);
     }
 
-    /// Starts slot `i`'s node, tuned (playing into the current feed) or standby, reporting
-    /// on `report`.
+    /// Starts slot `i`'s tuned node, playing into the current feed and reporting on `report`.
     fn start_node(
         &mut self,
         i: usize,
-        tuned: bool,
         (report_tx, report_rx): (watch::Sender<NodeReport>, watch::Receiver<NodeReport>),
     ) {
-        let listener = if tuned {
-            self.peer_listener
-                .try_clone()
-                .and_then(TcpListener::from_std)
-                .map_err(|e| DaemonError::Io(format!("listen {}", self.cfg.listen), e))
-        } else {
-            bind_listener(SocketAddr::new(self.cfg.listen.ip(), 0))
-        };
-        let listener = match listener {
+        let listener = match self
+            .peer_listener
+            .try_clone()
+            .and_then(TcpListener::from_std)
+        {
             Ok(l) => l,
             Err(e) => {
-                log::error!("channel {}: {e}", self.slots[i].cfg.name);
+                log::error!(
+                    "channel {}: listen {}: {e}",
+                    self.slots[i].cfg.name,
+                    self.cfg.listen
+                );
                 self.slots[i].retry_at = Some(tokio::time::Instant::now() + RESTART_BACKOFF);
                 return;
             }
@@ -277,17 +277,11 @@ impl BoxDaemon {
         let mut opts = NodeOptions::new(Role::Peer, slot.cfg.id);
         opts.name = slot.cfg.name.clone();
         opts.warm = Some(slot.view.clone());
-        if tuned {
-            opts.upload_kbps = self.cfg.upload_kbps;
-            opts.store_bytes = Some(self.cfg.ring_bytes);
-            let max = self.cfg.max_partners;
-            opts.partners = Some((TUNED_PARTNERS.min(max), max));
-            opts.feed = self.feed.clone();
-        } else {
-            opts.upload_kbps = STANDBY_UPLOAD_KBPS;
-            opts.store_bytes = Some(STANDBY_STORE_BYTES);
-            opts.partners = Some((0, 0));
-        }
+        opts.upload_kbps = self.cfg.upload_kbps;
+        opts.store_bytes = Some(self.cfg.ring_bytes);
+        let max = self.cfg.max_partners;
+        opts.partners = Some((TUNED_PARTNERS.min(max), max));
+        opts.feed = self.feed.clone();
         opts.report = Some(report_tx);
         slot.report = report_rx;
         let warm_addrs: Vec<SocketAddr> = warm::lock(&slot.view)
@@ -317,8 +311,25 @@ impl BoxDaemon {
         slot.retry_at = None;
     }
 
+    /// Keeps slot `i` warm without a node (see [`warm::keep_warm`]).
     fn start_standby(&mut self, i: usize) {
-        self.start_node(i, false, watch::channel(NodeReport::default()));
+        let s = &mut self.slots[i];
+        if let Some(t) = s.warm_task.take() {
+            t.abort();
+        }
+        s.report = watch::channel(NodeReport::default()).1;
+        s.warm_task = Some(tokio::spawn(warm::keep_warm(
+            s.view.clone(),
+            s.cfg.id,
+            self.probe_id,
+            s.cfg.bootstrap.clone(),
+        )));
+    }
+
+    fn stop_standby(&mut self, i: usize) {
+        if let Some(t) = self.slots[i].warm_task.take() {
+            t.abort();
+        }
     }
 
     /// Stops slot `i`'s node; it leaves its swarm in the background.
@@ -348,7 +359,7 @@ impl BoxDaemon {
         if let Some(old) = self.tuned {
             self.stop_node(old);
         }
-        self.stop_node(i);
+        self.stop_standby(i);
         self.tuned = Some(i);
         self.start_tuned(i);
         if let Some(old) = previous
@@ -388,12 +399,11 @@ impl BoxDaemon {
                 );
                 self.slots[i].retry_at = Some(now + RESTART_BACKOFF);
             }
-            if self.slots[i].node.is_none() && self.slots[i].retry_at.is_some_and(|t| t <= now) {
-                if self.tuned == Some(i) {
-                    self.start_tuned(i);
-                } else {
-                    self.start_standby(i);
-                }
+            if self.tuned == Some(i)
+                && self.slots[i].node.is_none()
+                && self.slots[i].retry_at.is_some_and(|t| t <= now)
+            {
+                self.start_tuned(i);
             }
         }
     }
@@ -401,6 +411,7 @@ impl BoxDaemon {
     async fn stop_all(&mut self) {
         for i in 0..self.slots.len() {
             self.stop_node(i);
+            self.stop_standby(i);
         }
         for t in self.outputs.tasks.drain(..) {
             t.abort();
@@ -417,16 +428,16 @@ impl BoxDaemon {
     fn state(&self, i: usize) -> &'static str {
         let s = &self.slots[i];
         match (&s.node, self.tuned == Some(i)) {
-            (None, _) => "waiting",
             (Some(_), true) if s.report.borrow().segments_played > 0 => "playing",
             (Some(_), true) => "joining",
-            (Some(_), false) => "standby",
+            (None, true) => "waiting",
+            (_, false) => "standby",
         }
     }
 
     fn status_line(&self) -> String {
         match self.tuned {
-            None => format!("no channel tuned; {} channels", self.slots.len()),
+            None => "no channel tuned".to_string(),
             Some(i) => {
                 let r = self.slots[i].report.borrow();
                 format!(
@@ -478,7 +489,7 @@ impl BoxDaemon {
                             "logo": s.cfg.logo,
                             "tuned": self.tuned == Some(i),
                             "state": self.state(i),
-                            "members": r.members,
+                            "members": if self.tuned == Some(i) { r.members } else { warm::lock(&s.view).len() },
                             "links": r.links,
                             "warm": warm::lock(&s.view).len(),
                         })

@@ -176,7 +176,7 @@ pub fn node_config(opts: &NodeOptions, listen_port: u16) -> Config {
 }
 
 /// A random peer id and core seed from the operating system.
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     if getrandom::fill(&mut b).is_err() {
         // No OS randomness: fall back to the clock and pid (ids only need to differ).
