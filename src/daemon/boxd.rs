@@ -428,7 +428,7 @@ impl BoxDaemon {
     fn state(&self, i: usize) -> &'static str {
         let s = &self.slots[i];
         match (&s.node, self.tuned == Some(i)) {
-            (Some(_), true) if s.report.borrow().segments_played > 0 => "playing",
+            (Some(_), true) if s.report.borrow().startup_s.is_some() => "playing",
             (Some(_), true) => "joining",
             (None, true) => "waiting",
             (_, false) => "standby",

@@ -131,7 +131,7 @@ pub struct NodeOptions {
     /// The core's segment store budget in bytes, when not the core's default.
     pub store_bytes: Option<u64>,
     /// Partners sought and accepted at most (M and the accept limit), when not the core's
-    /// defaults. A box's standby channels use (0, 0): membership only, no stream.
+    /// defaults (the box daemon's `limits.max_partners`).
     pub partners: Option<(usize, usize)>,
     /// Membership records this node hears of are shown to this view (the box daemon's).
     pub warm: Option<warm::SharedView>,
