@@ -111,6 +111,10 @@ pub struct Config {
 
 /// Most partners any node accepts, whatever its upload.
 pub const PARTNER_CEILING: usize = 32;
+/// Partners a node takes above its accept limit for newcomers (peers with almost no
+/// partners): established peers fill every free slot, so without it a joiner finds the swarm
+/// full. Refinement gives the extra slots back.
+pub const NEWCOMER_SLACK: usize = 2;
 
 impl Config {
     /// Partners this node accepts: `max_partners` scaled by how many stream rates it can
@@ -139,6 +143,11 @@ impl Config {
         let extra = ((factor - 1.0).max(0.0) * self.strong_partner_scale * self.partners as f64)
             .round() as usize;
         (self.partners + extra).min(self.accept_limit())
+    }
+
+    /// Partners this node ever has: its accept limit plus the newcomers' slack.
+    pub fn partner_cap(&self) -> usize {
+        self.accept_limit() + NEWCOMER_SLACK
     }
 
     pub fn accept_limit(&self) -> usize {

@@ -249,6 +249,9 @@ const REBOOTSTRAP_BACKOFF: Duration = Duration::from_secs(2);
 const REDIRECT_SAMPLE: usize = 6;
 /// Membership records in a partner rejection.
 const REJECT_SAMPLE: usize = 4;
+/// A starting peer that holds one of the next this-many segments after its chosen start
+/// before the start itself begins there.
+const START_SLIDE: u32 = 3;
 /// A starting peer re-picks its first segment if it has not arrived by then.
 const START_RETRY: Duration = Duration::from_millis(1500);
 /// Full buffer maps go out this often (haves keep partners current in between).
@@ -262,7 +265,7 @@ const CRITICAL_MIN: Duration = Duration::from_secs(3);
 /// Longest single playback pause for a late segment.
 const MAX_STALL: Duration = Duration::from_secs(10);
 /// Lag kept above the observed arrival delays.
-const STALL_MARGIN: Duration = Duration::from_millis(1000);
+const STALL_MARGIN: Duration = Duration::from_millis(3000);
 /// Offers an idle supplier has out at once.
 const MAX_OFFERS: usize = 1;
 /// Segments at most arriving at once (cut-through forwarding keeps a handle to each).
@@ -272,6 +275,15 @@ const MAX_INCOMING: usize = 32;
 const UPLOAD_STUCK: Duration = Duration::from_secs(10);
 /// Grace past the requester's deadline a supplier still accepts (estimates are rough).
 const DEADLINE_GRACE: Duration = Duration::from_millis(200);
+/// A peer that refused us as a partner (or could not be reached) is not asked again for this
+/// long: in a small swarm the mCache holds few candidates, and without it a full peer would
+/// be re-dialled the moment it says no, as fast as the network answers.
+const REFUSAL_BACKOFF: Duration = Duration::from_secs(10);
+/// A partner request from a peer with fewer partners than this is from a newcomer (or an
+/// orphan): see [`Config::partner_cap`].
+const NEEDY_PARTNERS: usize = 2;
+/// Refusals remembered at most (the oldest is forgotten first).
+const REFUSAL_MEMORY: usize = 16;
 
 pub struct Node<P> {
     cfg: Config,
@@ -280,6 +292,9 @@ pub struct Node<P> {
     now: Instant,
     links: Vec<Link>,
     pending_dials: Vec<PendingDial>,
+    /// Addresses that refused to partner (or failed to answer) recently: see
+    /// [`REFUSAL_BACKOFF`]. At most [`REFUSAL_MEMORY`] entries.
+    refusals: Vec<(PeerAddr, Instant)>,
     mcache: MCache,
     store: Store<P>,
     requests: Vec<Request>,
@@ -345,6 +360,7 @@ impl<P: Payload> Node<P> {
             now,
             links: Vec::new(),
             pending_dials: Vec::new(),
+            refusals: Vec::new(),
             store,
             requests: Vec::new(),
             uploads: Vec::new(),
@@ -703,16 +719,16 @@ impl<P: Payload> Node<P> {
             match purpose {
                 Purpose::Bootstrap => {
                     self.send(i, Control::Join);
-                    self.send(i, Control::PartnerRequest);
+                    self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::REDIRECT | awaiting::PARTNER;
                 }
                 Purpose::Deputy => {
                     self.send(i, Control::MembersRequest);
-                    self.send(i, Control::PartnerRequest);
+                    self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::MEMBERS | awaiting::PARTNER;
                 }
                 Purpose::Partner => {
-                    self.send(i, Control::PartnerRequest);
+                    self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::PARTNER;
                 }
                 Purpose::Inbound => {}
@@ -726,6 +742,7 @@ impl<P: Payload> Node<P> {
         };
         let d = self.pending_dials.swap_remove(k);
         self.mcache.forget_addr(remote);
+        self.note_refusal(remote);
         if d.purpose == Purpose::Bootstrap && self.partner_count() == 0 {
             self.rebootstrap_at = Some(self.now + REBOOTSTRAP_BACKOFF);
         }
@@ -811,6 +828,10 @@ impl<P: Payload> Node<P> {
             match c {
                 Control::Hello(h) => self.on_hello(i, h),
                 Control::Bye(_) => {
+                    if self.links[i].purpose == Purpose::Partner {
+                        let remote = self.links[i].remote;
+                        self.note_refusal(remote);
+                    }
                     let id = self.links[i].id;
                     self.out.push_back(Output::Close { link: id });
                     self.remove_link(i);
@@ -822,6 +843,10 @@ impl<P: Payload> Node<P> {
         match c {
             Control::Hello(_) => self.close(i, ByeReason::Protocol),
             Control::Bye(_) => {
+                if self.links[i].awaiting & awaiting::PARTNER != 0 {
+                    let remote = self.links[i].remote;
+                    self.note_refusal(remote);
+                }
                 let id = self.links[i].id;
                 self.out.push_back(Output::Close { link: id });
                 self.remove_link(i);
@@ -866,7 +891,7 @@ impl<P: Payload> Node<P> {
                     self.broadcast_except(from, Control::Depart { id, seq });
                 }
             }
-            Control::PartnerRequest => self.on_partner_request(i),
+            Control::PartnerRequest { partners } => self.on_partner_request(i, partners),
             Control::PartnerAccept => {
                 if self.links[i].awaiting & awaiting::PARTNER != 0 {
                     self.links[i].awaiting &= !awaiting::PARTNER;
@@ -882,6 +907,8 @@ impl<P: Payload> Node<P> {
             }
             Control::PartnerReject(entries) => {
                 self.learn_all(i, &entries);
+                let remote = self.links[i].remote;
+                self.note_refusal(remote);
                 self.links[i].awaiting &= !awaiting::PARTNER;
                 self.close_if_done(i);
                 self.maintain_partners();
@@ -1072,7 +1099,13 @@ impl<P: Payload> Node<P> {
         self.send(i, Control::Redirect { deputy, members });
     }
 
-    fn on_partner_request(&mut self, i: usize) {
+    fn partner_request(&self) -> Control {
+        Control::PartnerRequest {
+            partners: self.partner_count().min(u8::MAX as usize) as u8,
+        }
+    }
+
+    fn on_partner_request(&mut self, i: usize, asker_partners: u8) {
         let Some(peer) = self.links[i].peer else {
             return;
         };
@@ -1080,7 +1113,15 @@ impl<P: Payload> Node<P> {
             .links
             .iter()
             .any(|l| l.partner.is_some() && l.peer.is_some_and(|p| p.id == peer.id));
-        let room = self.partner_count() < self.cfg.accept_limit();
+        // Established peers fill every free slot, so a newcomer would find the swarm full:
+        // one with (almost) no partners gets a few slots above the limit, which refinement
+        // gives back later.
+        let limit = if (asker_partners as usize) < NEEDY_PARTNERS {
+            self.cfg.partner_cap()
+        } else {
+            self.cfg.accept_limit()
+        };
+        let room = self.partner_count() < limit;
         if room && !duplicate && peer.role == Role::Peer {
             self.send(i, Control::PartnerAccept);
             self.become_partners(i);
@@ -1198,21 +1239,31 @@ impl<P: Payload> Node<P> {
         // When it would be done: after the uploads in progress and the queued ones that go
         // first (those about to miss, and fresher ones).
         let critical_before = self.critical_before(xfer);
+        // A request about to miss its deadline (a newcomer's first segments, a late one) is
+        // served before everything that is not: only those go ahead of it.
+        let critical = deadline <= critical_before;
         let ahead = self
             .uploads
             .iter()
-            .filter(|u| (!u.push && u.deadline <= critical_before) || u.seq.is_after(seq))
+            .filter(|u| {
+                let urgent = !u.push && u.deadline <= critical_before;
+                if critical {
+                    urgent && u.deadline <= deadline
+                } else {
+                    urgent || u.seq.is_after(seq)
+                }
+            })
             .count() as u64;
         let finish = self.now + self.active_remaining() + xfer.mul(ahead + 1);
-        // A full queue makes room for a fresher request by turning away its stalest one:
-        // old segments are widely held and their requesters find them elsewhere, while a
-        // fresh one has few holders, and this may be one.
+        // A full queue makes room for a fresher request (or a critical one) by turning away
+        // its stalest non-critical one: old segments are widely held and their requesters
+        // find them elsewhere, while a fresh one has few holders, and this may be one.
         let mut evict = None;
         if self.backlog() >= self.max_backlog() || pulls_queued >= self.cfg.upload_queue_capacity {
             evict = (0..self.uploads.len())
                 .filter(|&k| {
                     let u = &self.uploads[k];
-                    !u.push && u.deadline > critical_before && u.seq.is_before(seq)
+                    !u.push && u.deadline > critical_before && (critical || u.seq.is_before(seq))
                 })
                 .min_by(|&a, &b| self.uploads[a].seq.serial_cmp(self.uploads[b].seq));
         }
@@ -1586,7 +1637,16 @@ impl<P: Payload> Node<P> {
     /// Hands every in-order segment we hold to the player and arms the deadline timer for the
     /// first one we lack.
     fn drain_playout(&mut self) {
-        if let Playout::Starting { start, .. } = self.playout {
+        if let Playout::Starting { mut start, since } = self.playout {
+            // The start's first segments are fetched in parallel; when a later one comes
+            // first, start there (nothing is counted missed before playback starts) rather
+            // than wait for a slow supplier.
+            if !self.store.has(start) {
+                if let Some(k) = (1..=START_SLIDE).find(|&k| self.store.has(start.add(k))) {
+                    start = start.add(k);
+                    self.playout = Playout::Starting { start, since };
+                }
+            }
             // Start once the first `start_buffer` segments are in hand: the ones right after
             // the first are due within seconds, and a joining peer has no slack yet.
             let ready = (0..self.cfg.start_buffer.max(1)).all(|k| self.store.has(start.add(k)));
@@ -1943,12 +2003,21 @@ impl<P: Payload> Node<P> {
         }
         let mut picks = std::mem::take(&mut self.scratch_picks);
         picks.clear();
+        // A starting peer's first segments are all urgent: the soonest supplier, not the
+        // slowest that would do, since every moment before the first one is startup time.
+        let urgent_within = match self.playout {
+            Playout::Starting { .. } => self
+                .cfg
+                .urgent_within
+                .max(self.cfg.startup_budget + self.nominal()),
+            _ => self.cfg.urgent_within,
+        };
         let skipped = scheduler::plan(
             now,
             &mut wants,
             &mut suppliers,
             seg_bytes,
-            self.cfg.urgent_within,
+            urgent_within,
             budget,
             &mut picks,
         );
@@ -2438,11 +2507,24 @@ impl<P: Payload> Node<P> {
         }
     }
 
+    /// Remembers that `addr` refused us (or did not answer), replacing the oldest memory
+    /// when full.
+    fn note_refusal(&mut self, addr: PeerAddr) {
+        let now = self.now;
+        self.refusals
+            .retain(|&(a, at)| a != addr && now.saturating_since(at) < REFUSAL_BACKOFF);
+        if self.refusals.len() == REFUSAL_MEMORY {
+            self.refusals.remove(0);
+        }
+        self.refusals.push((addr, now));
+    }
+
     fn dial_candidate(&mut self) -> bool {
         let now = self.now;
         // Borrow dance: the filter reads links and dials while the mCache is sampled.
         let links = &self.links;
         let dials = &self.pending_dials;
+        let refusals = &self.refusals;
         let me = self.id;
         let cand = self.mcache.pick_candidate(&mut self.rng, now, |e| {
             e.id != me
@@ -2450,6 +2532,9 @@ impl<P: Payload> Node<P> {
                     .iter()
                     .any(|l| l.peer.is_some_and(|p| p.id == e.id) || l.remote == e.addr)
                 && !dials.iter().any(|d| d.addr == e.addr)
+                && !refusals
+                    .iter()
+                    .any(|&(a, at)| a == e.addr && now.saturating_since(at) < REFUSAL_BACKOFF)
         });
         match cand {
             Some(e) => self.dial(e.addr, Purpose::Partner),

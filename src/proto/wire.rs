@@ -192,8 +192,11 @@ pub enum Control {
         id: PeerId,
         seq: u32,
     },
-    /// "Be my partner."
-    PartnerRequest,
+    /// "Be my partner": with how many partners the asker has now (a peer with none or one is
+    /// joining or was orphaned, and is let in above the usual limit).
+    PartnerRequest {
+        partners: u8,
+    },
     PartnerAccept,
     /// No room; here are others to try.
     PartnerReject(Vec<MemberEntry>),

@@ -1264,12 +1264,12 @@ impl Sim {
             let Some(n) = &s.node else { continue };
             let c = n.config();
             let partners: Vec<PeerId> = n.partner_ids().collect();
-            if partners.len() > c.accept_limit() {
+            if partners.len() > c.partner_cap() {
                 return Err(format!(
                     "{:?} has {} partners > {}",
                     n.id(),
                     partners.len(),
-                    c.accept_limit()
+                    c.partner_cap()
                 ));
             }
             let (req, up, links) = n.queue_lengths();
@@ -1316,7 +1316,7 @@ fn ctl_kind(c: &crate::proto::wire::Control) -> usize {
         C::MembersRequest => 4,
         C::Members(_) => 5,
         C::Depart { .. } => 6,
-        C::PartnerRequest => 7,
+        C::PartnerRequest { .. } => 7,
         C::PartnerAccept => 8,
         C::PartnerReject(_) => 9,
         C::BufferMap { .. } => 10,

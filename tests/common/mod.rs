@@ -1,0 +1,191 @@
+//! Helpers shared by the end-to-end tests: child processes that are stopped when dropped,
+//! free ports, keys, ffmpeg, polling, HTTP reads and segment digests.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_coolstream");
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: &[&str], log: &Path) -> Proc {
+        let f = std::fs::File::create(log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.into(),
+        }
+    }
+
+    /// SIGTERM, and the exit code once it has gone (None if it had to be killed).
+    pub fn stop(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("coolstream-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn keygen(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("ch.key");
+    let out = Command::new(BIN)
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen failed: {out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 64, "keygen printed {id:?}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    (key, id)
+}
+
+pub fn require_ffmpeg() {
+    let ok = Command::new("ffmpeg")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "ffmpeg is required by this test (it makes the live input) and was not found on PATH; \
+         install it (Debian: apt-get install ffmpeg, or run scripts/test as root)"
+    );
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn read_json(p: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// GETs `path` and reads the response for up to `dur` or `max` bytes: (head, body).
+pub fn http_get(port: u16, path: &str, dur: Duration, max: usize) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let until = Instant::now() + dur;
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while Instant::now() < until && all.len() < max {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("http read: {e}"),
+        }
+    }
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&all[..split]).to_string();
+    (head, all[split + 4..].to_vec())
+}
+
+/// The source's segment log: (len, sha256 hex) per line.
+pub fn segment_log(p: &Path) -> Vec<(usize, String)> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(1)?.parse().ok()?, f.get(3)?.to_string()))
+        })
+        .collect()
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// How many whole source segments `body` is made of, back to back from its first byte.
+pub fn whole_segments(body: &[u8], log: &[(usize, String)]) -> usize {
+    whole_segments_covered(body, log).0
+}
+
+/// Whole source segments back to back from `body`'s first byte, and the bytes they cover.
+pub fn whole_segments_covered(body: &[u8], log: &[(usize, String)]) -> (usize, usize) {
+    let mut off = 0;
+    let mut n = 0;
+    'next: while off < body.len() {
+        for (len, digest) in log {
+            if off + len <= body.len() && hex(&Sha256::digest(&body[off..off + len])) == *digest {
+                off += len;
+                n += 1;
+                continue 'next;
+            }
+        }
+        break;
+    }
+    (n, off)
+}
