@@ -225,6 +225,7 @@ pub async fn run_box(
                     let _ = reply.send(d.answer(req));
                 }
             }
+            // `serve` loops until dropped; this arm only drives it.
             _ = &mut server => {}
             _ = tick.tick() => {
                 d.housekeeping().await;
@@ -238,7 +239,7 @@ pub async fn run_box(
         }
     }
     notify.stopping();
-    log::info!("stopping: leaving {} swarms", d.slots.len());
+    log::info!("stopping");
     d.stop_all().await;
     Ok(())
 }
