@@ -3,8 +3,7 @@
 //! a remote control would, watched through the sd_notify socket systemd would give it.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -12,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_coolstream");
+mod common;
+
+use common::{free_port, http_get, wait_for, BIN};
 /// An unprivileged uid for the "someone else" client (nobody on Debian).
 const OTHER_UID: u32 = 65534;
 
@@ -61,25 +62,6 @@ fn tmpdir(tag: &str) -> PathBuf {
     // Traversable by the other uid of the permission test.
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
     d
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A source looping the bundled stream: its channel id and the process.
@@ -159,30 +141,6 @@ fn euid() -> u32 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = s.lines().find(|l| l.starts_with("Uid:")).unwrap();
     line.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
-fn http_get(port: u16, path: &str, max: usize) -> (String, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut data = Vec::new();
-    let mut chunk = [0u8; 16384];
-    let until = Instant::now() + Duration::from_secs(10);
-    let head_len = |d: &[u8]| d.windows(4).position(|w| w == b"\r\n\r\n").map(|k| k + 4);
-    while head_len(&data).is_none_or(|h| data.len() < h + max) && Instant::now() < until {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => data.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let end = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP head");
-    (
-        String::from_utf8_lossy(&data[..end]).into_owned(),
-        data[end + 4..].to_vec(),
-    )
 }
 
 #[test]
@@ -270,7 +228,7 @@ fn run_from_a_config_answers_the_control_socket_zaps_and_talks_to_systemd() {
         let c = ctl.ask(r#"{"cmd":"channels"}"#);
         (c["channels"][1]["warm"].as_u64() >= Some(1)).then_some(())
     });
-    let (head, body) = http_get(http, "/ch/alpha.ts", 2 * 188);
+    let (head, body) = http_get(http, "/ch/alpha.ts", Duration::from_secs(10), 4096);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body[0], 0x47, "MPEG-TS sync byte");
 
@@ -284,10 +242,10 @@ fn run_from_a_config_answers_the_control_socket_zaps_and_talks_to_systemd() {
         (s["tuned"] == "beta" && s["state"] == "playing").then_some(())
     });
     assert_eq!(daemon.0.id(), pid);
-    let (head, body) = http_get(http, "/ch/beta.ts", 2 * 188);
+    let (head, body) = http_get(http, "/ch/beta.ts", Duration::from_secs(10), 4096);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body[0], 0x47);
-    let (head, _) = http_get(http, "/ch/alpha.ts", 0);
+    let (head, _) = http_get(http, "/ch/alpha.ts", Duration::from_secs(5), 1);
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let stats = ctl.ask(r#"{"cmd":"stats"}"#);
     let beta = &stats["channels"][1];
