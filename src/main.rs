@@ -27,6 +27,7 @@ usage:
                     [--listen ADDR] [--http ADDR] [--udp-out URL] [--upload-kbps N]
                     [--ring-bytes N] [--tune NAME]
   coolstream ctl    [--socket PATH] status|channels|zap NAME|stats [--json]
+                    (also `ctl stall [SECONDS]`: a watchdog drill that wedges the daemon)
   coolstream demo   [--peers N] [--seconds S] [--json]
   coolstream sim [--peers N] [--seed S] [--duration SECS] [--scenario static|churn|flash]
                  [--partners M] [--rate-kbps R] [--upload-scale F] [--loss P]
@@ -535,6 +536,14 @@ fn cmd_ctl(args: &[String]) -> Result<ExitCode, UsageError> {
             channel: name.to_string(),
         },
         ["zap"] => return Err(UsageError("ctl zap needs a channel name".into())),
+        ["stall"] => Request::Stall {
+            seconds: coolstream::control::STALL_DEFAULT_S,
+        },
+        ["stall", s] => Request::Stall {
+            seconds: s
+                .parse()
+                .map_err(|_| UsageError(format!("ctl stall: '{s}' is not a number of seconds")))?,
+        },
         _ => {
             return Err(UsageError(
                 "ctl wants one of: status, channels, zap NAME, stats".into(),

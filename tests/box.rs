@@ -334,6 +334,30 @@ fn run_from_a_config_answers_the_control_socket_zaps_and_talks_to_systemd() {
     // The refused client cost nothing: the first connection still works.
     assert_eq!(ctl.ask(r#"{"cmd":"status"}"#)["ok"], true);
 
+    // The watchdog drill: the daemon answers, then its main loop blocks and the pings stop
+    // (under systemd the watchdog would now restart it); afterwards it carries on.
+    let mut buf = [0u8; 2048];
+    while notify.recv(&mut buf).is_ok() {}
+    let a = ctl.ask(r#"{"cmd":"stall","seconds":3}"#);
+    assert_eq!(a["ok"], true, "{a}");
+    let stalled = Instant::now();
+    let mut pings = Vec::new();
+    while stalled.elapsed() < Duration::from_millis(2500) {
+        if let Ok(n) = notify.recv(&mut buf) {
+            pings.push((
+                stalled.elapsed(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    assert!(
+        pings.iter().all(|(at, _)| *at < Duration::from_millis(400)),
+        "the main loop still pinged while stalled: {pings:?}"
+    );
+    seen.clear();
+    notify_until(&notify, &mut seen, "WATCHDOG=1", Duration::from_secs(5));
+    assert_eq!(ctl.ask(r#"{"cmd":"status"}"#)["ok"], true);
+
     // SIGTERM: STOPPING=1, a clean exit, the socket file gone. (The queue is drained first:
     // the daemon drops what does not fit in a full one rather than wait, as systemd's reader
     // never lets it fill.)

@@ -123,6 +123,7 @@ pub fn render(req: &Request, v: &Value) -> String {
             }
             table(&rows)
         }
+        Request::Stall { seconds } => format!("the daemon's main loop stalls for {seconds} s\n"),
         Request::Zap { .. } => format!("tuned to {} (was {})\n", s(&v["tuned"]), s(&v["previous"])),
         Request::Stats => {
             let keys = [

@@ -6,6 +6,7 @@
 //! {"cmd":"channels"}                  {"ok":true,"channels":[...]}
 //! {"cmd":"zap","channel":"sport"}     {"ok":true,"tuned":"sport","previous":"news"}
 //! {"cmd":"stats"}                     {"ok":true,"channels":[{"continuity":1.0,...}]}
+//! {"cmd":"stall","seconds":60}        {"ok":true,...}, then the main loop blocks (a drill)
 //! garbage                             {"ok":false,"error":"..."}
 //! ```
 //!
@@ -39,8 +40,26 @@ pub const REQUEST_QUEUE: usize = 16;
 pub enum Request {
     Status,
     Channels,
-    Zap { channel: String },
+    Zap {
+        channel: String,
+    },
     Stats,
+    /// A fault drill: the daemon answers, then blocks its main loop for `seconds` (default
+    /// [`STALL_DEFAULT_S`]), so that systemd's watchdog, which no longer hears from it,
+    /// restarts it. Owner and root only, like everything here.
+    Stall {
+        #[serde(default = "stall_default")]
+        seconds: u64,
+    },
+}
+
+/// How long `stall` blocks when not told: past any sensible `WatchdogSec`.
+pub const STALL_DEFAULT_S: u64 = 60;
+/// The longest `stall` accepted.
+pub const STALL_MAX_S: u64 = 600;
+
+fn stall_default() -> u64 {
+    STALL_DEFAULT_S
 }
 
 impl Request {
@@ -54,14 +73,19 @@ impl Request {
         }
         match v.get("cmd").and_then(Value::as_str) {
             None => return Err("no \"cmd\": expected status, channels, zap or stats".into()),
-            Some("status" | "channels" | "zap" | "stats") => {}
+            Some("status" | "channels" | "zap" | "stats" | "stall") => {}
             Some(other) => {
                 return Err(format!(
                     "unknown cmd '{other}': expected status, channels, zap or stats"
                 ))
             }
         }
-        serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))
+        match serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))? {
+            Request::Stall { seconds } if seconds > STALL_MAX_S => {
+                Err(format!("stall: at most {STALL_MAX_S} seconds"))
+            }
+            r => Ok(r),
+        }
     }
 
     /// The line a client sends for this request.
@@ -71,6 +95,7 @@ impl Request {
             Request::Channels => json!({"cmd": "channels"}),
             Request::Zap { channel } => json!({"cmd": "zap", "channel": channel}),
             Request::Stats => json!({"cmd": "stats"}),
+            Request::Stall { seconds } => json!({"cmd": "stall", "seconds": seconds}),
         };
         format!("{v}\n")
     }
@@ -89,6 +114,12 @@ mod tests {
     fn requests_parse_and_bad_ones_say_why() {
         assert_eq!(Request::parse(br#"{"cmd":"status"}"#), Ok(Request::Status));
         assert_eq!(
+            Request::parse(br#"{"cmd":"stall"}"#),
+            Ok(Request::Stall {
+                seconds: STALL_DEFAULT_S
+            })
+        );
+        assert_eq!(
             Request::parse(br#" {"cmd":"zap","channel":"news"} "#),
             Ok(Request::Zap {
                 channel: "news".into()
@@ -101,6 +132,7 @@ mod tests {
             Request::Zap {
                 channel: "a".into(),
             },
+            Request::Stall { seconds: 3 },
         ] {
             let line = r.to_line();
             assert_eq!(Request::parse(line.trim_end().as_bytes()), Ok(r));
@@ -112,6 +144,7 @@ mod tests {
             (br#"{"command":"status"}"#, "no \"cmd\""),
             (br#"{"cmd":"zap"}"#, "missing field `channel`"),
             (br#"{"cmd":"zap","channel":7}"#, "invalid type"),
+            (br#"{"cmd":"stall","seconds":100000}"#, "at most 600"),
             (b"\xff\xfe", "not UTF-8"),
         ];
         for (line, want) in bad {

@@ -222,6 +222,15 @@ pub async fn run_box(
             call = calls.recv() => {
                 // The server holds a sender for as long as it runs.
                 if let Some((req, reply)) = call {
+                    if let Request::Stall { seconds } = req {
+                        // The drill: answer, let the answer go out, then wedge the one thread
+                        // the runtime has, as a hung task would. The watchdog pings stop.
+                        log::warn!("stall drill: blocking the main loop for {seconds} s");
+                        let _ = reply.send(json!({"ok": true, "stalling_s": seconds}));
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        std::thread::sleep(Duration::from_secs(seconds));
+                        continue;
+                    }
                     let _ = reply.send(d.answer(req));
                 }
             }
@@ -511,6 +520,8 @@ impl BoxDaemon {
                     .collect();
                 json!({"ok": true, "channels": list})
             }
+            // Handled by the main loop itself (it blocks the loop).
+            Request::Stall { .. } => error("stall is handled by the main loop"),
             Request::Zap { channel } => match self.zap(&channel) {
                 Ok(previous) => json!({"ok": true, "tuned": channel, "previous": previous}),
                 Err(e) => error(&e),
