@@ -378,6 +378,7 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
         "udp-out",
         "upload-kbps",
         "stats-json",
+        "drop-every",
     ])?;
     let channel = ChannelId::from_hex(&required(&f, "channel")?)
         .ok_or_else(|| UsageError("--channel: expected 64 hex characters".into()))?;
@@ -418,6 +419,11 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
         listen,
         http,
         udp_out,
+        // Fault injection for tests (not in the usage text): every Nth segment withheld.
+        drop_every: match f.get::<u32>("drop-every", 0)? {
+            0 => None,
+            n => Some(n),
+        },
         upload_kbps: upload_kbps(&f)?,
         stats_json: optional_path(&f, "stats-json")?,
         report: None,

@@ -323,7 +323,10 @@ impl Actor {
         let seg = key.sign_segment(seq, origin, cut.duration_us, f, cut.data);
         self.ingested += 1;
         if let Some(feed) = &self.feed {
-            feed.publish(FeedItem::Segment(seg.clone()));
+            feed.publish(FeedItem::Segment {
+                seg: seg.clone(),
+                due: std::time::Instant::now(),
+            });
         }
         self.node.handle_input(self.clock.now(), Input::Ingest(seg));
         if self.ingested >= super::SOURCE_PREROLL {
@@ -456,13 +459,14 @@ impl Actor {
                 let play_wall = wall_us() as i128 + ahead;
                 self.lag_s = Some((play_wall - segment.origin_us as i128) as f64 / 1e6);
                 if let Some(feed) = &self.feed {
-                    feed.publish(FeedItem::Segment(segment));
+                    let due = self.clock.to_tokio(deadline).into_std();
+                    feed.publish(FeedItem::Segment { seg: segment, due });
                 }
             }
             Output::Missed { seq, .. } => {
                 log::debug!("segment {seq:?} missed its deadline");
                 if let Some(feed) = &self.feed {
-                    feed.publish(FeedItem::Gap);
+                    feed.publish(FeedItem::Gap { seq });
                 }
             }
         }

@@ -9,9 +9,9 @@
 //!   standby box is not a member and nobody is offered it as a partner). What it learns, and
 //!   whatever the tuned node hears, fills each channel's [`WarmView`](super::warm::WarmView).
 //! - **Zap** (`{"cmd":"zap"}`): the tuned node leaves in the background, the outputs move to
-//!   a fresh feed named after the new channel (the HTTP listener and the UDP destination stay;
-//!   a player of `/ch/OLD.ts` is closed, the decoder's stream just continues with the new
-//!   channel from an entry point), and a tuned node joins the new channel through its freshest
+//!   a fresh feed named after the new channel (the HTTP listener and the UDP sender stay;
+//!   a player of `/ch/OLD.ts` is closed, the UDP sender splices the new channel in at an
+//!   entry point), and a tuned node joins the new channel through its freshest
 //!   warm members and the configured bootstrap. The old channel goes to standby. Nothing else
 //!   restarts.
 //! - **Supervision**: the tuned node, if it ends by itself (its bootstrap names do not resolve, a bind
@@ -29,7 +29,7 @@ use crate::config::{BoxConfig, ChannelConfig};
 use crate::control::server::{Call, ControlSocket};
 use crate::control::{error, Request, REQUEST_QUEUE};
 use crate::output::udp::UdpOut;
-use crate::output::{http, udp, Feed};
+use crate::output::{http, udp, Channels, Feed};
 use crate::proto::PeerId;
 use crate::proto::Role;
 use serde_json::{json, Value};
@@ -72,13 +72,16 @@ struct Slot {
     retry_at: Option<tokio::time::Instant>,
 }
 
-/// The outputs that outlive zaps: the HTTP listener and the UDP destination. Their serving
-/// tasks are replaced at each zap.
+/// The outputs that outlive zaps: the HTTP listener, and the UDP sender, which follows the
+/// tuned feed through a watch (it splices the new channel in at an entry point). The HTTP
+/// serving task is replaced at each zap, which closes the old channel's players.
 struct Outputs {
     http: Option<std::net::TcpListener>,
     udp: Option<UdpOut>,
     max_http_clients: usize,
-    tasks: Vec<JoinHandle<()>>,
+    http_task: Option<JoinHandle<()>>,
+    udp_feed: Option<watch::Sender<Arc<Feed>>>,
+    udp_task: Option<JoinHandle<()>>,
 }
 
 impl Outputs {
@@ -88,7 +91,7 @@ impl Outputs {
         ch: &ChannelConfig,
         report: watch::Receiver<NodeReport>,
     ) -> Option<Arc<Feed>> {
-        for t in self.tasks.drain(..) {
+        if let Some(t) = self.http_task.take() {
             t.abort();
         }
         if self.http.is_none() && self.udp.is_none() {
@@ -103,11 +106,9 @@ impl Outputs {
                     let status: http::StatusFn = Arc::new(move || {
                         serde_json::to_string_pretty(&*report.borrow()).unwrap_or_default()
                     });
-                    let aliases = vec![ch.name.clone(), ch.id.to_hex()];
-                    self.tasks.push(tokio::spawn(http::serve_limited(
+                    self.http_task = Some(tokio::spawn(http::serve_limited(
                         l,
-                        feed.clone(),
-                        aliases,
+                        Channels::single(feed.clone(), false),
                         status,
                         self.max_http_clients,
                     )));
@@ -115,15 +116,33 @@ impl Outputs {
                 Err(e) => log::error!("http output: {e}"),
             }
         }
-        if let Some(o) = &self.udp {
-            let (o, f) = (o.clone(), feed.clone());
-            self.tasks.push(tokio::spawn(async move {
-                if let Err(e) = udp::run(o, f).await {
-                    log::error!("udp output failed: {e}");
-                }
-            }));
+        match (&self.udp, &self.udp_feed) {
+            (Some(_), Some(tx)) => {
+                let _ = tx.send(feed.clone());
+            }
+            (Some(o), None) => {
+                let (tx, rx) = watch::channel(feed.clone());
+                let o = o.clone();
+                self.udp_feed = Some(tx);
+                self.udp_task = Some(tokio::spawn(async move {
+                    if let Err(e) = udp::run(o, rx).await {
+                        log::error!("udp output failed: {e}");
+                    }
+                }));
+            }
+            _ => {}
         }
         Some(feed)
+    }
+
+    fn stop(&mut self) {
+        for t in [self.http_task.take(), self.udp_task.take()]
+            .into_iter()
+            .flatten()
+        {
+            t.abort();
+        }
+        self.udp_feed = None;
     }
 }
 
@@ -182,7 +201,9 @@ pub async fn run_box(
             http,
             udp: cfg.udp.clone(),
             max_http_clients: cfg.max_http_clients,
-            tasks: Vec::new(),
+            http_task: None,
+            udp_feed: None,
+            udp_task: None,
         },
         feed: None,
         leaving: Vec::new(),
@@ -423,9 +444,7 @@ impl BoxDaemon {
             self.stop_node(i);
             self.stop_standby(i);
         }
-        for t in self.outputs.tasks.drain(..) {
-            t.abort();
-        }
+        self.outputs.stop();
         let until = tokio::time::Instant::now() + STOP_WAIT;
         for t in self.leaving.drain(..) {
             let abort = t.abort_handle();

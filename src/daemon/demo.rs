@@ -112,6 +112,7 @@ pub async fn run_demo(
                 listen,
                 http: (i == 0).then_some(http),
                 udp_out: None,
+                drop_every: None,
                 upload_kbps: DEFAULT_UPLOAD_KBPS,
                 stats_json: None,
                 report: Some(tx),

@@ -6,7 +6,7 @@ use super::stats::NodeReport;
 use super::{bind_listener, run_node, DaemonError, NodeOptions, INGEST_QUEUE};
 use crate::media::input::{self, InputSpec};
 use crate::output::udp::UdpOut;
-use crate::output::{http, udp, Feed};
+use crate::output::{http, udp, Channels, Feed};
 use crate::proto::wire::ChannelId;
 use crate::proto::Role;
 use std::future::Future;
@@ -35,29 +35,33 @@ pub struct PeerArgs {
     pub listen: SocketAddr,
     pub http: Option<SocketAddr>,
     pub udp_out: Option<UdpOut>,
+    /// Fault injection for tests: every Nth played segment is withheld from the players.
+    pub drop_every: Option<u32>,
     pub upload_kbps: u64,
     pub stats_json: Option<PathBuf>,
     pub report: Option<watch::Sender<NodeReport>>,
 }
 
-/// Binds the HTTP output and serves `feed` on it; the task ends when the handle is aborted.
+/// Binds the HTTP output and serves `channels` on it; the task ends when the handle is
+/// aborted.
 fn start_http(
     addr: SocketAddr,
-    feed: Arc<Feed>,
-    aliases: Vec<String>,
+    channels: Arc<Channels>,
     status: Option<watch::Receiver<NodeReport>>,
 ) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
     let listener = bind_listener(addr)?;
-    log::info!(
-        "players: http://{}/ch/{}.ts",
-        listener.local_addr().map_or(addr, |a| a),
-        feed.name()
-    );
+    for f in channels.list() {
+        log::info!(
+            "players: http://{}/ch/{}.ts",
+            listener.local_addr().map_or(addr, |a| a),
+            f.name()
+        );
+    }
     let status: http::StatusFn = Arc::new(move || match &status {
         Some(rx) => serde_json::to_string_pretty(&*rx.borrow()).unwrap_or_default(),
         None => String::new(),
     });
-    Ok(tokio::spawn(http::serve(listener, feed, aliases, status)))
+    Ok(tokio::spawn(http::serve(listener, channels, status)))
 }
 
 pub async fn run_source(
@@ -69,8 +73,9 @@ pub async fn run_source(
         input::open(&args.input).map_err(|e| DaemonError::Io("cannot open the input".into(), e))?;
     let (cut_tx, cut_rx) = mpsc::channel(INGEST_QUEUE);
     let segment_ms = args.segment_ms;
+    let name = args.name.clone();
     let reader = tokio::spawn(async move {
-        if let Err(e) = input::run(opened, segment_ms, cut_tx).await {
+        if let Err(e) = input::run(opened, segment_ms, Some(&name), cut_tx).await {
             log::error!("input failed: {e}");
         }
     });
@@ -81,7 +86,9 @@ pub async fn run_source(
         ),
         None => None,
     };
-    let feed = args.http.map(|_| Feed::new(&args.name));
+    let feed = args
+        .http
+        .map(|_| Feed::with_aliases(&args.name, vec![channel.to_hex()]));
     let (report_tx, report_rx) = match args.report {
         Some(tx) => {
             let rx = tx.subscribe();
@@ -92,8 +99,7 @@ pub async fn run_source(
     let server = match (args.http, &feed) {
         (Some(a), Some(f)) => Some(start_http(
             a,
-            f.clone(),
-            vec![args.name.clone(), channel.to_hex()],
+            Channels::single(f.clone(), false),
             Some(report_rx),
         )?),
         _ => None,
@@ -123,7 +129,14 @@ pub async fn run_peer(
     let short = args.channel.to_hex()[..12].to_string();
     let name = args.name.clone().unwrap_or_else(|| short.clone());
     let outputs = args.http.is_some() || args.udp_out.is_some();
-    let feed = outputs.then(|| Feed::new(&name));
+    // Without --name the channel is called by its short id until its stream's SDT names it.
+    let feed = outputs.then(|| match &args.name {
+        Some(n) => Feed::with_aliases(n, vec![args.channel.to_hex()]),
+        None => Feed::learning(&short, vec![args.channel.to_hex()]),
+    });
+    if let (Some(f), Some(n)) = (&feed, args.drop_every) {
+        f.drop_every(n);
+    }
     let (report_tx, report_rx) = match args.report {
         Some(tx) => {
             let rx = tx.subscribe();
@@ -133,18 +146,17 @@ pub async fn run_peer(
     };
     let mut tasks = Vec::new();
     if let (Some(a), Some(f)) = (args.http, &feed) {
-        // A peer does not learn the channel's name from the swarm yet: without --name it
-        // serves its one channel under any name (and its id).
-        let aliases = match &args.name {
-            Some(n) => vec![n.clone(), args.channel.to_hex()],
-            None => Vec::new(),
-        };
-        tasks.push(start_http(a, f.clone(), aliases, Some(report_rx))?);
+        // Without --name it also serves its one channel under any name.
+        let channels = Channels::single(f.clone(), args.name.is_none());
+        tasks.push(start_http(a, channels, Some(report_rx))?);
     }
+    // The UDP output's channel can be changed while it runs; this process has one.
+    let mut _retarget = None;
     if let (Some(o), Some(f)) = (args.udp_out, &feed) {
-        let f = f.clone();
+        let (tx, rx) = watch::channel(f.clone());
+        _retarget = Some(tx);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = udp::run(o, f).await {
+            if let Err(e) = udp::run(o, rx).await {
                 log::error!("udp output failed: {e}");
             }
         }));

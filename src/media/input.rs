@@ -145,8 +145,17 @@ pub fn open(spec: &InputSpec) -> std::io::Result<Opened> {
 }
 
 /// Reads the input until it ends (or the receiver goes away), sending each cut segment.
-pub async fn run(input: Opened, segment_ms: u64, tx: mpsc::Sender<Cut>) -> std::io::Result<()> {
-    let seg = Segmenter::new(segment_ms, CutRule::RandomAccess);
+/// `name`: the channel name written into every segment's SDT.
+pub async fn run(
+    input: Opened,
+    segment_ms: u64,
+    name: Option<&str>,
+    tx: mpsc::Sender<Cut>,
+) -> std::io::Result<()> {
+    let mut seg = Segmenter::new(segment_ms, CutRule::RandomAccess);
+    if let Some(n) = name {
+        seg = seg.with_service_name(n);
+    }
     match input {
         Opened::Udp { sock, rtp } => run_udp(sock, rtp, seg, tx).await,
         Opened::File { file, looped } => run_paced(file, looped, seg, tx).await,
@@ -430,7 +439,7 @@ mod tests {
     async fn the_demo_stream_is_cut_into_paced_entry_point_segments() {
         let (tx, mut rx) = mpsc::channel(INGEST_TEST_QUEUE);
         let input = open(&InputSpec::Memory(crate::daemon::demo::DEMO_TS)).unwrap();
-        let task = tokio::spawn(run(input, 1000, tx));
+        let task = tokio::spawn(run(input, 1000, None, tx));
         let t0 = std::time::Instant::now();
         let mut cuts = Vec::new();
         while cuts.len() < 3 {

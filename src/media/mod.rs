@@ -5,6 +5,10 @@
 //! without sockets.
 
 pub mod input;
+pub mod nal;
+pub mod psi;
 pub mod rtp;
 pub mod segmenter;
+pub mod splice;
+pub mod tr101290;
 pub mod ts;

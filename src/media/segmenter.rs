@@ -1,35 +1,44 @@
-//! Cuts a TS packet stream into segments on packet boundaries.
+//! Cuts a TS packet stream into segments on packet boundaries, each a valid entry point where
+//! the stream allows.
 //!
 //! Time is the stream's own: the PCR of the first PID seen carrying one (27 MHz, wrap-safe), or
-//! the arrival time for a stream without PCR. A segment is cut when it has lasted the target
-//! duration (`--segment-ms`, default 1000).
+//! the arrival time for a stream without PCR.
 //!
-//! **Where to cut** is the seam for keyframe-aligned segments ([`CutRule`]). Today's
-//! [`CutRule::RandomAccess`] cuts, once three quarters of the target have passed, at a packet
-//! the muxer marked as a random access point (adaptation field `random_access_indicator` on the
-//! PCR PID, which is how ffmpeg and most encoders flag a keyframe), and at any packet once
-//! twice the target has passed. A stream that never marks random access is cut on time alone.
-//! Parsing H.264/HEVC NAL units for IDR/IRAP pictures belongs here later, for muxers that do
-//! not mark them.
+//! **Where to cut** ([`CutRule::RandomAccess`], the default): at the start of a video access
+//! unit that is a keyframe (H.264 IDR, HEVC IRAP; [`super::nal`]) once three quarters of the
+//! target duration (`--segment-ms`, default 1000) have passed, so that segments follow the
+//! GOP as HLS segments do. The video stream and its codec come from the PMT (CRC-checked,
+//! [`super::psi`]). Deciding needs the first picture NAL unit of the access unit, which may
+//! lie a few packets after the PES start: packets from the PES start on wait in a small
+//! pending run ([`PENDING_MAX`]) until the scan answers. A stream whose video the segmenter
+//! cannot parse (MPEG-2 video, or a PES without start codes) falls back to the muxer's
+//! `random_access_indicator` on the PCR PID; a stream that marks nothing is cut on time.
+//! After the maximum duration (twice the target: 2 s by default) a segment is cut at the next
+//! access unit (or packet) anyway, and the next one is not an entry point.
 //!
-//! Every segment starts with a copy of the latest PAT and PMT (when each fits one packet), so a
-//! player can start at any segment that starts at a keyframe; such a segment is an *entry
-//! point*.
+//! Every segment starts with copies of the latest PAT and PMT that passed their CRC (when
+//! each fits one packet) and, on a source that names its channel, an SDT with that name
+//! (the input's own SDT is dropped), so that peers learn the name from the signed stream. A
+//! segment that starts with those tables and a keyframe is an *entry point*.
 
+use super::nal::{Codec, RapScan};
+use super::psi::{self, Sections};
 use super::ts::{self, PACKET, PCR_HZ};
 use crate::proto::wire::MAX_SEGMENT_BYTES;
 
-/// PIDs below this carry tables (PAT, CAT, NIT, SDT, EIT, ...), not elementary streams.
-const FIRST_ES_PID: u16 = 0x20;
 /// A PCR step larger than this (or backwards) is a break in the stream, not elapsed time.
 const MAX_PCR_STEP_US: u64 = 5_000_000;
+/// Packets held while the keyframe scan of an access unit has not answered (about 24 KiB).
+pub const PENDING_MAX: usize = 128;
+/// PSI tables put in front of a segment: PAT, PMT, SDT.
+const HEAD_PACKETS: usize = 3;
 
 /// A finished segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cut {
     pub data: Vec<u8>,
     pub duration_us: u32,
-    /// Starts at a random access point, with PAT and PMT in front.
+    /// Starts with PAT and PMT in front and then a keyframe: a player may start here.
     pub entry_point: bool,
     /// Follows a break in the input (a loop, a PCR jump).
     pub discontinuity: bool,
@@ -40,21 +49,30 @@ pub struct Cut {
 pub enum CutRule {
     /// Every target duration, at whatever packet comes.
     Time,
-    /// At random access points near the target duration; on time if the stream marks none.
+    /// At keyframes near the target duration; at the maximum duration regardless.
     RandomAccess,
+}
+
+/// Counters of what the segmenter saw (for logs and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmenterStats {
+    /// PSI sections dropped for a bad CRC or a bad length.
+    pub psi_errors: u64,
+    /// Access units found to start with a keyframe by their NAL units.
+    pub keyframes: u64,
+    /// Access units whose scan gave no answer (the muxer's mark decided).
+    pub undecided: u64,
+    /// Segments cut at the maximum duration.
+    pub forced_cuts: u64,
 }
 
 pub struct Segmenter {
     target_us: u64,
+    max_us: u64,
     rule: CutRule,
     cur: Vec<u8>,
     cur_start_us: u64,
-    /// The segment has PAT and PMT at its head (copies, or its own).
-    cur_psi: bool,
-    /// Whether it is an entry point, decided at its first packet that is not PSI.
-    cur_entry: Option<bool>,
-    /// Its own PAT came before its first elementary stream packet.
-    cur_pat: bool,
+    cur_entry: bool,
     cur_discontinuity: bool,
     /// Stream time in µs: PCR-driven once a PCR PID is known.
     stream_us: u64,
@@ -63,33 +81,76 @@ pub struct Segmenter {
     /// Arrival time of the last packet, for streams without PCR.
     last_arrival_us: Option<u64>,
     rai_seen: bool,
+    pat_sections: Sections,
+    pmt_sections: Sections,
     pat: Option<[u8; PACKET]>,
+    ts_id: u16,
+    program: u16,
     pmt_pid: Option<u16>,
     pmt: Option<[u8; PACKET]>,
+    video: Option<(u16, Codec)>,
+    /// The name written into the SDT in front of every segment.
+    service_name: Option<String>,
+    sdt: Option<[u8; PACKET]>,
+    sdt_cc: u8,
+    /// An access unit whose keyframe scan has not answered: its packets, from the PES start.
+    pending: Vec<u8>,
+    scan: Option<RapScan>,
+    pending_at_us: u64,
+    pending_rai: bool,
     break_pending: bool,
+    /// The next segment started follows a break.
+    next_discontinuity: bool,
+    stats: SegmenterStats,
 }
 
 impl Segmenter {
     pub fn new(target_ms: u64, rule: CutRule) -> Self {
+        let target_us = target_ms.clamp(100, 10_000) * 1000;
         Segmenter {
-            target_us: target_ms.clamp(100, 10_000) * 1000,
+            target_us,
+            max_us: 2 * target_us,
             rule,
             cur: Vec::new(),
             cur_start_us: 0,
-            cur_psi: false,
-            cur_entry: None,
-            cur_pat: false,
+            cur_entry: false,
             cur_discontinuity: false,
             stream_us: 0,
             pcr_pid: None,
             last_pcr: None,
             last_arrival_us: None,
             rai_seen: false,
+            pat_sections: Sections::new(),
+            pmt_sections: Sections::new(),
             pat: None,
+            ts_id: 1,
+            program: 1,
             pmt_pid: None,
             pmt: None,
+            video: None,
+            service_name: None,
+            sdt: None,
+            sdt_cc: 0,
+            pending: Vec::new(),
+            scan: None,
+            pending_at_us: 0,
+            pending_rai: false,
             break_pending: false,
+            next_discontinuity: false,
+            stats: SegmenterStats::default(),
         }
+    }
+
+    /// Names the channel in an SDT at the head of every segment (the input's SDT is dropped).
+    pub fn with_service_name(mut self, name: &str) -> Self {
+        self.service_name = Some(name.to_string());
+        self
+    }
+
+    pub fn stats(&self) -> SegmenterStats {
+        let mut s = self.stats;
+        s.psi_errors = self.pat_sections.errors + self.pmt_sections.errors;
+        s
     }
 
     /// The input broke (looped, restarted): the next packet starts a new segment, flagged.
@@ -132,85 +193,228 @@ impl Segmenter {
         false
     }
 
+    /// Reads PAT and PMT (CRC-checked) and keeps one-packet copies for segment heads.
     fn note_psi(&mut self, p: &[u8; PACKET]) {
         let pid = ts::pid(p);
-        if !ts::payload_unit_start(p) {
-            return;
-        }
-        if pid == 0 {
-            if let Some(pmt) = ts::pat_first_pmt(p) {
-                self.pat = Some(*p);
-                self.pmt_pid = Some(pmt);
+        if pid == psi::PAT_PID {
+            let mut found = None;
+            self.pat_sections.push(p, |sec| {
+                if let Some(progs) = psi::parse_pat(sec) {
+                    found = progs
+                        .first()
+                        .map(|&(prog, pmt)| (u16::from_be_bytes([sec[3], sec[4]]), prog, pmt));
+                }
+            });
+            if let Some((ts_id, prog, pmt)) = found {
+                self.pat = section_fits(p).then_some(*p);
+                if self.pmt_pid != Some(pmt) {
+                    self.pmt_pid = Some(pmt);
+                    self.pmt = None;
+                    self.pmt_sections = Sections::new();
+                }
+                if (ts_id, prog) != (self.ts_id, self.program) || self.sdt.is_none() {
+                    self.ts_id = ts_id;
+                    self.program = prog;
+                    self.sdt = self
+                        .service_name
+                        .as_deref()
+                        .map(|n| psi::sdt_packet(ts_id, prog, n, 0));
+                }
             }
-        } else if Some(pid) == self.pmt_pid && section_fits(p) {
-            self.pmt = Some(*p);
+        } else if Some(pid) == self.pmt_pid {
+            let mut found = None;
+            self.pmt_sections.push(p, |sec| found = psi::parse_pmt(sec));
+            if let Some(pmt) = found {
+                self.pmt = section_fits(p).then_some(*p);
+                self.video = pmt.video().map(|(t, pid)| {
+                    let codec = if t == psi::STREAM_HEVC {
+                        Codec::Hevc
+                    } else {
+                        Codec::H264
+                    };
+                    (pid, codec)
+                });
+            }
         }
-    }
-
-    fn is_cut_point(&self, p: &[u8], elapsed: u64) -> bool {
-        let random_access = self.rai_seen && self.rule == CutRule::RandomAccess;
-        if !random_access {
-            return elapsed >= self.target_us;
-        }
-        let at_rap = ts::random_access(p) && Some(ts::pid(p)) == self.pcr_pid;
-        (at_rap && elapsed >= self.target_us * 3 / 4) || elapsed >= self.target_us * 2
     }
 
     /// Adds one aligned packet that arrived at `arrival_us` (any monotonic µs); returns the
     /// segment it completed, if any.
     pub fn push(&mut self, p: &[u8; PACKET], arrival_us: u64) -> Option<Cut> {
+        let pid = ts::pid(p);
+        if pid == psi::SDT_PID && self.service_name.is_some() {
+            return None; // ours replaces it
+        }
         let jumped = self.advance_clock(p, arrival_us);
-        if ts::random_access(p) && Some(ts::pid(p)) == self.pcr_pid {
+        if ts::random_access(p) && Some(pid) == self.pcr_pid {
             self.rai_seen = true;
         }
         self.note_psi(p);
-        let elapsed = self.stream_us.saturating_sub(self.cur_start_us);
-        let full = self.cur.len() + 3 * PACKET > MAX_SEGMENT_BYTES as usize;
-        let cut = !self.cur.is_empty()
-            && (jumped || self.break_pending || full || self.is_cut_point(p, elapsed));
-        let done = if cut {
-            Some(self.finish(elapsed))
-        } else {
-            None
-        };
-        if self.cur.is_empty() {
-            self.start(p, jumped);
+        let mut done = None;
+        if jumped || self.break_pending {
+            // The break comes before this packet: what is pending ends the old segment.
+            self.settle_pending_into_cur();
+            if !self.cur.is_empty() {
+                done = Some(self.finish());
+            }
+            self.break_pending = false;
+            self.next_discontinuity = true;
+        } else if self.cur.len() + self.pending.len() + (HEAD_PACKETS + 1) * PACKET
+            > MAX_SEGMENT_BYTES as usize
+        {
+            self.settle_pending_into_cur();
+            done = Some(self.finish());
         }
-        let pid = ts::pid(p);
-        if self.cur_entry.is_none() {
-            if pid == 0 {
-                self.cur_pat = true;
-            } else if Some(pid) == self.pmt_pid {
-                self.cur_psi |= self.cur_pat;
-            } else if pid >= FIRST_ES_PID {
-                self.cur_entry =
-                    Some(self.cur_psi && ts::random_access(p) && Some(pid) == self.pcr_pid);
+        let video = self.video.filter(|_| self.rule == CutRule::RandomAccess);
+        match video {
+            Some((vpid, codec)) if pid == vpid && ts::payload_unit_start(p) => {
+                // A new access unit; one still undecided was not a keyframe we could see.
+                if !self.pending.is_empty() {
+                    let rai = self.pending_rai;
+                    done = done.or(self.resolve(rai));
+                }
+                self.pending.extend_from_slice(p);
+                self.pending_at_us = self.stream_us;
+                self.pending_rai = ts::random_access(p);
+                let mut scan = RapScan::new(codec);
+                match ts::pes_payload(p).and_then(|es| scan.push(es)) {
+                    Some(key) => done = done.or(self.resolve_scanned(key)),
+                    None => self.scan = Some(scan),
+                }
+            }
+            Some((vpid, _)) if !self.pending.is_empty() => {
+                self.pending.extend_from_slice(p);
+                let mut answer = None;
+                if pid == vpid {
+                    if let (Some(scan), Some(es)) = (self.scan.as_mut(), ts::payload(p)) {
+                        answer = scan.push(es);
+                    }
+                }
+                let gave_up = self.scan.as_ref().is_some_and(|s| s.gave_up());
+                if let Some(key) = answer {
+                    done = done.or(self.resolve_scanned(key));
+                } else if gave_up || self.pending.len() >= PENDING_MAX * PACKET {
+                    self.stats.undecided += 1;
+                    let rai = self.pending_rai;
+                    done = done.or(self.resolve(rai));
+                }
+            }
+            _ => {
+                let elapsed = self.stream_us.saturating_sub(self.cur_start_us);
+                if !self.cur.is_empty() && self.is_cut_point(p, elapsed) {
+                    done = done.or(Some(self.finish()));
+                }
+                if self.cur.is_empty() {
+                    let rai = video.is_none()
+                        && self.rai_seen
+                        && ts::random_access(p)
+                        && Some(pid) == self.pcr_pid;
+                    self.start(self.stream_us, rai);
+                }
+                self.cur.extend_from_slice(p);
             }
         }
-        self.cur.extend_from_slice(p);
         done
     }
 
-    fn start(&mut self, p: &[u8; PACKET], jumped: bool) {
-        self.cur_start_us = self.stream_us;
-        self.cur_discontinuity = jumped || self.break_pending;
-        self.break_pending = false;
-        // PAT and PMT in front, unless the segment begins with its own.
-        self.cur_psi = false;
-        self.cur_pat = false;
-        if ts::pid(p) != 0 {
-            if let (Some(pat), Some(pmt)) = (self.pat, self.pmt) {
-                self.cur.extend_from_slice(&pat);
-                self.cur.extend_from_slice(&pmt);
-                self.cur_psi = true;
-            }
+    /// A cut between access units where the video cannot be read (no video stream known, or
+    /// time-only rule): at a muxer-marked random access point, or on time.
+    fn is_cut_point(&mut self, p: &[u8], elapsed: u64) -> bool {
+        if self.video.is_some() && self.rule == CutRule::RandomAccess {
+            // Video known, but no access unit for a while (audio only): the maximum applies.
+            let forced = elapsed >= self.max_us;
+            self.stats.forced_cuts += forced as u64;
+            return forced;
         }
-        self.cur_entry = None;
+        if !(self.rai_seen && self.rule == CutRule::RandomAccess) {
+            return elapsed >= self.target_us;
+        }
+        let at_rap = ts::random_access(p) && Some(ts::pid(p)) == self.pcr_pid;
+        let forced = elapsed >= self.max_us;
+        self.stats.forced_cuts += (forced && !at_rap) as u64;
+        (at_rap && elapsed >= self.target_us * 3 / 4) || forced
     }
 
-    fn finish(&mut self, elapsed: u64) -> Cut {
+    fn resolve_scanned(&mut self, key: bool) -> Option<Cut> {
+        self.stats.keyframes += key as u64;
+        self.resolve(key)
+    }
+
+    /// The pending access unit is (or is not) a keyframe: cut before it if it is one and the
+    /// segment is long enough, or if the segment has reached the maximum; then it joins the
+    /// segment in progress.
+    fn resolve(&mut self, key: bool) -> Option<Cut> {
+        self.scan = None;
+        let elapsed = self.pending_at_us.saturating_sub(self.cur_start_us);
+        let mut done = None;
+        if !self.cur.is_empty() {
+            let forced = elapsed >= self.max_us;
+            if (key && elapsed >= self.target_us * 3 / 4) || forced {
+                self.stats.forced_cuts += (forced && !key) as u64;
+                done = Some(self.finish_at(elapsed));
+            }
+        }
+        if self.cur.is_empty() {
+            self.start(self.pending_at_us, key);
+        } else if key && !self.cur_entry && self.only_own_psi() {
+            // The stream's first segment: its own PAT and PMT, then this keyframe.
+            self.cur_entry = true;
+        }
+        self.cur.append(&mut self.pending);
+        done
+    }
+
+    /// The segment so far is the stream's own PAT and PMT and nothing else but other tables.
+    fn only_own_psi(&self) -> bool {
+        if self.cur.len() > 8 * PACKET {
+            return false;
+        }
+        let pids = || self.cur.chunks_exact(PACKET).map(ts::pid);
+        pids().all(|pid| pid < 0x20 || Some(pid) == self.pmt_pid)
+            && pids().any(|pid| pid == psi::PAT_PID)
+            && pids().any(|pid| Some(pid) == self.pmt_pid)
+    }
+
+    /// Moves an undecided pending run into the segment in progress as it is.
+    fn settle_pending_into_cur(&mut self) {
+        self.scan = None;
+        if self.pending.is_empty() {
+            return;
+        }
+        if self.cur.is_empty() {
+            self.start(self.pending_at_us, false);
+        }
+        self.cur.append(&mut self.pending);
+    }
+
+    /// Starts a segment at stream time `at_us`: PSI copies in front; an entry point if the
+    /// stream is about to give a keyframe and the copies are there.
+    fn start(&mut self, at_us: u64, keyframe_next: bool) {
+        self.cur_start_us = at_us;
+        self.cur_discontinuity = std::mem::take(&mut self.next_discontinuity);
+        let mut psi = false;
+        if let (Some(pat), Some(pmt)) = (self.pat, self.pmt) {
+            self.cur.extend_from_slice(&pat);
+            self.cur.extend_from_slice(&pmt);
+            psi = true;
+        }
+        if let Some(mut sdt) = self.sdt {
+            // Our SDT is sent once per segment: its counter moves on each time.
+            ts::set_cc(&mut sdt, self.sdt_cc);
+            self.sdt_cc = (self.sdt_cc + 1) & 0x0f;
+            self.cur.extend_from_slice(&sdt);
+        }
+        self.cur_entry = psi && keyframe_next;
+    }
+
+    fn finish(&mut self) -> Cut {
+        let elapsed = self.stream_us.saturating_sub(self.cur_start_us);
+        self.finish_at(elapsed)
+    }
+
+    fn finish_at(&mut self, elapsed: u64) -> Cut {
         // A duration the clock cannot vouch for (a jump, a stream without time) is nominal.
-        let duration_us = if elapsed == 0 || elapsed > self.target_us * 4 {
+        let duration_us = if elapsed == 0 || elapsed > self.max_us * 2 {
             self.target_us
         } else {
             elapsed
@@ -218,38 +422,36 @@ impl Segmenter {
         Cut {
             data: std::mem::take(&mut self.cur),
             duration_us: duration_us as u32,
-            entry_point: self.cur_entry.unwrap_or(false),
-            discontinuity: self.cur_discontinuity,
+            entry_point: std::mem::take(&mut self.cur_entry),
+            discontinuity: std::mem::take(&mut self.cur_discontinuity),
         }
     }
 
     /// The segment in progress, cut now (at the end of a finite input).
     pub fn flush(&mut self) -> Option<Cut> {
+        self.settle_pending_into_cur();
         if self.cur.is_empty() {
             return None;
         }
-        let elapsed = self.stream_us.saturating_sub(self.cur_start_us);
-        Some(self.finish(elapsed))
+        Some(self.finish())
     }
 }
 
 /// Whether the PSI section starting in this packet ends in it.
 fn section_fits(p: &[u8; PACKET]) -> bool {
-    let afc = (p[3] >> 4) & 3;
-    let mut i = 4;
-    if afc & 2 != 0 {
-        i += 1 + p[4] as usize;
-    }
-    if afc & 1 == 0 || i >= PACKET {
+    if !ts::payload_unit_start(p) {
         return false;
     }
-    let ptr = p[i] as usize;
-    let s = i + 1 + ptr;
-    if s + 3 > PACKET {
+    let Some(pl) = ts::payload(p) else {
+        return false;
+    };
+    let ptr = pl[0] as usize;
+    let s = 1 + ptr;
+    if s + 3 > pl.len() {
         return false;
     }
-    let len = (((p[s + 1] & 0x0f) as usize) << 8) | p[s + 2] as usize;
-    s + 3 + len <= PACKET
+    let len = (((pl[s + 1] & 0x0f) as usize) << 8) | pl[s + 2] as usize;
+    s + 3 + len <= pl.len()
 }
 
 #[cfg(test)]
@@ -257,30 +459,172 @@ mod tests {
     use super::*;
     use crate::media::ts::{packet_with_pcr, SYNC};
 
+    /// A video PES start on PID 256 whose first picture is an IDR (or a P) slice, with no
+    /// random access mark from the muxer.
+    fn video_pes(idr: bool, pcr: Option<u64>) -> [u8; PACKET] {
+        let mut p = match pcr {
+            Some(v) => packet_with_pcr(256, v, false),
+            None => {
+                let mut p = [0xffu8; PACKET];
+                p[..4].copy_from_slice(&[SYNC, 0x01, 0x00, 0x20]);
+                p[4] = 7;
+                p[5] = 0;
+                p
+            }
+        };
+        p[1] |= 0x40;
+        p[3] |= 0x10;
+        // A shorter adaptation field, then a PES header and AUD, SPS, and the picture.
+        p[4] = 7;
+        let pes = [0, 0, 1, 0xe0, 0, 0, 0x80, 0x00, 0];
+        p[12..21].copy_from_slice(&pes);
+        let nal = if idr { 0x65 } else { 0x41 };
+        let es = [
+            0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, nal, 0x88,
+        ];
+        p[21..21 + es.len()].copy_from_slice(&es);
+        p
+    }
+
+    /// `secs` of H.264 at 25 frames/s, IDR every `gop` frames, PCR on each picture.
+    fn h264_stream(gop: u64, secs: u64) -> Vec<[u8; PACKET]> {
+        let mut v = Vec::new();
+        for f in 0..secs * 25 {
+            if f % 10 == 0 {
+                v.push(pat());
+                v.push(pmt_with(true));
+            }
+            let pcr = 27_000_000 + f * 40 * 27_000;
+            v.push(video_pes(f % gop == 0, Some(pcr)));
+            for _ in 0..5 {
+                v.push(es(256));
+            }
+            v.push(es(257));
+        }
+        v
+    }
+
+    fn starts_with_keyframe(c: &Cut) -> bool {
+        let first = &c.data[2 * PACKET..3 * PACKET];
+        ts::pid(first) == 256
+            && ts::pes_payload(first).is_some_and(|es| es[4] == 0x09 && es.contains(&0x65))
+    }
+
+    #[test]
+    fn cuts_at_idr_pictures_found_by_their_nal_units() {
+        let mut s = Segmenter::new(1000, CutRule::RandomAccess);
+        let cuts = run(&mut s, &h264_stream(25, 10));
+        assert_eq!(cuts.len(), 9);
+        for c in &cuts {
+            assert!(c.entry_point);
+            assert!(starts_with_keyframe(c));
+            assert_eq!(&c.data[..PACKET], &pat()[..]);
+            assert_eq!(&c.data[PACKET..2 * PACKET], &pmt_with(true)[..]);
+        }
+        // (The first one also counts the arrival-time microseconds before the first PCR.)
+        assert!(cuts[1..].iter().all(|c| c.duration_us == 1_000_000));
+        assert_eq!(s.stats().keyframes, 10);
+        assert_eq!(s.stats().psi_errors, 0);
+        // A 3 s GOP: cut at each IDR past 3/4 s, and at 2 s anyway (not an entry point).
+        let mut s = Segmenter::new(1000, CutRule::RandomAccess);
+        let cuts = run(&mut s, &h264_stream(75, 12));
+        let kinds: Vec<(u32, bool)> = cuts
+            .iter()
+            .map(|c| (c.duration_us, c.entry_point))
+            .collect();
+        assert_eq!(
+            kinds[1..5],
+            [
+                (1_000_000, false),
+                (2_000_000, true),
+                (1_000_000, false),
+                (2_000_000, true)
+            ],
+            "{kinds:?}"
+        );
+        assert!(kinds[0].1);
+        assert!(s.stats().forced_cuts >= 3);
+        assert!(cuts
+            .iter()
+            .all(|c| c.entry_point == starts_with_keyframe(c)));
+    }
+
+    #[test]
+    fn a_pmt_with_a_bad_crc_is_not_believed() {
+        let mut bad = pmt_with(true);
+        bad[20] ^= 0x40;
+        let mut pk = h264_stream(25, 4);
+        for p in pk.iter_mut() {
+            if ts::pid(p) == 0x1000 {
+                *p = bad;
+            }
+        }
+        let mut s = Segmenter::new(1000, CutRule::RandomAccess);
+        let cuts = run(&mut s, &pk);
+        // No PMT: no copies in front, no entry points, no video parsing; cut on time.
+        assert!(cuts.iter().all(|c| !c.entry_point));
+        assert!(s.stats().psi_errors > 0);
+        assert_eq!(s.stats().keyframes, 0);
+    }
+
+    #[test]
+    fn a_named_source_writes_its_sdt_and_drops_the_input_one() {
+        let mut pk = h264_stream(25, 3);
+        pk.insert(5, psi::sdt_packet(1, 1, "Service01", 0));
+        let mut s = Segmenter::new(1000, CutRule::RandomAccess).with_service_name("news");
+        let cuts = run(&mut s, &pk);
+        for c in &cuts[1..] {
+            let sdt = &c.data[2 * PACKET..3 * PACKET];
+            assert_eq!(ts::pid(sdt), psi::SDT_PID);
+            let mut name = None;
+            psi::Sections::new().push(sdt.try_into().unwrap(), |sec| {
+                name = psi::parse_sdt_name(sec)
+            });
+            assert_eq!(name.as_deref(), Some("news"));
+            assert_eq!(
+                c.data
+                    .chunks(PACKET)
+                    .filter(|p| ts::pid(p) == psi::SDT_PID)
+                    .count(),
+                1
+            );
+        }
+    }
+
     fn es(pid: u16) -> [u8; PACKET] {
         let mut p = [0u8; PACKET];
         p[..4].copy_from_slice(&[SYNC, (pid >> 8) as u8, pid as u8, 0x10]);
         p
     }
 
-    fn pat() -> [u8; PACKET] {
+    fn section(pid: u16, body: &[u8]) -> [u8; PACKET] {
+        let mut sec = body.to_vec();
+        let crc = psi::crc32(&sec);
+        sec.extend_from_slice(&crc.to_be_bytes());
         let mut p = [0xffu8; PACKET];
-        p[..4].copy_from_slice(&[SYNC, 0x40, 0x00, 0x10]);
-        let sec = [
-            0, 0x00, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xf0, 0x00, 1, 2, 3, 4,
-        ];
-        p[4..4 + sec.len()].copy_from_slice(&sec);
+        p[..5].copy_from_slice(&[SYNC, 0x40 | (pid >> 8) as u8, pid as u8, 0x10, 0]);
+        p[5..5 + sec.len()].copy_from_slice(&sec);
         p
     }
 
+    fn pat() -> [u8; PACKET] {
+        section(0, &[0x00, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xf0, 0x00])
+    }
+
+    /// Program 1: PCR on 256, H.264 video on 256 (when `video`), audio on 257.
+    fn pmt_with(video: bool) -> [u8; PACKET] {
+        let vt = if video { psi::STREAM_H264 } else { 0x02 };
+        section(
+            0x1000,
+            &[
+                0x02, 0xb0, 23, 0, 1, 0xc1, 0, 0, 0xe1, 0, 0xf0, 0, vt, 0xe1, 0, 0xf0, 0, 0x0f,
+                0xe1, 1, 0xf0, 0,
+            ],
+        )
+    }
+
     fn pmt() -> [u8; PACKET] {
-        let mut p = [0xffu8; PACKET];
-        p[..4].copy_from_slice(&[SYNC, 0x50, 0x00, 0x10]);
-        let sec = [
-            0, 0x02, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0xe1, 0, 0xf0, 0, 1, 2, 3, 4,
-        ];
-        p[4..4 + sec.len()].copy_from_slice(&sec);
-        p
+        pmt_with(false)
     }
 
     /// 10 s of a stream: PCR on PID 256 every 40 ms, a keyframe (RAI) every `gop` frames.

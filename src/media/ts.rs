@@ -83,6 +83,59 @@ pub fn payload_unit_start(p: &[u8]) -> bool {
     p[1] & 0x40 != 0
 }
 
+/// The continuity counter (4 bits; counts packets with payload, per PID).
+pub fn cc(p: &[u8]) -> u8 {
+    p[3] & 0x0f
+}
+
+pub fn set_cc(p: &mut [u8], cc: u8) {
+    p[3] = (p[3] & 0xf0) | (cc & 0x0f);
+}
+
+/// Whether the packet carries payload (only those advance the continuity counter).
+pub fn has_payload(p: &[u8]) -> bool {
+    p[3] & 0x10 != 0
+}
+
+/// The transport error indicator: a demodulator upstream could not correct this packet.
+pub fn transport_error(p: &[u8]) -> bool {
+    p[1] & 0x80 != 0
+}
+
+/// The discontinuity indicator: the continuity counter (and the clock) may jump here.
+pub fn discontinuity(p: &[u8]) -> bool {
+    af_flags(p).is_some_and(|f| f & 0x80 != 0)
+}
+
+/// PID of null (stuffing) packets.
+pub const NULL_PID: u16 = 0x1fff;
+
+/// An adaptation-field-only packet on `pid` that says "discontinuity here": continuity
+/// counters (and clocks) may jump. It carries no payload, so its `cc` is the one the PID's
+/// previous packet should have had: the next payload packet continues from it.
+pub fn discontinuity_packet(pid: u16, cc: u8) -> [u8; PACKET] {
+    let mut p = [0xffu8; PACKET];
+    p[0] = SYNC;
+    p[1] = ((pid >> 8) as u8) & 0x1f;
+    p[2] = pid as u8;
+    p[3] = 0x20 | (cc & 0x0f);
+    p[4] = 183;
+    p[5] = 0x80;
+    p
+}
+
+/// The elementary-stream bytes after the PES header, in a packet that starts a PES.
+pub fn pes_payload(p: &[u8]) -> Option<&[u8]> {
+    if !payload_unit_start(p) {
+        return None;
+    }
+    let pl = payload(p)?;
+    if pl.len() < 9 || pl[..3] != [0, 0, 1] {
+        return None;
+    }
+    pl.get(9 + pl[8] as usize..)
+}
+
 /// The adaptation field's flags byte, if the packet has one with at least that byte.
 fn af_flags(p: &[u8]) -> Option<u8> {
     let afc = (p[3] >> 4) & 3;
@@ -119,7 +172,7 @@ pub fn pcr_delta(earlier: u64, later: u64) -> u64 {
 }
 
 /// The payload of a packet (after the header and any adaptation field).
-fn payload(p: &[u8]) -> Option<&[u8]> {
+pub fn payload(p: &[u8]) -> Option<&[u8]> {
     let afc = (p[3] >> 4) & 3;
     let mut start = 4;
     if afc & 2 != 0 {

@@ -1,17 +1,23 @@
 //! The HTTP output: a small HTTP/1.1 server for players on the box (localhost by default).
 //!
-//! - `GET /ch/NAME.ts`: `200`, `video/mp2t`, no length; the newest entry-point segment the
-//!   node played goes out at once (a player starts without waiting a segment), then the live
-//!   feed. Each client reads from its own bounded queue ([`super::FEED_QUEUE`] segments); a
-//!   client that falls that far behind skips to the next entry point, one that takes longer
-//!   than [`WRITE_STALL`] to take a segment is closed. The node never waits for a player.
-//! - `GET /playlist.m3u`: the channel as an `#EXTM3U` playlist.
+//! - `GET /ch/NAME.ts`: `200`, `video/mp2t`, no length. The player starts at the feed's start
+//!   point (see [`super::Feed::subscribe`]): everything from there to the newest played
+//!   segment goes out at once, then the live feed, spliced per player
+//!   ([`crate::media::splice`]). Asking for another channel's URL is how an HTTP player changes
+//!   channel in a process that serves several ([`super::Channels`]).
+//! - Each client reads from its own bounded queue ([`super::FEED_QUEUE`] segments). A client
+//!   that falls that far behind skips ahead to the next entry point (the break is signalled
+//!   in the stream); one that falls behind again within [`LAG_WINDOW`], or takes longer than
+//!   [`WRITE_STALL`] to take a segment, is closed. The node and the other players never wait
+//!   for it.
+//! - `GET /playlist.m3u`: every channel as an `#EXTM3U` playlist (VLC, Kodi).
 //! - `GET /`: a short status page.
 //!
 //! At most [`MAX_HTTP_CLIENTS`] connections; the request head is read with a deadline and a
 //! size cap, and parsed with `httparse`.
 
-use super::{Feed, FeedItem};
+use super::{Channels, Feed, FeedItem};
+use crate::media::splice::Splicer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,9 +35,8 @@ pub const MAX_HEADERS: usize = 32;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a player may take to accept one segment before it is dropped.
 pub const WRITE_STALL: Duration = Duration::from_secs(10);
-/// A new player waits at most this many segments for an entry point, then starts anyway
-/// (a stream whose muxer marks no random access points has none).
-const MAX_ENTRY_WAIT: u32 = 3;
+/// A player that falls behind twice within this long cannot keep up and is closed.
+pub const LAG_WINDOW: Duration = Duration::from_secs(30);
 
 /// The status text shown at `/` (the daemon supplies its figures).
 pub type StatusFn = Arc<dyn Fn() -> String + Send + Sync>;
@@ -88,16 +93,15 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, httparse::Error> {
 }
 
 /// Serves players on `listener` until the task is dropped (which also ends every client).
-pub async fn serve(listener: TcpListener, feed: Arc<Feed>, aliases: Vec<String>, status: StatusFn) {
-    serve_limited(listener, feed, aliases, status, MAX_HTTP_CLIENTS).await
+pub async fn serve(listener: TcpListener, channels: Arc<Channels>, status: StatusFn) {
+    serve_limited(listener, channels, status, MAX_HTTP_CLIENTS).await
 }
 
 /// [`serve`] with at most `max_clients` connections (at most [`MAX_HTTP_CLIENTS`]): a box
 /// with little memory takes fewer players.
 pub async fn serve_limited(
     listener: TcpListener,
-    feed: Arc<Feed>,
-    aliases: Vec<String>,
+    channels: Arc<Channels>,
     status: StatusFn,
     max_clients: usize,
 ) {
@@ -120,13 +124,12 @@ pub async fn serve_limited(
                 .try_write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
             continue;
         };
-        let feed = feed.clone();
-        let aliases = aliases.clone();
+        let channels = channels.clone();
         let status = status.clone();
         clients.spawn(async move {
             let _permit = permit;
             let fallback_host = local.map(|a| a.to_string()).unwrap_or_default();
-            if let Err(e) = client(sock, &feed, &aliases, &status, &fallback_host).await {
+            if let Err(e) = client(sock, &channels, &status, &fallback_host).await {
                 log::debug!("http client: {e}");
             }
         });
@@ -167,8 +170,7 @@ async fn respond(
 
 async fn client(
     mut sock: TcpStream,
-    feed: &Feed,
-    aliases: &[String],
+    channels: &Channels,
     status: &StatusFn,
     fallback_host: &str,
 ) -> std::io::Result<()> {
@@ -179,22 +181,24 @@ async fn client(
     let Some(req) = req else {
         return respond(&mut sock, "400 Bad Request", "text/plain", "bad request\n").await;
     };
-    let name = feed.name();
     let host = req
         .host
         .clone()
         .unwrap_or_else(|| fallback_host.to_string());
     match req.route {
-        Route::Stream(n) if aliases.is_empty() || aliases.contains(&n) => stream(sock, feed).await,
-        Route::Stream(_) | Route::NotFound => {
-            respond(
-                &mut sock,
-                "404 Not Found",
-                "text/plain",
-                "no such channel\n",
-            )
-            .await
-        }
+        Route::Stream(n) => match channels.find(&n) {
+            Some(feed) => stream(sock, feed).await,
+            None => {
+                respond(
+                    &mut sock,
+                    "404 Not Found",
+                    "text/plain",
+                    "no such channel\n",
+                )
+                .await
+            }
+        },
+        Route::NotFound => respond(&mut sock, "404 Not Found", "text/plain", "not found\n").await,
         Route::MethodNotAllowed => {
             respond(
                 &mut sock,
@@ -205,20 +209,40 @@ async fn client(
             .await
         }
         Route::Playlist => {
-            let body = format!("#EXTM3U\n#EXTINF:-1,{name}\nhttp://{host}/ch/{name}.ts\n");
+            let body = playlist(&channels.list(), &host);
             respond(&mut sock, "200 OK", "audio/x-mpegurl", &body).await
         }
         Route::Index => {
+            let links: String = channels
+                .list()
+                .iter()
+                .map(|f| {
+                    let n = html_escape(&f.name());
+                    format!(
+                        "<li><a href=\"/ch/{n}.ts\">{n}</a> ({} players)</li>",
+                        f.subscribers()
+                    )
+                })
+                .collect();
             let body = format!(
                 "<!doctype html><meta charset=utf-8><title>coolstream</title>\
-                 <h1>coolstream</h1><p>Channel <b>{name}</b>: \
-                 <a href=\"/ch/{name}.ts\">/ch/{name}.ts</a> · \
-                 <a href=\"/playlist.m3u\">playlist</a></p><pre>{}</pre>\n",
+                 <h1>coolstream</h1><ul>{links}</ul>\
+                 <p><a href=\"/playlist.m3u\">playlist</a></p><pre>{}</pre>\n",
                 html_escape(&status())
             );
             respond(&mut sock, "200 OK", "text/html; charset=utf-8", &body).await
         }
     }
+}
+
+/// An `#EXTM3U` playlist of `feeds` at `host`.
+pub fn playlist(feeds: &[Arc<Feed>], host: &str) -> String {
+    let mut body = String::from("#EXTM3U\n");
+    for f in feeds {
+        let n = f.name();
+        body.push_str(&format!("#EXTINF:-1,{n}\nhttp://{host}/ch/{n}.ts\n"));
+    }
+    body
 }
 
 fn html_escape(s: &str) -> String {
@@ -227,46 +251,69 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Sends the channel to one player until it goes away or stalls.
-async fn stream(mut sock: TcpStream, feed: &Feed) -> std::io::Result<()> {
+/// Sends the channel to one player until it goes away, stalls, or cannot keep up.
+async fn stream(mut sock: TcpStream, feed: Arc<Feed>) -> std::io::Result<()> {
     let _ = sock.set_nodelay(true);
     sock.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\nCache-Control: no-cache\r\n\r\n",
     )
     .await?;
-    let (start, mut rx) = feed.subscribe();
-    let mut waiting = start.is_empty();
-    let mut waited = 0u32;
-    for item in start {
-        send(&mut sock, &item).await?;
+    let (start, mut rx) = feed.subscribe(std::time::Instant::now());
+    let mut splicer = Splicer::new();
+    let mut buf = Vec::new();
+    for item in &start {
+        send(&mut sock, &mut splicer, item, &mut buf).await?;
     }
+    drop(start);
+    let mut last_lag: Option<tokio::time::Instant> = None;
     loop {
         match rx.recv().await {
-            Ok(item) => {
-                if let FeedItem::Segment(_) = &item {
-                    if waiting && !item.is_entry_point() && waited < MAX_ENTRY_WAIT {
-                        waited += 1;
-                        continue;
-                    }
-                    waiting = false;
-                }
-                send(&mut sock, &item).await?;
-            }
+            Ok(item) => send(&mut sock, &mut splicer, &item, &mut buf).await?,
             Err(broadcast::error::RecvError::Lagged(n)) => {
+                let now = tokio::time::Instant::now();
+                if last_lag.is_some_and(|t| now.duration_since(t) < LAG_WINDOW) {
+                    log::info!("http player fell behind again ({n} segments); closing it");
+                    return Ok(());
+                }
                 log::info!("http player fell {n} segments behind; skipping ahead");
-                waiting = true;
-                waited = 0;
+                last_lag = Some(now);
+                buf.clear();
+                splicer.gap(&mut buf);
+                write(&mut sock, &buf).await?;
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
 }
 
-async fn send(sock: &mut TcpStream, item: &FeedItem) -> std::io::Result<()> {
-    let FeedItem::Segment(s) = item else {
+/// Splices one feed item into the player's stream and writes it.
+async fn send(
+    sock: &mut TcpStream,
+    splicer: &mut Splicer,
+    item: &FeedItem,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    buf.clear();
+    match item {
+        FeedItem::Segment { seg, .. } => {
+            let f = seg.flags;
+            splicer.segment(
+                &seg.payload.data,
+                f & crate::proto::wire::flags::ENTRY_POINT != 0,
+                f & crate::proto::wire::flags::DISCONTINUITY != 0,
+                buf,
+            );
+        }
+        FeedItem::Gap { .. } => splicer.gap(buf),
+    }
+    write(sock, buf).await
+}
+
+async fn write(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    if data.is_empty() {
         return Ok(());
-    };
-    match tokio::time::timeout(WRITE_STALL, sock.write_all(&s.payload.data)).await {
+    }
+    match tokio::time::timeout(WRITE_STALL, sock.write_all(data)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

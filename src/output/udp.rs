@@ -1,16 +1,39 @@
 //! The UDP output: the played stream as MPEG-TS datagrams of seven packets (1316 bytes), bare
-//! (`udp://HOST:PORT`) or in RTP (`rtp://HOST:PORT`, payload type 33, 90 kHz timestamps),
-//! unicast or multicast (`?ttl=N&iface=ADDR` for IPv4 multicast). Each segment's datagrams are
-//! spread evenly over its duration, so a hardware decoder's small buffer is not flooded.
+//! (`udp://HOST:PORT`) or in RTP (`rtp://HOST:PORT`: payload type 33, a sequence number, a
+//! 90 kHz timestamp from the sending clock, RFC 2250), unicast or multicast
+//! (`?ttl=N&iface=ADDR` for IPv4 multicast).
+//!
+//! **Paced by PCR**: each packet's send time is read from the stream's own clock, the PCR,
+//! interpolated between PCRs by packet position (as a hardware multiplexer sends it), so a
+//! decoder's small buffer sees the rate the encoder intended, never a segment in one burst.
+//! A break in the clock (a signalled discontinuity, a jump of more than a second) starts the
+//! mapping afresh where the previous packet left off; an output that falls more than
+//! [`MAX_LATE`] behind its schedule starts afresh at now rather than catch up in a burst.
+//!
+//! The output starts at its feed's start point and is spliced like any player
+//! ([`crate::media::splice`]). It can be pointed at another channel while it runs
+//! ([`Retarget`]): the new channel starts at its own start point, the break signalled.
 
 use super::{Feed, FeedItem};
+use crate::media::splice::Splicer;
+use crate::media::ts::{self, PACKET, PCR_HZ};
+use crate::proto::wire::flags;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::broadcast;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
 
-/// TS bytes per datagram: seven packets, the usual IPTV size.
-pub const DATAGRAM_TS: usize = 7 * 188;
+/// TS packets per datagram: seven, the usual IPTV size (1316 bytes).
+pub const PER_DATAGRAM: usize = 7;
+/// TS bytes per datagram.
+pub const DATAGRAM_TS: usize = PER_DATAGRAM * PACKET;
+/// Behind schedule by more than this, the output restarts its clock at now.
+pub const MAX_LATE: Duration = Duration::from_millis(200);
+/// A PCR step larger than this (or backwards) is a break in the clock.
+const MAX_PCR_STEP: u64 = PCR_HZ;
+
+/// Points a running UDP output at another channel's feed.
+pub type Retarget = watch::Sender<Arc<Feed>>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UdpOut {
@@ -54,8 +77,95 @@ impl UdpOut {
     }
 }
 
-/// Sends the feed to `out` until the feed closes or the socket fails.
-pub async fn run(out: UdpOut, feed: Arc<Feed>) -> std::io::Result<()> {
+/// Sends the feed `feeds` holds to `out` until the socket fails; a new feed in `feeds` (a
+/// channel change) is switched to at once. Ends when the sender of `feeds` is dropped.
+pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>) -> std::io::Result<()> {
+    let sock = socket(&out).await?;
+    let mut rtp = Rtp::new();
+    let mut clock = PcrClock::default();
+    let mut splicer = Splicer::new();
+    let mut spliced = Vec::new();
+    let mut plan = Vec::new();
+    let mut carry: Vec<u8> = Vec::with_capacity(2 * DATAGRAM_TS);
+    let mut carry_plan: Vec<Instant> = Vec::new();
+    let mut sent = 0;
+    loop {
+        let feed = feeds.borrow_and_update().clone();
+        let (start, mut rx) = feed.subscribe(Instant::now());
+        let mut backlog: std::collections::VecDeque<FeedItem> = start.into();
+        let switched = loop {
+            let item = match backlog.pop_front() {
+                Some(i) => i,
+                None => tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(i) => i,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            log::info!("udp output fell {n} segments behind");
+                            FeedItem::Gap { seq: crate::proto::Seq(0) }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    },
+                    c = feeds.changed() => break c.is_ok(),
+                },
+            };
+            spliced.clear();
+            let dur = match &item {
+                FeedItem::Segment { seg, .. } => {
+                    splicer.segment(
+                        &seg.payload.data,
+                        seg.flags & flags::ENTRY_POINT != 0,
+                        seg.flags & flags::DISCONTINUITY != 0,
+                        &mut spliced,
+                    );
+                    Duration::from_micros(seg.duration_us as u64)
+                }
+                FeedItem::Gap { .. } => {
+                    splicer.gap(&mut spliced);
+                    Duration::ZERO
+                }
+            };
+            clock.plan(&spliced, dur, Instant::now(), &mut plan);
+            // Packets left over from the last chunk go first: every datagram is whole (seven
+            // packets), and leaves when its last packet is due, as a multiplexer sends it.
+            carry.extend_from_slice(&spliced);
+            carry_plan.extend_from_slice(&plan);
+            let whole = carry.len() / DATAGRAM_TS;
+            let mut changed = false;
+            for i in 0..whole {
+                let due = carry_plan[i * PER_DATAGRAM + PER_DATAGRAM - 1];
+                tokio::select! {
+                    biased;
+                    c = feeds.changed() => { changed = c.is_ok(); if !changed { return Ok(()); } break; }
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {}
+                }
+                let chunk = &carry[i * DATAGRAM_TS..(i + 1) * DATAGRAM_TS];
+                send(&sock, &out, &mut rtp, clock.rtp_time(due), chunk).await?;
+                sent = i + 1;
+            }
+            if changed {
+                break true;
+            }
+            carry.drain(..sent * DATAGRAM_TS);
+            carry_plan.drain(..sent * PER_DATAGRAM);
+            sent = 0;
+        };
+        if !switched {
+            return Ok(());
+        }
+        log::info!("udp output: channel changed");
+        // What is left of the old channel is not sent: the new one starts now (a decoder
+        // drops the unfinished PES at the signalled discontinuity).
+        carry.drain(..sent * DATAGRAM_TS);
+        splicer.change_channel(&mut carry);
+        splicer.unsent(&carry);
+        clock.restart();
+        carry.clear();
+        carry_plan.clear();
+        sent = 0;
+    }
+}
+
+async fn socket(out: &UdpOut) -> std::io::Result<tokio::net::UdpSocket> {
     let bind: SocketAddr = match out.dest.ip() {
         IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -71,20 +181,28 @@ pub async fn run(out: UdpOut, feed: Arc<Feed>) -> std::io::Result<()> {
     if let Some(iface) = out.iface {
         socket2::SockRef::from(&sock).set_multicast_if_v4(&iface)?;
     }
-    let (start, mut rx) = feed.subscribe();
-    let mut rtp = Rtp::new();
-    let mut next = tokio::time::Instant::now();
-    for item in start {
-        next = send_segment(&sock, &out, &mut rtp, &item, next).await?;
+    Ok(sock)
+}
+
+async fn send(
+    sock: &tokio::net::UdpSocket,
+    out: &UdpOut,
+    rtp: &mut Rtp,
+    ts90k: u32,
+    chunk: &[u8],
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 12 + DATAGRAM_TS];
+    let mut n = 0;
+    if out.rtp {
+        buf[..12].copy_from_slice(&rtp.header(ts90k));
+        n = 12;
     }
-    loop {
-        match rx.recv().await {
-            Ok(item) => next = send_segment(&sock, &out, &mut rtp, &item, next).await?,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                log::info!("udp output fell {n} segments behind");
-            }
-            Err(broadcast::error::RecvError::Closed) => return Ok(()),
-        }
+    buf[n..n + chunk.len()].copy_from_slice(chunk);
+    n += chunk.len();
+    // A dropped datagram (full socket buffer, no route yet) is the network's business.
+    match sock.send_to(&buf[..n], out.dest).await {
+        Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -116,48 +234,238 @@ impl Rtp {
     }
 }
 
-/// Sends one segment's datagrams spread over its duration from `start` (or now, if that has
-/// passed); returns when the next segment should start.
-async fn send_segment(
-    sock: &tokio::net::UdpSocket,
-    out: &UdpOut,
-    rtp: &mut Rtp,
-    item: &FeedItem,
-    start: tokio::time::Instant,
-) -> std::io::Result<tokio::time::Instant> {
-    let FeedItem::Segment(s) = item else {
-        return Ok(start);
-    };
-    let now = tokio::time::Instant::now();
-    let start = start.max(now);
-    let data = &s.payload.data;
-    let n = data.len().div_ceil(DATAGRAM_TS).max(1) as u32;
-    let dur = Duration::from_micros(s.duration_us as u64);
-    let mut buf = Vec::with_capacity(12 + DATAGRAM_TS);
-    for (i, chunk) in data.chunks(DATAGRAM_TS).enumerate() {
-        let due = start + dur * i as u32 / n;
-        tokio::time::sleep_until(due).await;
-        buf.clear();
-        if out.rtp {
-            // 90 kHz media clock from the segment's origin stamp and the datagram's offset.
-            let offset_us = dur.as_micros() as u64 * i as u64 / n as u64;
-            let ts90k = (s.origin_us.wrapping_add(offset_us).wrapping_mul(9) / 100) as u32;
-            buf.extend_from_slice(&rtp.header(ts90k));
-        }
-        buf.extend_from_slice(chunk);
-        // A dropped datagram (full socket buffer, no route yet) is the network's business.
-        if let Err(e) = sock.send_to(&buf, out.dest).await {
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                return Err(e);
+/// Maps packets to send times by the stream's PCR.
+#[derive(Debug, Default)]
+pub struct PcrClock {
+    pcr_pid: Option<u16>,
+    /// A PCR and the instant it is due: the mapping from stream clock to wall clock.
+    base: Option<(u64, Instant)>,
+    /// The last PCR placed, its due time, and the packets planned since it.
+    last: Option<(u64, Instant, u64)>,
+    /// PCR ticks per packet over the last PCR interval.
+    ticks_per_packet: Option<u64>,
+    /// Due time of the last packet planned.
+    last_due: Option<Instant>,
+    /// Origin of the RTP timestamps.
+    epoch: Option<Instant>,
+}
+
+impl PcrClock {
+    /// The channel changed: its clock has nothing to do with the last one (sending goes on
+    /// from the last packet's time).
+    pub fn restart(&mut self) {
+        self.pcr_pid = None;
+        self.base = None;
+        self.last = None;
+        self.ticks_per_packet = None;
+    }
+
+    /// The 90 kHz RTP timestamp of a send time.
+    pub fn rtp_time(&mut self, due: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(due);
+        (due.saturating_duration_since(epoch).as_micros() * 9 / 100) as u32
+    }
+
+    /// Due times of every packet of `data` (whole packets, as sent) into `plan`. `dur` is the
+    /// chunk's nominal duration, for packets no PCR can place.
+    pub fn plan(&mut self, data: &[u8], dur: Duration, now: Instant, plan: &mut Vec<Instant>) {
+        plan.clear();
+        let n = data.len() / PACKET;
+        // PCRs in this chunk: packet index, value, discontinuity signalled.
+        let mut pcrs: Vec<(usize, u64, bool)> = Vec::new();
+        for (i, p) in data.chunks_exact(PACKET).enumerate() {
+            if let Some(v) = ts::pcr(p) {
+                let pid = ts::pid(p);
+                if *self.pcr_pid.get_or_insert(pid) == pid {
+                    pcrs.push((i, v, ts::discontinuity(p)));
+                }
             }
         }
+        let fallback = (dur.as_micros() as u64 * 27 / n.max(1) as u64).max(1);
+        let mut j = 0;
+        for i in 0..n {
+            let due = if j < pcrs.len() && pcrs[j].0 == i {
+                let (_, v, disc) = pcrs[j];
+                j += 1;
+                if disc {
+                    self.base = None;
+                }
+                self.at_pcr(v, now)
+            } else {
+                self.between(pcrs.get(j).map(|&(k, v, d)| (k - i, v, d)), fallback, now)
+            };
+            self.last_due = Some(due);
+            plan.push(due);
+        }
     }
-    Ok(start + dur)
+
+    /// The due time of a packet carrying PCR `v`.
+    fn at_pcr(&mut self, v: u64, now: Instant) -> Instant {
+        if let Some((last, _, k)) = self.last {
+            let d = ts::pcr_delta(last, v);
+            if d > MAX_PCR_STEP || d == 0 {
+                self.base = None; // a jump (or the clock stood still): start afresh
+            } else if k > 0 {
+                self.ticks_per_packet = Some((d / (k + 1)).max(1));
+            }
+        }
+        let mut due = match self.base {
+            Some((b, t)) => t + ticks(ts::pcr_delta(b, v)),
+            None => {
+                // A fresh mapping goes on from the last packet sent (or now).
+                let t = self.last_due.map_or(now, |d| d.max(earliest(now)));
+                self.base = Some((v, t));
+                t
+            }
+        };
+        if due + MAX_LATE < now {
+            // Far behind: restart the schedule at now rather than catch up in a burst.
+            self.base = Some((v, now));
+            due = now;
+        }
+        // Re-anchored at every PCR: the mapping never spans a wrap of the 33-bit clock.
+        self.base = Some((v, due));
+        self.last = Some((v, due, 0));
+        due
+    }
+
+    /// The due time of a packet without PCR: by its position between the last PCR and the
+    /// next one in this chunk (`next`: packets ahead, value, discontinuity), or at the last
+    /// interval's rate.
+    fn between(
+        &mut self,
+        next: Option<(usize, u64, bool)>,
+        fallback: u64,
+        now: Instant,
+    ) -> Instant {
+        let Some((v, at, k)) = self.last.as_mut() else {
+            // No PCR yet: evenly at the nominal rate after the last packet.
+            let step = ticks(fallback);
+            return self
+                .last_due
+                .map_or(now, |d| (d + step).max(earliest(now)).min(now + MAX_LATE));
+        };
+        *k += 1;
+        let tpp = match next {
+            Some((ahead, nv, false)) => {
+                let d = ts::pcr_delta(*v, nv);
+                if d > 0 && d <= MAX_PCR_STEP {
+                    d / (*k + ahead as u64)
+                } else {
+                    self.ticks_per_packet.unwrap_or(fallback)
+                }
+            }
+            _ => self.ticks_per_packet.unwrap_or(fallback),
+        };
+        *at + ticks(tpp * *k)
+    }
+}
+
+/// The earliest due time still on schedule at `now`.
+fn earliest(now: Instant) -> Instant {
+    now.checked_sub(MAX_LATE).unwrap_or(now)
+}
+
+/// A duration of `t` PCR ticks (27 MHz).
+fn ticks(t: u64) -> Duration {
+    Duration::from_nanos(t.saturating_mul(1000) / 27)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::ts::packet_with_pcr;
+
+    /// `n` packets, a PCR every 10 packets stepping 10 ms from `pcr0`, the rest PID 257.
+    fn chunk(n: usize, pcr0: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        for i in 0..n {
+            if i % 10 == 0 {
+                v.extend_from_slice(&packet_with_pcr(
+                    256,
+                    pcr0 + (i as u64 / 10) * 270_000,
+                    false,
+                ));
+            } else {
+                let mut p = [0u8; PACKET];
+                p[..4].copy_from_slice(&[0x47, 0x01, 0x01, 0x10]);
+                v.extend_from_slice(&p);
+            }
+        }
+        v
+    }
+
+    fn ms(d: Duration) -> f64 {
+        d.as_secs_f64() * 1000.0
+    }
+
+    #[test]
+    fn packets_are_due_by_their_pcr_interpolated_between_pcrs() {
+        let t0 = Instant::now();
+        let mut c = PcrClock::default();
+        let mut plan = Vec::new();
+        c.plan(
+            &chunk(100, 27_000_000),
+            Duration::from_millis(100),
+            t0,
+            &mut plan,
+        );
+        assert_eq!(plan.len(), 100);
+        for (i, due) in plan.iter().enumerate() {
+            // 1 ms per packet from the first PCR (10 ms per 10 packets).
+            assert!(
+                (ms(*due - t0) - i as f64).abs() < 0.01,
+                "{i}: {:?}",
+                *due - t0
+            );
+        }
+        // The next chunk continues the clock (its packets after its last PCR at the last
+        // interval's rate).
+        let mut plan2 = Vec::new();
+        c.plan(
+            &chunk(95, 27_000_000 + 2_700_000),
+            Duration::from_millis(95),
+            t0,
+            &mut plan2,
+        );
+        assert!((ms(plan2[0] - t0) - 100.0).abs() < 0.01);
+        assert!((ms(plan2[94] - t0) - 194.0).abs() < 0.01);
+        // A jump in the PCR (another pass of a loop, a gap) goes on from the last packet.
+        let mut plan3 = Vec::new();
+        c.plan(
+            &chunk(10, 999 * 27_000_000),
+            Duration::from_millis(10),
+            t0,
+            &mut plan3,
+        );
+        assert!(
+            (ms(plan3[0] - t0) - 194.0).abs() < 0.01,
+            "{:?}",
+            plan3[0] - t0
+        );
+        assert!((ms(plan3[9] - t0) - 203.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_late_output_restarts_its_schedule_instead_of_bursting() {
+        let t0 = Instant::now();
+        let mut c = PcrClock::default();
+        let mut plan = Vec::new();
+        c.plan(&chunk(20, 0), Duration::from_millis(20), t0, &mut plan);
+        // Two seconds later (the feed stalled), the stream goes on from now.
+        let later = t0 + Duration::from_secs(2);
+        c.plan(
+            &chunk(20, 540_000),
+            Duration::from_millis(20),
+            later,
+            &mut plan,
+        );
+        assert_eq!(plan[0], later);
+        assert!((ms(plan[19] - later) - 19.0).abs() < 0.01);
+        // RTP time runs at 90 kHz from the first datagram.
+        assert_eq!(c.rtp_time(t0), 0);
+        assert_eq!(c.rtp_time(t0 + Duration::from_secs(1)), 90_000);
+    }
 
     #[test]
     fn output_urls_parse() {
