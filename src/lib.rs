@@ -2,8 +2,11 @@
 //!
 //! Layers, imports pointing down only: `daemon` (sockets, tokio, clocks, files, signals) drives
 //! `proto` (the sans-IO protocol core) with `media` (MPEG-TS in) and `output` (players out);
-//! `sim` (the deterministic simulator) drives the same `proto`.
+//! `sim` (the deterministic simulator) drives the same `proto`. `control` is the box daemon's
+//! control socket and `ctl` client; `config` its checked TOML configuration.
 
+pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod harness;
 pub mod media;

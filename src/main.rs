@@ -1,5 +1,7 @@
 //! The `coolstream` command: parse the command line, run one subcommand.
 
+use coolstream::config::{BoxConfig, DEFAULT_CONTROL_SOCKET};
+use coolstream::control::Request;
 use coolstream::daemon::demo::{run_demo, DemoOptions};
 use coolstream::daemon::keys::ChannelKey;
 use coolstream::daemon::roles::{run_peer, run_source, PeerArgs, SourceArgs};
@@ -21,17 +23,24 @@ usage:
                     [--segment-ms MS] [--http ADDR] [--stats-json FILE] [--segment-log FILE]
   coolstream peer   --channel ID --bootstrap ADDR[,ADDR..] [--listen ADDR] [--name NAME]
                     [--http ADDR] [--udp-out URL] [--upload-kbps N] [--stats-json FILE]
+  coolstream run    [--config FILE] [--control-socket PATH] [--log-level LEVEL]
+                    [--listen ADDR] [--http ADDR] [--udp-out URL] [--upload-kbps N]
+                    [--ring-bytes N] [--tune NAME]
+  coolstream ctl    [--socket PATH] status|channels|zap NAME|stats [--json]
+                    (also `ctl stall [SECONDS]`: a watchdog drill that wedges the daemon)
   coolstream demo   [--peers N] [--seconds S] [--json]
   coolstream sim [--peers N] [--seed S] [--duration SECS] [--scenario static|churn|flash]
                  [--partners M] [--rate-kbps R] [--upload-scale F] [--loss P]
                  [--upload-mix F:SHARE,..] [--set KEY=VALUE,..]
                  [--session-mean SECS] [--crash-fraction F] [--start-seq N] [--json]
-  coolstream help
+  coolstream help | --version
 
   INPUT: udp://@GROUP:PORT (multicast), udp://HOST:PORT, rtp://@GROUP:PORT, rtp://HOST:PORT,
          file:PATH (paced by PCR), file:PATH?loop, - (stdin)
   --udp-out: udp://HOST:PORT or rtp://HOST:PORT [?ttl=N&iface=ADDR]
-  Logs go to stderr (RUST_LOG=debug for more).
+  run: the box daemon; the TOML file (see board/*/coolstream.toml) lists channels, outputs
+       and limits; flags override it. Without a file: no channels, HTTP on 127.0.0.1:8080.
+  Logs go to stderr (RUST_LOG=debug for more; under systemd, in journald's format).
 ";
 
 /// A command-line error: what was wrong, shown with the usage.
@@ -473,11 +482,109 @@ fn cmd_demo(args: &[String]) -> Result<ExitCode, UsageError> {
     }
 }
 
+fn cmd_run(args: &[String]) -> Result<ExitCode, UsageError> {
+    let f = Flags::parse(args, &[])?;
+    let mut known = vec!["config"];
+    known.extend_from_slice(BoxConfig::FLAGS);
+    f.check_known(&known)?;
+    let loaded = match optional_path(&f, "config")? {
+        Some(p) => BoxConfig::load(&p),
+        None => Ok(BoxConfig::default()),
+    };
+    let mut cfg = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coolstream: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for (name, value) in &f.pairs {
+        if name == "config" {
+            continue;
+        }
+        if let Err(e) = cfg.set_flag(name, value.as_deref().unwrap_or("")) {
+            eprintln!("coolstream: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    coolstream::daemon::logging::init(cfg.log_level.filter());
+    let notify = coolstream::daemon::notify::Notifier::from_env();
+    let rt = runtime()?;
+    daemon_result(rt.block_on(coolstream::daemon::boxd::run_box(
+        cfg,
+        notify,
+        shutdown_signal(),
+    )))
+}
+
+fn cmd_ctl(args: &[String]) -> Result<ExitCode, UsageError> {
+    let mut socket = PathBuf::from(DEFAULT_CONTROL_SOCKET);
+    let mut json = false;
+    let mut words = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--socket" => {
+                socket = PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| UsageError("--socket needs a value".into()))?,
+                )
+            }
+            s if s.starts_with("--socket=") => socket = PathBuf::from(&s["--socket=".len()..]),
+            s if s.starts_with("--") => return Err(UsageError(format!("unknown option {s}"))),
+            w => words.push(w.to_string()),
+        }
+    }
+    let req = match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["status"] => Request::Status,
+        ["channels"] => Request::Channels,
+        ["stats"] => Request::Stats,
+        ["zap", name] => Request::Zap {
+            channel: name.to_string(),
+        },
+        ["zap"] => return Err(UsageError("ctl zap needs a channel name".into())),
+        ["stall"] => Request::Stall {
+            seconds: coolstream::control::STALL_DEFAULT_S,
+        },
+        ["stall", s] => Request::Stall {
+            seconds: s
+                .parse()
+                .map_err(|_| UsageError(format!("ctl stall: '{s}' is not a number of seconds")))?,
+        },
+        _ => {
+            return Err(UsageError(
+                "ctl wants one of: status, channels, zap NAME, stats".into(),
+            ))
+        }
+    };
+    let answer = match coolstream::control::client::call(&socket, &req) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("coolstream ctl: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let ok = answer["ok"] == true;
+    if json {
+        println!("{answer}");
+    } else if ok {
+        print!("{}", coolstream::control::client::render(&req, &answer));
+    }
+    if !ok {
+        let e = answer["error"].as_str().unwrap_or("the daemon refused");
+        eprintln!("coolstream ctl: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .target(env_logger::Target::Stderr)
-        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `run` starts logging once its config has said at which level.
+    if args.first().map(String::as_str) != Some("run") {
+        coolstream::daemon::logging::init(log::LevelFilter::Info);
+    }
     let Some(cmd) = args.first() else {
         eprint!("{USAGE}");
         return ExitCode::from(2);
@@ -489,6 +596,12 @@ fn main() -> ExitCode {
         "source" => cmd_source(rest),
         "peer" => cmd_peer(rest),
         "demo" => cmd_demo(rest),
+        "run" => cmd_run(rest),
+        "ctl" => cmd_ctl(rest),
+        "--version" | "-V" | "version" => {
+            println!("coolstream {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -75,6 +75,8 @@ pub(super) struct Actor {
     guard: Guard,
     play_log: Option<std::fs::File>,
     pollute: bool,
+    /// The box daemon's warm view of this channel, shown the membership records we receive.
+    warm: Option<super::warm::SharedView>,
 }
 
 /// Where the actor takes connections from.
@@ -120,6 +122,7 @@ impl Actor {
             guard: Guard::default(),
             play_log: opts.play_log.take(),
             pollute: opts.pollute,
+            warm: opts.warm.clone(),
             node,
         }
     }
@@ -278,6 +281,9 @@ impl Actor {
                 }
             },
             LinkEvent::Received { link, msg, _permit } => {
+                if let (Some(w), crate::proto::Message::Ctl(c)) = (&self.warm, &msg) {
+                    super::warm::lock(w).observe(c, std::time::Instant::now());
+                }
                 if self.links.contains_key(&link) {
                     self.node.handle_input(now, Input::Received { link, msg });
                 }

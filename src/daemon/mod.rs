@@ -12,14 +12,18 @@
 //! flushed for up to two seconds, outputs close, the final stats are written.
 
 pub mod actor;
+pub mod boxd;
 pub mod clock;
 pub mod demo;
 pub mod guard;
 pub mod keys;
 pub mod link;
 pub mod memory;
+pub mod logging;
+pub mod notify;
 pub mod roles;
 pub mod stats;
+pub mod warm;
 
 use crate::media::segmenter::Cut;
 use crate::output::Feed;
@@ -137,6 +141,13 @@ pub struct NodeOptions {
     /// uploads (set by the environment variable [`POLLUTE_ENV`]). The polluter tests use it
     /// to play a hostile peer with the real binary.
     pub pollute: bool,
+    /// The core's segment store budget in bytes, when not the core's default.
+    pub store_bytes: Option<u64>,
+    /// Partners sought and accepted at most (M and the accept limit), when not the core's
+    /// defaults (the box daemon's `limits.max_partners`).
+    pub partners: Option<(usize, usize)>,
+    /// Membership records this node hears of are shown to this view (the box daemon's).
+    pub warm: Option<warm::SharedView>,
 }
 
 /// Environment variable that makes a node corrupt the segments it uploads, for tests of the
@@ -161,6 +172,9 @@ impl NodeOptions {
             play_log: None,
             reserve_memory: false,
             pollute: std::env::var_os(POLLUTE_ENV).is_some_and(|v| v == "1"),
+            store_bytes: None,
+            partners: None,
+            warm: None,
         }
     }
 }
@@ -171,11 +185,18 @@ pub fn node_config(opts: &NodeOptions, listen_port: u16) -> Config {
     c.listen_port = listen_port;
     c.upload_bytes_per_s = opts.upload_kbps.max(8) * 1000 / 8;
     c.segment_duration = crate::proto::Duration::from_millis(opts.segment_ms.max(100));
+    if let Some(b) = opts.store_bytes {
+        c.store_bytes = b;
+    }
+    if let Some((m, max)) = opts.partners {
+        c.partners = m;
+        c.max_partners = max;
+    }
     c
 }
 
 /// A random peer id and core seed from the operating system.
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     if getrandom::fill(&mut b).is_err() {
         // No OS randomness: fall back to the clock and pid (ids only need to differ).
@@ -188,22 +209,45 @@ fn random_u64() -> u64 {
 /// `listen` at once; a source checks it can, and opens it for good once its pre-roll
 /// ([`SOURCE_PREROLL`]) is cut from `ingest`, the receiving end of its input's segment queue.
 pub async fn run_node(
-    mut opts: NodeOptions,
+    opts: NodeOptions,
     listen: SocketAddr,
     ingest: Option<mpsc::Receiver<Cut>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<NodeReport, DaemonError> {
     let listener = bind_listener(listen)?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| DaemonError::Io("listener address".into(), e))?
-        .port();
-    let listen = if opts.role == Role::Source {
+    if opts.role == Role::Source {
+        let port = local_port(&listener)?;
         drop(listener);
-        actor::Listen::AfterPreroll(SocketAddr::new(listen.ip(), port))
-    } else {
-        actor::Listen::Now(listener)
-    };
+        let later = actor::Listen::AfterPreroll(SocketAddr::new(listen.ip(), port));
+        return run_with(opts, later, port, ingest, shutdown).await;
+    }
+    run_peer_on(opts, listener, shutdown).await
+}
+
+/// Runs a peer node on a listener the caller bound (the box daemon hands each tuned node a
+/// copy of one long-lived listener, so its port never closes across zaps).
+pub async fn run_peer_on(
+    opts: NodeOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<NodeReport, DaemonError> {
+    let port = local_port(&listener)?;
+    run_with(opts, actor::Listen::Now(listener), port, None, shutdown).await
+}
+
+fn local_port(l: &TcpListener) -> Result<u16, DaemonError> {
+    Ok(l.local_addr()
+        .map_err(|e| DaemonError::Io("listener address".into(), e))?
+        .port())
+}
+
+async fn run_with(
+    mut opts: NodeOptions,
+    listen: actor::Listen,
+    port: u16,
+    ingest: Option<mpsc::Receiver<Cut>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<NodeReport, DaemonError> {
     if opts.role == Role::Source && opts.key.is_none() {
         return Err(DaemonError::Config("a source needs its key".into()));
     }
@@ -225,6 +269,9 @@ pub async fn run_node(
         let node = Node::new(cfg, PeerId(random_u64()), random_u64(), now);
         actor::Actor::new(&mut opts, node)
     };
+    if let Some(w) = &opts.warm {
+        warm::lock(w).add_own(actor.node_id());
+    }
     log::info!(
         "{:?} {:?} on channel {} listening on port {port}",
         opts.role,

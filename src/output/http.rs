@@ -94,7 +94,18 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, httparse::Error> {
 
 /// Serves players on `listener` until the task is dropped (which also ends every client).
 pub async fn serve(listener: TcpListener, channels: Arc<Channels>, status: StatusFn) {
-    let limit = Arc::new(Semaphore::new(MAX_HTTP_CLIENTS));
+    serve_limited(listener, channels, status, MAX_HTTP_CLIENTS).await
+}
+
+/// [`serve`] with at most `max_clients` connections (at most [`MAX_HTTP_CLIENTS`]): a box
+/// with little memory takes fewer players.
+pub async fn serve_limited(
+    listener: TcpListener,
+    channels: Arc<Channels>,
+    status: StatusFn,
+    max_clients: usize,
+) {
+    let limit = Arc::new(Semaphore::new(max_clients.clamp(1, MAX_HTTP_CLIENTS)));
     let local = listener.local_addr().ok();
     let mut clients = JoinSet::new();
     loop {
