@@ -238,6 +238,10 @@ fn sixteen_capped_peers_play_every_source_segment_and_a_restarted_peer_rejoins()
             v["control_bytes"]
         ));
         assert_eq!(v["bad_segments"].as_u64(), Some(0), "peer {i}");
+        // Playback never falls further behind the source than the core's lag cap (20 s)
+        // and a segment: late segments past it are skipped, not waited for.
+        let lag = v["lag_s"].as_f64().unwrap();
+        assert!(lag < 21.5, "peer {i}: lag {lag} s");
         // Control traffic stays a small share of the media (a dial or request loop would not).
         let control = v["control_bytes"].as_u64().unwrap() as f64;
         let payload = v["payload_bytes"].as_u64().unwrap() as f64;

@@ -192,14 +192,14 @@ pub async fn run_node(
             "a peer needs a bootstrap address".into(),
         ));
     }
-    let cfg = node_config(&opts, port);
+    let mut cfg = node_config(&opts, port);
     let mut actor = {
-        let node = Node::new(
-            cfg,
-            PeerId(random_u64()),
-            random_u64(),
-            clock::Clock::new().now(),
-        );
+        let now = clock::Clock::new().now();
+        // Segment origin stamps are wall-clock µs; the core counts from the daemon's start.
+        // The core places them on its own clock by this offset (the actor's clock starts
+        // within microseconds of this one), which its lag cap and stall sizing depend on.
+        cfg.origin_offset_us = clock::wall_us() as i64 - now.as_micros() as i64;
+        let node = Node::new(cfg, PeerId(random_u64()), random_u64(), now);
         actor::Actor::new(&mut opts, node)
     };
     log::info!(

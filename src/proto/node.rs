@@ -249,6 +249,9 @@ const REBOOTSTRAP_BACKOFF: Duration = Duration::from_secs(2);
 const REDIRECT_SAMPLE: usize = 6;
 /// Membership records in a partner rejection.
 const REJECT_SAMPLE: usize = 4;
+/// A starting peer that holds one of the next this-many segments after its chosen start
+/// before the start itself begins there.
+const START_SLIDE: u32 = 3;
 /// A starting peer re-picks its first segment if it has not arrived by then.
 const START_RETRY: Duration = Duration::from_millis(1500);
 /// Full buffer maps go out this often (haves keep partners current in between).
@@ -1634,7 +1637,16 @@ impl<P: Payload> Node<P> {
     /// Hands every in-order segment we hold to the player and arms the deadline timer for the
     /// first one we lack.
     fn drain_playout(&mut self) {
-        if let Playout::Starting { start, .. } = self.playout {
+        if let Playout::Starting { mut start, since } = self.playout {
+            // The start's first segments are fetched in parallel; when a later one comes
+            // first, start there (nothing is counted missed before playback starts) rather
+            // than wait for a slow supplier.
+            if !self.store.has(start) {
+                if let Some(k) = (1..=START_SLIDE).find(|&k| self.store.has(start.add(k))) {
+                    start = start.add(k);
+                    self.playout = Playout::Starting { start, since };
+                }
+            }
             // Start once the first `start_buffer` segments are in hand: the ones right after
             // the first are due within seconds, and a joining peer has no slack yet.
             let ready = (0..self.cfg.start_buffer.max(1)).all(|k| self.store.has(start.add(k)));
@@ -1991,12 +2003,21 @@ impl<P: Payload> Node<P> {
         }
         let mut picks = std::mem::take(&mut self.scratch_picks);
         picks.clear();
+        // A starting peer's first segments are all urgent: the soonest supplier, not the
+        // slowest that would do, since every moment before the first one is startup time.
+        let urgent_within = match self.playout {
+            Playout::Starting { .. } => self
+                .cfg
+                .urgent_within
+                .max(self.cfg.startup_budget + self.nominal()),
+            _ => self.cfg.urgent_within,
+        };
         let skipped = scheduler::plan(
             now,
             &mut wants,
             &mut suppliers,
             seg_bytes,
-            self.cfg.urgent_within,
+            urgent_within,
             budget,
             &mut picks,
         );
