@@ -57,6 +57,24 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// The quantiles `CDF_POINTS` (0, 0.05, .., 1) of a sorted sample, for CDF plots.
+pub const CDF_POINTS: usize = 21;
+
+pub fn cdf_points(sorted: &[f64]) -> Vec<f64> {
+    (0..CDF_POINTS)
+        .map(|i| quantile(sorted, i as f64 / (CDF_POINTS - 1) as f64))
+        .collect()
+}
+
+impl Histogram {
+    /// The quantiles 0, 0.05, .., 1 (upper bucket edges), for CDF plots.
+    pub fn cdf_points(&self) -> Vec<f64> {
+        (0..CDF_POINTS)
+            .map(|i| self.quantile(i as f64 / (CDF_POINTS - 1) as f64))
+            .collect()
+    }
+}
+
 /// `coolstream sim --json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -83,6 +101,10 @@ pub struct Summary {
     pub startup_p95_s: f64,
     pub lag_p50_s: f64,
     pub lag_p95_s: f64,
+    /// Startup, lag and per-peer continuity at the quantiles 0, 0.05, .., 1 (CDF points).
+    pub startup_cdf_s: Vec<f64>,
+    pub lag_cdf_s: Vec<f64>,
+    pub continuity_cdf: Vec<f64>,
     pub overhead: f64,
     pub source_upload_ratio: f64,
     pub rmax_fraction: f64,

@@ -1132,6 +1132,9 @@ impl Sim {
             startup_p95_s: quantile(&startups, 0.95),
             lag_p50_s: self.lag.quantile(0.5),
             lag_p95_s: self.lag.quantile(0.95),
+            startup_cdf_s: metrics::cdf_points(&startups),
+            lag_cdf_s: self.lag.cdf_points(),
+            continuity_cdf: metrics::cdf_points(&cis),
             overhead: if self.payload_bytes > 0 {
                 self.control_bytes as f64 / self.payload_bytes as f64
             } else {
