@@ -15,6 +15,8 @@
 //!
 //! Each test uses the bundled stream (`assets/demo.ts`), so none needs ffmpeg.
 
+mod common;
+
 use coolstream::proto::buffer_map::BufferMap;
 use coolstream::proto::wire::{
     decode_body, encode, frame_len, ChannelId, Control, Hello, Message, PeerId, Role, SharedBody,
@@ -23,7 +25,7 @@ use coolstream::proto::wire::{
 use coolstream::proto::{Config, Input, Instant as CoreInstant, LinkId, Node, Output, PeerAddr};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -113,11 +115,7 @@ fn tmpdir(tag: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::free_port()
 }
 
 fn keygen(dir: &Path) -> (PathBuf, String) {

@@ -5,9 +5,11 @@
 //! Needs ffmpeg and ffprobe (`scripts/test` installs them on Debian when run as root). UDP
 //! multicast goes over loopback with the multicast interface set to 127.0.0.1 on both ends.
 
+mod common;
+
 use coolstream::media::tr101290::{Checker, Report};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,19 +51,11 @@ fn tmpdir(tag: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::free_port()
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::free_port()
 }
 
 fn require_ffmpeg() {

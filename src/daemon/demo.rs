@@ -50,10 +50,17 @@ fn free_http_addr() -> SocketAddr {
     }
 }
 
-fn free_port() -> Result<SocketAddr, DaemonError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
+/// `n` distinct free loopback addresses, all chosen before any node runs: a port picked
+/// while earlier nodes already dial could be taken by one of their outgoing connections
+/// between the pick and the bind.
+fn free_ports(n: usize) -> Result<Vec<SocketAddr>, DaemonError> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| DaemonError::Io("no free loopback port".into(), e))?;
-    l.local_addr()
+    held.iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| DaemonError::Io("no free loopback port".into(), e))
 }
 
@@ -68,7 +75,8 @@ pub async fn run_demo(
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let source_addr = free_port()?;
+    let ports = free_ports(peers + 1)?;
+    let source_addr = ports[0];
     let (src_report, src_watch) = watch::channel(NodeReport::default());
     let source = tokio::spawn(run_source(
         SourceArgs {
@@ -103,7 +111,7 @@ pub async fn run_demo(
     for i in 0..peers {
         let (tx, rx) = watch::channel(NodeReport::default());
         watches.push(rx);
-        let listen = free_port()?;
+        let listen = ports[i + 1];
         nodes.push(tokio::spawn(run_peer(
             PeerArgs {
                 channel,

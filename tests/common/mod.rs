@@ -67,20 +67,51 @@ pub fn tmpdir(tag: &str) -> PathBuf {
     d
 }
 
+/// A loopback port for a daemon the test starts, free for TCP and UDP.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`, 32768-60999 by default):
+/// a port the kernel hands out for `bind(:0)` can be handed out again, to one of the peers'
+/// own outgoing connections, between our check and the daemon's bind, and a 16-peer swarm
+/// opens hundreds of those. Ports below the range are never given to outgoing connections.
+/// A per-process counter from a pid-derived base keeps this process's picks apart and
+/// apart from another test process's.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (lo, hi) = fixed_port_range();
+    let span = hi - lo;
+    let base = (std::process::id() * 97) % span;
+    for _ in 0..span {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (lo + (base + k) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {lo}..{hi}");
 }
 
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
+}
+
+/// The ports outside the ephemeral range that tests may use: below it when there is room
+/// (the usual case), otherwise above it.
+fn fixed_port_range() -> (u32, u32) {
+    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut f = s.split_whitespace().map(|x| x.parse::<u32>().ok());
+            Some((f.next()??, f.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    if eph_lo >= 12_000 {
+        (10_000, eph_lo)
+    } else {
+        (eph_hi + 1, 65_535)
+    }
 }
 
 pub fn keygen(dir: &Path) -> (PathBuf, String) {
