@@ -72,7 +72,9 @@ pub struct Config {
     /// Requests from one partner queued for upload.
     pub upload_queue_per_partner: usize,
     /// A supplier takes no more requests while its queue would take this long to drain: a
-    /// short queue keeps its advertised backlog true and sends requesters elsewhere at once.
+    /// short queue keeps its advertised backlog true and sends requesters elsewhere at once;
+    /// too short a one turns away requests a fast peer would have met (4 s measured best,
+    /// docs/DESIGN-NOTES.md).
     pub max_upload_backlog: Duration,
     /// Segments uploaded at the same time. One at a time meets deadlines best, but a
     /// forwarded segment may wait for its bytes to arrive (cut-through): a second keeps the
@@ -219,7 +221,7 @@ impl Config {
             max_requests: 8,
             upload_queue_capacity: 32,
             upload_queue_per_partner: 4,
-            max_upload_backlog: Duration::from_millis(2000),
+            max_upload_backlog: Duration::from_millis(4000),
             concurrent_uploads: 1,
             urgent_within: Duration::from_millis(2000),
             max_links: 64,

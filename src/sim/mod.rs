@@ -28,7 +28,8 @@ use metrics::{quantile, Histogram, Summary};
 use net::{loss_delay, Place, Uplink};
 pub use scenario::Scenario;
 use scenario::{
-    draw_upload, mean_upload, ARRIVAL_WINDOW_S, DEFAULT_UPLOAD_MIX, SOURCE_UPLOAD_FACTOR,
+    draw_upload, mean_upload, stratified_uploads, ARRIVAL_WINDOW_S, DEFAULT_UPLOAD_MIX,
+    SOURCE_UPLOAD_FACTOR,
 };
 use std::collections::HashMap;
 
@@ -285,6 +286,9 @@ pub struct Sim {
     events: u64,
     trace: u64,
     outbuf: Vec<Output<SimPayload>>,
+    /// Every missed deadline printed to stderr, with its time and node
+    /// (`COOLSTREAM_SIM_DEBUG=misses`), for debugging.
+    debug_misses: bool,
     /// Node whose events are printed to stderr (`COOLSTREAM_SIM_DEBUG=N`), for debugging.
     debug_node: Option<u32>,
     /// Segment whose spread is printed (`COOLSTREAM_SIM_TRACE_SEQ=N`), and when each node got it.
@@ -346,6 +350,7 @@ impl Sim {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             trace_got: HashMap::default(),
+            debug_misses: std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "misses"),
             debug_node: std::env::var("COOLSTREAM_SIM_DEBUG")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -358,8 +363,9 @@ impl Sim {
         sim.push(Instant::ZERO, Ev::Ingest);
         // The initial population arrives spread over the arrival window.
         let start = sim.cfg.scenario.arrivals_start_s();
-        for _ in 0..sim.cfg.peers {
-            let f = draw_upload(&mut sim.rng, &sim.cfg.upload_mix) * sim.cfg.upload_scale;
+        let mix = sim.cfg.upload_mix.clone();
+        for f in stratified_uploads(&mut sim.rng, &mix, sim.cfg.peers) {
+            let f = f * sim.cfg.upload_scale;
             let ix = sim.add_slot(f, false);
             let at = start + sim.rng.unit() * ARRIVAL_WINDOW_S;
             sim.push(
@@ -932,7 +938,11 @@ impl Sim {
                     let lag = deadline.as_micros() as f64 - segment.origin_us as f64;
                     self.lag.add(lag / 1e6);
                 }
-                Output::Missed { .. } => {}
+                Output::Missed { .. } => {
+                    if self.debug_misses {
+                        eprintln!("miss {:.1} node {ix}", self.now.as_secs_f64());
+                    }
+                }
             }
         }
         self.outbuf = outs;

@@ -65,6 +65,27 @@ pub fn draw_upload(rng: &mut Rng, mix: &[(f64, f64)]) -> f64 {
     mix.last().map_or(1.0, |m| m.0)
 }
 
+/// The upload factors of an initial population of `n`: the mix's shares in proportion
+/// (peer `i` takes the factor at quantile (i + 0.5) / n), in a random order. A small swarm
+/// then has the mix it was asked for, not a draw that may lack the fast class altogether.
+pub fn stratified_uploads(rng: &mut Rng, mix: &[(f64, f64)], n: usize) -> Vec<f64> {
+    let total: f64 = mix.iter().map(|(_, p)| p).sum();
+    let mut v: Vec<f64> = (0..n)
+        .map(|i| {
+            let mut x = (i as f64 + 0.5) / n as f64 * total;
+            for &(f, p) in mix {
+                if x < p {
+                    return f;
+                }
+                x -= p;
+            }
+            mix.last().map_or(1.0, |m| m.0)
+        })
+        .collect();
+    rng.shuffle(&mut v);
+    v
+}
+
 /// Mean upload factor of a mix.
 pub fn mean_upload(mix: &[(f64, f64)]) -> f64 {
     let total: f64 = mix.iter().map(|(_, p)| p).sum();
