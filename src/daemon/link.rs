@@ -14,6 +14,13 @@
 //! byte it writes with a token bucket at the node's upload cap, and tells the actor `Sent`
 //! when a segment frame has been written whole.
 //!
+//! A segment frame goes out in pieces ([`BULK_BEGIN`], then [`BULK_PIECE`] records of at most
+//! [`WRITE_CHUNK`] bytes), and control frames queued meanwhile go out between the pieces. A
+//! segment paced at a slow uplink takes seconds (a 1 s segment at half the stream rate takes
+//! 2 s): sent whole, it held back every request, refusal and buffer map behind it on that
+//! link for as long, and the partner's scheduler worked from stale news. Control frames now
+//! wait for one piece at most.
+//!
 //! Byte counters are shared atomics, read by the stats writer.
 
 use super::keys::Verifier;
@@ -38,6 +45,17 @@ pub const WRITER_QUEUE: usize = 256;
 pub const BODY_BUDGET_KIB: usize = 64 * 1024;
 /// The writer writes (and paces) in chunks of this size.
 pub const WRITE_CHUNK: usize = 16 * 1024;
+/// Length-prefix bits that mark a link record instead of a whole frame. `BULK_BEGIN | len`
+/// announces a segment frame of `len` body bytes (checked against the cap, reserved from the
+/// budget and allocated at once); `BULK_PIECE | n` is followed by its next `n` bytes
+/// (1..=[`WRITE_CHUNK`]). Whole control frames may come between pieces; one bulk frame is in
+/// progress at a time. Frame caps are far below 2^30, so the bits never clash with a length.
+pub const BULK_BEGIN: u32 = 0x8000_0000;
+pub const BULK_PIECE: u32 = 0x4000_0000;
+const RECORD_KIND: u32 = BULK_BEGIN | BULK_PIECE;
+/// Segments the writer takes off its queue while sending a segment, to reach the control
+/// frames behind them (they keep their order among themselves).
+const HELD_SEGMENTS: usize = 8;
 /// Token bucket depth: this much sending time at the cap may go out at once.
 pub const BURST: Duration = Duration::from_millis(100);
 /// A frame's body must arrive at this rate at least (plus [`FRAME_GRACE`]), or the link is
@@ -171,8 +189,12 @@ pub async fn reader<R: AsyncRead + Unpin>(
     counters: Arc<Counters>,
 ) {
     let mut max = MAX_CONTROL_LEN;
+    let mut frames = LinkReader::default();
     let why = loop {
-        match read_frame_capped(&mut rd, max, &verifier, &budget, &counters).await {
+        match frames
+            .next(&mut rd, max, &verifier, &budget, &counters)
+            .await
+        {
             Ok((msg, permit)) => {
                 if matches!(msg, Message::Ctl(Control::Hello(_))) {
                     max = MAX_FRAME_LEN;
@@ -200,55 +222,182 @@ pub async fn reader<R: AsyncRead + Unpin>(
     let _ = events.send(LinkEvent::Down { link, why }).await;
 }
 
-/// One frame of any size up to [`MAX_FRAME_LEN`]: see [`read_frame_capped`].
+/// One frame of any size up to [`MAX_FRAME_LEN`], sent whole or in pieces.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
     verifier: &Verifier,
     budget: &Arc<Semaphore>,
     counters: &Counters,
 ) -> Result<(Message<SharedBody>, OwnedSemaphorePermit), LinkError> {
-    read_frame_capped(rd, MAX_FRAME_LEN, verifier, budget, counters).await
+    LinkReader::default()
+        .next(rd, MAX_FRAME_LEN, verifier, budget, counters)
+        .await
 }
 
-/// One frame: prefix, cap check against `max`, body budget, body (in time), decode, verify.
-pub async fn read_frame_capped<R: AsyncRead + Unpin>(
+/// A segment frame arriving in pieces.
+struct Bulk {
+    body: Vec<u8>,
+    filled: usize,
+    /// Bytes of its records so far, counted as downloaded once it is whole (as a whole
+    /// frame's are once read: a transfer cut short counts for neither side).
+    wire_bytes: u64,
+    _permit: OwnedSemaphorePermit,
+    /// The whole body must be in by then (the same rate rule as a whole frame's).
+    deadline: tokio::time::Instant,
+}
+
+/// Reassembles frames from a link's records: whole frames, and one segment frame in pieces
+/// with whole frames between them.
+#[derive(Default)]
+pub struct LinkReader {
+    bulk: Option<Bulk>,
+}
+
+impl LinkReader {
+    /// The next whole frame: prefix, cap check against `max`, body budget, body (in time),
+    /// decode, verify.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        max: u32,
+        verifier: &Verifier,
+        budget: &Arc<Semaphore>,
+        counters: &Counters,
+    ) -> Result<(Message<SharedBody>, OwnedSemaphorePermit), LinkError> {
+        loop {
+            let mut prefix = [0u8; FRAME_PREFIX_LEN];
+            let read = rd.read_exact(&mut prefix);
+            let got = match &self.bulk {
+                // A sender that begins a segment must finish it in time, whatever it sends
+                // between the pieces.
+                Some(b) => tokio::time::timeout_at(b.deadline, read)
+                    .await
+                    .map_err(|_| LinkError::Slow)?,
+                None => read.await,
+            };
+            match got {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(LinkError::Eof)
+                }
+                Err(e) => return Err(LinkError::Io(e)),
+            }
+            let word = u32::from_be_bytes(prefix);
+            match word & RECORD_KIND {
+                0 => return read_whole(rd, prefix, max, verifier, budget, counters).await,
+                BULK_BEGIN => {
+                    if self.bulk.is_some() {
+                        return Err(LinkError::Wire(WireError::Malformed));
+                    }
+                    let len = frame_len((word & !RECORD_KIND).to_be_bytes(), max)
+                        .map_err(LinkError::Wire)?;
+                    let permit = reserve(budget, len).await?;
+                    self.bulk = Some(Bulk {
+                        body: vec![0u8; len],
+                        filled: 0,
+                        wire_bytes: FRAME_PREFIX_LEN as u64,
+                        _permit: permit,
+                        deadline: tokio::time::Instant::now() + body_time(len),
+                    });
+                }
+                BULK_PIECE => {
+                    let n = (word & !RECORD_KIND) as usize;
+                    let Some(b) = self.bulk.as_mut() else {
+                        return Err(LinkError::Wire(WireError::Malformed));
+                    };
+                    if n == 0 || n > WRITE_CHUNK || n > b.body.len() - b.filled {
+                        return Err(LinkError::Wire(WireError::Malformed));
+                    }
+                    let piece = &mut b.body[b.filled..b.filled + n];
+                    match tokio::time::timeout_at(b.deadline, rd.read_exact(piece)).await {
+                        Err(_) => return Err(LinkError::Slow),
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            return Err(LinkError::Eof)
+                        }
+                        Ok(Err(e)) => return Err(LinkError::Io(e)),
+                        Ok(Ok(_)) => {}
+                    }
+                    b.filled += n;
+                    b.wire_bytes += (FRAME_PREFIX_LEN + n) as u64;
+                    if b.filled == b.body.len() {
+                        let Some(Bulk {
+                            body,
+                            _permit,
+                            wire_bytes,
+                            ..
+                        }) = self.bulk.take()
+                        else {
+                            unreachable!("checked above");
+                        };
+                        Counters::add(&counters.download_bytes, wire_bytes);
+                        let msg = decode_verified(&body, verifier, counters)?;
+                        return Ok((msg, _permit));
+                    }
+                }
+                // Both bits: no such record (and no length this large).
+                _ => {
+                    return Err(LinkError::Wire(WireError::TooLong {
+                        len: word,
+                        max: max.max(BULK_BEGIN | MAX_FRAME_LEN),
+                    }))
+                }
+            }
+        }
+    }
+}
+
+/// Time a frame body of `len` bytes may take: [`FRAME_GRACE`] plus `len` at [`MIN_FRAME_RATE`].
+fn body_time(len: usize) -> Duration {
+    FRAME_GRACE + Duration::from_secs((len / MIN_FRAME_RATE) as u64)
+}
+
+/// Reserves a body's memory before it is allocated: `len` is capped, so this fits a u32.
+async fn reserve(budget: &Arc<Semaphore>, len: usize) -> Result<OwnedSemaphorePermit, LinkError> {
+    let kib = len.div_ceil(1024) as u32;
+    budget
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|_| LinkError::Eof)
+}
+
+/// A whole frame whose prefix has been read.
+async fn read_whole<R: AsyncRead + Unpin>(
     rd: &mut R,
+    prefix: [u8; FRAME_PREFIX_LEN],
     max: u32,
     verifier: &Verifier,
     budget: &Arc<Semaphore>,
     counters: &Counters,
 ) -> Result<(Message<SharedBody>, OwnedSemaphorePermit), LinkError> {
-    let mut prefix = [0u8; FRAME_PREFIX_LEN];
-    match rd.read_exact(&mut prefix).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(LinkError::Eof),
-        Err(e) => return Err(LinkError::Io(e)),
-    }
     let len = frame_len(prefix, max).map_err(LinkError::Wire)?;
-    // Reserve the body's memory before allocating it: `len` is capped, so this fits a u32.
-    let kib = len.div_ceil(1024) as u32;
-    let permit = budget
-        .clone()
-        .acquire_many_owned(kib)
-        .await
-        .map_err(|_| LinkError::Eof)?;
+    let permit = reserve(budget, len).await?;
     let mut body = vec![0u8; len];
-    let deadline = FRAME_GRACE + Duration::from_secs((len / MIN_FRAME_RATE) as u64);
-    match tokio::time::timeout(deadline, rd.read_exact(&mut body)).await {
+    match tokio::time::timeout(body_time(len), rd.read_exact(&mut body)).await {
         Err(_) => return Err(LinkError::Slow),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(LinkError::Eof),
         Ok(Err(e)) => return Err(LinkError::Io(e)),
         Ok(Ok(_)) => {}
     }
     Counters::add(&counters.download_bytes, (FRAME_PREFIX_LEN + len) as u64);
-    let msg = decode_body(&body).map_err(LinkError::Wire)?;
+    let msg = decode_verified(&body, verifier, counters)?;
+    Ok((msg, permit))
+}
+
+/// Decodes a frame body and verifies a segment's signature.
+fn decode_verified(
+    body: &[u8],
+    verifier: &Verifier,
+    counters: &Counters,
+) -> Result<Message<SharedBody>, LinkError> {
+    let msg = decode_body(body).map_err(LinkError::Wire)?;
     if let Message::Segment(seg) = &msg {
         if !verifier.verify(seg) {
             return Err(LinkError::BadSignature);
         }
         Counters::add(&counters.payload_down, seg.payload.data.len() as u64);
     }
-    Ok((msg, permit))
+    Ok(msg)
 }
 
 /// Writes queued messages, paced, until the queue's sender is dropped (then flushes and shuts
@@ -263,39 +412,118 @@ pub async fn writer<W: AsyncWrite + Unpin, H: Send>(
     counters: Arc<Counters>,
     _place: H,
 ) {
-    let mut bucket = TokenBucket::new(upload_bytes_per_s, std::time::Instant::now());
+    let mut out = PacedWriter {
+        wr: &mut wr,
+        bucket: TokenBucket::new(upload_bytes_per_s, std::time::Instant::now()),
+        failed: None,
+    };
     let mut buf = Vec::with_capacity(4096);
-    while let Some(msg) = rx.recv().await {
+    let mut ctl = Vec::with_capacity(512);
+    let mut record = Vec::with_capacity(FRAME_PREFIX_LEN + WRITE_CHUNK);
+    // Segments taken off the queue to reach the control frames behind them.
+    let mut held: std::collections::VecDeque<Message<SharedBody>> = Default::default();
+    loop {
+        let msg = match held.pop_front() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
         buf.clear();
         if let Err(e) = encode(&msg, &mut buf) {
             log::warn!("link {}: not sending an unencodable message: {e}", link.0);
             continue;
         }
-        for chunk in buf.chunks(WRITE_CHUNK) {
-            let wait = bucket.take(chunk.len(), std::time::Instant::now());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+        let Message::Segment(seg) = &msg else {
+            if out.write(&buf).await.is_err() {
+                return report_down(&events, link, &mut out).await;
             }
-            if let Err(e) = wr.write_all(chunk).await {
-                let _ = events
-                    .send(LinkEvent::Down {
-                        link,
-                        why: LinkError::Io(e),
-                    })
-                    .await;
-                return;
-            }
+            Counters::add(&counters.upload_bytes, buf.len() as u64);
+            continue;
+        };
+        let body = &buf[FRAME_PREFIX_LEN..];
+        let begin = BULK_BEGIN | body.len() as u32;
+        if out.write(&begin.to_be_bytes()).await.is_err() {
+            return report_down(&events, link, &mut out).await;
         }
-        Counters::add(&counters.upload_bytes, buf.len() as u64);
-        if let Message::Segment(seg) = &msg {
-            Counters::add(&counters.payload_up, seg.payload.data.len() as u64);
-            if events.send(LinkEvent::Sent { link }).await.is_err() {
-                return;
+        // Counted once whole, as the reader counts it.
+        let mut wire_bytes = FRAME_PREFIX_LEN as u64;
+        for piece in body.chunks(WRITE_CHUNK) {
+            // Control frames queued meanwhile go first; segments wait their turn.
+            while held.len() < HELD_SEGMENTS {
+                let Ok(next) = rx.try_recv() else { break };
+                if matches!(next, Message::Segment(_)) {
+                    held.push_back(next);
+                    continue;
+                }
+                ctl.clear();
+                if let Err(e) = encode(&next, &mut ctl) {
+                    log::warn!("link {}: not sending an unencodable message: {e}", link.0);
+                    continue;
+                }
+                if out.write(&ctl).await.is_err() {
+                    return report_down(&events, link, &mut out).await;
+                }
+                Counters::add(&counters.upload_bytes, ctl.len() as u64);
             }
+            record.clear();
+            record.extend_from_slice(&(BULK_PIECE | piece.len() as u32).to_be_bytes());
+            record.extend_from_slice(piece);
+            if out.write(&record).await.is_err() {
+                return report_down(&events, link, &mut out).await;
+            }
+            wire_bytes += record.len() as u64;
+        }
+        Counters::add(&counters.upload_bytes, wire_bytes);
+        Counters::add(&counters.payload_up, seg.payload.data.len() as u64);
+        if events.send(LinkEvent::Sent { link }).await.is_err() {
+            return;
         }
     }
     let _ = wr.flush().await;
     let _ = wr.shutdown().await;
+}
+
+/// The write side of a link, paced at the upload cap.
+struct PacedWriter<'a, W> {
+    wr: &'a mut W,
+    bucket: TokenBucket,
+    /// The error that ended the link, once one has.
+    failed: Option<std::io::Error>,
+}
+
+impl<W: AsyncWrite + Unpin> PacedWriter<'_, W> {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        for chunk in bytes.chunks(WRITE_CHUNK) {
+            let wait = self.bucket.take(chunk.len(), std::time::Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            if let Err(e) = self.wr.write_all(chunk).await {
+                self.failed = Some(e);
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn report_down<W>(
+    events: &mpsc::Sender<LinkEvent>,
+    link: LinkId,
+    out: &mut PacedWriter<'_, W>,
+) {
+    let e = out
+        .failed
+        .take()
+        .unwrap_or_else(|| std::io::Error::other("write failed"));
+    let _ = events
+        .send(LinkEvent::Down {
+            link,
+            why: LinkError::Io(e),
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -405,14 +633,18 @@ mod tests {
         let mut rd = &big[..];
         let b = budget();
         assert!(matches!(
-            read_frame_capped(&mut rd, MAX_CONTROL_LEN, &v, &b, &c).await,
+            LinkReader::default()
+                .next(&mut rd, MAX_CONTROL_LEN, &v, &b, &c)
+                .await,
             Err(LinkError::Wire(WireError::TooLong { .. }))
         ));
         assert_eq!(b.available_permits(), BODY_BUDGET_KIB);
         // A body that never comes ends the link once its deadline passes (5 s here).
         let (mut tx, mut rx) = tokio::io::duplex(64);
         tx.write_all(&100u32.to_be_bytes()).await.unwrap();
-        let r = read_frame_capped(&mut rx, MAX_CONTROL_LEN, &v, &b, &c).await;
+        let r = LinkReader::default()
+            .next(&mut rx, MAX_CONTROL_LEN, &v, &b, &c)
+            .await;
         assert!(matches!(r, Err(LinkError::Slow)), "{r:?}");
         drop(tx);
     }
@@ -453,5 +685,185 @@ mod tests {
         assert_eq!(m2, Message::Segment(seg));
         assert_eq!(Counters::get(&counters.upload_bytes), all.len() as u64);
         assert_eq!(Counters::get(&counters.payload_up), 50_000);
+    }
+
+    fn record(kind: u32, n: u32) -> [u8; 4] {
+        (kind | n).to_be_bytes()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_segment_in_pieces_with_control_frames_between_reassembles() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let c = Counters::default();
+        let seg = key.sign_segment(Seq(7), 0, 1, 0, vec![0x47; 40_000]);
+        let mut whole = Vec::new();
+        encode(&Message::Segment(seg.clone()), &mut whole).unwrap();
+        let body = &whole[FRAME_PREFIX_LEN..];
+        let mut ka = Vec::new();
+        encode(&Message::Ctl(Control::KeepAlive), &mut ka).unwrap();
+        let mut bytes = record(BULK_BEGIN, body.len() as u32).to_vec();
+        for piece in body.chunks(WRITE_CHUNK) {
+            bytes.extend_from_slice(&ka);
+            bytes.extend_from_slice(&record(BULK_PIECE, piece.len() as u32));
+            bytes.extend_from_slice(piece);
+        }
+        let pieces = body.len().div_ceil(WRITE_CHUNK);
+        let mut rd = &bytes[..];
+        let mut r = LinkReader::default();
+        let b = budget();
+        for _ in 0..pieces {
+            let (m, _) = r.next(&mut rd, MAX_FRAME_LEN, &v, &b, &c).await.unwrap();
+            assert_eq!(m, Message::Ctl(Control::KeepAlive));
+        }
+        let (m, permit) = r.next(&mut rd, MAX_FRAME_LEN, &v, &b, &c).await.unwrap();
+        assert_eq!(m, Message::Segment(seg));
+        // The body's memory stays reserved while the message is handled, then comes back.
+        assert!(b.available_permits() < BODY_BUDGET_KIB);
+        drop(permit);
+        assert_eq!(b.available_permits(), BODY_BUDGET_KIB);
+        assert_eq!(Counters::get(&c.download_bytes), bytes.len() as u64);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn broken_piece_records_end_the_link_as_wire_errors() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let c = Counters::default();
+        let piece = |n: u32| {
+            let mut b = record(BULK_PIECE, n).to_vec();
+            b.resize(4 + n as usize, 0);
+            b
+        };
+        let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+            ("a piece with no segment begun", piece(10), MAX_FRAME_LEN),
+            (
+                "a second segment begun before the first ends",
+                [record(BULK_BEGIN, 100), record(BULK_BEGIN, 100)].concat(),
+                MAX_FRAME_LEN,
+            ),
+            (
+                "a piece past the announced length",
+                [record(BULK_BEGIN, 100).to_vec(), piece(101)].concat(),
+                MAX_FRAME_LEN,
+            ),
+            (
+                "an empty piece",
+                [record(BULK_BEGIN, 100).to_vec(), piece(0)].concat(),
+                MAX_FRAME_LEN,
+            ),
+            (
+                "a piece longer than a write chunk",
+                [
+                    record(BULK_BEGIN, 2 * WRITE_CHUNK as u32).to_vec(),
+                    piece(WRITE_CHUNK as u32 + 1),
+                ]
+                .concat(),
+                MAX_FRAME_LEN,
+            ),
+            (
+                "both record bits",
+                u32::MAX.to_be_bytes().to_vec(),
+                MAX_FRAME_LEN,
+            ),
+            (
+                "a segment announced over the cap",
+                record(BULK_BEGIN, MAX_FRAME_LEN + 1).to_vec(),
+                MAX_FRAME_LEN,
+            ),
+            (
+                "a segment announced before hello",
+                record(BULK_BEGIN, MAX_CONTROL_LEN + 1).to_vec(),
+                MAX_CONTROL_LEN,
+            ),
+        ];
+        for (what, bytes, max) in cases {
+            let b = budget();
+            let mut rd = &bytes[..];
+            let r = LinkReader::default().next(&mut rd, max, &v, &b, &c).await;
+            assert!(matches!(r, Err(LinkError::Wire(_))), "{what}: {r:?}");
+            assert_eq!(b.available_permits(), BODY_BUDGET_KIB, "{what}");
+        }
+        // Pieces that fill a body that is not a valid segment: a wire error, not a panic.
+        let bytes = [record(BULK_BEGIN, 8).to_vec(), piece(8)].concat();
+        let mut rd = &bytes[..];
+        let r = LinkReader::default()
+            .next(&mut rd, MAX_FRAME_LEN, &v, &budget(), &c)
+            .await;
+        assert!(matches!(r, Err(LinkError::Wire(_))), "{r:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_segment_begun_and_not_finished_in_time_ends_the_link() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let c = Counters::default();
+        // Begun, then only keep-alives: the body's deadline (5 s for a small one) still ends it.
+        let (mut tx, mut rx) = tokio::io::duplex(1 << 16);
+        tx.write_all(&record(BULK_BEGIN, 1000)).await.unwrap();
+        let mut ka = Vec::new();
+        encode(&Message::Ctl(Control::KeepAlive), &mut ka).unwrap();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..20 {
+                if tx.write_all(&ka).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let b = budget();
+        let mut r = LinkReader::default();
+        let started = std::time::Instant::now();
+        let end = loop {
+            match r.next(&mut rx, MAX_FRAME_LEN, &v, &b, &c).await {
+                Ok((m, _)) => assert_eq!(m, Message::Ctl(Control::KeepAlive)),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(end, LinkError::Slow), "{end:?}");
+        assert!(started.elapsed() < Duration::from_secs(8));
+        feeder.abort();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn control_frames_overtake_a_segment_being_paced() {
+        let key = ChannelKey::from_seed([1; 32]);
+        // 100 kB at 200 kB/s: half a second on the wire.
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (etx, mut erx) = mpsc::channel(16);
+        let counters = Arc::new(Counters::default());
+        let w = tokio::spawn(writer(LinkId(3), a, rx, etx, 200_000, counters.clone(), ()));
+        let seg = key.sign_segment(Seq(1), 0, 1, 0, vec![0x47; 100_000]);
+        let later = key.sign_segment(Seq(2), 0, 1, 0, vec![0x47; 1_000]);
+        tx.try_send(Message::Segment(seg.clone())).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.try_send(Message::Segment(later.clone())).unwrap();
+        tx.try_send(Message::Ctl(Control::KeepAlive)).unwrap();
+        drop(tx);
+        for _ in 0..2 {
+            assert!(matches!(erx.recv().await, Some(LinkEvent::Sent { .. })));
+        }
+        w.await.unwrap();
+        let mut all = Vec::new();
+        b.read_to_end(&mut all).await.unwrap();
+        let v = Verifier::new(key.channel());
+        let c = Counters::default();
+        let mut rd = &all[..];
+        let mut r = LinkReader::default();
+        let mut got = Vec::new();
+        while let Ok((m, _)) = r.next(&mut rd, MAX_FRAME_LEN, &v, &budget(), &c).await {
+            got.push(m);
+        }
+        // The keep-alive went out between the first segment's pieces; segments kept their order.
+        assert_eq!(
+            got,
+            vec![
+                Message::Ctl(Control::KeepAlive),
+                Message::Segment(seg),
+                Message::Segment(later)
+            ]
+        );
+        assert_eq!(Counters::get(&counters.upload_bytes), all.len() as u64);
     }
 }

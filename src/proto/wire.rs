@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// First field of every hello: "CoolStream" in spirit, catches a stranger on the port.
 pub const MAGIC: u32 = 0xC0015EA7;
 /// Wire protocol version; a mismatch closes the link with [`ByeReason::Version`].
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest media payload of one segment. 4 MiB holds a 2 s segment at 16 Mbit/s (HD IPTV).
 pub const MAX_SEGMENT_BYTES: u32 = 4 * 1024 * 1024;
 /// Largest frame body: a segment plus its head, with room to spare for the head's fields.
