@@ -28,6 +28,9 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("http_request", http_request),
     ("config_settings", config_settings),
     ("input_url", input_url),
+    ("link_records", link_records),
+    ("control_request", control_request),
+    ("box_config", box_config),
 ];
 
 /// One frame body: decodes without panicking; what decodes re-encodes to a frame that decodes
@@ -233,6 +236,74 @@ pub fn input_url(data: &[u8]) {
     }
     if let Some(p) = crate::media::rtp::payload(data) {
         assert!(p.len() <= data.len());
+    }
+}
+
+/// A link's byte stream as the daemon's reader takes it: whole frames, and segment frames in
+/// pieces with frames between them ([`crate::daemon::link::LinkReader`]). The reader never
+/// panics, never yields more messages than the bytes could hold, and gives back every byte of
+/// the body budget it reserved. The first byte picks the cap (before or after hello).
+pub fn link_records(data: &[u8]) {
+    use crate::daemon::link::{Counters, LinkReader, BODY_BUDGET_KIB};
+    use std::sync::Arc;
+    let Some((&mode, stream)) = data.split_first() else {
+        return;
+    };
+    let max = if mode & 1 == 0 {
+        MAX_FRAME_LEN
+    } else {
+        MAX_CONTROL_LEN
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime");
+    let budget = Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_KIB));
+    let v = Verifier::new(ChannelId(HARNESS_CHANNEL));
+    let counters = Counters::default();
+    let n = rt.block_on(async {
+        let mut rd = stream;
+        let mut reader = LinkReader::default();
+        let mut n = 0;
+        while let Ok((msg, _permit)) = reader.next(&mut rd, max, &v, &budget, &counters).await {
+            if let Message::Ctl(c) = &msg {
+                assert!(c.validate().is_ok());
+            }
+            n += 1;
+        }
+        n
+    });
+    assert!(n <= stream.len() / (FRAME_PREFIX_LEN + 1));
+    assert!(Counters::get(&counters.download_bytes) <= stream.len() as u64);
+    assert_eq!(budget.available_permits(), BODY_BUDGET_KIB);
+}
+
+/// One control-socket request line: parsing never panics, and what parses is sent back by
+/// `to_line` as a line that parses to the same request.
+pub fn control_request(data: &[u8]) {
+    use crate::control::Request;
+    let line = &data[..data.len().min(crate::control::MAX_LINE)];
+    match Request::parse(line) {
+        Ok(r) => {
+            let again = r.to_line();
+            assert_eq!(Request::parse(again.trim_end().as_bytes()), Ok(r));
+        }
+        Err(e) => assert!(!e.is_empty()),
+    }
+}
+
+/// A box config file: parsing never panics; an error names a place inside the text.
+pub fn box_config(data: &[u8]) {
+    use crate::config::BoxConfig;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Err(e) = BoxConfig::parse(text, "fuzz.toml") {
+        assert!(!e.message.is_empty());
+        if let Some((line, col)) = e.at {
+            assert!(line >= 1 && col >= 1);
+            assert!(line <= text.lines().count().max(1) + 1, "{e}");
+        }
     }
 }
 
