@@ -11,7 +11,7 @@ use super::clock::{wall_us, Clock};
 use super::guard::{Admitted, Guard};
 use super::keys::{sha256, ChannelKey, Verifier};
 use super::link::{self, to_peer_addr, to_socket_addr, Counters, LinkError};
-use super::stats::{write_json, NodeReport};
+use super::stats::{write_json, Diagnostics, NodeReport};
 use super::{LinkEvent, NodeOptions, DIAL_TIMEOUT, EVENT_QUEUE, MAX_LINKS};
 use crate::media::segmenter::Cut;
 use crate::output::{Feed, FeedItem};
@@ -599,6 +599,19 @@ impl Actor {
                 .collect(),
             bans_total: self.node.bans().total(),
             store_bytes: self.node.store().bytes_held(),
+            diag: Diagnostics {
+                requests_sent: s.requests_sent,
+                segments_received: s.segments_received,
+                duplicates: s.duplicates,
+                uploads: s.uploads,
+                missed_in_flight: s.missed_in_flight,
+                missed_unrequested: s.missed_unrequested,
+                stall_s: s.stall_us as f64 / 1e6,
+                busy_reasons: s.busy_reasons,
+                sched_no_slot: s.sched_no_slot,
+                sched_too_late: s.sched_too_late,
+                sched_budget_spent: s.sched_budget_spent,
+            },
         }
     }
 }

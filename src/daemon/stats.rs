@@ -52,6 +52,33 @@ pub struct NodeReport {
     pub bans_total: u64,
     /// Payload bytes in the segment store.
     pub store_bytes: u64,
+    /// Scheduler and supplier diagnostics from the core, the simulator's names (see
+    /// `proto::node::NodeStats`): what this node asked for and how it went, and why it said
+    /// busy.
+    pub diag: Diagnostics,
+}
+
+/// The core's counters behind continuity: for comparing a real swarm with the simulator.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Diagnostics {
+    pub requests_sent: u64,
+    pub segments_received: u64,
+    pub duplicates: u64,
+    pub uploads: u64,
+    /// Misses whose segment was requested and had not arrived, and misses some partner held
+    /// that we had not requested (the rest: no partner held it).
+    pub missed_in_flight: u64,
+    pub missed_unrequested: u64,
+    /// Seconds playback stood still in stalls.
+    pub stall_s: f64,
+    /// Busy answers we gave, by reason: not a partner, not held, copies (source), per-partner
+    /// queue, (unused), queue full, deadline.
+    pub busy_reasons: [u64; 7],
+    /// Wanted segments left for later: no supplier slot free, no supplier in time; and
+    /// planning passes with the request budget spent.
+    pub sched_no_slot: u64,
+    pub sched_too_late: u64,
+    pub sched_budget_spent: u64,
 }
 
 /// Writes `value` as JSON to `path` atomically (a temporary file renamed over it), so a

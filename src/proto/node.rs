@@ -285,6 +285,9 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(200);
 /// A peer that refused us as a partner (or could not be reached) is not asked again for this
 /// long: in a small swarm the mCache holds few candidates, and without it a full peer would
 /// be re-dialled the moment it says no, as fast as the network answers.
+/// The source lets a weak partner go for a much stronger asker only after the weak one has
+/// been its partner this long.
+const SOURCE_SWAP_AFTER: Duration = Duration::from_secs(10);
 const REFUSAL_BACKOFF: Duration = Duration::from_secs(10);
 /// A partner request from a peer with fewer partners than this is from a newcomer (or an
 /// orphan): see [`Config::partner_cap`].
@@ -311,8 +314,9 @@ pub struct Node<P> {
     /// Upload budget, bytes (may go below zero by one segment: an upload starts at >= 0).
     tokens: f64,
     tokens_at: Instant,
-    /// Source only: copies uploaded per segment, indexed by `seq % window`.
-    copies: Vec<(Seq, u8)>,
+    /// Source only: per segment, indexed by `seq % window`: copies uploaded, and the upload
+    /// capacity of the peers that got them, in quarters of the stream rate.
+    copies: Vec<(Seq, u8, u16)>,
     playout: Playout,
     bootstrap: Vec<PeerAddr>,
     bootstrap_next: usize,
@@ -362,7 +366,7 @@ impl<P: Payload> Node<P> {
         let burst = cfg.upload_bytes_per_s as f64;
         Node {
             mcache: MCache::new(cfg.mcache_capacity, id),
-            copies: vec![(Seq(u32::MAX), 0); window as usize],
+            copies: vec![(Seq(u32::MAX), 0, 0); window as usize],
             last_segment_bytes: (cfg.stream_bytes_per_s as f64 * cfg.segment_duration.as_secs_f64())
                 as u64,
             id,
@@ -1197,7 +1201,21 @@ impl<P: Payload> Node<P> {
         } else {
             self.cfg.accept_limit()
         };
-        let room = self.partner_count() < limit;
+        let mut room = self.partner_count() < limit;
+        let mut i = i;
+        if !room && !duplicate && peer.role == Role::Peer && self.cfg.role == Role::Source {
+            // The source's partners carry every segment into the swarm: a full source makes
+            // room for a much stronger asker by letting its weakest settled partner go.
+            if let Some(j) = self.weakest_partner_below(peer.upload_bytes_per_s / 2) {
+                let asker = self.links[i].id;
+                self.close(j, ByeReason::Refined);
+                match self.link_index(asker) {
+                    Some(k) => i = k,
+                    None => return,
+                }
+                room = true;
+            }
+        }
         if room && !duplicate && peer.role == Role::Peer {
             self.send(i, Control::PartnerAccept);
             self.become_partners(i);
@@ -1208,6 +1226,27 @@ impl<P: Payload> Node<P> {
             });
             self.send(i, Control::PartnerReject(sample));
         }
+    }
+
+    /// The link index of the partner with the slowest uplink, if that is at most
+    /// `below` bytes/s and it has been a partner for [`SOURCE_SWAP_AFTER`] (time to find
+    /// others).
+    fn weakest_partner_below(&self, below: u64) -> Option<usize> {
+        let now = self.now;
+        (0..self.links.len())
+            .filter(|&j| {
+                self.links[j].partner.as_ref().is_some_and(|p| {
+                    p.upload_bytes_per_s <= below
+                        && now.saturating_since(p.since) >= SOURCE_SWAP_AFTER
+                })
+            })
+            .min_by_key(|&j| {
+                let p = self.links[j]
+                    .partner
+                    .as_ref()
+                    .map_or(0, |p| p.upload_bytes_per_s);
+                (p, self.links[j].id.0)
+            })
     }
 
     fn become_partners(&mut self, i: usize) {
@@ -1286,12 +1325,40 @@ impl<P: Payload> Node<P> {
     }
 
     fn copies_of(&self, seq: Seq) -> u8 {
-        let (s, n) = self.copies[seq.0 as usize % self.copies.len()];
+        let (s, n, _) = self.copies[seq.0 as usize % self.copies.len()];
         if s == seq {
             n
         } else {
             0
         }
+    }
+
+    /// Source only: `seq` has been seeded enough. At least `source_max_copies` copies, and
+    /// peers that got them can relay that many stream rates between them: two copies to
+    /// half-rate uplinks pass a segment on no faster than one full-rate peer would, and a
+    /// swarm whose source partners are all slow peers starved on two of them (64 real
+    /// peers, class-ordered arrivals: continuity 0.54). The copies stay bounded: at most
+    /// four times `source_max_copies`.
+    fn seeded_enough(&self, seq: Seq) -> bool {
+        let (s, n, relay) = self.copies[seq.0 as usize % self.copies.len()];
+        if s != seq {
+            return false;
+        }
+        let want = self.cfg.source_max_copies;
+        n >= want && (relay >= 4 * want as u16 || n >= want.saturating_mul(4))
+    }
+
+    /// Notes a copy of `seq` uploaded to a peer whose uplink is `rate` bytes/s.
+    fn note_copy(&mut self, seq: Seq, rate: u64) {
+        let stream = self.cfg.stream_bytes_per_s.max(1);
+        let quarters = (rate.saturating_mul(4) / stream).clamp(1, 64) as u16;
+        let slot = seq.0 as usize % self.copies.len();
+        let (s, n, relay) = self.copies[slot];
+        self.copies[slot] = if s == seq {
+            (seq, n.saturating_add(1), relay.saturating_add(quarters))
+        } else {
+            (seq, 1, quarters)
+        };
     }
 
     fn on_request(&mut self, i: usize, seq: Seq, deadline_ms: u32) {
@@ -1357,7 +1424,7 @@ impl<P: Payload> Node<P> {
         let reasons = [
             !is_partner,
             self.sendable(seq).is_none(),
-            self.cfg.role == Role::Source && self.copies_of(seq) >= self.cfg.source_max_copies,
+            self.cfg.role == Role::Source && self.seeded_enough(seq),
             queued_here >= self.cfg.upload_queue_per_partner || throttled,
             false,
             full,
@@ -1450,8 +1517,7 @@ impl<P: Payload> Node<P> {
                     .partner
                     .as_ref()
                     .is_some_and(|p| !p.map.has(u.seq) && p.child_of != 0);
-                let over = self.cfg.role == Role::Source
-                    && self.copies_of(u.seq) >= self.cfg.source_max_copies;
+                let over = self.cfg.role == Role::Source && self.seeded_enough(u.seq);
                 if !wanted || over || self.sendable(u.seq).is_none() {
                     continue;
                 }
@@ -1472,7 +1538,7 @@ impl<P: Payload> Node<P> {
             // The source seeds: copies of the freshest segments only, so that its budget
             // never queues behind old work the swarm can relay itself.
             let over_copies = self.cfg.role == Role::Source
-                && (self.copies_of(u.seq) >= self.cfg.source_max_copies
+                && (self.seeded_enough(u.seq)
                     || self
                         .store
                         .newest()
@@ -1493,9 +1559,7 @@ impl<P: Payload> Node<P> {
                 }
             };
             self.tokens -= seg.payload.len() as f64;
-            let slot = u.seq.0 as usize % self.copies.len();
-            let n = self.copies_of(u.seq);
-            self.copies[slot] = (u.seq, n.saturating_add(1));
+            self.note_copy(u.seq, u.requester_rate);
             self.stats.uploads += 1;
             let l = &mut self.links[li];
             l.last_sent = self.now;
@@ -2661,5 +2725,178 @@ impl<P: Payload> Node<P> {
         self.uploads.clear();
         self.timers = TimerTable::default();
         self.left = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wire::{Hello, SimPayload, MAGIC, VERSION};
+    use crate::proto::ChannelId;
+
+    const STREAM: u64 = 96_000;
+
+    /// A source with room for two partners, and a way to bring peers to it.
+    struct Origin {
+        node: Node<SimPayload>,
+        now: Instant,
+        next_link: u64,
+    }
+
+    impl Origin {
+        fn new() -> Self {
+            let mut cfg = Config::new(ChannelId([7; 32]), Role::Source, STREAM);
+            cfg.max_partners = 2;
+            cfg.upload_bytes_per_s = 4 * STREAM;
+            let now = Instant::ZERO;
+            Origin {
+                node: Node::new(cfg, PeerId(1), 1, now),
+                now,
+                next_link: 1,
+            }
+        }
+
+        /// A peer uploading `factor` stream rates connects and asks to partner (it already
+        /// has partners elsewhere, so no newcomer slack applies). Returns its link and what
+        /// the source answered on it, and the links the source closed meanwhile.
+        fn ask(&mut self, factor: u64) -> (LinkId, Vec<Control>, Vec<LinkId>) {
+            let link = LinkId(self.next_link);
+            self.next_link += 1;
+            let now = self.now;
+            self.node.handle_input(
+                now,
+                Input::LinkUp {
+                    link,
+                    remote: PeerAddr::V4([10, 0, 0, link.0 as u8], 7000),
+                    outbound: false,
+                },
+            );
+            let hello = Hello {
+                magic: MAGIC,
+                version: VERSION,
+                channel: ChannelId([7; 32]),
+                peer_id: PeerId(100 + link.0),
+                listen_port: 7000,
+                role: Role::Peer,
+                upload_kbps: (factor * STREAM * 8 / 1000) as u32,
+            };
+            for msg in [
+                Control::Hello(hello),
+                Control::PartnerRequest { partners: 4 },
+            ] {
+                self.node.handle_input(
+                    now,
+                    Input::Received {
+                        link,
+                        msg: Message::Ctl(msg),
+                    },
+                );
+            }
+            self.drain(link)
+        }
+
+        /// Time passes with every open link keeping alive.
+        fn wait(&mut self, secs: u64, links: &[LinkId]) {
+            for _ in 0..secs {
+                self.now += Duration::from_secs(1);
+                let now = self.now;
+                for &link in links {
+                    self.node.handle_input(
+                        now,
+                        Input::Received {
+                            link,
+                            msg: Message::Ctl(Control::KeepAlive),
+                        },
+                    );
+                }
+                self.node.handle_timeout(now);
+                self.drain(LinkId(0));
+            }
+        }
+
+        fn drain(&mut self, on: LinkId) -> (LinkId, Vec<Control>, Vec<LinkId>) {
+            let mut said = Vec::new();
+            let mut closed = Vec::new();
+            while let Some(o) = self.node.poll_output() {
+                match o {
+                    Output::Send {
+                        link,
+                        msg: Message::Ctl(c),
+                    } if link == on => said.push(c),
+                    Output::Close { link } => closed.push(link),
+                    _ => {}
+                }
+            }
+            (on, said, closed)
+        }
+    }
+
+    fn accepted(said: &[Control]) -> bool {
+        said.iter().any(|c| matches!(c, Control::PartnerAccept))
+    }
+
+    #[test]
+    fn a_full_source_swaps_its_weakest_settled_partner_for_a_much_stronger_asker() {
+        let mut o = Origin::new();
+        let (weak1, said, _) = o.ask(1);
+        assert!(accepted(&said));
+        let (half, said, _) = o.ask(1);
+        assert!(accepted(&said));
+        // Full, and the partners are new: a strong asker is turned away for now.
+        let (_, said, closed) = o.ask(4);
+        assert!(!accepted(&said) && closed.is_empty(), "{said:?}");
+        o.wait(11, &[weak1, half]);
+        // Not much stronger (less than twice): still turned away.
+        let (_, said, closed) = o.ask(1);
+        assert!(!accepted(&said) && closed.is_empty(), "{said:?}");
+        // Four times the weakest: the source lets one weak partner go and takes it.
+        let (strong, said, closed) = o.ask(4);
+        assert!(accepted(&said), "{said:?}");
+        assert_eq!(closed.len(), 1);
+        assert!(closed[0] == weak1 || closed[0] == half);
+        assert_eq!(o.node.stats().partners, 2);
+        // The other weak partner goes the same way; then partners of equal strength stay.
+        let weak = if closed[0] == weak1 { half } else { weak1 };
+        o.wait(11, &[strong, weak]);
+        let (other, said, closed) = o.ask(4);
+        assert!(
+            accepted(&said) && closed == vec![weak],
+            "{said:?} {closed:?}"
+        );
+        o.wait(11, &[strong, other]);
+        let (_, said, closed) = o.ask(4);
+        assert!(!accepted(&said) && closed.is_empty(), "{said:?}");
+    }
+
+    #[test]
+    fn the_source_seeds_slow_peers_with_more_copies_than_fast_ones() {
+        let mut cfg = Config::new(ChannelId([7; 32]), Role::Source, STREAM);
+        cfg.source_max_copies = 2;
+        let mut node: Node<SimPayload> = Node::new(cfg, PeerId(1), 1, Instant::ZERO);
+        let seq = Seq(5);
+        // Two copies to half-rate peers relay one stream rate between them: not enough.
+        node.note_copy(seq, STREAM / 2);
+        node.note_copy(seq, STREAM / 2);
+        assert!(!node.seeded_enough(seq));
+        node.note_copy(seq, STREAM / 2);
+        node.note_copy(seq, STREAM / 2);
+        assert!(node.seeded_enough(seq));
+        // Two copies to full-rate peers are enough; one to a very fast peer is not (two
+        // holders at least, should one leave).
+        let other = Seq(6);
+        node.note_copy(other, 8 * STREAM);
+        assert!(!node.seeded_enough(other));
+        node.note_copy(other, STREAM);
+        assert!(node.seeded_enough(other));
+        // The bound: at most four times source_max_copies, however slow the peers.
+        let slow = Seq(7);
+        for _ in 0..8 {
+            assert!(!node.seeded_enough(slow));
+            node.note_copy(slow, 1);
+        }
+        assert!(node.seeded_enough(slow));
+        // A slot reused by a later segment starts again.
+        let later = Seq(5 + node.copies.len() as u32);
+        assert!(!node.seeded_enough(later));
     }
 }
