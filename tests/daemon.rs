@@ -316,7 +316,7 @@ fn an_rtp_input_is_unwrapped_and_reaches_a_peer() {
     require_ffmpeg();
     let dir = tmpdir("rtp");
     let (key, id) = keygen(&dir);
-    let rtp = free_udp_port();
+    let rtp = free_rtp_port();
     let sp = free_port();
     let mut source = Proc::start(
         "source",

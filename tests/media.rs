@@ -293,7 +293,7 @@ fn through_the_swarm(codec: &str, name: &str, group: &str) {
     }
     // The UDP and RTP players listen before their peers start sending (a decoder tuned in
     // first, as on a set-top box); their outputs then start at a keyframe.
-    let (up, rp) = (free_udp_port(), free_udp_port() & !1);
+    let (up, rp) = (free_udp_port(), common::free_rtp_port());
     let udp_url = format!("udp://{group}:{up}?localaddr=127.0.0.1&timeout=40000000");
     let udp_player = Player::start(&dir, "udp", &["-i", &udp_url]);
     // RTP is read as a player that knows the session does, from an SDP (ffmpeg's bare

@@ -97,6 +97,17 @@ pub fn free_udp_port() -> u16 {
     free_port()
 }
 
+/// An even port whose successor is free too, both taken from the counter: RTP on P, and a
+/// player such as ffmpeg binds P + 1 for RTCP.
+pub fn free_rtp_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p % 2 == 0 && free_port() == p + 1 {
+            return p;
+        }
+    }
+}
+
 /// The ports outside the ephemeral range that tests may use: below it when there is room
 /// (the usual case), otherwise above it.
 fn fixed_port_range() -> (u32, u32) {
