@@ -808,6 +808,19 @@ impl<P: Payload> Node<P> {
         self.offers.retain(|o| o.0 != id);
         self.incoming.retain(|(l, _)| *l != id);
         let was_uploading = self.active_uploads.iter().any(|(k, _, _)| *k == id);
+        if was_uploading && self.cfg.role == Role::Source {
+            // A copy cut short seeds nobody: the segment may go out again.
+            let rate = l.peer.map_or(0, |p| p.upload_bytes_per_s);
+            let cut: Vec<Seq> = self
+                .active_uploads
+                .iter()
+                .filter(|(k, _, _)| *k == id)
+                .map(|&(_, seq, _)| seq)
+                .collect();
+            for seq in cut {
+                self.forget_copy(seq, rate);
+            }
+        }
         self.active_uploads.retain(|(k, _, _)| *k != id);
         if was_uploading {
             self.start_uploads();
@@ -1348,10 +1361,26 @@ impl<P: Payload> Node<P> {
         n >= want && (relay >= 4 * want as u16 || n >= want.saturating_mul(4))
     }
 
+    /// A peer's uplink in quarters of the stream rate, as copies count it.
+    fn relay_quarters(&self, rate: u64) -> u16 {
+        let stream = self.cfg.stream_bytes_per_s.max(1);
+        (rate.saturating_mul(4) / stream).clamp(1, 64) as u16
+    }
+
+    /// Takes back a copy of `seq` to a peer whose uplink is `rate` bytes/s that never
+    /// arrived (its link closed mid-transfer).
+    fn forget_copy(&mut self, seq: Seq, rate: u64) {
+        let quarters = self.relay_quarters(rate);
+        let slot = seq.0 as usize % self.copies.len();
+        let (s, n, relay) = self.copies[slot];
+        if s == seq {
+            self.copies[slot] = (seq, n.saturating_sub(1), relay.saturating_sub(quarters));
+        }
+    }
+
     /// Notes a copy of `seq` uploaded to a peer whose uplink is `rate` bytes/s.
     fn note_copy(&mut self, seq: Seq, rate: u64) {
-        let stream = self.cfg.stream_bytes_per_s.max(1);
-        let quarters = (rate.saturating_mul(4) / stream).clamp(1, 64) as u16;
+        let quarters = self.relay_quarters(rate);
         let slot = seq.0 as usize % self.copies.len();
         let (s, n, relay) = self.copies[slot];
         self.copies[slot] = if s == seq {
@@ -2895,6 +2924,13 @@ mod tests {
             node.note_copy(slow, 1);
         }
         assert!(node.seeded_enough(slow));
+        // A copy cut short is taken back.
+        let cut = Seq(8);
+        node.note_copy(cut, STREAM);
+        node.note_copy(cut, STREAM);
+        assert!(node.seeded_enough(cut));
+        node.forget_copy(cut, STREAM);
+        assert!(!node.seeded_enough(cut));
         // A slot reused by a later segment starts again.
         let later = Seq(5 + node.copies.len() as u32);
         assert!(!node.seeded_enough(later));
