@@ -285,10 +285,10 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(200);
 /// A peer that refused us as a partner (or could not be reached) is not asked again for this
 /// long: in a small swarm the mCache holds few candidates, and without it a full peer would
 /// be re-dialled the moment it says no, as fast as the network answers.
+const REFUSAL_BACKOFF: Duration = Duration::from_secs(10);
 /// The source lets a weak partner go for a much stronger asker only after the weak one has
 /// been its partner this long.
 const SOURCE_SWAP_AFTER: Duration = Duration::from_secs(10);
-const REFUSAL_BACKOFF: Duration = Duration::from_secs(10);
 /// A partner request from a peer with fewer partners than this is from a newcomer (or an
 /// orphan): see [`Config::partner_cap`].
 const NEEDY_PARTNERS: usize = 2;
