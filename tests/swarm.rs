@@ -281,6 +281,20 @@ fn sixteen_capped_peers_play_every_source_segment_and_a_restarted_peer_rejoins()
             "peer {i}: {control} control bytes for {payload} payload bytes"
         );
     }
+    // A peer that missed in the window: what its log says of each late segment (where it
+    // was when the deadline passed), so that a failure here can be read, not only seen.
+    for (i, r) in report.iter_mut().enumerate() {
+        if after[i].1 > before[i].1 {
+            let log = std::fs::read_to_string(dir.join(format!("peer{i}.log"))).unwrap_or_default();
+            for l in log
+                .lines()
+                .filter(|l| l.contains(" late (") || l.contains("missed its"))
+            {
+                r.push_str("\n    ");
+                r.push_str(l);
+            }
+        }
+    }
     eprintln!("{}", report.join("\n"));
     // The swarm as a whole plays at least 97 % of its deadlines after startup, and no peer
     // loses more than one segment of the ~18 in the window. (The goal is 0.99 for every peer,

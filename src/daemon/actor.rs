@@ -16,7 +16,7 @@ use super::{LinkEvent, NodeOptions, DIAL_TIMEOUT, EVENT_QUEUE, MAX_LINKS};
 use crate::media::segmenter::Cut;
 use crate::output::{Feed, FeedItem};
 use crate::proto::wire::{flags, SharedBody};
-use crate::proto::{Command, Input, LinkId, Node, Output, PeerId, Role, Seq};
+use crate::proto::{Command, Input, LateCause, LinkId, Node, Output, PeerId, Role, Seq};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::Write;
@@ -510,8 +510,16 @@ impl Actor {
                     feed.publish(FeedItem::Segment { seg: segment, due });
                 }
             }
+            Output::Late { seq, pause, cause } => {
+                log::info!(
+                    "segment {} late ({}); playback pauses {:.1} s",
+                    seq.0,
+                    late_cause_text(cause),
+                    pause.as_secs_f64()
+                );
+            }
             Output::Missed { seq, .. } => {
-                log::debug!("segment {seq:?} missed its deadline");
+                log::info!("segment {} missed its deadline: skipped", seq.0);
                 if let Some(feed) = &self.feed {
                     feed.publish(FeedItem::Gap { seq });
                 }
@@ -698,5 +706,24 @@ async fn accept_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// A late segment's whereabouts, for the log.
+fn late_cause_text(cause: LateCause) -> String {
+    match cause {
+        LateCause::InFlight {
+            asked,
+            arriving,
+            holders,
+        } => format!(
+            "asked {:.1} s ago, {}, {holders} partner(s) hold it",
+            asked.as_secs_f64(),
+            if arriving { "arriving" } else { "not started" }
+        ),
+        LateCause::Unrequested { holders } => {
+            format!("not asked for; {holders} partner(s) hold it")
+        }
+        LateCause::Unheld => "no partner holds it".to_string(),
     }
 }

@@ -17,7 +17,7 @@ pub mod timer;
 pub mod wire;
 
 pub use config::Config;
-pub use node::{Command, CommandError, Input, LinkId, Node, NodeStats, Output};
+pub use node::{Command, CommandError, Input, LateCause, LinkId, Node, NodeStats, Output};
 pub use seq::Seq;
 pub use time::{Duration, Instant};
 pub use wire::{ChannelId, Message, Payload, PeerAddr, PeerId, Role, Segment};

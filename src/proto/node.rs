@@ -107,6 +107,31 @@ pub enum Output<P> {
         seq: Seq,
         deadline: Instant,
     },
+    /// `seq` missed its deadline and playback pauses for `pause` waiting for it (counted
+    /// missed once, here). For logs: a driver need not act on it.
+    Late {
+        seq: Seq,
+        pause: Duration,
+        cause: LateCause,
+    },
+}
+
+/// Where a segment was when its playback deadline passed without it: what a log needs to
+/// tell a slow supplier from a starved swarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LateCause {
+    /// Requested `asked` ago from a partner (`holders` partners advertised it); `arriving`:
+    /// its first bytes had come.
+    InFlight {
+        asked: Duration,
+        arriving: bool,
+        holders: u8,
+    },
+    /// `holders` partners advertised it and we had not asked: no supplier had a free slot or
+    /// could deliver in time.
+    Unrequested { holders: u8 },
+    /// No partner advertised it (partners hold later ones, or none at all).
+    Unheld,
 }
 
 /// What the owner of a node asks of it.
@@ -217,6 +242,7 @@ struct PendingDial {
 struct Request {
     seq: Seq,
     link: LinkId,
+    sent_at: Instant,
     expect_by: Instant,
 }
 
@@ -269,6 +295,9 @@ const CRITICAL_MIN: Duration = Duration::from_secs(3);
 const MAX_STALL: Duration = Duration::from_secs(10);
 /// Lag kept above the observed arrival delays.
 const STALL_MARGIN: Duration = Duration::from_millis(3000);
+/// Partners whose newest segment has not moved on for this many segment durations are not
+/// "still moving": a segment none of them holds may never come (the source is gone).
+const FRONT_STILL_AFTER: u64 = 3;
 /// Offers an idle supplier has out at once.
 const MAX_OFFERS: usize = 1;
 /// Segments at most arriving at once (cut-through forwarding keeps a handle to each).
@@ -323,6 +352,9 @@ pub struct Node<P> {
     rebootstrap_at: Option<Instant>,
     /// When the newest segment we hold last moved on (see `STARVED_AFTER`).
     last_fresh: Instant,
+    /// The newest segment any partner holds, and when we first saw a partner hold it: is the
+    /// swarm around us still moving on?
+    partners_front: Option<(Seq, Instant)>,
     member_seq: u32,
     next_gossip: Instant,
     next_refine: Instant,
@@ -386,6 +418,7 @@ impl<P: Payload> Node<P> {
             bootstrap_next: 0,
             rebootstrap_at: None,
             last_fresh: now,
+            partners_front: None,
             member_seq: 0,
             next_gossip,
             next_refine,
@@ -1694,6 +1727,7 @@ impl<P: Payload> Node<P> {
         self.requests.push(Request {
             seq,
             link: self.links[i].id,
+            sent_at: now,
             expect_by: now + Duration::from_secs(4),
         });
         self.stats.requests_sent += 1;
@@ -1886,30 +1920,41 @@ impl<P: Payload> Node<P> {
         while deadline <= self.now && !self.store.has(next) {
             if !stalled {
                 self.stats.missed += 1;
-                let requested = self.requests.iter().any(|r| r.seq == next);
-                let held = self
-                    .links
-                    .iter()
-                    .any(|l| l.partner.as_ref().is_some_and(|p| p.map.has(next)));
-                if requested {
-                    self.stats.missed_in_flight += 1;
-                } else if held {
-                    self.stats.missed_unrequested += 1;
+                let cause = self.late_cause(next);
+                match cause {
+                    LateCause::InFlight { .. } => self.stats.missed_in_flight += 1,
+                    LateCause::Unrequested { .. } => self.stats.missed_unrequested += 1,
+                    LateCause::Unheld => {}
                 }
                 // It exists (partners hold later ones) and is not in our hands yet: the swarm
                 // is slower than our lag. Pausing beats skipping.
-                let exists = self.links.iter().any(|l| {
-                    l.partner
-                        .as_ref()
-                        .and_then(|p| p.map.newest())
-                        .is_some_and(|n| !n.is_before(next))
-                });
-                let coming = requested || held || exists;
+                let front = self.note_partners_front();
+                let exists = front.is_some_and(|n| !n.is_before(next));
+                // Or every partner is behind us and the swarm still moves on: we played
+                // ahead of them, fed by a partner since lost (the source, as a rule), and
+                // it reaches them in the swarm's own time. Skipping would skip every segment
+                // until they catch up.
+                let behind = match (front, self.partners_front) {
+                    (Some(n), Some((_, seen))) if n.is_before(next) => {
+                        let moving =
+                            self.now.saturating_since(seen) < self.nominal().mul(FRONT_STILL_AFTER);
+                        moving.then(|| n.dist_to(next) as u64)
+                    }
+                    _ => None,
+                };
+                let coming = cause != LateCause::Unheld || exists || behind.is_some();
                 let room = self.cfg.max_lag.saturating_sub(self.lag_at(next, deadline));
                 if coming && self.stats.stalls < self.cfg.stall_limit && room >= self.nominal() {
                     // Pause long enough to reach the lag at which segments have been reaching
                     // us, not one segment at a time: one pause instead of many.
-                    let pause = self.stall_length(next, deadline).min(room);
+                    let pause = self
+                        .stall_length(next, deadline, behind.unwrap_or(0))
+                        .min(room);
+                    self.out.push_back(Output::Late {
+                        seq: next,
+                        pause,
+                        cause,
+                    });
                     self.stats.stalls += 1;
                     self.stats.stall_us += pause.as_micros();
                     stalled = true;
@@ -1942,6 +1987,27 @@ impl<P: Payload> Node<P> {
         };
         self.drain_playout();
         self.schedule_due = true;
+    }
+
+    /// Where `seq` is, its deadline just passed: asked for, held by partners, or nowhere.
+    fn late_cause(&self, seq: Seq) -> LateCause {
+        let holders = self
+            .links
+            .iter()
+            .filter(|l| l.partner.as_ref().is_some_and(|p| p.map.has(seq)))
+            .count()
+            .min(u8::MAX as usize) as u8;
+        if let Some(r) = self.requests.iter().find(|r| r.seq == seq) {
+            LateCause::InFlight {
+                asked: self.now.saturating_since(r.sent_at),
+                arriving: self.is_incoming(seq),
+                holders,
+            }
+        } else if holders > 0 {
+            LateCause::Unrequested { holders }
+        } else {
+            LateCause::Unheld
+        }
     }
 
     /// Chooses where a joining peer starts: `start_behind` segments before the newest any
@@ -2006,19 +2072,33 @@ impl<P: Payload> Node<P> {
     }
 
     /// How long playback pauses for a late segment `next` due at `deadline`: up to the lag
-    /// this node needs (the latest of the last 32 arrivals after ingest, plus a margin),
+    /// this node needs (the latest of the last 32 arrivals after ingest, plus a margin), and
+    /// at least the `behind` segment durations our partners need to reach it (plus one),
     /// whole segment durations, at least one, at most `MAX_STALL`.
-    fn stall_length(&self, next: Seq, deadline: Instant) -> Duration {
+    fn stall_length(&self, next: Seq, deadline: Instant, behind: u64) -> Duration {
         let nominal = self.nominal();
-        let mut pause = nominal;
+        let mut pause = nominal.mul(behind + 1);
         if let Some(needed) = self.needed_lag() {
             let short = needed.saturating_sub(self.lag_at(next, deadline));
             if short > Duration::ZERO {
                 let n = short.as_micros().div_ceil(nominal.as_micros().max(1));
-                pause = nominal.mul(n.max(1));
+                pause = pause.max(nominal.mul(n.max(1)));
             }
         }
         pause.min(MAX_STALL)
+    }
+
+    /// The newest segment any partner holds (see `partners_front`).
+    fn note_partners_front(&mut self) -> Option<Seq> {
+        let front = self
+            .links
+            .iter()
+            .filter_map(|l| l.partner.as_ref().and_then(|p| p.map.newest()))
+            .reduce(Seq::max)?;
+        if self.partners_front.is_none_or(|(n, _)| front.is_after(n)) {
+            self.partners_front = Some((front, self.now));
+        }
+        Some(front)
     }
 
     /// The lag `next` would play at if due at `deadline` (its ingest time estimated from the
@@ -2202,6 +2282,7 @@ impl<P: Payload> Node<P> {
             self.requests.push(Request {
                 seq: pick.seq,
                 link: self.links[j].id,
+                sent_at: now,
                 expect_by,
             });
             self.stats.requests_sent += 1;
@@ -2579,6 +2660,7 @@ impl<P: Payload> Node<P> {
                 self.dial_bootstrap();
             }
         }
+        self.note_partners_front();
         self.rebootstrap_if_starved();
         self.maintain_partners();
         self.check_parents();
@@ -2934,5 +3016,72 @@ mod tests {
         // A slot reused by a later segment starts again.
         let later = Seq(5 + node.copies.len() as u32);
         assert!(!node.seeded_enough(later));
+    }
+
+    /// A peer playing at `Seq(10)`, due now, with one partner that holds segments up to 7,
+    /// the newest of which it first saw `front_age` ago.
+    fn playing_ahead_of_its_partner(front_age: Duration) -> Node<SimPayload> {
+        let cfg = Config::new(ChannelId([7; 32]), Role::Peer, STREAM);
+        let now = Instant::ZERO + Duration::from_secs(100);
+        let mut node: Node<SimPayload> = Node::new(cfg, PeerId(2), 1, now);
+        node.now = now;
+        node.joined = true;
+        let mut partner = Partner::new(now, STREAM);
+        for k in 0..=7 {
+            partner.map.set(Seq(k));
+        }
+        node.links.push(Link {
+            id: LinkId(1),
+            remote: PeerAddr::V4([10, 0, 0, 1], 7000),
+            purpose: Purpose::Partner,
+            opened: now,
+            last_recv: now,
+            last_sent: now,
+            peer: None,
+            partner: Some(partner),
+            awaiting: 0,
+            one_way: DEFAULT_ONE_WAY,
+            learned: Budget::new(now),
+        });
+        node.partners_front = Some((
+            Seq(7),
+            Instant::ZERO + (Duration::from_secs(100) - front_age),
+        ));
+        node.playout = Playout::Playing {
+            next: Seq(10),
+            deadline: now,
+            stalled: false,
+        };
+        node
+    }
+
+    fn late_or_missed(node: &mut Node<SimPayload>) -> Vec<(Seq, bool)> {
+        node.on_playout_deadline();
+        std::iter::from_fn(|| node.poll_output())
+            .filter_map(|o| match o {
+                Output::Late { seq, .. } => Some((seq, true)),
+                Output::Missed { seq, .. } => Some((seq, false)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_peer_ahead_of_its_partners_pauses_while_the_swarm_moves_on_and_skips_when_it_stopped() {
+        // The partner got segment 7 half a second ago: the swarm moves on, and 10 reaches it
+        // in about three segment durations. Pause (once) rather than skip.
+        let mut node = playing_ahead_of_its_partner(Duration::from_millis(500));
+        assert_eq!(late_or_missed(&mut node), vec![(Seq(10), true)]);
+        let Playout::Playing { deadline, .. } = node.playout else {
+            panic!("{:?}", node.playout);
+        };
+        assert!(
+            deadline >= node.now + Duration::from_secs(4),
+            "paused until {deadline:?}, long enough for the partner to get 8, 9 and 10"
+        );
+        assert_eq!(node.stats().missed, 1);
+        // Nothing new for ten seconds (the source is gone): segment 10 may never come.
+        let mut node = playing_ahead_of_its_partner(Duration::from_secs(10));
+        assert_eq!(late_or_missed(&mut node), vec![(Seq(10), false)]);
     }
 }

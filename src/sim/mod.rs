@@ -845,6 +845,12 @@ impl Sim {
                         eprintln!("{:?}   -> {:?} segment {:?}", self.now, link, sg.seq)
                     }
                     Output::Missed { seq, .. } => eprintln!("{:?}   MISSED {:?}", self.now, seq),
+                    Output::Late { seq, pause, cause } => {
+                        eprintln!(
+                            "{:?}   LATE {:?} pause {:?} {:?}",
+                            self.now, seq, pause, cause
+                        )
+                    }
                     Output::Play { segment, deadline } => {
                         eprintln!("{:?}   play {:?} due {:?}", self.now, segment.seq, deadline)
                     }
@@ -941,6 +947,15 @@ impl Sim {
                 Output::Missed { .. } => {
                     if self.debug_misses {
                         eprintln!("miss {:.1} node {ix}", self.now.as_secs_f64());
+                    }
+                }
+                Output::Late { seq, cause, .. } => {
+                    if self.debug_misses {
+                        eprintln!(
+                            "late {:.1} node {ix} seq {} {cause:?}",
+                            self.now.as_secs_f64(),
+                            seq.0
+                        );
                     }
                 }
             }
