@@ -6,7 +6,10 @@
 use super::keys::ChannelKey;
 use super::roles::{run_peer, run_source, PeerArgs, SourceArgs};
 use super::stats::NodeReport;
-use super::{DaemonError, DEFAULT_UPLOAD_KBPS, SOURCE_PREROLL};
+use super::{DaemonError, DEFAULT_UPLOAD_KBPS};
+
+/// Segments the demo's source cuts before its peers join.
+const DEMO_HISTORY: u64 = 4;
 use crate::media::input::InputSpec;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -93,10 +96,10 @@ pub async fn run_demo(
         },
         stop(stop_rx.clone()),
     ));
-    // Peers join once the source is on air (it opens its port after its pre-roll), so their
-    // startup figures measure joining, not waiting for the channel to begin.
+    // Peers join once the channel has a few seconds of history, as viewers of a live channel
+    // do, so their startup figures measure joining, not waiting for the channel to begin.
     let mut on_air = src_watch.clone();
-    let ready = on_air.wait_for(|r| r.segments_ingested > SOURCE_PREROLL);
+    let ready = on_air.wait_for(|r| r.segments_ingested > DEMO_HISTORY);
     if tokio::time::timeout(Duration::from_secs(20), ready)
         .await
         .is_err()

@@ -50,11 +50,12 @@ pub const EVENT_QUEUE: usize = 1024;
 pub const INGEST_QUEUE: usize = 16;
 /// A TCP connect that has not completed by then has failed.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
-/// Segments a source cuts before it opens its port. Peers that join a channel with no history
-/// start at its live edge with no slack (the core plays a joining peer's first segment on
-/// arrival), and the next segment is late; a few seconds of history gives the first viewers
-/// the same margin later ones get. Until then dials are refused and peers retry.
-pub const SOURCE_PREROLL: u64 = 4;
+/// Segments a source cuts before it opens its port: a peer that came earlier would find
+/// nothing to start from. One is enough: a peer that joins a channel with little history
+/// holds its first play back as if the history were there (the core's `choose_start`), so a
+/// restarted source is on air again as soon as it has cut a segment. Until then dials are
+/// refused and peers retry.
+pub const SOURCE_PREROLL: u64 = 1;
 /// Default upload cap of a node, in kbit/s (about four times a 768 kbit/s channel).
 pub const DEFAULT_UPLOAD_KBPS: u64 = 3000;
 /// The stream rate nodes assume until segments show the real one, in kbit/s.

@@ -261,7 +261,7 @@ struct UploadRequest {
 enum Playout {
     /// Not playing and not trying to.
     Idle,
-    /// Waiting for the chosen first segment.
+    /// Waiting for the chosen first segment (see `start_hold` for when it plays).
     Starting { start: Seq, since: Instant },
     /// `next` is due at `deadline`. `stalled`: playback is waiting for `next`, whose first
     /// deadline passed (it was counted missed once).
@@ -298,6 +298,9 @@ const STALL_MARGIN: Duration = Duration::from_millis(3000);
 /// Partners whose newest segment has not moved on for this many segment durations are not
 /// "still moving": a segment none of them holds may never come (the source is gone).
 const FRONT_STILL_AFTER: u64 = 3;
+/// A missing segment with this many missing before it, held by nobody, while partners hold
+/// later ones, is in a hole in the stream (the source was away), not late.
+const GAP_PROBE: u32 = 3;
 /// Offers an idle supplier has out at once.
 const MAX_OFFERS: usize = 1;
 /// Segments at most arriving at once (cut-through forwarding keeps a handle to each).
@@ -355,6 +358,9 @@ pub struct Node<P> {
     /// The newest segment any partner holds, and when we first saw a partner hold it: is the
     /// swarm around us still moving on?
     partners_front: Option<(Seq, Instant)>,
+    /// Playback left a hole in the stream to start again after it (see `in_stream_gap`): the
+    /// first segment it did not play, counted missed up to where it starts again.
+    resume_after: Option<Seq>,
     member_seq: u32,
     next_gossip: Instant,
     next_refine: Instant,
@@ -419,6 +425,7 @@ impl<P: Payload> Node<P> {
             rebootstrap_at: None,
             last_fresh: now,
             partners_front: None,
+            resume_after: None,
             member_seq: 0,
             next_gossip,
             next_refine,
@@ -1859,9 +1866,19 @@ impl<P: Payload> Node<P> {
             let Some(seg) = self.store.get(start).filter(|_| ready) else {
                 return;
             };
+            if let Some(at) = self.start_hold(seg) {
+                self.timers.set(Timer::Playout, at);
+                return;
+            }
             let seg = seg.clone();
             let dur = Duration::from_micros(seg.duration_us as u64);
-            self.stats.first_play_at = Some(self.now);
+            if self.stats.first_play_at.is_none() {
+                self.stats.first_play_at = Some(self.now);
+            }
+            // Starting again after a hole in the stream: what it skipped counts missed.
+            if let Some(after) = self.resume_after.take() {
+                self.stats.missed += after.dist_to(start).clamp(0, self.cfg.window as i32) as u64;
+            }
             self.stats.played += 1;
             self.out.push_back(Output::Play {
                 segment: seg,
@@ -1915,6 +1932,8 @@ impl<P: Payload> Node<P> {
             mut stalled,
         } = self.playout
         else {
+            // A start held back until now.
+            self.drain_playout();
             return;
         };
         while deadline <= self.now && !self.store.has(next) {
@@ -1930,19 +1949,42 @@ impl<P: Payload> Node<P> {
                 // is slower than our lag. Pausing beats skipping.
                 let front = self.note_partners_front();
                 let exists = front.is_some_and(|n| !n.is_before(next));
-                // Or every partner is behind us and the swarm still moves on: we played
-                // ahead of them, fed by a partner since lost (the source, as a rule), and
-                // it reaches them in the swarm's own time. Skipping would skip every segment
-                // until they catch up.
+                // Or every partner is behind us (we hold newer segments than any of them) and
+                // the swarm still moves on: we played ahead of them, fed by a partner since
+                // lost (the source, as a rule), and it reaches them in the swarm's own time.
+                // Skipping would skip every segment until they catch up. (Where all stand
+                // still at the same segment, the source is gone: skip.)
+                let ours = self.store.newest();
                 let behind = match (front, self.partners_front) {
-                    (Some(n), Some((_, seen))) if n.is_before(next) => {
+                    (Some(n), Some((_, seen)))
+                        if n.is_before(next) && ours.is_some_and(|o| o.is_after(n)) =>
+                    {
                         let moving =
                             self.now.saturating_since(seen) < self.nominal().mul(FRONT_STILL_AFTER);
                         moving.then(|| n.dist_to(next) as u64)
                     }
                     _ => None,
                 };
-                let coming = cause != LateCause::Unheld || exists || behind.is_some();
+                if cause == LateCause::Unheld && exists && self.in_stream_gap(next) {
+                    // A hole in the stream: the source stopped and came back (its new run
+                    // starts after the hole), or the swarm lost a stretch. Waiting or
+                    // skipping one segment a duration would only delay the new run: start
+                    // again where the stream is, as a joining peer does.
+                    self.out.push_back(Output::Missed {
+                        seq: next,
+                        deadline,
+                    });
+                    self.resume_after = Some(next.next());
+                    self.playout = Playout::Idle;
+                    self.schedule_due = true;
+                    return;
+                }
+                // Or it is not cut yet: we play at the live edge (its estimated ingest is less
+                // than a segment duration before its deadline). Skipping would keep us there,
+                // skipping every segment by the time it takes to reach us.
+                let uncut =
+                    self.last_origin.is_some() && self.lag_at(next, deadline) < self.nominal();
+                let coming = cause != LateCause::Unheld || exists || behind.is_some() || uncut;
                 let room = self.cfg.max_lag.saturating_sub(self.lag_at(next, deadline));
                 if coming && self.stats.stalls < self.cfg.stall_limit && room >= self.nominal() {
                     // Pause long enough to reach the lag at which segments have been reaching
@@ -2053,7 +2095,10 @@ impl<P: Payload> Node<P> {
                 target = median;
             }
         }
-        for _ in 0..=self.cfg.start_behind {
+        // The swarm may not reach back so far: start at the first segment someone holds.
+        // (After a hole in the stream, the median partner may still stand in it: search
+        // the whole window.)
+        for _ in 0..self.cfg.window {
             let held = self.store.has(target)
                 || self
                     .links
@@ -2071,6 +2116,22 @@ impl<P: Payload> Node<P> {
         self.drain_playout();
     }
 
+    /// When a start segment in hand may play, if not now: once it is `start_behind` segment
+    /// durations old. A stream that has only just begun has no history to start behind; a
+    /// peer that played its newest segment at once would find every following one due the
+    /// moment it is cut. (At most `start_behind` durations from now, whatever the clocks say;
+    /// not after a hole in the stream: that viewer has waited already.)
+    fn start_hold(&self, seg: &Segment<P>) -> Option<Instant> {
+        if self.resume_after.is_some() {
+            return None;
+        }
+        let behind = self.nominal().mul(self.cfg.start_behind as u64);
+        let origin = seg.origin_us as i64 - self.cfg.origin_offset_us;
+        let at = (origin + behind.as_micros() as i64).max(0) as u64;
+        let at = Instant::ZERO + Duration::from_micros(at);
+        (at > self.now).then(|| at.min(self.now + behind))
+    }
+
     /// How long playback pauses for a late segment `next` due at `deadline`: up to the lag
     /// this node needs (the latest of the last 32 arrivals after ingest, plus a margin), and
     /// at least the `behind` segment durations our partners need to reach it (plus one),
@@ -2086,6 +2147,19 @@ impl<P: Payload> Node<P> {
             }
         }
         pause.min(MAX_STALL)
+    }
+
+    /// `seq` lies in a hole in the stream: neither we nor any partner hold any of the
+    /// `GAP_PROBE` segments before it (the caller knows partners hold later ones).
+    fn in_stream_gap(&self, seq: Seq) -> bool {
+        (1..=GAP_PROBE).all(|k| {
+            let s = seq.sub(k);
+            !self.store.has(s)
+                && !self
+                    .links
+                    .iter()
+                    .any(|l| l.partner.as_ref().is_some_and(|p| p.map.has(s)))
+        })
     }
 
     /// The newest segment any partner holds (see `partners_front`).
@@ -2650,8 +2724,9 @@ impl<P: Payload> Node<P> {
             self.next_refine = now + self.cfg.refine_interval;
             self.refine();
         }
-        if let Playout::Starting { since, .. } = self.playout {
-            if now.saturating_since(since) > START_RETRY {
+        if let Playout::Starting { start, since } = self.playout {
+            // (Not a start in hand, held back by `start_hold`.)
+            if now.saturating_since(since) > START_RETRY && !self.store.has(start) {
                 self.playout = Playout::Idle;
             }
         }
@@ -3018,9 +3093,9 @@ mod tests {
         assert!(!node.seeded_enough(later));
     }
 
-    /// A peer playing at `Seq(10)`, due now, with one partner that holds segments up to 7,
-    /// the newest of which it first saw `front_age` ago.
-    fn playing_ahead_of_its_partner(front_age: Duration) -> Node<SimPayload> {
+    /// A peer playing at `Seq(10)`, due now, that holds segments up to `ours`, with one
+    /// partner that holds segments up to 7, the newest of which it first saw `front_age` ago.
+    fn playing_ahead_of_its_partner(ours: u32, front_age: Duration) -> Node<SimPayload> {
         let cfg = Config::new(ChannelId([7; 32]), Role::Peer, STREAM);
         let now = Instant::ZERO + Duration::from_secs(100);
         let mut node: Node<SimPayload> = Node::new(cfg, PeerId(2), 1, now);
@@ -3047,6 +3122,15 @@ mod tests {
             Seq(7),
             Instant::ZERO + (Duration::from_secs(100) - front_age),
         ));
+        for k in 0..=ours {
+            node.store.insert(Segment {
+                seq: Seq(k),
+                origin_us: 0,
+                duration_us: 1_000_000,
+                flags: 0,
+                payload: SimPayload { len: 1000, hops: 1 },
+            });
+        }
         node.playout = Playout::Playing {
             next: Seq(10),
             deadline: now,
@@ -3068,9 +3152,10 @@ mod tests {
 
     #[test]
     fn a_peer_ahead_of_its_partners_pauses_while_the_swarm_moves_on_and_skips_when_it_stopped() {
-        // The partner got segment 7 half a second ago: the swarm moves on, and 10 reaches it
-        // in about three segment durations. Pause (once) rather than skip.
-        let mut node = playing_ahead_of_its_partner(Duration::from_millis(500));
+        // We played up to 9, fed by a partner since lost; the partner left got segment 7 half
+        // a second ago: the swarm moves on, and 10 reaches it in about three segment
+        // durations. Pause (once) rather than skip.
+        let mut node = playing_ahead_of_its_partner(9, Duration::from_millis(500));
         assert_eq!(late_or_missed(&mut node), vec![(Seq(10), true)]);
         let Playout::Playing { deadline, .. } = node.playout else {
             panic!("{:?}", node.playout);
@@ -3081,7 +3166,76 @@ mod tests {
         );
         assert_eq!(node.stats().missed, 1);
         // Nothing new for ten seconds (the source is gone): segment 10 may never come.
-        let mut node = playing_ahead_of_its_partner(Duration::from_secs(10));
+        let mut node = playing_ahead_of_its_partner(9, Duration::from_secs(10));
         assert_eq!(late_or_missed(&mut node), vec![(Seq(10), false)]);
+        // We stand where the partner stands (both hold 7, nothing after): the source stopped.
+        let mut node = playing_ahead_of_its_partner(7, Duration::from_millis(500));
+        assert_eq!(late_or_missed(&mut node), vec![(Seq(10), false)]);
+        // The same, but 7 was cut 2.5 s ago: 10 is not due out of the source before 100.5 s.
+        // We play at the live edge; pause, or we would skip every segment from now on.
+        let mut node = playing_ahead_of_its_partner(7, Duration::from_millis(500));
+        node.last_origin = Some((Seq(7), 97_500_000));
+        assert_eq!(late_or_missed(&mut node), vec![(Seq(10), true)]);
+    }
+
+    #[test]
+    fn a_hole_in_the_stream_is_jumped_not_waited_through_and_counted_missed() {
+        // We played up to 7 and wait for 20; the partner holds 0..=7 and 25..=27: the source
+        // was away and its new run starts at 25.
+        let mut node = playing_ahead_of_its_partner(7, Duration::from_secs(10));
+        for k in 25..=27 {
+            node.links[0].partner.as_mut().unwrap().map.set(Seq(k));
+        }
+        node.playout = Playout::Playing {
+            next: Seq(20),
+            deadline: node.now,
+            stalled: false,
+        };
+        assert_eq!(late_or_missed(&mut node), vec![(Seq(20), false)]);
+        assert!(matches!(node.playout, Playout::Idle), "{:?}", node.playout);
+        // It starts again in the new run, at once, and counts 21..start as missed too.
+        node.finish();
+        let Playout::Starting { start, .. } = node.playout else {
+            panic!("{:?}", node.playout);
+        };
+        assert!(!start.is_before(Seq(25)), "{start:?}");
+        node.store.insert(Segment {
+            seq: start,
+            origin_us: 99_000_000,
+            duration_us: 1_000_000,
+            flags: 0,
+            payload: SimPayload { len: 1000, hops: 1 },
+        });
+        node.drain_playout();
+        assert!(matches!(node.playout, Playout::Playing { .. }));
+        assert_eq!(node.stats().missed, 1 + Seq(21).dist_to(start) as u64);
+    }
+
+    #[test]
+    fn a_start_on_a_stream_that_has_just_begun_waits_for_the_history_it_lacks() {
+        let cfg = Config::new(ChannelId([7; 32]), Role::Peer, STREAM);
+        let now = Instant::ZERO + Duration::from_secs(100);
+        let mut node: Node<SimPayload> = Node::new(cfg, PeerId(2), 1, now);
+        node.now = now;
+        let seg = |origin_s: f64| Segment {
+            seq: Seq(0),
+            origin_us: (origin_s * 1e6) as u64,
+            duration_us: 1_000_000,
+            flags: 0,
+            payload: SimPayload { len: 1000, hops: 1 },
+        };
+        let behind = Duration::from_secs(node.cfg.start_behind as u64);
+        // Cut a second ago: it plays once it is `start_behind` durations old.
+        assert_eq!(
+            node.start_hold(&seg(99.0)),
+            Some(Instant::ZERO + Duration::from_secs(99) + behind)
+        );
+        // Old enough: at once.
+        assert_eq!(node.start_hold(&seg(90.0)), None);
+        // A clock that says it was cut in the future holds it no longer than that.
+        assert_eq!(node.start_hold(&seg(200.0)), Some(now + behind));
+        // Starting again after a hole in the stream: at once.
+        node.resume_after = Some(Seq(0));
+        assert_eq!(node.start_hold(&seg(99.0)), None);
     }
 }
