@@ -2715,20 +2715,26 @@ impl<P: Payload> Node<P> {
 
     fn dial_candidate(&mut self) -> bool {
         let now = self.now;
-        // Borrow dance: the filter reads links and dials while the mCache is sampled.
-        let links = &self.links;
-        let dials = &self.pending_dials;
-        let refusals = &self.refusals;
+        // Who not to dial (linked, being dialled, refused lately), sorted once so that each
+        // mCache record is a lookup rather than a scan of links, dials and refusals.
+        let mut ids: Vec<PeerId> = self
+            .links
+            .iter()
+            .filter_map(|l| l.peer.map(|p| p.id))
+            .collect();
+        let mut addrs: Vec<PeerAddr> = self.links.iter().map(|l| l.remote).collect();
+        addrs.extend(self.pending_dials.iter().map(|d| d.addr));
+        addrs.extend(
+            self.refusals
+                .iter()
+                .filter(|&&(_, at)| now.saturating_since(at) < REFUSAL_BACKOFF)
+                .map(|&(a, _)| a),
+        );
+        ids.sort_unstable();
+        addrs.sort_unstable();
         let me = self.id;
         let cand = self.mcache.pick_candidate(&mut self.rng, now, |e| {
-            e.id != me
-                && !links
-                    .iter()
-                    .any(|l| l.peer.is_some_and(|p| p.id == e.id) || l.remote == e.addr)
-                && !dials.iter().any(|d| d.addr == e.addr)
-                && !refusals
-                    .iter()
-                    .any(|&(a, at)| a == e.addr && now.saturating_since(at) < REFUSAL_BACKOFF)
+            e.id != me && ids.binary_search(&e.id).is_err() && addrs.binary_search(&e.addr).is_err()
         });
         match cand {
             Some(e) => self.dial(e.addr, Purpose::Partner),
