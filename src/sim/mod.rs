@@ -246,6 +246,35 @@ impl SimLink {
     }
 }
 
+/// The open links by id. Ids are handed out in sequence from 1, so the table is a vector
+/// indexed by id (one load per lookup, where a hash table took two scattered ones); a
+/// closed link leaves an empty entry behind.
+#[derive(Default)]
+struct LinkTable {
+    by_id: Vec<Option<SimLink>>,
+}
+
+impl LinkTable {
+    fn get(&self, id: &u64) -> Option<&SimLink> {
+        self.by_id.get(*id as usize)?.as_ref()
+    }
+    fn get_mut(&mut self, id: &u64) -> Option<&mut SimLink> {
+        self.by_id.get_mut(*id as usize)?.as_mut()
+    }
+    fn insert(&mut self, id: u64, l: SimLink) {
+        let i = id as usize;
+        if i >= self.by_id.len() {
+            self.by_id.resize_with(i + 1, || None);
+        }
+        self.by_id[i] = Some(l);
+    }
+    fn remove(&mut self, id: &u64) {
+        if let Some(e) = self.by_id.get_mut(*id as usize) {
+            *e = None;
+        }
+    }
+}
+
 /// A fixed, seedless hasher for the link table (looked up, never iterated).
 #[derive(Default, Clone, Copy)]
 struct IdHasher(u64);
@@ -273,7 +302,7 @@ pub struct Sim {
     /// What an event about another node looks up (is it there, where, how fast it
     /// downloads), by slot, apart from the large `Slot`s: a compact table stays in cache.
     hot: Vec<Hot>,
-    links: HashMap<u64, SimLink, IdBuild>,
+    links: LinkTable,
     next_link: u64,
     rng: Rng,
     channel: ChannelId,
@@ -335,7 +364,7 @@ impl Sim {
             queue: queue::EventQueue::default(),
             slots: Vec::new(),
             hot: Vec::new(),
-            links: HashMap::default(),
+            links: LinkTable::default(),
             next_link: 1,
             rng,
             channel: ChannelId(channel),

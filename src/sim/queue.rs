@@ -138,7 +138,7 @@ impl<E> EventQueue<E> {
                     self.wheel[i] = batch;
                 }
             }
-            self.current.sort_unstable_by(|a, b| b.key.cmp(&a.key));
+            self.current.sort_unstable_by_key(|e| Reverse(e.key));
         }
     }
 
