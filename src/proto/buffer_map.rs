@@ -102,6 +102,46 @@ impl BufferMap {
         self.base = new_base;
     }
 
+    /// Bit `k` of the result says whether `from + k` is held, for `k` below [`MAX_WINDOW`]
+    /// (so `has(from + k)` for many `k` at once).
+    pub fn bits_from(&self, from: Seq) -> [u64; WORDS] {
+        let d = self.base.dist_to(from);
+        let mut out = [0u64; WORDS];
+        if d >= MAX_WINDOW as i32 || d <= -(MAX_WINDOW as i32) {
+            return out;
+        }
+        if d >= 0 {
+            // out bit k = bits bit (k + d).
+            let (words, shift) = ((d / 64) as usize, d % 64);
+            for (i, slot) in out.iter_mut().enumerate() {
+                let src = i + words;
+                if src < WORDS {
+                    let mut v = self.bits[src] >> shift;
+                    if shift > 0 && src + 1 < WORDS {
+                        v |= self.bits[src + 1] << (64 - shift);
+                    }
+                    *slot = v;
+                }
+            }
+        } else {
+            // out bit k = bits bit (k - e), e = -d: segments before the base are not held.
+            let e = -d;
+            let (words, shift) = ((e / 64) as usize, e % 64);
+            for (i, slot) in out.iter_mut().enumerate() {
+                if i < words {
+                    continue;
+                }
+                let src = i - words;
+                let mut v = self.bits[src] << shift;
+                if shift > 0 && src > 0 {
+                    v |= self.bits[src - 1] >> (64 - shift);
+                }
+                *slot = v;
+            }
+        }
+        out
+    }
+
     /// The newest segment held, if any.
     pub fn newest(&self) -> Option<Seq> {
         for w in (0..WORDS).rev() {
@@ -268,6 +308,22 @@ mod tests {
                 let s = Seq(100 + shift + i);
                 let expect = shift + i < MAX_WINDOW && (shift + i) % 3 == 0;
                 assert_eq!(m.has(s), expect, "shift {shift} i {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn bits_from_agrees_with_has() {
+        let mut m = BufferMap::empty(Seq(u32::MAX - 100));
+        for i in (0..MAX_WINDOW).filter(|i| i % 3 == 0 || i % 7 == 1) {
+            m.set(Seq(u32::MAX - 100).add(i));
+        }
+        for off in -600i32..600 {
+            let from = Seq((u32::MAX - 100).wrapping_add(off as u32));
+            let b = m.bits_from(from);
+            for k in 0..MAX_WINDOW {
+                let bit = b[(k / 64) as usize] >> (k % 64) & 1 == 1;
+                assert_eq!(bit, m.has(from.add(k)), "off {off} k {k}");
             }
         }
     }

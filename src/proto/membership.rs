@@ -30,6 +30,17 @@ pub struct MCache {
     cap: usize,
     me: PeerId,
     records: Vec<Record>,
+    /// `records[i].entry.id`, kept in step with `records`: a compact array makes the
+    /// lookup by id (on every record learned) a scan of 8-byte keys.
+    ids: Vec<PeerId>,
+    /// `evict_key(&records[i])`, kept in step with `records` likewise.
+    keys: Vec<u64>,
+}
+
+/// Eviction order as one number: tombstones first, then the record closest to expiry
+/// (`(!departed, expires)` compared as a pair).
+fn evict_key(r: &Record) -> u64 {
+    ((!r.departed as u64) << 63) | r.expires.as_micros()
 }
 
 impl MCache {
@@ -38,11 +49,35 @@ impl MCache {
             cap: cap.max(1),
             me,
             records: Vec::with_capacity(cap.max(1)),
+            ids: Vec::with_capacity(cap.max(1)),
+            keys: Vec::with_capacity(cap.max(1)),
         }
     }
 
     fn find(&self, id: PeerId) -> Option<usize> {
-        self.records.iter().position(|r| r.entry.id == id)
+        self.ids.iter().position(|&r| r == id)
+    }
+
+    fn swap_remove(&mut self, i: usize) {
+        self.records.swap_remove(i);
+        self.ids.swap_remove(i);
+        self.keys.swap_remove(i);
+    }
+
+    /// Keeps the records for which `keep` holds, in order.
+    fn retain(&mut self, mut keep: impl FnMut(&Record) -> bool) {
+        let mut w = 0;
+        for r in 0..self.records.len() {
+            if keep(&self.records[r]) {
+                self.records.swap(w, r);
+                self.ids.swap(w, r);
+                self.keys.swap(w, r);
+                w += 1;
+            }
+        }
+        self.records.truncate(w);
+        self.ids.truncate(w);
+        self.keys.truncate(w);
     }
 
     /// Takes in a record. Returns true if it told us something new (a new member or a newer
@@ -70,28 +105,33 @@ impl MCache {
                 r.expires = r.expires.max(expires);
                 r.departed = false;
                 r.via = via;
+                self.keys[i] = evict_key(r);
                 return newer;
             }
             return false;
         }
         if self.records.len() >= self.cap {
             // Make room: drop the record closest to expiry (tombstones first).
-            let victim = self
-                .records
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, r)| (!r.departed, r.expires))
-                .map(|(i, _)| i);
-            if let Some(i) = victim {
-                self.records.swap_remove(i);
+            // The first of the smallest keys, as `min_by_key` would pick.
+            let mut victim: Option<(usize, u64)> = None;
+            for (i, &k) in self.keys.iter().enumerate() {
+                if victim.is_none_or(|(_, m)| k < m) {
+                    victim = Some((i, k));
+                }
+            }
+            if let Some((i, _)) = victim {
+                self.swap_remove(i);
             }
         }
-        self.records.push(Record {
+        let r = Record {
             entry,
             expires,
             departed: false,
             via,
-        });
+        };
+        self.ids.push(entry.id);
+        self.keys.push(evict_key(&r));
+        self.records.push(r);
         true
     }
 
@@ -109,6 +149,7 @@ impl MCache {
                 r.departed = true;
                 r.entry.seq = seq;
                 r.expires = r.expires.max(now + Duration::from_secs(30));
+                self.keys[i] = evict_key(r);
                 true
             }
             // Unknown to us: nothing to forget and, in a partial view, nobody near us to tell.
@@ -119,24 +160,24 @@ impl MCache {
     /// Forgets `id` outright (a dial to it failed).
     pub fn forget(&mut self, id: PeerId) {
         if let Some(i) = self.find(id) {
-            self.records.swap_remove(i);
+            self.swap_remove(i);
         }
     }
 
     /// Forgets every record at `addr` (a dial to it failed; we may not know its id).
     pub fn forget_addr(&mut self, addr: super::wire::PeerAddr) {
-        self.records.retain(|r| r.entry.addr != addr);
+        self.retain(|r| r.entry.addr != addr);
     }
 
     /// Forgets every record that `via` passed on to us (it was banned: what it said about the
     /// swarm may point at its accomplices or at nobody).
     pub fn forget_via(&mut self, via: PeerId) {
-        self.records.retain(|r| r.via != Some(via));
+        self.retain(|r| r.via != Some(via));
     }
 
     /// Drops expired records.
     pub fn expire(&mut self, now: Instant) {
-        self.records.retain(|r| r.expires > now);
+        self.retain(|r| r.expires > now);
     }
 
     /// Live members known.
@@ -206,13 +247,22 @@ impl MCache {
                 settled
             }
         };
-        let total: u64 = self.live(now).filter(|e| keep(e)).map(|e| weight(&e)).sum();
+        // One pass: the filter may be costly (the caller's checks against its links), so
+        // each record is judged once and the draw walks what passed.
+        let mut passed: Vec<(u64, MemberEntry)> = Vec::with_capacity(self.records.len());
+        let mut total = 0u64;
+        for e in self.live(now) {
+            if keep(&e) {
+                let w = weight(&e);
+                total += w;
+                passed.push((w, e));
+            }
+        }
         if total == 0 {
             return None;
         }
         let mut x = rng.next_u64() % total;
-        for e in self.live(now).filter(|e| keep(e)) {
-            let w = weight(&e);
+        for (w, e) in passed {
             if x < w {
                 return Some(e);
             }

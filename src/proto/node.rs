@@ -2291,12 +2291,40 @@ impl<P: Payload> Node<P> {
                 .links
                 .iter()
                 .any(|l| l.partner.as_ref().is_some_and(|p| p.parent_of != 0));
-            for k in 0..=span {
-                let seq = from.add(k as u32);
-                if self.store.has(seq)
-                    || self.requests.iter().any(|r| r.seq == seq)
-                    || self.is_incoming(seq)
-                {
+            // Only segments we lack and some supplier holds are looked at: a window of bits
+            // at a time (held by any supplier, not by us), in order.
+            let mut seqs = Vec::new();
+            let mut k0 = 0i32;
+            while k0 <= span {
+                let at = from.add(k0 as u32);
+                let mut cand = self.store.map().bits_from(at);
+                let mut any = [0u64; 4];
+                for &j in &link_of {
+                    if let Some(p) = &self.links[j].partner {
+                        for (a, b) in any.iter_mut().zip(p.map.bits_from(at)) {
+                            *a |= b;
+                        }
+                    }
+                }
+                let n = (span - k0 + 1).min(256) as u32;
+                for (w, c) in cand.iter_mut().enumerate() {
+                    let lo = w as u32 * 64;
+                    let valid = match n.saturating_sub(lo) {
+                        0 => 0,
+                        m if m >= 64 => u64::MAX,
+                        m => (1u64 << m) - 1,
+                    };
+                    *c = !*c & any[w] & valid;
+                    let mut bits = *c;
+                    while bits != 0 {
+                        seqs.push(at.add(lo + bits.trailing_zeros()));
+                        bits &= bits - 1;
+                    }
+                }
+                k0 += 256;
+            }
+            for seq in seqs {
+                if self.requests.iter().any(|r| r.seq == seq) || self.is_incoming(seq) {
                     continue;
                 }
                 let mut holders = 0u64;
@@ -2872,20 +2900,26 @@ impl<P: Payload> Node<P> {
 
     fn dial_candidate(&mut self) -> bool {
         let now = self.now;
-        // Borrow dance: the filter reads links and dials while the mCache is sampled.
-        let links = &self.links;
-        let dials = &self.pending_dials;
-        let refusals = &self.refusals;
+        // Who not to dial (linked, being dialled, refused lately), sorted once so that each
+        // mCache record is a lookup rather than a scan of links, dials and refusals.
+        let mut ids: Vec<PeerId> = self
+            .links
+            .iter()
+            .filter_map(|l| l.peer.map(|p| p.id))
+            .collect();
+        let mut addrs: Vec<PeerAddr> = self.links.iter().map(|l| l.remote).collect();
+        addrs.extend(self.pending_dials.iter().map(|d| d.addr));
+        addrs.extend(
+            self.refusals
+                .iter()
+                .filter(|&&(_, at)| now.saturating_since(at) < REFUSAL_BACKOFF)
+                .map(|&(a, _)| a),
+        );
+        ids.sort_unstable();
+        addrs.sort_unstable();
         let me = self.id;
         let cand = self.mcache.pick_candidate(&mut self.rng, now, |e| {
-            e.id != me
-                && !links
-                    .iter()
-                    .any(|l| l.peer.is_some_and(|p| p.id == e.id) || l.remote == e.addr)
-                && !dials.iter().any(|d| d.addr == e.addr)
-                && !refusals
-                    .iter()
-                    .any(|&(a, at)| a == e.addr && now.saturating_since(at) < REFUSAL_BACKOFF)
+            e.id != me && ids.binary_search(&e.id).is_err() && addrs.binary_search(&e.addr).is_err()
         });
         match cand {
             Some(e) => self.dial(e.addr, Purpose::Partner),

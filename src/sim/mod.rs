@@ -182,19 +182,23 @@ enum Life {
 
 struct Slot {
     node: Option<Node<SimPayload>>,
-    place: Place,
     up: u64,
-    down: u64,
     up_factor: f64,
     uplink: Uplink<Message<SimPayload>>,
     armed: Option<Instant>,
     /// The uplink completion event last queued (time, uplink version), to queue each once.
     uplink_armed: Option<(Instant, u64)>,
-    life: Life,
     joined_at: Instant,
     left_at: Option<Instant>,
     final_stats: Option<(NodeStats, u64)>,
     uploaded_bytes: u64,
+}
+
+/// The part of a slot read for events about other nodes.
+struct Hot {
+    place: Place,
+    down: u64,
+    life: Life,
 }
 
 /// Two ends of a simulated TCP connection and whether each still has it open.
@@ -242,6 +246,35 @@ impl SimLink {
     }
 }
 
+/// The open links by id. Ids are handed out in sequence from 1, so the table is a vector
+/// indexed by id (one load per lookup, where a hash table took two scattered ones); a
+/// closed link leaves an empty entry behind.
+#[derive(Default)]
+struct LinkTable {
+    by_id: Vec<Option<SimLink>>,
+}
+
+impl LinkTable {
+    fn get(&self, id: &u64) -> Option<&SimLink> {
+        self.by_id.get(*id as usize)?.as_ref()
+    }
+    fn get_mut(&mut self, id: &u64) -> Option<&mut SimLink> {
+        self.by_id.get_mut(*id as usize)?.as_mut()
+    }
+    fn insert(&mut self, id: u64, l: SimLink) {
+        let i = id as usize;
+        if i >= self.by_id.len() {
+            self.by_id.resize_with(i + 1, || None);
+        }
+        self.by_id[i] = Some(l);
+    }
+    fn remove(&mut self, id: &u64) {
+        if let Some(e) = self.by_id.get_mut(*id as usize) {
+            *e = None;
+        }
+    }
+}
+
 /// A fixed, seedless hasher for the link table (looked up, never iterated).
 #[derive(Default, Clone, Copy)]
 struct IdHasher(u64);
@@ -266,7 +299,10 @@ pub struct Sim {
     end: Instant,
     queue: queue::EventQueue<Ev>,
     slots: Vec<Slot>,
-    links: HashMap<u64, SimLink, IdBuild>,
+    /// What an event about another node looks up (is it there, where, how fast it
+    /// downloads), by slot, apart from the large `Slot`s: a compact table stays in cache.
+    hot: Vec<Hot>,
+    links: LinkTable,
     next_link: u64,
     rng: Rng,
     channel: ChannelId,
@@ -327,7 +363,8 @@ impl Sim {
             now: Instant::ZERO,
             queue: queue::EventQueue::default(),
             slots: Vec::new(),
-            links: HashMap::default(),
+            hot: Vec::new(),
+            links: LinkTable::default(),
             next_link: 1,
             rng,
             channel: ChannelId(channel),
@@ -394,16 +431,18 @@ impl Sim {
             (stream * self.cfg.download_factor) as u64
         };
         let place = Place::random(&mut self.rng);
+        self.hot.push(Hot {
+            place,
+            down,
+            life: Life::Waiting,
+        });
         self.slots.push(Slot {
             node: None,
-            place,
             up,
-            down,
             up_factor,
             uplink: Uplink::new(up),
             armed: None,
             uplink_armed: None,
-            life: Life::Waiting,
             joined_at: Instant::ZERO,
             left_at: None,
             final_stats: None,
@@ -454,7 +493,7 @@ impl Sim {
         }
         let s = &mut self.slots[ix as usize];
         s.node = Some(node);
-        s.life = Life::Alive;
+        self.hot[ix as usize].life = Life::Alive;
         s.joined_at = self.now;
         s.uplink = Uplink::new(s.up);
         self.drain(ix);
@@ -473,13 +512,13 @@ impl Sim {
     }
 
     fn one_way(&self, a: u32, b: u32) -> Duration {
-        self.slots[a as usize]
+        self.hot[a as usize]
             .place
-            .one_way(&self.slots[b as usize].place)
+            .one_way(&self.hot[b as usize].place)
     }
 
     fn alive(&self, ix: u32) -> bool {
-        self.slots
+        self.hot
             .get(ix as usize)
             .is_some_and(|s| s.life == Life::Alive)
     }
@@ -660,8 +699,9 @@ impl Sim {
                 }
             }
             Ev::Wake { node } => {
+                let alive = self.hot[node as usize].life == Life::Alive;
                 let s = &mut self.slots[node as usize];
-                if s.armed != Some(self.now) || s.life != Life::Alive {
+                if s.armed != Some(self.now) || !alive {
                     return;
                 }
                 s.armed = None;
@@ -771,7 +811,7 @@ impl Sim {
         if let Some(n) = s.node.take() {
             s.final_stats = Some((n.stats(), n.segments_ahead(now)));
         }
-        s.life = if crash { Life::Crashed } else { Life::Left };
+        self.hot[ix as usize].life = if crash { Life::Crashed } else { Life::Left };
         s.left_at = Some(now);
         s.uplink.clear();
         s.armed = None;
@@ -881,7 +921,7 @@ impl Sim {
                                 .map_or(head_at, |l| l.in_order(ix, head_at));
                             let segment = s.clone();
                             self.push(head_at, Ev::HeadArrive { to, link, segment });
-                            let cap = self.slots[to as usize].down;
+                            let cap = self.hot[to as usize].down;
                             let prio = s.origin_us;
                             if self.trace_seq == Some(s.seq.0) {
                                 let had = self
@@ -984,7 +1024,7 @@ impl Sim {
             return;
         };
         let rtt = self.one_way(from, to).mul(2);
-        match self.slots[to as usize].life {
+        match self.hot[to as usize].life {
             Life::Alive => {
                 let link = LinkId(self.next_link);
                 self.next_link += 1;

@@ -73,6 +73,10 @@ pub struct Uplink<M> {
     /// since when.
     parked: Vec<(Flow<M>, Instant)>,
     last: Instant,
+    /// Each flow's rate (see [`Uplink::rates`]), valid while `rates_valid`.
+    rate_buf: Vec<f64>,
+    rates_valid: bool,
+    order_buf: Vec<usize>,
     /// Bumped whenever the set of flows changes, so stale completion events are ignored.
     pub version: u64,
 }
@@ -84,36 +88,57 @@ impl<M> Uplink<M> {
             flows: Vec::new(),
             parked: Vec::new(),
             last: Instant::ZERO,
+            rate_buf: Vec::new(),
+            rates_valid: false,
+            order_buf: Vec::new(),
             version: 0,
         }
     }
 
     /// Each flow's rate: strict priority, highest first, each taking what its receiver can
-    /// take of what is left (work-conserving; equal priorities share equally).
-    fn rates(&self) -> Vec<f64> {
-        let mut order: Vec<usize> = (0..self.flows.len()).collect();
-        order.sort_by(|&a, &b| self.flows[b].prio.cmp(&self.flows[a].prio).then(a.cmp(&b)));
-        let mut rates = vec![0.0; self.flows.len()];
+    /// take of what is left (work-conserving; equal priorities share equally). Kept in
+    /// `rate_buf` until the set of flows changes (rates do not depend on what is left).
+    fn rates(&mut self) -> &[f64] {
+        if self.rates_valid {
+            return &self.rate_buf;
+        }
+        self.rates_valid = true;
+        let n = self.flows.len();
+        self.rate_buf.clear();
+        self.rate_buf.resize(n, 0.0);
+        let flows = &self.flows;
+        let rates = &mut self.rate_buf;
+        if n == 1 {
+            // The general case below with one flow, without the sorting.
+            let left = self.bytes_per_s;
+            if left > 1e-9 {
+                rates[0] = (left / 1.0).min(flows[0].cap);
+            }
+            return &self.rate_buf;
+        }
+        let order = &mut self.order_buf;
+        order.clear();
+        order.extend(0..n);
+        order.sort_by(|&a, &b| flows[b].prio.cmp(&flows[a].prio).then(a.cmp(&b)));
         let mut left = self.bytes_per_s;
         let mut k = 0;
-        while k < order.len() && left > 1e-9 {
+        while k < n && left > 1e-9 {
             // The group of flows with the same priority shares what is left.
-            let p = self.flows[order[k]].prio;
-            let group: Vec<usize> = order[k..]
+            let p = flows[order[k]].prio;
+            let g = order[k..]
                 .iter()
-                .copied()
-                .take_while(|&i| self.flows[i].prio == p)
-                .collect();
-            let each = left / group.len() as f64;
+                .take_while(|&&i| flows[i].prio == p)
+                .count();
+            let each = left / g as f64;
             let mut used = 0.0;
-            for &i in &group {
-                rates[i] = each.min(self.flows[i].cap);
+            for &i in &order[k..k + g] {
+                rates[i] = each.min(flows[i].cap);
                 used += rates[i];
             }
             left -= used;
-            k += group.len();
+            k += g;
         }
-        rates
+        &self.rate_buf
     }
 
     /// Moves every flow forward to `now`.
@@ -123,8 +148,8 @@ impl<M> Uplink<M> {
         if dt == 0.0 || self.flows.is_empty() {
             return;
         }
-        let rates = self.rates();
-        for (f, r) in self.flows.iter_mut().zip(rates) {
+        self.rates();
+        for (f, r) in self.flows.iter_mut().zip(&self.rate_buf) {
             f.remaining -= r * dt;
         }
     }
@@ -142,6 +167,7 @@ impl<M> Uplink<M> {
         msg: M,
     ) {
         self.advance(now);
+        self.rates_valid = false;
         self.flows.push(Flow {
             link,
             to,
@@ -160,23 +186,25 @@ impl<M> Uplink<M> {
         let before = self.flows.len();
         self.flows.retain(|f| f.link != link);
         if self.flows.len() != before {
+            self.rates_valid = false;
             self.version += 1;
         }
     }
 
     /// Drops every transfer (the node is gone).
     pub fn clear(&mut self) {
+        self.rates_valid = false;
         self.flows.clear();
         self.parked.clear();
         self.version += 1;
     }
 
     /// When the next transfer completes, if any.
-    pub fn next_completion(&self) -> Option<Instant> {
-        let rates = self.rates();
+    pub fn next_completion(&mut self) -> Option<Instant> {
+        self.rates();
         self.flows
             .iter()
-            .zip(rates)
+            .zip(self.rate_buf.iter().copied())
             .filter(|(_, r)| *r > 0.0)
             .map(|(f, r)| {
                 let secs = f.remaining.max(0.0) / r;
@@ -192,6 +220,7 @@ impl<M> Uplink<M> {
         let mut k = 0;
         while k < self.flows.len() {
             if self.flows[k].remaining <= 0.5 {
+                self.rates_valid = false;
                 out.push(self.flows.remove(k));
             } else {
                 k += 1;
@@ -228,6 +257,7 @@ impl<M> Uplink<M> {
         while k < self.parked.len() {
             if ready(&self.parked[k].0.msg) {
                 let (f, _) = self.parked.swap_remove(k);
+                self.rates_valid = false;
                 self.flows.push(f);
                 released = true;
             } else {

@@ -3,9 +3,9 @@
 //! A timing wheel: events due within the next `WHEEL_SPAN` go into 1 ms buckets (found through
 //! a bitmap of non-empty buckets), later ones wait in a heap until the wheel comes near them.
 //! A bucket is sorted once, when it becomes current. Push and pop are O(1) amortised instead of
-//! a heap's O(log n) over hundreds of thousands of pending events at 10,000 peers. The heap
-//! and buckets hold only small keys (time, insertion number, slot); events sit in a slab
-//! whose slots are reused.
+//! a heap's O(log n) over hundreds of thousands of pending events at 10,000 peers. Events
+//! sit in their bucket with their key (time, insertion number), so a bucket is drained in
+//! memory order.
 
 use crate::proto::Instant;
 use std::cmp::Reverse;
@@ -17,20 +17,43 @@ const RES_US: u64 = 1_000;
 const BUCKETS: usize = 8_192;
 const WORDS: usize = BUCKETS / 64;
 
-type Key = (Instant, u64, u32);
+type Key = (Instant, u64);
+
+/// An event with its key (time, insertion number), ordered by the key alone.
+struct Entry<E> {
+    key: Key,
+    ev: E,
+}
+
+impl<E> PartialEq for Entry<E> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+impl<E> Eq for Entry<E> {}
+impl<E> PartialOrd for Entry<E> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<E> Ord for Entry<E> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
 
 pub struct EventQueue<E> {
     /// Bucket number (time / RES_US) of `current`.
     cur: u64,
-    /// The current bucket's keys, sorted latest first (pop from the end).
-    current: Vec<Key>,
-    wheel: Vec<Vec<Key>>,
+    /// The current bucket's events, sorted latest first (pop from the end).
+    current: Vec<Entry<E>>,
+    /// Events live in their bucket (not in a side table): draining a bucket reads them in
+    /// sequence instead of chasing a slot per event across memory.
+    wheel: Vec<Vec<Entry<E>>>,
     /// Bit b set: `wheel[b]` is not empty.
     occupied: [u64; WORDS],
     /// Events beyond the wheel's span.
-    far: BinaryHeap<Reverse<Key>>,
-    slab: Vec<Option<E>>,
-    free: Vec<u32>,
+    far: BinaryHeap<Reverse<Entry<E>>>,
     next_seq: u64,
     len: usize,
 }
@@ -43,8 +66,6 @@ impl<E> Default for EventQueue<E> {
             wheel: (0..BUCKETS).map(|_| Vec::new()).collect(),
             occupied: [0; WORDS],
             far: BinaryHeap::new(),
-            slab: Vec::new(),
-            free: Vec::new(),
             next_seq: 0,
             len: 0,
         }
@@ -57,38 +78,26 @@ fn bucket_of(at: Instant) -> u64 {
 
 impl<E> EventQueue<E> {
     pub fn push(&mut self, at: Instant, ev: E) {
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slab[s as usize] = Some(ev);
-                s
-            }
-            None => {
-                self.slab.push(Some(ev));
-                (self.slab.len() - 1) as u32
-            }
-        };
-        let key = (at, self.next_seq, slot);
+        let key = (at, self.next_seq);
         self.next_seq += 1;
         self.len += 1;
-        self.place(key);
+        self.place(Entry { key, ev });
     }
 
-    fn place(&mut self, key: Key) {
-        let b = bucket_of(key.0);
+    fn place(&mut self, e: Entry<E>) {
+        let b = bucket_of(e.key.0);
         if b <= self.cur {
             // Due in the bucket being drained (or, for a caller running late, before it):
             // keep `current` sorted latest first. The new key has the highest insertion
             // number, so among equal times it goes before (popped after) the others.
-            let pos = self
-                .current
-                .partition_point(|k| (k.0, k.1) > (key.0, key.1));
-            self.current.insert(pos, key);
+            let pos = self.current.partition_point(|k| k.key > e.key);
+            self.current.insert(pos, e);
         } else if b < self.cur + BUCKETS as u64 {
             let i = (b as usize) % BUCKETS;
-            self.wheel[i].push(key);
+            self.wheel[i].push(e);
             self.occupied[i / 64] |= 1 << (i % 64);
         } else {
-            self.far.push(Reverse(key));
+            self.far.push(Reverse(e));
         }
     }
 
@@ -97,7 +106,7 @@ impl<E> EventQueue<E> {
         while self.current.is_empty() && self.len > 0 {
             // The next occupied bucket after `cur` on the wheel, if any.
             let next = self.next_occupied();
-            let far_b = self.far.peek().map(|Reverse(k)| bucket_of(k.0));
+            let far_b = self.far.peek().map(|Reverse(e)| bucket_of(e.key.0));
             let target = match (next, far_b) {
                 (Some(n), Some(f)) => n.min(f),
                 (Some(n), None) => n,
@@ -106,10 +115,12 @@ impl<E> EventQueue<E> {
             };
             self.cur = target;
             // Far events now within the span move onto the wheel (or into `current`).
-            while let Some(Reverse(k)) = self.far.peek().copied() {
-                if bucket_of(k.0) < self.cur + BUCKETS as u64 {
-                    self.far.pop();
-                    self.place(k);
+            while let Some(Reverse(e)) = self.far.peek() {
+                if bucket_of(e.key.0) < self.cur + BUCKETS as u64 {
+                    let Some(Reverse(e)) = self.far.pop() else {
+                        break;
+                    };
+                    self.place(e);
                 } else {
                     break;
                 }
@@ -117,11 +128,17 @@ impl<E> EventQueue<E> {
             let i = (self.cur as usize) % BUCKETS;
             if self.occupied[i / 64] & (1 << (i % 64)) != 0 {
                 self.occupied[i / 64] &= !(1 << (i % 64));
-                let mut batch = std::mem::take(&mut self.wheel[i]);
-                self.current.append(&mut batch);
-                self.wheel[i] = batch;
+                if self.current.is_empty() {
+                    // Swap the bucket in whole (its storage comes back as the next
+                    // `current` is drained empty).
+                    std::mem::swap(&mut self.current, &mut self.wheel[i]);
+                } else {
+                    let mut batch = std::mem::take(&mut self.wheel[i]);
+                    self.current.append(&mut batch);
+                    self.wheel[i] = batch;
+                }
             }
-            self.current.sort_unstable_by_key(|k| Reverse((k.0, k.1)));
+            self.current.sort_unstable_by_key(|e| Reverse(e.key));
         }
     }
 
@@ -150,18 +167,14 @@ impl<E> EventQueue<E> {
     /// When the earliest event is due.
     pub fn peek_time(&mut self) -> Option<Instant> {
         self.settle();
-        self.current.last().map(|k| k.0)
+        self.current.last().map(|e| e.key.0)
     }
 
     pub fn pop(&mut self) -> Option<(Instant, E)> {
         self.settle();
-        let (at, _, slot) = self.current.pop()?;
+        let e = self.current.pop()?;
         self.len -= 1;
-        let ev = self.slab[slot as usize]
-            .take()
-            .expect("a queued slot holds its event until popped");
-        self.free.push(slot);
-        Some((at, ev))
+        Some((e.key.0, e.ev))
     }
 
     pub fn len(&self) -> usize {
