@@ -119,15 +119,16 @@ fn small_churn_swarm_figures() {
 }
 
 /// A flash crowd: 200 peers join within 10 s of the start. Their startup (join to first
-/// segment played) stays within 7.5 s at the 95th percentile, for several seeds (measured
-/// 4.9-6.7 s: the first arrivals partner with each other before anyone holds a segment, and
-/// wait for the mesh to fill from the source's partners outward).
+/// segment played) stays within the 5 s at the 95th percentile, for several seeds
+/// (measured 3.6-4.2 s over seeds 1-4: the first arrivals partner with each other before anyone
+/// holds a segment, and a start waits on the source's queue unless a later segment comes
+/// first, which it then plays).
 #[test]
-fn a_flash_crowd_of_200_starts_within_7_5_s() {
+fn a_flash_crowd_of_200_starts_within_5_s() {
     for seed in 1..=3 {
         let s = Sim::new(config(200, Scenario::Flash, 60.0, seed)).run();
         assert!(
-            s.startup_p95_s <= 7.5,
+            s.startup_p95_s <= 5.0,
             "seed {seed}: startup p95 {:.2} s (p50 {:.2} s)",
             s.startup_p95_s,
             s.startup_p50_s

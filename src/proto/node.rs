@@ -1859,7 +1859,21 @@ impl<P: Payload> Node<P> {
     /// Hands every in-order segment we hold to the player and arms the deadline timer for the
     /// first one we lack.
     fn drain_playout(&mut self) {
-        if let Playout::Starting { start, .. } = self.playout {
+        if let Playout::Starting { start, since } = self.playout {
+            // A later segment came first (the chosen one sits in a long queue, often the
+            // source's): start at the oldest we hold. `start_hold` keeps the slack a start
+            // needs however late the segment.
+            let start = if self.store.has(start) {
+                start
+            } else {
+                match self.store.oldest_from(start) {
+                    Some(held) => {
+                        self.playout = Playout::Starting { start: held, since };
+                        held
+                    }
+                    None => return,
+                }
+            };
             // Start once the first `start_buffer` segments are in hand: the ones right after
             // the first are due within seconds, and a joining peer has no slack yet.
             let ready = (0..self.cfg.start_buffer.max(1)).all(|k| self.store.has(start.add(k)));

@@ -68,6 +68,18 @@ impl<P: Payload> Store<P> {
         self.map.oldest()
     }
 
+    /// The oldest segment held at or after `from`.
+    pub fn oldest_from(&self, from: Seq) -> Option<Seq> {
+        let newest = self.newest?;
+        let span = from.dist_to(newest);
+        if span < 0 {
+            return None;
+        }
+        (0..=span as u32)
+            .map(|k| from.add(k))
+            .find(|&s| self.map.has(s))
+    }
+
     pub fn bytes_held(&self) -> u64 {
         self.bytes_held
     }
@@ -189,6 +201,10 @@ mod tests {
         assert_eq!(s.insert(seg(2, 1)), Inserted::TooOld);
         assert_eq!(s.oldest(), Some(Seq(3)));
         assert_eq!(s.newest(), Some(Seq(10)));
+        assert_eq!(s.oldest_from(Seq(4)), Some(Seq(7)));
+        assert_eq!(s.oldest_from(Seq(7)), Some(Seq(7)));
+        assert_eq!(s.oldest_from(Seq(0)), Some(Seq(3)));
+        assert_eq!(s.oldest_from(Seq(11)), None);
     }
 
     #[test]
