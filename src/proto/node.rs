@@ -298,6 +298,12 @@ const STALL_MARGIN: Duration = Duration::from_millis(3000);
 /// Partners whose newest segment has not moved on for this many segment durations are not
 /// "still moving": a segment none of them holds may never come (the source is gone).
 const FRONT_STILL_AFTER: u64 = 3;
+/// How long a joining peer whose only partner is the source waits for other partners before
+/// it chooses where to start.
+const SOURCE_ONLY_START_WAIT: Duration = Duration::from_millis(300);
+/// How long a joining peer waits for its chosen start segment before it starts at a later
+/// one it holds.
+const START_PATIENCE: Duration = Duration::from_millis(500);
 /// A missing segment with this many missing before it, held by nobody, while partners hold
 /// later ones, is in a hole in the stream (the source was away), not late.
 const GAP_PROBE: u32 = 3;
@@ -1866,12 +1872,28 @@ impl<P: Payload> Node<P> {
             let start = if self.store.has(start) {
                 start
             } else {
-                match self.store.oldest_from(start) {
+                // (At once only for one that may play within a segment duration: a fresher
+                // one, from the source, would hold us longer than the chosen one usually takes
+                // to come. Any after `START_PATIENCE`: the chosen one is stuck in a queue.)
+                let soon = self.now + self.nominal();
+                let impatient = self.now.saturating_since(since) >= START_PATIENCE;
+                match self.store.oldest_from(start).filter(|&held| {
+                    impatient
+                        || self
+                            .store
+                            .get(held)
+                            .is_some_and(|seg| self.start_hold(seg).is_none_or(|at| at <= soon))
+                }) {
                     Some(held) => {
                         self.playout = Playout::Starting { start: held, since };
                         held
                     }
-                    None => return,
+                    None => {
+                        if !impatient && self.store.oldest_from(start).is_some() {
+                            self.timers.set(Timer::Playout, since + START_PATIENCE);
+                        }
+                        return;
+                    }
                 }
             };
             // Start once the first `start_buffer` segments are in hand: the ones right after
@@ -2072,6 +2094,22 @@ impl<P: Payload> Node<P> {
     /// there leaves no slack for what follows). The start
     /// is moved forward to a segment someone holds if the swarm does not reach back so far.
     fn choose_start(&mut self) {
+        // The source offers only its freshest segments: a start chosen from its map alone
+        // is at the live edge and must be held back (`start_hold`). Peers' maps, which show
+        // the history, usually come within a round trip or two; wait a moment for them.
+        let maps_from_source_only = self
+            .links
+            .iter()
+            .filter(|l| l.partner.as_ref().is_some_and(|p| p.map.newest().is_some()))
+            .all(|l| l.peer.is_some_and(|p| p.role == Role::Source));
+        if maps_from_source_only
+            && self
+                .stats
+                .joined_at
+                .is_some_and(|at| self.now.saturating_since(at) < SOURCE_ONLY_START_WAIT)
+        {
+            return;
+        }
         let mut newests: Vec<Seq> = self
             .links
             .iter()
