@@ -1342,8 +1342,17 @@ impl<P: Payload> Node<P> {
     fn advertised_map(&self) -> super::buffer_map::BufferMap {
         let mut map = *self.store.map();
         if self.cfg.role == Role::Source {
-            if let Some(newest) = self.store.newest() {
-                map.slide_to(newest.sub(self.cfg.source_fresh_window.saturating_sub(1)));
+            if let (Some(oldest), Some(newest)) = (self.store.oldest(), self.store.newest()) {
+                // Only the fresh window is offered; the map's base stays at the oldest
+                // segment held, so that a joining peer can tell a channel that has only
+                // just begun from one with history (`start_hold`).
+                map.slide_to(oldest);
+                let fresh = newest.sub(self.cfg.source_fresh_window.saturating_sub(1));
+                let mut s = oldest;
+                while s.is_before(fresh) {
+                    map.clear(s);
+                    s = s.next();
+                }
             }
         }
         map
@@ -2168,13 +2177,16 @@ impl<P: Payload> Node<P> {
         self.drain_playout();
     }
 
-    /// When a start segment in hand may play, if not now: once it is `start_behind` segment
-    /// durations old. A stream that has only just begun has no history to start behind; a
-    /// peer that played its newest segment at once would find every following one due the
-    /// moment it is cut. (At most `start_behind` durations from now, whatever the clocks say;
-    /// not after a hole in the stream: that viewer has waited already.)
+    /// When a start segment in hand may play, if not now. On a stream that has only just
+    /// begun (nobody holds a segment `start_behind` before it; the source's map tells its
+    /// oldest), once it is `start_behind` segment durations old: there is no history to
+    /// start behind, and a peer that played its newest segment at once would find every
+    /// following one due the moment it is cut. (At most `start_behind` durations from now,
+    /// whatever the clocks say; not after a hole in the stream: that viewer has waited
+    /// already.) With history, at once: a box zapping to a channel nobody else watches must
+    /// not wait 4 s.
     fn start_hold(&self, seg: &Segment<P>) -> Option<Instant> {
-        if self.resume_after.is_some() {
+        if self.resume_after.is_some() || self.history_before(seg.seq.sub(self.cfg.start_behind)) {
             return None;
         }
         let behind = self.nominal().mul(self.cfg.start_behind as u64);
@@ -2212,6 +2224,22 @@ impl<P: Payload> Node<P> {
                     .iter()
                     .any(|l| l.partner.as_ref().is_some_and(|p| p.map.has(s)))
         })
+    }
+
+    /// Whether the stream reaches back to `seq`: we or a partner hold it or an older segment
+    /// (the source offers only its fresh window; its map's base is its oldest segment).
+    fn history_before(&self, seq: Seq) -> bool {
+        let reaches = |o: Seq| !o.is_after(seq);
+        self.store.oldest().is_some_and(reaches)
+            || self.links.iter().any(|l| {
+                let Some(p) = l.partner.as_ref() else {
+                    return false;
+                };
+                match l.peer.map(|i| i.role) {
+                    Some(Role::Source) => reaches(p.map.base()),
+                    _ => p.map.oldest().is_some_and(reaches),
+                }
+            })
     }
 
     /// The newest segment any partner holds (see `partners_front`).
