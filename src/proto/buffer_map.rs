@@ -76,29 +76,10 @@ impl BufferMap {
 
     /// Moves the window's start to `new_base` (forward only), forgetting what falls out.
     pub fn slide_to(&mut self, new_base: Seq) {
-        let d = self.base.dist_to(new_base);
-        if d <= 0 {
+        if self.base.dist_to(new_base) <= 0 {
             return;
         }
-        let d = d as u32;
-        if d >= MAX_WINDOW {
-            self.bits = [0; WORDS];
-        } else {
-            let words = (d / 64) as usize;
-            let shift = d % 64;
-            let mut out = [0u64; WORDS];
-            for (i, slot) in out.iter_mut().enumerate() {
-                let src = i + words;
-                if src < WORDS {
-                    let mut v = self.bits[src] >> shift;
-                    if shift > 0 && src + 1 < WORDS {
-                        v |= self.bits[src + 1] << (64 - shift);
-                    }
-                    *slot = v;
-                }
-            }
-            self.bits = out;
-        }
+        self.bits = self.bits_from(new_base);
         self.base = new_base;
     }
 
