@@ -119,16 +119,15 @@ fn small_churn_swarm_figures() {
 }
 
 /// A flash crowd: 200 peers join within 10 s of the start. Their startup (join to first
-/// segment played) at the 95th percentile: the goal is 5 s; measured 5.52 / 4.22 /
-/// 3.58 s for seeds 1-3 (the first arrivals partner with each other before anyone holds a
-/// segment; a start waits on the source's queue unless a later segment comes first). The
-/// bound is 6 s until seed 1 meets the goal.
+/// segment played) at the 95th percentile stays within the 5 s: measured 4.43 / 3.92 /
+/// 4.21 s for seeds 1-3 (the first arrivals partner with each other before anyone holds a
+/// segment, and a start fed by peers waits until it is two durations old).
 #[test]
-fn a_flash_crowd_of_200_starts_within_6_s() {
+fn a_flash_crowd_of_200_starts_within_5_s() {
     for seed in 1..=3 {
         let s = Sim::new(config(200, Scenario::Flash, 60.0, seed)).run();
         assert!(
-            s.startup_p95_s <= 6.0,
+            s.startup_p95_s <= 5.0,
             "seed {seed}: startup p95 {:.2} s (p50 {:.2} s)",
             s.startup_p95_s,
             s.startup_p50_s

@@ -1105,7 +1105,8 @@ impl Sim {
                 let st = t.saturating_since(s.joined_at).as_secs_f64();
                 if st > 6.0 && std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "stats") {
                     eprintln!(
-                        "slow start: slot {ix} joined {:.1} startup {st:.2}",
+                        "slow start: slot {ix} up {:.1}x joined {:.1} startup {st:.2}",
+                        s.up_factor,
                         s.joined_at.as_secs_f64()
                     );
                 }
