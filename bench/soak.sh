@@ -5,7 +5,8 @@
 #
 #   bench/soak.sh [PEERS] [SECONDS] [OUT_DIR]      # defaults: 16 peers, 3600 s
 #
-# Writes OUT_DIR/rss.tsv (time, then one KiB column per peer) and OUT_DIR/summary.json.
+# Writes OUT_DIR/rss.tsv (time, then one KiB column per peer), OUT_DIR/summary.json and the
+# processes' logs in OUT_DIR/logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEERS=${1:-16}
@@ -18,7 +19,12 @@ BIN=$(pwd)/target/release/coolstream
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/coolstream-soak.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  # The logs say where each late segment was (kept beside the figures).
+  mkdir -p "$OUT/logs" && cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 ID=$("$BIN" keygen --out "$WORK/ch.key")

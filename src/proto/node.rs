@@ -1548,6 +1548,40 @@ impl<P: Payload> Node<P> {
         self.start_uploads();
     }
 
+    /// The source turns away at once the queued requests it will never serve: a segment
+    /// that has had its copies, or has left its fresh window, goes behind every fresher one
+    /// (`next_upload`) and would wait there until its deadline passed, with a dozen other
+    /// holders in the swarm. The requester asks one of them instead.
+    fn shed_unservable_requests(&mut self) {
+        if self.cfg.role != Role::Source {
+            return;
+        }
+        let newest = self.store.newest();
+        let soon = self.now + CRITICAL_MIN;
+        let mut k = 0;
+        while k < self.uploads.len() {
+            let u = self.uploads[k];
+            let stale =
+                newest.is_some_and(|n| u.seq.dist_to(n) >= self.cfg.source_fresh_window as i32);
+            if u.push || u.deadline > soon || !(stale || self.seeded_enough(u.seq)) {
+                k += 1;
+                continue;
+            }
+            self.uploads.swap_remove(k);
+            self.stats.busy_sent += 1;
+            let backlog_ms = self.backlog_ms();
+            if let Some(j) = self.link_index(u.link) {
+                self.send(
+                    j,
+                    Control::Busy {
+                        seq: u.seq,
+                        backlog_ms,
+                    },
+                );
+            }
+        }
+    }
+
     fn refill_tokens(&mut self) {
         let dt = self.now.saturating_since(self.tokens_at).as_secs_f64();
         self.tokens_at = self.now;
@@ -2779,6 +2813,7 @@ impl<P: Payload> Node<P> {
     fn on_tick(&mut self) {
         let now = self.now;
         self.bans.expire(now);
+        self.shed_unservable_requests();
         // Links: handshake, heartbeat, keep-alive, idle queries. Walk backwards: closing
         // swap-removes.
         let mut j = self.links.len();
