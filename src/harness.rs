@@ -9,6 +9,7 @@
 //! Rust, so a crash once found stays fixed.
 
 use crate::daemon::keys::Verifier;
+use crate::media::psi;
 use crate::media::segmenter::{CutRule, Segmenter};
 use crate::media::ts::{self, PACKET};
 use crate::proto::wire::{
@@ -147,7 +148,9 @@ pub fn node_input(data: &[u8]) {
 
 /// Raw bytes as a live input: resynchronised to packets, cut by the segmenter (both rules),
 /// and every packet run through the TS field readers. Cuts are whole packets, within the
-/// segment cap, with a duration no longer than twice the target plus one packet's step.
+/// segment cap, with a duration no longer than twice the target plus one packet's step; they
+/// hold every input packet once and in order, with no more added than the PAT and PMT copies
+/// in front of each.
 pub fn ts_segmenter(data: &[u8]) {
     let mut resync = ts::Resync::new();
     let mut pkts = Vec::new();
@@ -173,11 +176,39 @@ pub fn ts_segmenter(data: &[u8]) {
             ts::restamp(&mut q, 90_000);
         }
         cuts.extend(seg.flush());
-        for c in cuts {
+        for c in &cuts {
             assert_eq!(c.data.len() % PACKET, 0);
             assert!(c.data.len() <= MAX_SEGMENT_BYTES as usize);
         }
+        // Every input packet once, in order; added only the PAT and PMT copies at the heads.
+        let out: Vec<u8> = cuts.iter().flat_map(|c| c.data.iter().copied()).collect();
+        let added = copies_added(&pkts, &out);
+        assert!(
+            added.is_some_and(|n| n <= cuts.len() * 2 * psi::MAX_SECTION_PACKETS),
+            "{added:?} packets added over {} cuts",
+            cuts.len()
+        );
     }
+}
+
+/// Whether `out` holds the packets of `input` in order and whole, their continuity counters
+/// aside, with nothing added but table copies (payload-only packets, as the segmenter writes
+/// its PAT and PMT copies): how many were added.
+pub fn copies_added(input: &[u8], out: &[u8]) -> Option<usize> {
+    let same = |a: &[u8], b: &[u8]| a[..3] == b[..3] && a[3] >> 4 == b[3] >> 4 && a[4..] == b[4..];
+    let mut rest = input.chunks_exact(PACKET).peekable();
+    let mut added = 0;
+    for p in out.chunks_exact(PACKET) {
+        if rest.peek().is_some_and(|q| same(p, q)) {
+            rest.next();
+            continue;
+        }
+        if p[3] & 0x30 != 0x10 || p[1] & 0x80 != 0 || ts::pid(p) == ts::NULL_PID {
+            return None;
+        }
+        added += 1;
+    }
+    rest.next().is_none().then_some(added)
 }
 
 /// An HTTP request head from a player: parsed without panicking, routes well formed.

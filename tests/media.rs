@@ -636,3 +636,168 @@ fn a_udp_output_changes_channel_cleanly() {
     versions.dedup();
     assert_eq!(versions, vec![0, 1]);
 }
+
+/// Audio tracks in the many-track stream: its PMT (one video, this many audio streams with a
+/// language each) takes 461 bytes, three TS packets.
+const MANY_TRACKS: usize = 40;
+
+/// The language tag of audio track `i` of the many-track stream ("abc", "bbc", …).
+fn track_language(i: usize) -> String {
+    let b = [b'a' + (i % 26) as u8, b'b' + (i / 26) as u8, b'c'];
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+/// `secs` of 320x180 H.264 (a keyframe a second) and [`MANY_TRACKS`] MP2 audio tracks of one
+/// tone, each with its own language. PAT and PMT only where ffmpeg forces them (before each
+/// keyframe; `-pat_period` and `-sdt_period` put the periodic ones out of reach), so a
+/// segment cut at a keyframe has no table of the input's own.
+fn make_many_track_stream(dir: &Path, secs: u32) -> PathBuf {
+    let out = dir.join("many.ts");
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size=320x180:rate={FPS}"))
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &secs.to_string(), "-map", "0:v"]);
+    for i in 0..MANY_TRACKS {
+        cmd.args(["-map", "1:a"])
+            .arg(format!("-metadata:s:a:{i}"))
+            .arg(format!("language={}", track_language(i)));
+    }
+    let st = cmd
+        .args([
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast",
+        ])
+        .args(["-g", &FPS.to_string(), "-c:a", "mp2", "-b:a", "64k"])
+        .args(["-pat_period", "60", "-sdt_period", "60", "-f", "mpegts"])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(st.success(), "ffmpeg could not make the many-track stream");
+    out
+}
+
+/// Packets the first PMT section of `pkts` (aligned TS) takes, from its first packet to the
+/// one it ends in, CRC checked.
+fn pmt_span(pkts: &[u8]) -> usize {
+    use coolstream::media::{psi, ts};
+    let pmt_pid = pkts
+        .chunks_exact(ts::PACKET)
+        .find_map(ts::pat_first_pmt)
+        .expect("a PAT");
+    let mut secs = psi::Sections::new();
+    let mut n = 0;
+    for p in pkts.chunks_exact(ts::PACKET) {
+        if ts::pid(p) != pmt_pid || (n == 0 && !ts::payload_unit_start(p)) {
+            continue;
+        }
+        n += 1;
+        let mut whole = false;
+        secs.push(p.try_into().unwrap(), |s| {
+            whole = psi::parse_pmt(s).is_some()
+        });
+        if whole {
+            return n;
+        }
+    }
+    panic!("no whole PMT");
+}
+
+/// A PMT spanning three packets is in front of every segment the source cuts: a player
+/// starting at any segment finds every track (with its language, which only the PMT carries)
+/// and decodes its first frame, a keyframe. No swarm: the segmenter runs on the file, and
+/// ffprobe and ffmpeg read single segments from their start.
+#[test]
+fn a_pmt_spanning_packets_is_in_front_of_every_segment() {
+    use coolstream::media::segmenter::{CutRule, Segmenter};
+    use coolstream::media::ts::{self, PACKET};
+    require_ffmpeg();
+    let dir = tmpdir("psi");
+    let file = make_many_track_stream(&dir, 5);
+    let mut pkts = Vec::new();
+    let mut resync = ts::Resync::new();
+    resync.push(&std::fs::read(&file).unwrap(), &mut pkts);
+    resync.finish(&mut pkts);
+    assert_eq!(
+        pmt_span(&pkts),
+        3,
+        "the test stream's PMT spans three packets"
+    );
+    let mut seg = Segmenter::new(1000, CutRule::RandomAccess);
+    let mut cuts = Vec::new();
+    for (i, p) in pkts.chunks_exact(PACKET).enumerate() {
+        cuts.extend(seg.push(p.try_into().unwrap(), i as u64 * 500));
+    }
+    cuts.extend(seg.flush());
+    assert!(cuts.len() >= 4, "{} segments", cuts.len());
+    assert_eq!(seg.stats().psi_errors, 0);
+    let mut want = vec!["video".to_string()];
+    want.extend((0..MANY_TRACKS).map(|i| format!("audio,{}", track_language(i))));
+    for (k, c) in cuts.iter().enumerate() {
+        assert!(c.entry_point, "segment {k}");
+        assert_eq!(pmt_span(&c.data), 3, "segment {k}");
+        let f = dir.join(format!("seg{k}.ts"));
+        std::fs::write(&f, &c.data).unwrap();
+        let probe = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_type:stream_tags=language",
+            ])
+            .args(["-of", "json"])
+            .arg(&f)
+            .output()
+            .expect("ffprobe runs");
+        let json: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap_or_default();
+        let streams: Vec<String> = json["streams"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                let kind = s["codec_type"].as_str().unwrap_or("?");
+                match s["tags"]["language"].as_str() {
+                    Some(l) => format!("{kind},{l}"),
+                    None => kind.to_string(),
+                }
+            })
+            .collect();
+        assert_eq!(streams, want, "segment {k}: what ffprobe finds");
+        let first = first_frame_is_key(f.to_str().unwrap());
+        assert!(
+            first.starts_with("1,I"),
+            "segment {k}: first frame '{first}'"
+        );
+        let dec = Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-i"])
+            .arg(&f)
+            .args(["-map", "0:v", "-frames:v", "1", "-f", "null", "-"])
+            .output()
+            .expect("ffmpeg runs");
+        let err = String::from_utf8_lossy(&dec.stderr);
+        assert!(
+            dec.status.success() && err.trim().is_empty(),
+            "segment {k}: {err}"
+        );
+    }
+    // Counters: the segments as cut, and what a player joining at the first or the second
+    // segment gets through the splicer, have no continuity error and no bad CRC.
+    for from in [0, 1] {
+        let mut splicer = coolstream::media::splice::Splicer::new();
+        let mut out = Vec::new();
+        let mut raw = Vec::new();
+        for c in &cuts[from..] {
+            splicer.segment(&c.data, c.entry_point, c.discontinuity, &mut out);
+            raw.extend_from_slice(&c.data);
+        }
+        for (what, body) in [("as cut", &raw), ("spliced", &out)] {
+            let r = tr101290(body);
+            assert_eq!(
+                (r.cc_errors, r.crc_errors),
+                (0, 0),
+                "from {from}, {what}: {r:?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,6 +19,11 @@ pub const TABLE_PMT: u8 = 0x02;
 pub const TABLE_SDT_ACTUAL: u8 = 0x42;
 /// Largest PSI section (PAT, PMT, SDT): a 12-bit length of at most 1021, plus its 3-byte head.
 pub const MAX_SECTION: usize = 1024;
+/// TS payload bytes in a packet without an adaptation field.
+const PAYLOAD: usize = PACKET - 4;
+/// Packets one section takes at most when written from a packet's payload start (pointer
+/// field 0, no adaptation field): 6 for [`MAX_SECTION`].
+pub const MAX_SECTION_PACKETS: usize = (MAX_SECTION + 1).div_ceil(PAYLOAD);
 /// Elementary streams read from one PMT at most (more are ignored, not an error).
 pub const MAX_STREAMS: usize = 32;
 /// Longest service name written or read.
@@ -159,6 +164,105 @@ impl Sections {
             self.reset();
         }
         used
+    }
+}
+
+/// Whether a whole section carries the syntax indicator and its CRC holds (PAT and PMT
+/// always do; [`Sections`] passes sections without the indicator on unchecked).
+pub fn crc_checked(sec: &[u8]) -> bool {
+    sec.len() >= 3 + 5 && sec[1] & 0x80 != 0 && crc32(sec) == 0
+}
+
+/// A copy of one whole section in fixed storage ([`MAX_SECTION`] bytes, whatever the input),
+/// written back out as TS packets on demand: the segmenter's PAT and PMT for segment heads.
+#[derive(Clone)]
+pub struct SectionCopy {
+    buf: [u8; MAX_SECTION],
+    len: usize,
+}
+
+impl Default for SectionCopy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for SectionCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SectionCopy")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl SectionCopy {
+    pub const fn new() -> Self {
+        SectionCopy {
+            buf: [0; MAX_SECTION],
+            len: 0,
+        }
+    }
+
+    /// Keeps `sec` (a whole section) in place of the copy held; one longer than
+    /// [`MAX_SECTION`] (or empty) is refused and the copy held stays.
+    pub fn set(&mut self, sec: &[u8]) -> bool {
+        if sec.is_empty() || sec.len() > MAX_SECTION {
+            return false;
+        }
+        self.buf[..sec.len()].copy_from_slice(sec);
+        self.len = sec.len();
+        true
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Packets [`SectionCopy::write_packets`] writes (at most [`MAX_SECTION_PACKETS`]).
+    pub fn packets(&self) -> usize {
+        if self.len == 0 {
+            0
+        } else {
+            (self.len + 1).div_ceil(PAYLOAD)
+        }
+    }
+
+    /// Appends the section to `out` as TS packets on `pid`: the first with
+    /// `payload_unit_start` and pointer field 0, the rest continuing it, 0xFF stuffing after
+    /// the section; continuity counters `first_cc`, `first_cc + 1`, … (mod 16). No adaptation
+    /// field. Returns the number of packets written.
+    pub fn write_packets(&self, pid: u16, first_cc: u8, out: &mut Vec<u8>) -> usize {
+        let n = self.packets();
+        let mut rest = self.bytes();
+        for i in 0..n {
+            let at = out.len();
+            out.resize(at + PACKET, 0xff);
+            let p = &mut out[at..at + PACKET];
+            let start = if i == 0 { 0x40 } else { 0 };
+            p[..4].copy_from_slice(&[
+                SYNC,
+                start | ((pid >> 8) as u8 & 0x1f),
+                pid as u8,
+                0x10 | (first_cc.wrapping_add(i as u8) & 0x0f),
+            ]);
+            let mut at = 4;
+            if i == 0 {
+                p[4] = 0; // pointer field
+                at = 5;
+            }
+            let k = rest.len().min(PACKET - at);
+            p[at..at + k].copy_from_slice(&rest[..k]);
+            rest = &rest[k..];
+        }
+        n
     }
 }
 
@@ -373,6 +477,50 @@ mod tests {
         s.push(&c2, |_| n += 1);
         assert_eq!(n, 0);
         assert_eq!(s.errors, 1);
+    }
+
+    #[test]
+    fn section_copies_are_written_back_whole_in_fixed_storage() {
+        let mut copy = SectionCopy::new();
+        assert_eq!(copy.packets(), 0);
+        for len in [12, 182, 183, 184, 366, 367, 368, 551, 1000, MAX_SECTION] {
+            // A private section with the syntax bit, `len` bytes with its CRC.
+            let mut sec = vec![0x80, 0, 0, 0, 1, 0xc1, 0, 0];
+            sec.extend((8..len - 4).map(|i| (i * 7) as u8));
+            sec[1] = 0xb0 | ((len - 3) >> 8) as u8;
+            sec[2] = (len - 3) as u8;
+            let crc = crc32(&sec);
+            sec.extend_from_slice(&crc.to_be_bytes());
+            assert!(crc_checked(&sec));
+            assert!(copy.set(&sec));
+            assert_eq!(copy.bytes(), &sec[..]);
+            let mut out = Vec::new();
+            let n = copy.write_packets(0x1fe0, 14, &mut out);
+            assert_eq!(n, (len + 1).div_ceil(184));
+            assert!(n <= MAX_SECTION_PACKETS);
+            assert_eq!(out.len(), n * PACKET);
+            let mut s = Sections::new();
+            let mut got = Vec::new();
+            for (i, p) in out.chunks(PACKET).enumerate() {
+                assert_eq!(ts::pid(p), 0x1fe0);
+                assert_eq!(ts::cc(p), (14 + i as u8) & 0x0f);
+                assert_eq!(ts::payload_unit_start(p), i == 0);
+                s.push(p.try_into().unwrap(), |x| got.push(x.to_vec()));
+            }
+            assert_eq!((got, s.errors), (vec![sec.clone()], 0), "{len}");
+            assert_eq!(out[4], 0, "pointer field");
+            let tail = (len + 1) % 184;
+            if tail != 0 {
+                assert!(out[out.len() - (184 - tail)..].iter().all(|&b| b == 0xff));
+            }
+        }
+        assert_eq!(MAX_SECTION_PACKETS, 6);
+        // Too long or empty: refused, the copy held stays.
+        assert!(!copy.set(&[0u8; MAX_SECTION + 1]));
+        assert!(!copy.set(&[]));
+        assert_eq!(copy.bytes().len(), MAX_SECTION);
+        // Without the syntax bit a section is passed on unchecked: not CRC-checked.
+        assert!(!crc_checked(&[0x00, 0x30, 5, 0, 1, 0xc1, 0, 0]));
     }
 
     #[test]

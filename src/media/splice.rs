@@ -17,10 +17,11 @@
 //!   leads into the stream's next packet, so counters are consistent everywhere and the jump
 //!   (clock and counters) is announced where it happens.
 //! - **Tables' counters kept continuous**: PAT, PMT and SDT packets pass unchanged until the
-//!   first break (the copies in front of each segment repeat the last table packet, a legal
-//!   duplicate); from a break on, their counters are shifted to continue this output's own
-//!   sequence. After a channel change their version numbers also move on (and CRCs are
-//!   recomputed) so a decoder reads the new tables. A continuous stream therefore reaches the
+//!   first break (the segmenter's copies in front of each segment either repeat the last
+//!   table packet, a legal duplicate, or continue the table's counter); from a break on,
+//!   their counters are shifted to continue this output's own sequence. After a channel
+//!   change their version numbers also move on (and CRCs are recomputed; one-packet sections
+//!   only) so a decoder reads the new tables. A continuous stream therefore reaches the
 //!   player byte for byte as the source cut it.
 //!
 //! The splicer holds at most [`HOLD_MAX`] packets and a table of [`MAX_PIDS`] PIDs.

@@ -37,8 +37,9 @@ pub const FEED_QUEUE: usize = 16;
 pub const FEED_RECENT: usize = 24;
 /// Channels one process serves at most.
 pub const MAX_CHANNELS: usize = 64;
-/// Packets at a segment's head searched for the SDT that names the channel.
-const NAME_SEARCH_PACKETS: usize = 8;
+/// Packets at a segment's head searched for the SDT that names the channel (the source's
+/// segmenter writes it after the PAT and PMT copies).
+const NAME_SEARCH_PACKETS: usize = crate::media::segmenter::HEAD_PACKETS;
 
 /// One thing the player gets.
 #[derive(Clone, Debug)]
