@@ -13,8 +13,13 @@ use std::time::Duration;
 /// The stream's rate: ffmpeg pads the TS to this constant mux rate.
 const STREAM_KBPS: u64 = 768;
 const PEERS: usize = 16;
-/// The window over which continuity after startup is measured.
-const WINDOW: Duration = Duration::from_secs(25);
+/// The window over which continuity after startup is measured: over 100 segments, so that
+/// the 0.99 for every peer allows one miss, not none.
+const WINDOW: Duration = Duration::from_secs(105);
+/// Settling time before the window: the sixteen joined a channel that had just begun, and the
+/// segments cut in its first seconds reach some of them late (skipped by most around the
+/// 8th segment), a skip sequence that can run into the moment everyone plays.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// Upload cap of peer `i`, in multiples of the stream rate: the default mix over 16 peers.
 fn upload_factor(i: usize) -> f64 {
@@ -155,7 +160,8 @@ fn sixteen_capped_peers_play_every_source_segment_and_a_restarted_peer_rejoins()
         &dir.join("source.log"),
     );
     std::thread::sleep(Duration::from_millis(300));
-    let mut ffmpeg = live_ffmpeg(udp, 120);
+    // Longer than the test: startup, a restart, the settling time and the window.
+    let mut ffmpeg = live_ffmpeg(udp, 240);
     let bootstrap = format!("127.0.0.1:{sp}");
     let peers: Vec<Peer> = (0..PEERS)
         .map(|i| Peer {
@@ -205,6 +211,7 @@ fn sixteen_capped_peers_play_every_source_segment_and_a_restarted_peer_rejoins()
             })
             .collect()
     };
+    std::thread::sleep(SETTLE);
     let before = snapshot(&dir);
     let window_start = std::time::Instant::now();
 
@@ -296,13 +303,12 @@ fn sixteen_capped_peers_play_every_source_segment_and_a_restarted_peer_rejoins()
         }
     }
     eprintln!("{}", report.join("\n"));
-    // The swarm as a whole plays at least 97 % of its deadlines after startup, and no peer
-    // loses more than one segment of the ~18 in the window. (The goal is 0.99 for every peer,
-    // which most runs meet, all peers at 1.0; some runs see a few misses: see docs/DAEMON.md.)
+    // Every peer plays at least 99 % of its deadlines after startup (one miss in the ~100
+    // segments of the window), the swarm as a whole 99.5 %.
     let mean = window_ci.iter().sum::<f64>() / window_ci.len() as f64;
-    assert!(mean >= 0.97, "mean continuity after startup {mean:.4}");
+    assert!(mean >= 0.995, "mean continuity after startup {mean:.4}");
     for (i, ci) in window_ci.iter().enumerate() {
-        assert!(*ci >= 0.9, "continuity below 0.9: {}", report[i]);
+        assert!(*ci >= 0.99, "continuity below 0.99: {}", report[i]);
     }
     assert_eq!(source.stop(), Some(0), "source exits 0 on SIGTERM");
     let _ = ffmpeg.kill();
