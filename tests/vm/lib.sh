@@ -42,12 +42,14 @@ vm_start() {
   if [ -n "${VM_FWD:-}" ]; then
     local r; IFS=, read -ra r <<<"$VM_FWD"; for x in "${r[@]}"; do fwd+=",hostfwd=$x"; done
   fi
+  # romfile= : no PXE option ROM for the NIC (the kernel is given directly); without it qemu
+  # needs efi-virtio.rom from ipxe-qemu, which a --no-install-recommends install lacks.
   VM_CMD=(qemu-system-aarch64 -M virt -cpu cortex-a53 -m "$VM_MEM" -smp "$VM_SMP"
     -kernel "$img/vmlinuz" -initrd "$img/initrd.img"
     -append "root=/dev/vda rw console=ttyAMA0 net.ifnames=0 systemd.show_status=auto"
     -drive "if=none,id=hd0,file=$state/disk.qcow2,format=qcow2"
     -device virtio-blk-pci,drive=hd0
-    -netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0
+    -netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0,romfile=
     -fsdev "local,id=fs0,path=$state/share,security_model=none"
     -device virtio-9p-pci,fsdev=fs0,mount_tag=host0
     -device virtio-rng-pci)
