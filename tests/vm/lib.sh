@@ -7,6 +7,8 @@
 #   vm_put FILE [NAME]           copy a file into the share; the guest sees it in /mnt/host/
 #   vm_reboot                    reboot the guest and wait for the boot to finish
 #   vm_stop                      power off (kill qemu if it does not stop in 60 s)
+#   vm_poweron                   after vm_stop: a new qemu on the same overlay (the box switched
+#                                off and on again); then vm_wait_boot
 #
 # The guest half (tests/vm/guest/usr/local/sbin/coolstream-vm-agent, started by systemd)
 # announces each finished boot on the serial console and in the share, then runs the jobs
@@ -35,7 +37,7 @@ vm_start() {
   command -v qemu-system-aarch64 >/dev/null || vm_die "qemu-system-aarch64 missing (package qemu-system-arm)"
   VM_STATE=$state
   mkdir -p "$state/share/jobs"
-  rm -f "$state/share/jobs/"* "$state/share/boots.log" "$state/console.log"
+  rm -f "$state/share/jobs/"* "$state/share/boots.log" "$state/console.log" "$state/qemu.log"
   qemu-img create -q -f qcow2 -b "$img/disk.img" -F raw "$state/disk.qcow2"
   VM_HTTP_PORT=${VM_HTTP_PORT:-$(vm_free_port)}
   local fwd="hostfwd=tcp:127.0.0.1:$VM_HTTP_PORT-:8080"
@@ -54,12 +56,23 @@ vm_start() {
     -device virtio-9p-pci,fsdev=fs0,mount_tag=host0
     -device virtio-rng-pci)
   vm_log "boot: ${VM_CMD[*]}"
-  "${VM_CMD[@]}" -display none -monitor none -serial "file:$state/console.log" \
-    > "$state/qemu.log" 2>&1 &
+  vm_launch
+}
+
+vm_launch() {
+  # The console file is appended to, so that a power cycle (vm_poweron) keeps the earlier boots.
+  "${VM_CMD[@]}" -display none -monitor none \
+    -chardev "file,id=ser0,path=$VM_STATE/console.log,append=on" -serial chardev:ser0 \
+    >> "$VM_STATE/qemu.log" 2>&1 &
   VM_PID=$!
-  echo "$VM_PID" > "$state/qemu.pid"
+  echo "$VM_PID" > "$VM_STATE/qemu.pid"
   VM_T0=$(date +%s.%N)
-  vm_log "qemu pid $VM_PID; guest :8080 is 127.0.0.1:$VM_HTTP_PORT; console $state/console.log"
+  vm_log "qemu pid $VM_PID; guest :8080 is 127.0.0.1:$VM_HTTP_PORT; console $VM_STATE/console.log"
+}
+
+vm_poweron() {
+  vm_alive && vm_die "vm_poweron: qemu is still running"
+  vm_launch
 }
 
 vm_alive() { [ -n "$VM_PID" ] && kill -0 "$VM_PID" 2>/dev/null; }
