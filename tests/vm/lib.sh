@@ -17,10 +17,17 @@
 #
 # Settings (environment): VM_SMP (default 2), VM_MEM (512), VM_HTTP_PORT (host port that
 # forwards to the guest's 8080; default: a free one), VM_FWD (more hostfwd rules, comma-
-# separated, e.g. tcp:127.0.0.1:2222-:22).
+# separated, e.g. tcp:127.0.0.1:2222-:22), VM_ARCH (arm64, default: qemu-system-aarch64 -cpu
+# cortex-a53; armhf: qemu-system-arm -cpu cortex-a15, the image VM_ARCH=armhf build-image makes).
 
 VM_SMP=${VM_SMP:-2}
 VM_MEM=${VM_MEM:-512}
+VM_ARCH=${VM_ARCH:-arm64}
+case "$VM_ARCH" in
+  arm64) VM_QEMU=(qemu-system-aarch64 -M virt -cpu cortex-a53) ;;
+  armhf) VM_QEMU=(qemu-system-arm -M virt -cpu cortex-a15) ;;
+  *) printf '[vm] error: VM_ARCH=%s: arm64 or armhf\n' "$VM_ARCH" >&2; exit 2 ;;
+esac
 VM_PID=
 VM_STATE=
 
@@ -34,7 +41,7 @@ vm_free_port() {
 vm_start() {
   local img=$1 state=$2
   [ -e "$img/.done" ] || vm_die "no image in $img (run tests/vm/build-image)"
-  command -v qemu-system-aarch64 >/dev/null || vm_die "qemu-system-aarch64 missing (package qemu-system-arm)"
+  command -v "${VM_QEMU[0]}" >/dev/null || vm_die "${VM_QEMU[0]} missing (package qemu-system-arm)"
   VM_STATE=$state
   mkdir -p "$state/share/jobs"
   rm -f "$state/share/jobs/"* "$state/share/boots.log" "$state/console.log" "$state/qemu.log"
@@ -46,7 +53,7 @@ vm_start() {
   fi
   # romfile= : no PXE option ROM for the NIC (the kernel is given directly); without it qemu
   # needs efi-virtio.rom from ipxe-qemu, which a --no-install-recommends install lacks.
-  VM_CMD=(qemu-system-aarch64 -M virt -cpu cortex-a53 -m "$VM_MEM" -smp "$VM_SMP"
+  VM_CMD=("${VM_QEMU[@]}" -m "$VM_MEM" -smp "$VM_SMP"
     -kernel "$img/vmlinuz" -initrd "$img/initrd.img"
     -append "root=/dev/vda rw console=ttyAMA0 net.ifnames=0 systemd.show_status=auto"
     -drive "if=none,id=hd0,file=$state/disk.qcow2,format=qcow2"
