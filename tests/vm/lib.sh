@@ -7,6 +7,8 @@
 #   vm_put FILE [NAME]           copy a file into the share; the guest sees it in /mnt/host/
 #   vm_reboot                    reboot the guest and wait for the boot to finish
 #   vm_stop                      power off (kill qemu if it does not stop in 60 s)
+#   vm_poweron                   after vm_stop: a new qemu on the same overlay (the box switched
+#                                off and on again); then vm_wait_boot
 #
 # The guest half (tests/vm/guest/usr/local/sbin/coolstream-vm-agent, started by systemd)
 # announces each finished boot on the serial console and in the share, then runs the jobs
@@ -15,10 +17,17 @@
 #
 # Settings (environment): VM_SMP (default 2), VM_MEM (512), VM_HTTP_PORT (host port that
 # forwards to the guest's 8080; default: a free one), VM_FWD (more hostfwd rules, comma-
-# separated, e.g. tcp:127.0.0.1:2222-:22).
+# separated, e.g. tcp:127.0.0.1:2222-:22), VM_ARCH (arm64, default: qemu-system-aarch64 -cpu
+# cortex-a53; armhf: qemu-system-arm -cpu cortex-a15, the image VM_ARCH=armhf build-image makes).
 
 VM_SMP=${VM_SMP:-2}
 VM_MEM=${VM_MEM:-512}
+VM_ARCH=${VM_ARCH:-arm64}
+case "$VM_ARCH" in
+  arm64) VM_QEMU=(qemu-system-aarch64 -M virt -cpu cortex-a53) ;;
+  armhf) VM_QEMU=(qemu-system-arm -M virt -cpu cortex-a15) ;;
+  *) printf '[vm] error: VM_ARCH=%s: arm64 or armhf\n' "$VM_ARCH" >&2; exit 2 ;;
+esac
 VM_PID=
 VM_STATE=
 
@@ -32,32 +41,45 @@ vm_free_port() {
 vm_start() {
   local img=$1 state=$2
   [ -e "$img/.done" ] || vm_die "no image in $img (run tests/vm/build-image)"
-  command -v qemu-system-aarch64 >/dev/null || vm_die "qemu-system-aarch64 missing (package qemu-system-arm)"
+  command -v "${VM_QEMU[0]}" >/dev/null || vm_die "${VM_QEMU[0]} missing (package qemu-system-arm)"
   VM_STATE=$state
   mkdir -p "$state/share/jobs"
-  rm -f "$state/share/jobs/"* "$state/share/boots.log" "$state/console.log"
+  rm -f "$state/share/jobs/"* "$state/share/boots.log" "$state/console.log" "$state/qemu.log"
   qemu-img create -q -f qcow2 -b "$img/disk.img" -F raw "$state/disk.qcow2"
   VM_HTTP_PORT=${VM_HTTP_PORT:-$(vm_free_port)}
   local fwd="hostfwd=tcp:127.0.0.1:$VM_HTTP_PORT-:8080"
   if [ -n "${VM_FWD:-}" ]; then
     local r; IFS=, read -ra r <<<"$VM_FWD"; for x in "${r[@]}"; do fwd+=",hostfwd=$x"; done
   fi
-  VM_CMD=(qemu-system-aarch64 -M virt -cpu cortex-a53 -m "$VM_MEM" -smp "$VM_SMP"
+  # romfile= : no PXE option ROM for the NIC (the kernel is given directly); without it qemu
+  # needs efi-virtio.rom from ipxe-qemu, which a --no-install-recommends install lacks.
+  VM_CMD=("${VM_QEMU[@]}" -m "$VM_MEM" -smp "$VM_SMP"
     -kernel "$img/vmlinuz" -initrd "$img/initrd.img"
     -append "root=/dev/vda rw console=ttyAMA0 net.ifnames=0 systemd.show_status=auto"
     -drive "if=none,id=hd0,file=$state/disk.qcow2,format=qcow2"
     -device virtio-blk-pci,drive=hd0
-    -netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0
+    -netdev "user,id=net0,$fwd" -device virtio-net-pci,netdev=net0,romfile=
     -fsdev "local,id=fs0,path=$state/share,security_model=none"
     -device virtio-9p-pci,fsdev=fs0,mount_tag=host0
     -device virtio-rng-pci)
   vm_log "boot: ${VM_CMD[*]}"
-  "${VM_CMD[@]}" -display none -monitor none -serial "file:$state/console.log" \
-    > "$state/qemu.log" 2>&1 &
+  vm_launch
+}
+
+vm_launch() {
+  # The console file is appended to, so that a power cycle (vm_poweron) keeps the earlier boots.
+  "${VM_CMD[@]}" -display none -monitor none \
+    -chardev "file,id=ser0,path=$VM_STATE/console.log,append=on" -serial chardev:ser0 \
+    >> "$VM_STATE/qemu.log" 2>&1 &
   VM_PID=$!
-  echo "$VM_PID" > "$state/qemu.pid"
+  echo "$VM_PID" > "$VM_STATE/qemu.pid"
   VM_T0=$(date +%s.%N)
-  vm_log "qemu pid $VM_PID; guest :8080 is 127.0.0.1:$VM_HTTP_PORT; console $state/console.log"
+  vm_log "qemu pid $VM_PID; guest :8080 is 127.0.0.1:$VM_HTTP_PORT; console $VM_STATE/console.log"
+}
+
+vm_poweron() {
+  vm_alive && vm_die "vm_poweron: qemu is still running"
+  vm_launch
 }
 
 vm_alive() { [ -n "$VM_PID" ] && kill -0 "$VM_PID" 2>/dev/null; }
