@@ -3265,6 +3265,23 @@ mod tests {
         assert!(!node.seeded_enough(later));
     }
 
+    /// Link 1, to 10.0.0.1, an established partnership with `partner`'s state.
+    fn partner_link(now: Instant, peer: Option<PeerInfo>, partner: Partner) -> Link {
+        Link {
+            id: LinkId(1),
+            remote: PeerAddr::V4([10, 0, 0, 1], 7000),
+            purpose: Purpose::Partner,
+            opened: now,
+            last_recv: now,
+            last_sent: now,
+            peer,
+            partner: Some(partner),
+            awaiting: 0,
+            one_way: DEFAULT_ONE_WAY,
+            learned: Budget::new(now),
+        }
+    }
+
     /// A peer playing at `Seq(10)`, due now, that holds segments up to `ours`, with one
     /// partner that holds segments up to 7, the newest of which it first saw `front_age` ago.
     fn playing_ahead_of_its_partner(ours: u32, front_age: Duration) -> Node<SimPayload> {
@@ -3277,19 +3294,7 @@ mod tests {
         for k in 0..=7 {
             partner.map.set(Seq(k));
         }
-        node.links.push(Link {
-            id: LinkId(1),
-            remote: PeerAddr::V4([10, 0, 0, 1], 7000),
-            purpose: Purpose::Partner,
-            opened: now,
-            last_recv: now,
-            last_sent: now,
-            peer: None,
-            partner: Some(partner),
-            awaiting: 0,
-            one_way: DEFAULT_ONE_WAY,
-            learned: Budget::new(now),
-        });
+        node.links.push(partner_link(now, None, partner));
         node.partners_front = Some((
             Seq(7),
             Instant::ZERO + (Duration::from_secs(100) - front_age),
@@ -3422,24 +3427,13 @@ mod tests {
         for k in 0..=60 {
             partner.map.set(Seq(k));
         }
-        node.links.push(Link {
-            id: LinkId(1),
-            remote: PeerAddr::V4([10, 0, 0, 1], 7000),
-            purpose: Purpose::Partner,
-            opened: now,
-            last_recv: now,
-            last_sent: now,
-            peer: Some(PeerInfo {
-                id: PeerId(3),
-                role: Role::Peer,
-                listen: PeerAddr::V4([10, 0, 0, 1], 7000),
-                upload_bytes_per_s: STREAM,
-            }),
-            partner: Some(partner),
-            awaiting: 0,
-            one_way: DEFAULT_ONE_WAY,
-            learned: Budget::new(now),
-        });
+        let peer = PeerInfo {
+            id: PeerId(3),
+            role: Role::Peer,
+            listen: PeerAddr::V4([10, 0, 0, 1], 7000),
+            upload_bytes_per_s: STREAM,
+        };
+        node.links.push(partner_link(now, Some(peer), partner));
         let seg = Segment {
             seq: Seq(60),
             origin_us: 99_500_000,
