@@ -1525,18 +1525,7 @@ impl<P: Payload> Node<P> {
             return;
         }
         if let Some(k) = evict {
-            let old = self.uploads.swap_remove(k);
-            self.stats.busy_sent += 1;
-            let backlog_ms = self.backlog_ms();
-            if let Some(j) = self.link_index(old.link) {
-                self.send(
-                    j,
-                    Control::Busy {
-                        seq: old.seq,
-                        backlog_ms,
-                    },
-                );
-            }
+            self.turn_away(k);
         }
         self.uploads.push(UploadRequest {
             link,
@@ -1567,18 +1556,23 @@ impl<P: Payload> Node<P> {
                 k += 1;
                 continue;
             }
-            self.uploads.swap_remove(k);
-            self.stats.busy_sent += 1;
-            let backlog_ms = self.backlog_ms();
-            if let Some(j) = self.link_index(u.link) {
-                self.send(
-                    j,
-                    Control::Busy {
-                        seq: u.seq,
-                        backlog_ms,
-                    },
-                );
-            }
+            self.turn_away(k);
+        }
+    }
+
+    /// Drops queued upload `k` and tells its requester we are busy (it asks elsewhere).
+    fn turn_away(&mut self, k: usize) {
+        let u = self.uploads.swap_remove(k);
+        self.stats.busy_sent += 1;
+        let backlog_ms = self.backlog_ms();
+        if let Some(j) = self.link_index(u.link) {
+            self.send(
+                j,
+                Control::Busy {
+                    seq: u.seq,
+                    backlog_ms,
+                },
+            );
         }
     }
 
