@@ -2137,12 +2137,7 @@ impl<P: Payload> Node<P> {
         // The source offers only its freshest segments: a start chosen from its map alone
         // is at the live edge and must be held back (`start_hold`). Peers' maps, which show
         // the history, usually come within a round trip or two; wait a moment for them.
-        let maps_from_source_only = self
-            .links
-            .iter()
-            .filter(|l| l.partner.as_ref().is_some_and(|p| p.map.newest().is_some()))
-            .all(|l| l.peer.is_some_and(|p| p.role == Role::Source));
-        if maps_from_source_only
+        if self.fed_by_source_only()
             && self
                 .stats
                 .joined_at
