@@ -317,6 +317,7 @@ pub struct Sim {
     idle_samples: [u64; 4],
     kinds: [u64; 16],
     ctl_kinds: [u64; 24],
+    src_ctl: [u64; 24],
     payload_bytes: u64,
     control_bytes: u64,
     events: u64,
@@ -378,6 +379,7 @@ impl Sim {
             idle_samples: [0; 4],
             kinds: [0; 16],
             ctl_kinds: [0; 24],
+            src_ctl: [0; 24],
             payload_bytes: 0,
             control_bytes: 0,
             events: 0,
@@ -571,6 +573,9 @@ impl Sim {
             }
         }
         self.now = self.end;
+        if self.debug_misses {
+            eprintln!("source control bytes by kind: {:?}", &self.src_ctl);
+        }
         let mut summary = self.summary();
         summary.wall_s = started.elapsed().as_secs_f64();
         summary
@@ -666,6 +671,16 @@ impl Sim {
                 );
             }
             Ev::DialFailed { to, remote } => {
+                if self.debug_misses && self.alive(to) {
+                    let s = &self.slots[to as usize];
+                    let first = s.node.as_ref().and_then(|n| n.stats().first_play_at);
+                    eprintln!(
+                        "dialfail {:.1} node {to} age {:.1} playing {}",
+                        self.now.as_secs_f64(),
+                        self.now.saturating_since(s.joined_at).as_secs_f64(),
+                        first.is_some()
+                    );
+                }
                 if self.alive(to) {
                     self.input(to, Input::DialFailed { remote });
                 }
@@ -943,7 +958,10 @@ impl Sim {
                                 .start(self.now, link, to, bytes, cap, prio, msg);
                             uplink_changed = true;
                         }
-                        Message::Ctl(_) => {
+                        Message::Ctl(c) => {
+                            if ix == 0 && self.debug_misses {
+                                self.src_ctl[ctl_kind(c)] += bytes;
+                            }
                             self.control_bytes += bytes;
                             let ser = Duration::for_bytes(bytes, self.slots[ix as usize].up);
                             let delay = self.path_delay(ix, to, bytes) + ser;
@@ -955,7 +973,20 @@ impl Sim {
                         }
                     }
                 }
-                Output::Dial { remote } => self.dial(ix, remote),
+                Output::Dial { remote } => {
+                    if self.debug_misses && index_of(remote) == Some(0) {
+                        let n = self.slots[ix as usize].node.as_ref().map(|n| n.stats());
+                        eprintln!(
+                            "dialsrc {:.1} node {ix} partners {} age {:.1}",
+                            self.now.as_secs_f64(),
+                            n.map_or(0, |s| s.partners),
+                            self.now
+                                .saturating_since(self.slots[ix as usize].joined_at)
+                                .as_secs_f64()
+                        );
+                    }
+                    self.dial(ix, remote)
+                }
                 Output::Close { link } => {
                     let Some(l) = self.links.get_mut(&link.0) else {
                         continue;
@@ -986,15 +1017,33 @@ impl Sim {
                 }
                 Output::Missed { .. } => {
                     if self.debug_misses {
-                        eprintln!("miss {:.1} node {ix}", self.now.as_secs_f64());
+                        let s = &self.slots[ix as usize];
+                        let first = s
+                            .node
+                            .as_ref()
+                            .and_then(|n| n.stats().first_play_at)
+                            .map_or(-1.0, |t| self.now.saturating_since(t).as_secs_f64());
+                        eprintln!(
+                            "miss {:.1} node {ix} age {:.1} playing {first:.1} up {:.1}",
+                            self.now.as_secs_f64(),
+                            self.now.saturating_since(s.joined_at).as_secs_f64(),
+                            s.up_factor
+                        );
                     }
                 }
                 Output::Late { seq, cause, .. } => {
                     if self.debug_misses {
+                        let s = &self.slots[ix as usize];
+                        let first = s
+                            .node
+                            .as_ref()
+                            .and_then(|n| n.stats().first_play_at)
+                            .map_or(-1.0, |t| self.now.saturating_since(t).as_secs_f64());
                         eprintln!(
-                            "late {:.1} node {ix} seq {} {cause:?}",
+                            "late {:.1} node {ix} seq {} playing {first:.1} up {:.1} {cause:?}",
                             self.now.as_secs_f64(),
-                            seq.0
+                            seq.0,
+                            s.up_factor
                         );
                     }
                 }
