@@ -301,6 +301,10 @@ const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const CRITICAL_MIN: Duration = Duration::from_secs(3);
 /// Longest single playback pause for a late segment.
 const MAX_STALL: Duration = Duration::from_secs(10);
+/// A pause this soon after the previous one lasts at least twice as long (see
+/// `on_playout_deadline`). 1,000 churn peers, 600 s, seeds 1-8: continuity mean 0.9754 ->
+/// 0.9772, p5 0.914 -> 0.922, lag p50 15.0 -> 16.2 s (p95 stays at the 20 s cap).
+const STALL_ESCALATE_WITHIN: Duration = Duration::from_secs(20);
 /// Lag kept above the observed arrival delays.
 const STALL_MARGIN: Duration = Duration::from_millis(3000);
 /// Partners whose newest segment has not moved on for this many segment durations are not
@@ -403,6 +407,8 @@ pub struct Node<P> {
     scratch_links: Vec<usize>,
     scratch_picks: Vec<Pick>,
     bans: Bans,
+    /// The last pause: when, and how long.
+    last_stall: Option<(Instant, Duration)>,
 }
 
 impl<P: Payload> Node<P> {
@@ -463,6 +469,7 @@ impl<P: Payload> Node<P> {
             scratch_links: Vec::new(),
             scratch_picks: Vec::new(),
             bans: Bans::default(),
+            last_stall: None,
             cfg,
         }
     }
@@ -2082,9 +2089,17 @@ impl<P: Payload> Node<P> {
                 if coming && self.stats.stalls < self.cfg.stall_limit && room >= self.nominal() {
                     // Pause long enough to reach the lag at which segments have been reaching
                     // us, not one segment at a time: one pause instead of many.
-                    let pause = self
-                        .stall_length(next, deadline, behind.unwrap_or(0))
-                        .min(room);
+                    let mut pause = self.stall_length(next, deadline, behind.unwrap_or(0));
+                    // Pausing again soon after the last pause: that one did not reach the lag
+                    // the swarm needs (on a young stream it grows as the swarm does). Pause
+                    // twice as long: two or three pauses instead of five one after another.
+                    if let Some((at, len)) = self.last_stall {
+                        if self.now.saturating_since(at) < STALL_ESCALATE_WITHIN {
+                            pause = pause.max(len.mul(2)).min(MAX_STALL);
+                        }
+                    }
+                    self.last_stall = Some((self.now, pause));
+                    let pause = pause.min(room);
                     self.out.push_back(Output::Late {
                         seq: next,
                         pause,
@@ -3402,6 +3417,30 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_pause_soon_after_another_lasts_twice_as_long() {
+        // The first pause, as in the test below: about four segment durations.
+        let first = |last_stall| {
+            let mut node = playing_ahead_of_its_partner(9, Duration::from_millis(500));
+            node.last_stall = last_stall;
+            assert_eq!(late_or_missed(&mut node), vec![(Seq(10), true)]);
+            let Playout::Playing { deadline, .. } = node.playout else {
+                panic!("{:?}", node.playout);
+            };
+            deadline.saturating_since(node.now)
+        };
+        let alone = first(None);
+        let secs = Duration::from_secs;
+        let ago = |s: u64| Instant::ZERO + secs(100 - s);
+        // Paused for 3 s ten seconds ago: this one lasts at least 6 s.
+        assert_eq!(first(Some((ago(10), secs(3)))), alone.max(secs(6)));
+        // For 4.5 s: 9 s, whatever the lag it needs (but never over `MAX_STALL`).
+        assert_eq!(first(Some((ago(10), Duration::from_millis(4500)))), secs(9));
+        assert_eq!(first(Some((ago(10), secs(8)))), MAX_STALL);
+        // A pause long ago says nothing about this one.
+        assert_eq!(first(Some((ago(30), secs(4)))), alone);
     }
 
     #[test]
