@@ -342,6 +342,9 @@ pub struct Node<P> {
     rng: Rng,
     now: Instant,
     links: Vec<Link>,
+    /// `links[i].id` at `i`: a link is looked up by id on every input, and a scan of these
+    /// reads a cache line or two where a scan of the links read one per link.
+    link_ids: Vec<LinkId>,
     pending_dials: Vec<PendingDial>,
     /// Addresses that refused to partner (or failed to answer) recently: see
     /// [`REFUSAL_BACKOFF`]. At most [`REFUSAL_MEMORY`] entries.
@@ -394,6 +397,8 @@ pub struct Node<P> {
     scratch_suppliers: Vec<Supplier>,
     scratch_links: Vec<usize>,
     scratch_picks: Vec<Pick>,
+    /// Per supplier, what it holds of the window being scheduled (`BufferMap::bits_from`).
+    scratch_held: Vec<[u64; 4]>,
     bans: Bans,
 }
 
@@ -420,6 +425,7 @@ impl<P: Payload> Node<P> {
             rng,
             now,
             links: Vec::new(),
+            link_ids: Vec::new(),
             pending_dials: Vec::new(),
             refusals: Vec::new(),
             store,
@@ -454,6 +460,7 @@ impl<P: Payload> Node<P> {
             scratch_suppliers: Vec::new(),
             scratch_links: Vec::new(),
             scratch_picks: Vec::new(),
+            scratch_held: Vec::new(),
             bans: Bans::default(),
             cfg,
         }
@@ -688,7 +695,14 @@ impl<P: Payload> Node<P> {
     // ----- links -----
 
     fn link_index(&self, link: LinkId) -> Option<usize> {
-        self.links.iter().position(|l| l.id == link)
+        debug_assert_eq!(self.link_ids.len(), self.links.len());
+        self.link_ids.iter().position(|&l| l == link)
+    }
+
+    /// Adds a link (every link goes in here, so that `link_ids` follows `links`).
+    fn push_link(&mut self, l: Link) {
+        self.link_ids.push(l.id);
+        self.links.push(l);
     }
 
     fn partner_count(&self) -> usize {
@@ -776,7 +790,7 @@ impl<P: Payload> Node<P> {
         } else {
             DEFAULT_ONE_WAY
         };
-        self.links.push(Link {
+        self.push_link(Link {
             id: link,
             remote,
             purpose,
@@ -850,6 +864,7 @@ impl<P: Payload> Node<P> {
     /// Forgets link `i` and everything tied to it.
     fn remove_link(&mut self, i: usize) {
         let l = self.links.swap_remove(i);
+        self.link_ids.swap_remove(i);
         let id = l.id;
         let had_requests = self.requests.iter().any(|r| r.link == id);
         self.requests.retain(|r| r.link != id);
@@ -2389,8 +2404,10 @@ impl<P: Payload> Node<P> {
         suppliers.clear();
         link_of.clear();
         let mut newest: Option<Seq> = None;
+        let mut parents_active = false;
         for (j, l) in self.links.iter().enumerate() {
             let Some(p) = &l.partner else { continue };
+            parents_active |= p.parent_of != 0;
             if let Some(n) = p.map.newest() {
                 newest = Some(newest.map_or(n, |m| m.max(n)));
             }
@@ -2410,77 +2427,82 @@ impl<P: Payload> Node<P> {
             link_of.push(j);
         }
         let mut wants = std::mem::take(&mut self.scratch_wants);
+        let mut held = std::mem::take(&mut self.scratch_held);
         wants.clear();
         if let (Some(newest), false) = (newest, suppliers.is_empty()) {
             let span = from.dist_to(newest).clamp(-1, self.cfg.window as i32 - 1);
-            let parents_active = self
-                .links
-                .iter()
-                .any(|l| l.partner.as_ref().is_some_and(|p| p.parent_of != 0));
-            // Only segments we lack and some supplier holds are looked at: a window of bits
-            // at a time (held by any supplier, not by us), in order.
-            let mut seqs = Vec::new();
+            // Only segments we lack, have not asked for, are not receiving, and some supplier
+            // holds are looked at: a window of bits at a time, in order.
             let mut k0 = 0i32;
             while k0 <= span {
                 let at = from.add(k0 as u32);
-                let mut cand = self.store.map().bits_from(at);
+                let mine = self.store.map().bits_from(at);
+                let mut taken = [0u64; 4];
+                let mut mark = |seq: Seq| {
+                    let d = at.dist_to(seq);
+                    if (0..256).contains(&d) {
+                        taken[d as usize / 64] |= 1 << (d % 64);
+                    }
+                };
+                for r in &self.requests {
+                    mark(r.seq);
+                }
+                for (_, sg) in &self.incoming {
+                    mark(sg.seq);
+                }
+                // What each supplier holds from `at` on (bit b of a want's holders: supplier b).
+                held.clear();
                 let mut any = [0u64; 4];
                 for &j in &link_of {
                     if let Some(p) = &self.links[j].partner {
-                        for (a, b) in any.iter_mut().zip(p.map.bits_from(at)) {
+                        let bits = p.map.bits_from(at);
+                        for (a, b) in any.iter_mut().zip(bits) {
                             *a |= b;
                         }
+                        held.push(bits);
+                    } else {
+                        held.push([0; 4]);
                     }
                 }
                 let n = (span - k0 + 1).min(256) as u32;
-                for (w, c) in cand.iter_mut().enumerate() {
+                for w in 0..4 {
                     let lo = w as u32 * 64;
                     let valid = match n.saturating_sub(lo) {
                         0 => 0,
                         m if m >= 64 => u64::MAX,
                         m => (1u64 << m) - 1,
                     };
-                    *c = !*c & any[w] & valid;
-                    let mut bits = *c;
+                    let mut bits = !mine[w] & !taken[w] & any[w] & valid;
                     while bits != 0 {
-                        seqs.push(at.add(lo + bits.trailing_zeros()));
+                        let bit = bits.trailing_zeros();
                         bits &= bits - 1;
+                        let seq = at.add(lo + bit);
+                        let mut holders = 0u64;
+                        for (b, h) in held.iter().enumerate() {
+                            holders |= ((h[w] >> bit) & 1) << b;
+                        }
+                        if holders == 0 {
+                            continue;
+                        }
+                        let deadline = self.deadline_of(seq);
+                        // A parent pushes this one: pull it only if the deadline is close.
+                        if parents_active
+                            && deadline > now + self.cfg.pull_lead
+                            && self.parent_of(seq).is_some()
+                        {
+                            continue;
+                        }
+                        wants.push(Want {
+                            seq,
+                            deadline,
+                            holders,
+                        });
                     }
                 }
                 k0 += 256;
             }
-            for seq in seqs {
-                if self.requests.iter().any(|r| r.seq == seq) || self.is_incoming(seq) {
-                    continue;
-                }
-                let mut holders = 0u64;
-                for (b, &j) in link_of.iter().enumerate() {
-                    if self.links[j]
-                        .partner
-                        .as_ref()
-                        .is_some_and(|p| p.map.has(seq))
-                    {
-                        holders |= 1 << b;
-                    }
-                }
-                if holders == 0 {
-                    continue;
-                }
-                let deadline = self.deadline_of(seq);
-                // A parent pushes this one: pull it only if the deadline is close.
-                if parents_active
-                    && deadline > now + self.cfg.pull_lead
-                    && self.parent_of(seq).is_some()
-                {
-                    continue;
-                }
-                wants.push(Want {
-                    seq,
-                    deadline,
-                    holders,
-                });
-            }
         }
+        self.scratch_held = held;
         let mut picks = std::mem::take(&mut self.scratch_picks);
         picks.clear();
         let skipped = scheduler::plan(
@@ -3283,7 +3305,7 @@ mod tests {
         for k in 0..=7 {
             partner.map.set(Seq(k));
         }
-        node.links.push(partner_link(now, None, partner));
+        node.push_link(partner_link(now, None, partner));
         node.partners_front = Some((
             Seq(7),
             Instant::ZERO + (Duration::from_secs(100) - front_age),
@@ -3422,7 +3444,7 @@ mod tests {
             listen: PeerAddr::V4([10, 0, 0, 1], 7000),
             upload_bytes_per_s: STREAM,
         };
-        node.links.push(partner_link(now, Some(peer), partner));
+        node.push_link(partner_link(now, Some(peer), partner));
         let seg = Segment {
             seq: Seq(60),
             origin_us: 99_500_000,
