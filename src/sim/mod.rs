@@ -210,6 +210,9 @@ struct SimLink {
     /// Latest delivery scheduled in each direction (a to b, b to a): TCP delivers in order.
     last_to_b: Instant,
     last_to_a: Instant,
+    /// One-way delay between the ends (as `Place::one_way` gives it, either way round), kept
+    /// here so that a send reads the link it uses and not the other end's place.
+    one_way: Duration,
 }
 
 impl SimLink {
@@ -735,7 +738,7 @@ impl Sim {
                             continue;
                         }
                     }
-                    let delay = self.path_delay(node, f.to, wire_len(&f.msg) as u64);
+                    let delay = self.path_delay(f.link, node, f.to, wire_len(&f.msg) as u64);
                     let at = self
                         .links
                         .get_mut(&f.link.0)
@@ -817,8 +820,17 @@ impl Sim {
         s.armed = None;
     }
 
-    fn path_delay(&mut self, from: u32, to: u32, bytes: u64) -> Duration {
-        let one_way = self.one_way(from, to);
+    /// The one-way delay from `from` to `to` over `link` (read from the link while it is
+    /// in the table).
+    fn link_one_way(&self, link: LinkId, from: u32, to: u32) -> Duration {
+        match self.links.get(&link.0) {
+            Some(l) => l.one_way,
+            None => self.one_way(from, to),
+        }
+    }
+
+    fn path_delay(&mut self, link: LinkId, from: u32, to: u32, bytes: u64) -> Duration {
+        let one_way = self.link_one_way(link, from, to);
         one_way + loss_delay(&mut self.rng, self.cfg.loss, bytes, one_way.mul(2))
     }
 
@@ -914,7 +926,7 @@ impl Sim {
                             self.payload_bytes += payload;
                             self.control_bytes += bytes - payload;
                             // The head arrives a latency after the first bytes leave.
-                            let head_at = self.now + self.one_way(ix, to);
+                            let head_at = self.now + self.link_one_way(link, ix, to);
                             let head_at = self
                                 .links
                                 .get_mut(&link.0)
@@ -946,7 +958,7 @@ impl Sim {
                         Message::Ctl(_) => {
                             self.control_bytes += bytes;
                             let ser = Duration::for_bytes(bytes, self.slots[ix as usize].up);
-                            let delay = self.path_delay(ix, to, bytes) + ser;
+                            let delay = self.path_delay(link, ix, to, bytes) + ser;
                             let at = self
                                 .links
                                 .get_mut(&link.0)
@@ -969,7 +981,7 @@ impl Sim {
                     if !other_open || !other_alive {
                         self.links.remove(&link.0);
                     } else {
-                        let d = self.one_way(ix, other) + Duration::from_micros(1);
+                        let d = self.link_one_way(link, ix, other) + Duration::from_micros(1);
                         let now = self.now;
                         let at = self
                             .links
@@ -1023,7 +1035,8 @@ impl Sim {
             self.push(self.now, Ev::DialFailed { to: from, remote });
             return;
         };
-        let rtt = self.one_way(from, to).mul(2);
+        let rtt_one_way = self.one_way(from, to);
+        let rtt = rtt_one_way.mul(2);
         match self.hot[to as usize].life {
             Life::Alive => {
                 let link = LinkId(self.next_link);
@@ -1037,6 +1050,7 @@ impl Sim {
                         b_open: true,
                         last_to_b: Instant::ZERO,
                         last_to_a: Instant::ZERO,
+                        one_way: rtt_one_way,
                     },
                 );
                 // The acceptor learns of the connection just before the dialer's first bytes
