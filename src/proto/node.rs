@@ -470,6 +470,15 @@ impl<P: Payload> Node<P> {
         self.id
     }
 
+    /// Prefetch hint: loads the tables handling an input usually reads first (the node
+    /// itself should be in cache already).
+    pub fn prefetch_tables(&self) {
+        use super::prefetch::slice;
+        slice(&self.link_ids, 16);
+        slice(&self.links, 16);
+        slice(&self.requests, 16);
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
