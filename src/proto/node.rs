@@ -231,6 +231,15 @@ struct Link {
     learned: Budget,
 }
 
+/// What a quiet scheduling pass had in hand (see `Node::quiet`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct QuietMark {
+    from: Seq,
+    links: usize,
+    requests: usize,
+    incoming: usize,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct PendingDial {
     addr: PeerAddr,
@@ -380,6 +389,13 @@ pub struct Node<P> {
     joined: bool,
     left: bool,
     schedule_due: bool,
+    /// The last scheduling pass found no segment it could want (we lack it, have not asked
+    /// for it, are not receiving it, and a partner holds it) and no substream it could ask a
+    /// parent for, with this much in hand; nothing has changed since but haves of segments
+    /// we cannot want. A pass now would do nothing, and is skipped: most haves are of a
+    /// segment already asked for, and a pass reads every partner. Everything else that sets
+    /// `schedule_due` clears it.
+    quiet: Option<QuietMark>,
     last_segment_bytes: u64,
     timers: TimerTable,
     out: VecDeque<Output<P>>,
@@ -399,6 +415,8 @@ pub struct Node<P> {
     scratch_picks: Vec<Pick>,
     /// Per supplier, what it holds of the window being scheduled (`BufferMap::bits_from`).
     scratch_held: Vec<[u64; 4]>,
+    /// Partners that are not suppliers in the pass being planned.
+    scratch_others: Vec<usize>,
     bans: Bans,
 }
 
@@ -448,6 +466,7 @@ impl<P: Payload> Node<P> {
             joined: cfg.role == Role::Source,
             left: false,
             schedule_due: false,
+            quiet: None,
             timers,
             out: VecDeque::new(),
             stats: NodeStats::default(),
@@ -461,6 +480,7 @@ impl<P: Payload> Node<P> {
             scratch_links: Vec::new(),
             scratch_picks: Vec::new(),
             scratch_held: Vec::new(),
+            scratch_others: Vec::new(),
             bans: Bans::default(),
             cfg,
         }
@@ -693,8 +713,9 @@ impl<P: Payload> Node<P> {
     fn finish(&mut self) {
         if self.schedule_due && !self.left {
             self.schedule_due = false;
-            self.schedule();
-            self.maintain_parents();
+            if !self.schedule() {
+                self.maintain_parents();
+            }
         }
         if !self.left {
             self.maybe_offer();
@@ -874,6 +895,8 @@ impl<P: Payload> Node<P> {
     fn remove_link(&mut self, i: usize) {
         let l = self.links.swap_remove(i);
         self.link_ids.swap_remove(i);
+        // What it was sending us is no longer arriving: it may be wanted again.
+        self.quiet = None;
         let id = l.id;
         let had_requests = self.requests.iter().any(|r| r.link == id);
         self.requests.retain(|r| r.link != id);
@@ -900,6 +923,7 @@ impl<P: Payload> Node<P> {
         }
         if had_requests || l.partner.is_some() {
             self.schedule_due = true;
+            self.quiet = None;
         }
     }
 
@@ -1052,6 +1076,7 @@ impl<P: Payload> Node<P> {
                     p.playing = playing.map(|s| (s, now));
                     p.note_backlog(now, backlog_ms);
                     self.schedule_due = true;
+                    self.quiet = None;
                 }
             }
             Control::Have {
@@ -1065,6 +1090,9 @@ impl<P: Payload> Node<P> {
                     p.spare = spare;
                     p.note_backlog(now, backlog_ms);
                     self.schedule_due = true;
+                    if spare > 0 || self.may_want(seq) {
+                        self.quiet = None;
+                    }
                 }
             }
             Control::Request { seq, deadline_ms } => self.on_request(i, seq, deadline_ms),
@@ -1081,6 +1109,7 @@ impl<P: Payload> Node<P> {
                     p.map.set(seq);
                 }
                 self.schedule_due = true;
+                self.quiet = None;
             }
             Control::Busy { seq, backlog_ms } => {
                 let link = self.links[i].id;
@@ -1104,6 +1133,7 @@ impl<P: Payload> Node<P> {
                         }
                     }
                     self.schedule_due = true;
+                    self.quiet = None;
                 }
             }
             Control::Subscribe { mask, from } => self.on_subscribe(i, mask, from),
@@ -1119,6 +1149,7 @@ impl<P: Payload> Node<P> {
                         p.no_parent_until = now + Duration::from_micros(backoff.as_micros() / 4);
                     }
                     self.schedule_due = true;
+                    self.quiet = None;
                 }
             }
             Control::Unsubscribe { mask } => {
@@ -1343,6 +1374,7 @@ impl<P: Payload> Node<P> {
         let bm = self.buffer_map_message();
         self.send(i, bm);
         self.schedule_due = true;
+        self.quiet = None;
     }
 
     // ----- supplying -----
@@ -1918,6 +1950,7 @@ impl<P: Payload> Node<P> {
             Inserted::Duplicate | Inserted::TooOld => self.stats.duplicates += 1,
         }
         self.schedule_due = true;
+        self.quiet = None;
     }
 
     // ----- playout -----
@@ -2077,6 +2110,7 @@ impl<P: Payload> Node<P> {
                     self.resume_after = Some(next.next());
                     self.playout = Playout::Idle;
                     self.schedule_due = true;
+                    self.quiet = None;
                     return;
                 }
                 // Or it is not cut yet: we play at the live edge (its estimated ingest is less
@@ -2129,6 +2163,7 @@ impl<P: Payload> Node<P> {
         };
         self.drain_playout();
         self.schedule_due = true;
+        self.quiet = None;
     }
 
     /// Where `seq` is, its deadline just passed: asked for, held by partners, or nowhere.
@@ -2388,23 +2423,38 @@ impl<P: Payload> Node<P> {
 
     // ----- scheduling -----
 
-    fn schedule(&mut self) {
+    /// One scheduling pass; true when it was skipped as quiet (see `Node::quiet`).
+    fn schedule(&mut self) -> bool {
         if self.cfg.role == Role::Source || !self.joined {
-            return;
+            self.quiet = None;
+            return false;
         }
         if matches!(self.playout, Playout::Idle) {
             self.choose_start();
         }
         let from = match self.playout {
-            Playout::Idle => return,
+            Playout::Idle => {
+                self.quiet = None;
+                return false;
+            }
             Playout::Starting { start, .. } => start,
             Playout::Playing { next, .. } => next,
         };
         let budget = self.cfg.max_requests.saturating_sub(self.requests.len());
         if budget == 0 {
             self.stats.sched_budget_spent += 1;
-            return;
+            return false;
         }
+        let mark = QuietMark {
+            from,
+            links: self.links.len(),
+            requests: self.requests.len(),
+            incoming: self.incoming.len(),
+        };
+        if self.quiet == Some(mark) {
+            return true;
+        }
+        self.quiet = None;
         let now = self.now;
         let seg_bytes = self.last_segment_bytes.max(1);
         // Suppliers: partners with free request slots that have not just said busy.
@@ -2412,6 +2462,8 @@ impl<P: Payload> Node<P> {
         let mut link_of = std::mem::take(&mut self.scratch_links);
         suppliers.clear();
         link_of.clear();
+        let mut others = std::mem::take(&mut self.scratch_others);
+        others.clear();
         let mut newest: Option<Seq> = None;
         let mut parents_active = false;
         for (j, l) in self.links.iter().enumerate() {
@@ -2421,10 +2473,12 @@ impl<P: Payload> Node<P> {
                 newest = Some(newest.map_or(n, |m| m.max(n)));
             }
             if p.avoid_until > now || suppliers.len() == 64 {
+                others.push(j);
                 continue;
             }
             let slots = self.cfg.max_requests_per_partner.saturating_sub(p.inflight);
             if slots == 0 {
+                others.push(j);
                 continue;
             }
             suppliers.push(Supplier {
@@ -2438,7 +2492,10 @@ impl<P: Payload> Node<P> {
         let mut wants = std::mem::take(&mut self.scratch_wants);
         let mut held = std::mem::take(&mut self.scratch_held);
         wants.clear();
+        // Whether any segment could be wanted, from any partner (see `quiet`).
+        let mut wanted = true;
         if let (Some(newest), false) = (newest, suppliers.is_empty()) {
+            wanted = false;
             let span = from.dist_to(newest).clamp(-1, self.cfg.window as i32 - 1);
             // Only segments we lack, have not asked for, are not receiving, and some supplier
             // holds are looked at: a window of bits at a time, in order.
@@ -2473,6 +2530,15 @@ impl<P: Payload> Node<P> {
                         held.push([0; 4]);
                     }
                 }
+                // Partners that are not suppliers now (busy, or no request slot free).
+                let mut any_other = [0u64; 4];
+                for &j in &others {
+                    if let Some(p) = &self.links[j].partner {
+                        for (a, b) in any_other.iter_mut().zip(p.map.bits_from(at)) {
+                            *a |= b;
+                        }
+                    }
+                }
                 let n = (span - k0 + 1).min(256) as u32;
                 for w in 0..4 {
                     let lo = w as u32 * 64;
@@ -2481,6 +2547,9 @@ impl<P: Payload> Node<P> {
                         m if m >= 64 => u64::MAX,
                         m => (1u64 << m) - 1,
                     };
+                    if !mine[w] & !taken[w] & (any[w] | any_other[w]) & valid != 0 {
+                        wanted = true;
+                    }
                     let mut bits = !mine[w] & !taken[w] & any[w] & valid;
                     while bits != 0 {
                         let bit = bits.trailing_zeros();
@@ -2512,6 +2581,11 @@ impl<P: Payload> Node<P> {
             }
         }
         self.scratch_held = held;
+        self.scratch_others = others;
+        if !wanted {
+            // Nothing to ask for: no picks follow, so the mark still holds after the pass.
+            self.quiet = Some(mark);
+        }
         let mut picks = std::mem::take(&mut self.scratch_picks);
         picks.clear();
         let skipped = scheduler::plan(
@@ -2557,6 +2631,20 @@ impl<P: Payload> Node<P> {
         self.scratch_suppliers = suppliers;
         self.scratch_links = link_of;
         self.scratch_picks = picks;
+        false
+    }
+
+    /// Whether a partner's have of `seq` could give the scheduler something to ask for.
+    fn may_want(&self, seq: Seq) -> bool {
+        let from = match self.playout {
+            Playout::Idle => return true,
+            Playout::Starting { start, .. } => start,
+            Playout::Playing { next, .. } => next,
+        };
+        from.dist_to(seq) >= 0
+            && !self.store.has(seq)
+            && !self.requests.iter().any(|r| r.seq == seq)
+            && !self.is_incoming(seq)
     }
 
     // ----- substream push -----
@@ -2699,10 +2787,14 @@ impl<P: Payload> Node<P> {
     /// partner for it: one with room that is furthest ahead on it, faster on ties.
     fn maintain_parents(&mut self) {
         if self.cfg.role == Role::Source || !self.joined {
+            self.quiet = None;
             return;
         }
         let from = match self.playout {
-            Playout::Idle => return,
+            Playout::Idle => {
+                self.quiet = None;
+                return;
+            }
             Playout::Starting { start, .. } => start,
             Playout::Playing { next, .. } => next,
         };
@@ -2719,8 +2811,10 @@ impl<P: Payload> Node<P> {
             .iter()
             .any(|l| l.partner.as_ref().is_some_and(|p| p.spare > 0));
         if missing == 0 || !any_room {
+            // Nothing to ask: `quiet` stands as the scheduling pass left it.
             return;
         }
+        self.quiet = None;
         let now = self.now;
         // Each partner's spare room, less what this pass asks of it.
         let mut room: Vec<u32> = self
@@ -2824,6 +2918,7 @@ impl<P: Payload> Node<P> {
                 }
                 self.send(x, Control::Unsubscribe { mask: bit });
                 self.schedule_due = true;
+                self.quiet = None;
             }
         }
     }
@@ -2888,6 +2983,7 @@ impl<P: Payload> Node<P> {
                     }
                 }
                 self.schedule_due = true;
+                self.quiet = None;
             } else {
                 k += 1;
             }
@@ -2926,6 +3022,7 @@ impl<P: Payload> Node<P> {
         self.maintain_partners();
         self.check_parents();
         self.schedule_due = true;
+        self.quiet = None;
     }
 
     /// See `STARVED_AFTER`. Not while linked to the source (its input may just have paused),
