@@ -14,15 +14,22 @@ pub enum Timer {
     Playout = 1,
     /// The upload budget has refilled enough to start the next queued upload.
     UploadResume = 2,
+    /// A scheduling pass held back by `Config::schedule_interval` may run.
+    Schedule = 3,
 }
 
 impl Timer {
-    pub const ALL: [Timer; 3] = [Timer::Tick, Timer::Playout, Timer::UploadResume];
+    pub const ALL: [Timer; 4] = [
+        Timer::Tick,
+        Timer::Playout,
+        Timer::UploadResume,
+        Timer::Schedule,
+    ];
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct TimerTable {
-    at: [Option<Instant>; 3],
+    at: [Option<Instant>; 4],
 }
 
 impl TimerTable {
