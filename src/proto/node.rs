@@ -3047,8 +3047,10 @@ impl<P: Payload> Node<P> {
         self.rebootstrap_if_starved();
         self.maintain_partners();
         self.check_parents();
+        // Time alone (a busy partner's back-off ending, deadlines coming closer) changes
+        // which supplier gets what, never whether anything could be wanted: a quiet pass
+        // stays quiet (what the tick itself changed that matters has cleared `quiet`).
         self.schedule_due = true;
-        self.quiet = None;
     }
 
     /// See `STARVED_AFTER`. Not while linked to the source (its input may just have paused),
