@@ -39,11 +39,6 @@ pub struct Config {
     pub member_ttl: Duration,
     /// Housekeeping period.
     pub tick: Duration,
-    /// Scheduling passes at most this often (zero: after every input that may change the
-    /// plan, the default). A pass asked for sooner waits for a timer; the haves that come in
-    /// meanwhile are planned for together. Trades a little reaction time for much less work
-    /// in a large simulation; see `Node::finish`.
-    pub schedule_interval: Duration,
     /// A link silent this long is dead.
     pub heartbeat_timeout: Duration,
     /// Send a keep-alive after this much silence of our own.
@@ -210,7 +205,6 @@ impl Config {
             gossip_entries: 8,
             member_ttl: Duration::from_secs(60),
             tick: Duration::from_millis(500),
-            schedule_interval: Duration::ZERO,
             heartbeat_timeout: Duration::from_secs(6),
             keepalive_interval: Duration::from_millis(2500),
             handshake_timeout: Duration::from_secs(5),
@@ -290,7 +284,6 @@ impl Config {
         "max_learned_per_peer",
         "max_request_rate",
         "liar_timeouts",
-        "schedule_interval_ms",
     ];
 
     /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
@@ -356,7 +349,6 @@ impl Config {
             "max_learned_per_peer" => self.max_learned_per_peer = num(key, value)?,
             "max_request_rate" => self.max_request_rate = num(key, value)?,
             "liar_timeouts" => self.liar_timeouts = num(key, value)?,
-            "schedule_interval_ms" => self.schedule_interval = ms(value)?,
             _ => {
                 return Err(SettingError(format!(
                     "unknown setting '{key}' (known: {})",
@@ -397,15 +389,6 @@ mod tests {
                 !matches!(c.clone().set(k, "1"), Err(SettingError(m)) if m.starts_with("unknown"))
             );
         }
-    }
-
-    #[test]
-    fn schedule_interval_is_off_by_default_and_settable() {
-        let mut c = Config::new(ChannelId([0; 32]), Role::Peer, 96_000);
-        assert_eq!(c.schedule_interval, Duration::ZERO);
-        c.set("schedule_interval_ms", "100").unwrap();
-        assert_eq!(c.schedule_interval, Duration::from_millis(100));
-        assert!(c.set("schedule_interval_ms", "-1").is_err());
     }
 
     #[test]

@@ -399,8 +399,6 @@ pub struct Node<P> {
     /// segment already asked for, and a pass reads every partner. Everything else that sets
     /// `schedule_due` clears it.
     quiet: Option<QuietMark>,
-    /// When the last scheduling pass ran (see `Config::schedule_interval`).
-    last_schedule: Option<Instant>,
     last_segment_bytes: u64,
     timers: TimerTable,
     out: VecDeque<Output<P>>,
@@ -472,7 +470,6 @@ impl<P: Payload> Node<P> {
             left: false,
             schedule_due: false,
             quiet: None,
-            last_schedule: None,
             timers,
             out: VecDeque::new(),
             stats: NodeStats::default(),
@@ -716,31 +713,15 @@ impl<P: Payload> Node<P> {
             self.timers.set(Timer::Tick, self.now + self.cfg.tick);
             self.on_tick();
         }
-        // A held-back pass: `schedule_due` is still set, `finish` runs it.
-        let _ = self.timers.take_expired(Timer::Schedule, self.now);
         self.finish();
     }
 
     /// Work deferred to the end of every call: one scheduling pass however many haves came.
     fn finish(&mut self) {
         if self.schedule_due && !self.left {
-            let interval = self.cfg.schedule_interval;
-            let held_until = self
-                .last_schedule
-                .filter(|_| interval > Duration::ZERO)
-                .map(|t| t + interval)
-                .filter(|&t| t > self.now);
-            if let Some(at) = held_until {
-                if self.timers.get(Timer::Schedule).is_none() {
-                    self.timers.set(Timer::Schedule, at);
-                }
-            } else {
-                self.schedule_due = false;
-                self.timers.stop(Timer::Schedule);
-                if !self.schedule() {
-                    self.last_schedule = Some(self.now);
-                    self.maintain_parents();
-                }
+            self.schedule_due = false;
+            if !self.schedule() {
+                self.maintain_parents();
             }
         }
         if !self.left {

@@ -14,22 +14,15 @@ pub enum Timer {
     Playout = 1,
     /// The upload budget has refilled enough to start the next queued upload.
     UploadResume = 2,
-    /// A scheduling pass held back by `Config::schedule_interval` may run.
-    Schedule = 3,
 }
 
 impl Timer {
-    pub const ALL: [Timer; 4] = [
-        Timer::Tick,
-        Timer::Playout,
-        Timer::UploadResume,
-        Timer::Schedule,
-    ];
+    pub const ALL: [Timer; 3] = [Timer::Tick, Timer::Playout, Timer::UploadResume];
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct TimerTable {
-    at: [Option<Instant>; 4],
+    at: [Option<Instant>; 3],
 }
 
 impl TimerTable {
