@@ -8,6 +8,7 @@ pub mod config;
 pub mod membership;
 pub mod node;
 pub mod partners;
+pub mod prefetch;
 pub mod rng;
 pub mod scheduler;
 pub mod seq;

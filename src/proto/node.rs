@@ -218,20 +218,32 @@ struct PeerInfo {
     upload_bytes_per_s: u64,
 }
 
+/// Laid out in order (`repr(C)`): what every input and tick reads first, then the partner
+/// (whose scheduling fields lead), then the rest.
 #[derive(Debug)]
+#[repr(C)]
 struct Link {
     id: LinkId,
-    remote: PeerAddr,
-    purpose: Purpose,
-    opened: Instant,
+    one_way: Duration,
     last_recv: Instant,
     last_sent: Instant,
+    opened: Instant,
+    awaiting: u8,
+    purpose: Purpose,
     peer: Option<PeerInfo>,
     partner: Option<Partner>,
-    awaiting: u8,
-    one_way: Duration,
+    remote: PeerAddr,
     /// Membership records this link may still teach us this gossip interval.
     learned: Budget,
+}
+
+/// What a quiet scheduling pass had in hand (see `Node::quiet`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct QuietMark {
+    from: Seq,
+    links: usize,
+    requests: usize,
+    incoming: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -354,6 +366,9 @@ pub struct Node<P> {
     rng: Rng,
     now: Instant,
     links: Vec<Link>,
+    /// `links[i].id` at `i`: a link is looked up by id on every input, and a scan of these
+    /// reads a cache line or two where a scan of the links read one per link.
+    link_ids: Vec<LinkId>,
     pending_dials: Vec<PendingDial>,
     /// Addresses that refused to partner (or failed to answer) recently: see
     /// [`REFUSAL_BACKOFF`]. At most [`REFUSAL_MEMORY`] entries.
@@ -389,6 +404,13 @@ pub struct Node<P> {
     joined: bool,
     left: bool,
     schedule_due: bool,
+    /// The last scheduling pass found no segment it could want (we lack it, have not asked
+    /// for it, are not receiving it, and a partner holds it) and no substream it could ask a
+    /// parent for, with this much in hand; nothing has changed since but haves of segments
+    /// we cannot want. A pass now would do nothing, and is skipped: most haves are of a
+    /// segment already asked for, and a pass reads every partner. Everything else that sets
+    /// `schedule_due` clears it.
+    quiet: Option<QuietMark>,
     last_segment_bytes: u64,
     timers: TimerTable,
     out: VecDeque<Output<P>>,
@@ -406,6 +428,10 @@ pub struct Node<P> {
     scratch_suppliers: Vec<Supplier>,
     scratch_links: Vec<usize>,
     scratch_picks: Vec<Pick>,
+    /// Per supplier, what it holds of the window being scheduled (`BufferMap::bits_from`).
+    scratch_held: Vec<[u64; 4]>,
+    /// Partners that are not suppliers in the pass being planned.
+    scratch_others: Vec<usize>,
     bans: Bans,
     /// The last pause: when, and how long.
     last_stall: Option<(Instant, Duration)>,
@@ -434,6 +460,7 @@ impl<P: Payload> Node<P> {
             rng,
             now,
             links: Vec::new(),
+            link_ids: Vec::new(),
             pending_dials: Vec::new(),
             refusals: Vec::new(),
             store,
@@ -456,6 +483,7 @@ impl<P: Payload> Node<P> {
             joined: cfg.role == Role::Source,
             left: false,
             schedule_due: false,
+            quiet: None,
             timers,
             out: VecDeque::new(),
             stats: NodeStats::default(),
@@ -468,6 +496,8 @@ impl<P: Payload> Node<P> {
             scratch_suppliers: Vec::new(),
             scratch_links: Vec::new(),
             scratch_picks: Vec::new(),
+            scratch_held: Vec::new(),
+            scratch_others: Vec::new(),
             bans: Bans::default(),
             last_stall: None,
             cfg,
@@ -476,6 +506,19 @@ impl<P: Payload> Node<P> {
 
     pub fn id(&self) -> PeerId {
         self.id
+    }
+
+    /// Prefetch hint: loads the tables handling an input usually reads first (the node
+    /// itself should be in cache already).
+    pub fn prefetch_tables(&self) {
+        use super::prefetch::slice;
+        slice(&self.link_ids, 16);
+        // The part of each link a pass reads (see `Link`): up to the partner's play report.
+        let hot = core::mem::offset_of!(Link, partner) + 120;
+        for l in self.links.iter().take(16) {
+            super::prefetch::lines(l as *const Link, hot);
+        }
+        slice(&self.requests, 16);
     }
 
     pub fn config(&self) -> &Config {
@@ -692,8 +735,9 @@ impl<P: Payload> Node<P> {
     fn finish(&mut self) {
         if self.schedule_due && !self.left {
             self.schedule_due = false;
-            self.schedule();
-            self.maintain_parents();
+            if !self.schedule() {
+                self.maintain_parents();
+            }
         }
         if !self.left {
             self.maybe_offer();
@@ -703,7 +747,14 @@ impl<P: Payload> Node<P> {
     // ----- links -----
 
     fn link_index(&self, link: LinkId) -> Option<usize> {
-        self.links.iter().position(|l| l.id == link)
+        debug_assert_eq!(self.link_ids.len(), self.links.len());
+        self.link_ids.iter().position(|&l| l == link)
+    }
+
+    /// Adds a link (every link goes in here, so that `link_ids` follows `links`).
+    fn push_link(&mut self, l: Link) {
+        self.link_ids.push(l.id);
+        self.links.push(l);
     }
 
     fn partner_count(&self) -> usize {
@@ -796,7 +847,7 @@ impl<P: Payload> Node<P> {
         } else {
             DEFAULT_ONE_WAY
         };
-        self.links.push(Link {
+        self.push_link(Link {
             id: link,
             remote,
             purpose,
@@ -874,6 +925,9 @@ impl<P: Payload> Node<P> {
     /// Forgets link `i` and everything tied to it.
     fn remove_link(&mut self, i: usize) {
         let l = self.links.swap_remove(i);
+        self.link_ids.swap_remove(i);
+        // What it was sending us is no longer arriving: it may be wanted again.
+        self.quiet = None;
         let id = l.id;
         let had_requests = self.requests.iter().any(|r| r.link == id);
         self.requests.retain(|r| r.link != id);
@@ -900,6 +954,7 @@ impl<P: Payload> Node<P> {
         }
         if had_requests || l.partner.is_some() {
             self.schedule_due = true;
+            self.quiet = None;
         }
     }
 
@@ -1052,6 +1107,7 @@ impl<P: Payload> Node<P> {
                     p.playing = playing.map(|s| (s, now));
                     p.note_backlog(now, backlog_ms);
                     self.schedule_due = true;
+                    self.quiet = None;
                 }
             }
             Control::Have {
@@ -1065,6 +1121,9 @@ impl<P: Payload> Node<P> {
                     p.spare = spare;
                     p.note_backlog(now, backlog_ms);
                     self.schedule_due = true;
+                    if spare > 0 || self.may_want(seq) {
+                        self.quiet = None;
+                    }
                 }
             }
             Control::Request { seq, deadline_ms } => self.on_request(i, seq, deadline_ms),
@@ -1081,6 +1140,7 @@ impl<P: Payload> Node<P> {
                     p.map.set(seq);
                 }
                 self.schedule_due = true;
+                self.quiet = None;
             }
             Control::Busy { seq, backlog_ms } => {
                 let link = self.links[i].id;
@@ -1104,6 +1164,7 @@ impl<P: Payload> Node<P> {
                         }
                     }
                     self.schedule_due = true;
+                    self.quiet = None;
                 }
             }
             Control::Subscribe { mask, from } => self.on_subscribe(i, mask, from),
@@ -1119,6 +1180,7 @@ impl<P: Payload> Node<P> {
                         p.no_parent_until = now + Duration::from_micros(backoff.as_micros() / 4);
                     }
                     self.schedule_due = true;
+                    self.quiet = None;
                 }
             }
             Control::Unsubscribe { mask } => {
@@ -1343,6 +1405,7 @@ impl<P: Payload> Node<P> {
         let bm = self.buffer_map_message();
         self.send(i, bm);
         self.schedule_due = true;
+        self.quiet = None;
     }
 
     // ----- supplying -----
@@ -1918,6 +1981,7 @@ impl<P: Payload> Node<P> {
             Inserted::Duplicate | Inserted::TooOld => self.stats.duplicates += 1,
         }
         self.schedule_due = true;
+        self.quiet = None;
     }
 
     // ----- playout -----
@@ -2077,6 +2141,7 @@ impl<P: Payload> Node<P> {
                     self.resume_after = Some(next.next());
                     self.playout = Playout::Idle;
                     self.schedule_due = true;
+                    self.quiet = None;
                     return;
                 }
                 // Or it is not cut yet: we play at the live edge (its estimated ingest is less
@@ -2137,6 +2202,7 @@ impl<P: Payload> Node<P> {
         };
         self.drain_playout();
         self.schedule_due = true;
+        self.quiet = None;
     }
 
     /// Where `seq` is, its deadline just passed: asked for, held by partners, or nowhere.
@@ -2396,23 +2462,38 @@ impl<P: Payload> Node<P> {
 
     // ----- scheduling -----
 
-    fn schedule(&mut self) {
+    /// One scheduling pass; true when it was skipped as quiet (see `Node::quiet`).
+    fn schedule(&mut self) -> bool {
         if self.cfg.role == Role::Source || !self.joined {
-            return;
+            self.quiet = None;
+            return false;
         }
         if matches!(self.playout, Playout::Idle) {
             self.choose_start();
         }
         let from = match self.playout {
-            Playout::Idle => return,
+            Playout::Idle => {
+                self.quiet = None;
+                return false;
+            }
             Playout::Starting { start, .. } => start,
             Playout::Playing { next, .. } => next,
         };
         let budget = self.cfg.max_requests.saturating_sub(self.requests.len());
         if budget == 0 {
             self.stats.sched_budget_spent += 1;
-            return;
+            return false;
         }
+        let mark = QuietMark {
+            from,
+            links: self.links.len(),
+            requests: self.requests.len(),
+            incoming: self.incoming.len(),
+        };
+        if self.quiet == Some(mark) {
+            return true;
+        }
+        self.quiet = None;
         let now = self.now;
         let seg_bytes = self.last_segment_bytes.max(1);
         // Suppliers: partners with free request slots that have not just said busy.
@@ -2420,17 +2501,23 @@ impl<P: Payload> Node<P> {
         let mut link_of = std::mem::take(&mut self.scratch_links);
         suppliers.clear();
         link_of.clear();
+        let mut others = std::mem::take(&mut self.scratch_others);
+        others.clear();
         let mut newest: Option<Seq> = None;
+        let mut parents_active = false;
         for (j, l) in self.links.iter().enumerate() {
             let Some(p) = &l.partner else { continue };
+            parents_active |= p.parent_of != 0;
             if let Some(n) = p.map.newest() {
                 newest = Some(newest.map_or(n, |m| m.max(n)));
             }
             if p.avoid_until > now || suppliers.len() == 64 {
+                others.push(j);
                 continue;
             }
             let slots = self.cfg.max_requests_per_partner.saturating_sub(p.inflight);
             if slots == 0 {
+                others.push(j);
                 continue;
             }
             suppliers.push(Supplier {
@@ -2442,76 +2529,101 @@ impl<P: Payload> Node<P> {
             link_of.push(j);
         }
         let mut wants = std::mem::take(&mut self.scratch_wants);
+        let mut held = std::mem::take(&mut self.scratch_held);
         wants.clear();
+        // Whether any segment could be wanted, from any partner (see `quiet`).
+        let mut wanted = true;
         if let (Some(newest), false) = (newest, suppliers.is_empty()) {
+            wanted = false;
             let span = from.dist_to(newest).clamp(-1, self.cfg.window as i32 - 1);
-            let parents_active = self
-                .links
-                .iter()
-                .any(|l| l.partner.as_ref().is_some_and(|p| p.parent_of != 0));
-            // Only segments we lack and some supplier holds are looked at: a window of bits
-            // at a time (held by any supplier, not by us), in order.
-            let mut seqs = Vec::new();
+            // Only segments we lack, have not asked for, are not receiving, and some supplier
+            // holds are looked at: a window of bits at a time, in order.
             let mut k0 = 0i32;
             while k0 <= span {
                 let at = from.add(k0 as u32);
-                let mut cand = self.store.map().bits_from(at);
+                let mine = self.store.map().bits_from(at);
+                let mut taken = [0u64; 4];
+                let mut mark = |seq: Seq| {
+                    let d = at.dist_to(seq);
+                    if (0..256).contains(&d) {
+                        taken[d as usize / 64] |= 1 << (d % 64);
+                    }
+                };
+                for r in &self.requests {
+                    mark(r.seq);
+                }
+                for (_, sg) in &self.incoming {
+                    mark(sg.seq);
+                }
+                // What each supplier holds from `at` on (bit b of a want's holders: supplier b).
+                held.clear();
                 let mut any = [0u64; 4];
                 for &j in &link_of {
                     if let Some(p) = &self.links[j].partner {
-                        for (a, b) in any.iter_mut().zip(p.map.bits_from(at)) {
+                        let bits = p.map.bits_from(at);
+                        for (a, b) in any.iter_mut().zip(bits) {
+                            *a |= b;
+                        }
+                        held.push(bits);
+                    } else {
+                        held.push([0; 4]);
+                    }
+                }
+                // Partners that are not suppliers now (busy, or no request slot free).
+                let mut any_other = [0u64; 4];
+                for &j in &others {
+                    if let Some(p) = &self.links[j].partner {
+                        for (a, b) in any_other.iter_mut().zip(p.map.bits_from(at)) {
                             *a |= b;
                         }
                     }
                 }
                 let n = (span - k0 + 1).min(256) as u32;
-                for (w, c) in cand.iter_mut().enumerate() {
+                for w in 0..4 {
                     let lo = w as u32 * 64;
                     let valid = match n.saturating_sub(lo) {
                         0 => 0,
                         m if m >= 64 => u64::MAX,
                         m => (1u64 << m) - 1,
                     };
-                    *c = !*c & any[w] & valid;
-                    let mut bits = *c;
+                    if !mine[w] & !taken[w] & (any[w] | any_other[w]) & valid != 0 {
+                        wanted = true;
+                    }
+                    let mut bits = !mine[w] & !taken[w] & any[w] & valid;
                     while bits != 0 {
-                        seqs.push(at.add(lo + bits.trailing_zeros()));
+                        let bit = bits.trailing_zeros();
                         bits &= bits - 1;
+                        let seq = at.add(lo + bit);
+                        let mut holders = 0u64;
+                        for (b, h) in held.iter().enumerate() {
+                            holders |= ((h[w] >> bit) & 1) << b;
+                        }
+                        if holders == 0 {
+                            continue;
+                        }
+                        let deadline = self.deadline_of(seq);
+                        // A parent pushes this one: pull it only if the deadline is close.
+                        if parents_active
+                            && deadline > now + self.cfg.pull_lead
+                            && self.parent_of(seq).is_some()
+                        {
+                            continue;
+                        }
+                        wants.push(Want {
+                            seq,
+                            deadline,
+                            holders,
+                        });
                     }
                 }
                 k0 += 256;
             }
-            for seq in seqs {
-                if self.requests.iter().any(|r| r.seq == seq) || self.is_incoming(seq) {
-                    continue;
-                }
-                let mut holders = 0u64;
-                for (b, &j) in link_of.iter().enumerate() {
-                    if self.links[j]
-                        .partner
-                        .as_ref()
-                        .is_some_and(|p| p.map.has(seq))
-                    {
-                        holders |= 1 << b;
-                    }
-                }
-                if holders == 0 {
-                    continue;
-                }
-                let deadline = self.deadline_of(seq);
-                // A parent pushes this one: pull it only if the deadline is close.
-                if parents_active
-                    && deadline > now + self.cfg.pull_lead
-                    && self.parent_of(seq).is_some()
-                {
-                    continue;
-                }
-                wants.push(Want {
-                    seq,
-                    deadline,
-                    holders,
-                });
-            }
+        }
+        self.scratch_held = held;
+        self.scratch_others = others;
+        if !wanted {
+            // Nothing to ask for: no picks follow, so the mark still holds after the pass.
+            self.quiet = Some(mark);
         }
         let mut picks = std::mem::take(&mut self.scratch_picks);
         picks.clear();
@@ -2558,6 +2670,20 @@ impl<P: Payload> Node<P> {
         self.scratch_suppliers = suppliers;
         self.scratch_links = link_of;
         self.scratch_picks = picks;
+        false
+    }
+
+    /// Whether a partner's have of `seq` could give the scheduler something to ask for.
+    fn may_want(&self, seq: Seq) -> bool {
+        let from = match self.playout {
+            Playout::Idle => return true,
+            Playout::Starting { start, .. } => start,
+            Playout::Playing { next, .. } => next,
+        };
+        from.dist_to(seq) >= 0
+            && !self.store.has(seq)
+            && !self.requests.iter().any(|r| r.seq == seq)
+            && !self.is_incoming(seq)
     }
 
     // ----- substream push -----
@@ -2700,10 +2826,14 @@ impl<P: Payload> Node<P> {
     /// partner for it: one with room that is furthest ahead on it, faster on ties.
     fn maintain_parents(&mut self) {
         if self.cfg.role == Role::Source || !self.joined {
+            self.quiet = None;
             return;
         }
         let from = match self.playout {
-            Playout::Idle => return,
+            Playout::Idle => {
+                self.quiet = None;
+                return;
+            }
             Playout::Starting { start, .. } => start,
             Playout::Playing { next, .. } => next,
         };
@@ -2720,8 +2850,10 @@ impl<P: Payload> Node<P> {
             .iter()
             .any(|l| l.partner.as_ref().is_some_and(|p| p.spare > 0));
         if missing == 0 || !any_room {
+            // Nothing to ask: `quiet` stands as the scheduling pass left it.
             return;
         }
+        self.quiet = None;
         let now = self.now;
         // Each partner's spare room, less what this pass asks of it.
         let mut room: Vec<u32> = self
@@ -2825,6 +2957,7 @@ impl<P: Payload> Node<P> {
                 }
                 self.send(x, Control::Unsubscribe { mask: bit });
                 self.schedule_due = true;
+                self.quiet = None;
             }
         }
     }
@@ -2889,6 +3022,7 @@ impl<P: Payload> Node<P> {
                     }
                 }
                 self.schedule_due = true;
+                self.quiet = None;
             } else {
                 k += 1;
             }
@@ -2926,6 +3060,9 @@ impl<P: Payload> Node<P> {
         self.rebootstrap_if_starved();
         self.maintain_partners();
         self.check_parents();
+        // Time alone (a busy partner's back-off ending, deadlines coming closer) changes
+        // which supplier gets what, never whether anything could be wanted: a quiet pass
+        // stays quiet (what the tick itself changed that matters has cleared `quiet`).
         self.schedule_due = true;
     }
 
@@ -3386,7 +3523,7 @@ mod tests {
         for k in 0..=7 {
             partner.map.set(Seq(k));
         }
-        node.links.push(partner_link(now, None, partner));
+        node.push_link(partner_link(now, None, partner));
         node.partners_front = Some((
             Seq(7),
             Instant::ZERO + (Duration::from_secs(100) - front_age),
@@ -3549,7 +3686,7 @@ mod tests {
             listen: PeerAddr::V4([10, 0, 0, 1], 7000),
             upload_bytes_per_s: STREAM,
         };
-        node.links.push(partner_link(now, Some(peer), partner));
+        node.push_link(partner_link(now, Some(peer), partner));
         let seg = Segment {
             seq: Seq(60),
             origin_us: 99_500_000,

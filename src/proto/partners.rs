@@ -8,16 +8,22 @@ use super::buffer_map::BufferMap;
 use super::seq::Seq;
 use super::time::{Duration, Instant};
 
+/// Laid out in order (`repr(C)`), what a scheduling pass reads first: a pass reads these
+/// fields of every partner, and this way they share two cache lines.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct Partner {
-    pub since: Instant,
     /// What the partner holds, from its buffer map and haves.
     pub map: BufferMap,
+    /// The partner said busy: leave it alone until then.
+    pub avoid_until: Instant,
+    /// Our requests at this partner not yet answered.
+    pub inflight: usize,
+    /// Upload rate the partner announced, bytes/s.
+    pub upload_bytes_per_s: u64,
     /// The partner's upload backlog as it last advertised it, and when.
     pub backlog: Duration,
     pub backlog_at: Instant,
-    /// The segment the partner played next when it last told us, and when that was.
-    pub playing: Option<(Seq, Instant)>,
     /// Substreams (bit j) this partner pushes to us, we asked it to push (no answer yet),
     /// and it asked us to push.
     pub parent_of: u32,
@@ -25,16 +31,13 @@ pub struct Partner {
     pub child_of: u32,
     /// Substream subscriptions it said it can still take.
     pub spare: u8,
+    /// The segment the partner played next when it last told us, and when that was.
+    pub playing: Option<(Seq, Instant)>,
+    pub since: Instant,
     /// Do not ask it to be a parent again before then (it refused or fell behind).
     pub no_parent_until: Instant,
     /// The last segments we sent it (so a push and a request do not send one twice).
     pub recent_sent: [Seq; 4],
-    /// Our requests at this partner not yet answered.
-    pub inflight: usize,
-    /// The partner said busy: leave it alone until then.
-    pub avoid_until: Instant,
-    /// Upload rate the partner announced, bytes/s.
-    pub upload_bytes_per_s: u64,
     /// Segments sent to / received from it since the last refinement.
     pub sent: u32,
     pub received: u32,

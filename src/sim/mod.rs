@@ -36,6 +36,8 @@ use std::collections::HashMap;
 /// A peer counts in the continuity figures once this many of its deadlines have passed
 /// (a churned peer seen for two segments says little about the swarm).
 pub const MIN_DEADLINES: u64 = 10;
+/// How many events ahead the loop asks for the memory an event will touch.
+const PREFETCH_AHEAD: usize = 8;
 /// Port every simulated node listens on.
 const SIM_PORT: u16 = 7000;
 /// Bytes of a segment a forwarder sends after it has the whole segment: the last chunk
@@ -156,6 +158,17 @@ enum Ev {
 }
 
 impl Ev {
+    /// The simulated link the event travels on, if any.
+    fn link(&self) -> Option<LinkId> {
+        match self {
+            Ev::Deliver { link, .. }
+            | Ev::LinkUp { link, .. }
+            | Ev::LinkDown { link, .. }
+            | Ev::HeadArrive { link, .. } => Some(*link),
+            _ => None,
+        }
+    }
+
     fn tag(&self) -> (u64, u32) {
         match self {
             Ev::Deliver { to, .. } => (1, *to),
@@ -210,6 +223,9 @@ struct SimLink {
     /// Latest delivery scheduled in each direction (a to b, b to a): TCP delivers in order.
     last_to_b: Instant,
     last_to_a: Instant,
+    /// One-way delay between the ends (as `Place::one_way` gives it, either way round), kept
+    /// here so that a send reads the link it uses and not the other end's place.
+    one_way: Duration,
 }
 
 impl SimLink {
@@ -532,6 +548,7 @@ impl Sim {
             _ => return false,
         }
         let (at, ev) = self.queue.pop().expect("peeked");
+        self.prefetch_ahead();
         debug_assert!(at >= self.now, "time went backwards");
         self.now = at;
         self.events += 1;
@@ -551,6 +568,36 @@ impl Sim {
         );
         self.step(ev);
         true
+    }
+
+    /// Loads into cache what the events a few places ahead will touch (their node, where it
+    /// is, their link), in two steps: a node's tables can be found once the node is in cache.
+    /// Only a hint: what runs is the same with or without it.
+    fn prefetch_ahead(&self) {
+        use crate::proto::prefetch::lines;
+        if let Some(ev) = self.queue.peek_ahead(PREFETCH_AHEAD) {
+            let (_, ix) = ev.tag();
+            if let Some(s) = self.slots.get(ix as usize) {
+                lines(s as *const Slot, std::mem::size_of::<Slot>());
+            }
+            if let Some(h) = self.hot.get(ix as usize) {
+                lines(h as *const Hot, std::mem::size_of::<Hot>());
+            }
+            if let Some(link) = ev.link() {
+                if let Some(e) = self.links.by_id.get(link.0 as usize) {
+                    lines(
+                        e as *const Option<SimLink>,
+                        std::mem::size_of::<Option<SimLink>>(),
+                    );
+                }
+            }
+        }
+        if let Some(ev) = self.queue.peek_ahead(PREFETCH_AHEAD / 2) {
+            let (_, ix) = ev.tag();
+            if let Some(n) = self.slots.get(ix as usize).and_then(|s| s.node.as_ref()) {
+                n.prefetch_tables();
+            }
+        }
     }
 
     /// Runs to the end and summarises.
@@ -750,7 +797,7 @@ impl Sim {
                             continue;
                         }
                     }
-                    let delay = self.path_delay(node, f.to, wire_len(&f.msg) as u64);
+                    let delay = self.path_delay(f.link, node, f.to, wire_len(&f.msg) as u64);
                     let at = self
                         .links
                         .get_mut(&f.link.0)
@@ -832,8 +879,17 @@ impl Sim {
         s.armed = None;
     }
 
-    fn path_delay(&mut self, from: u32, to: u32, bytes: u64) -> Duration {
-        let one_way = self.one_way(from, to);
+    /// The one-way delay from `from` to `to` over `link` (read from the link while it is
+    /// in the table).
+    fn link_one_way(&self, link: LinkId, from: u32, to: u32) -> Duration {
+        match self.links.get(&link.0) {
+            Some(l) => l.one_way,
+            None => self.one_way(from, to),
+        }
+    }
+
+    fn path_delay(&mut self, link: LinkId, from: u32, to: u32, bytes: u64) -> Duration {
+        let one_way = self.link_one_way(link, from, to);
         one_way + loss_delay(&mut self.rng, self.cfg.loss, bytes, one_way.mul(2))
     }
 
@@ -929,7 +985,7 @@ impl Sim {
                             self.payload_bytes += payload;
                             self.control_bytes += bytes - payload;
                             // The head arrives a latency after the first bytes leave.
-                            let head_at = self.now + self.one_way(ix, to);
+                            let head_at = self.now + self.link_one_way(link, ix, to);
                             let head_at = self
                                 .links
                                 .get_mut(&link.0)
@@ -964,7 +1020,7 @@ impl Sim {
                             }
                             self.control_bytes += bytes;
                             let ser = Duration::for_bytes(bytes, self.slots[ix as usize].up);
-                            let delay = self.path_delay(ix, to, bytes) + ser;
+                            let delay = self.path_delay(link, ix, to, bytes) + ser;
                             let at = self
                                 .links
                                 .get_mut(&link.0)
@@ -1000,7 +1056,7 @@ impl Sim {
                     if !other_open || !other_alive {
                         self.links.remove(&link.0);
                     } else {
-                        let d = self.one_way(ix, other) + Duration::from_micros(1);
+                        let d = self.link_one_way(link, ix, other) + Duration::from_micros(1);
                         let now = self.now;
                         let at = self
                             .links
@@ -1072,7 +1128,8 @@ impl Sim {
             self.push(self.now, Ev::DialFailed { to: from, remote });
             return;
         };
-        let rtt = self.one_way(from, to).mul(2);
+        let rtt_one_way = self.one_way(from, to);
+        let rtt = rtt_one_way.mul(2);
         match self.hot[to as usize].life {
             Life::Alive => {
                 let link = LinkId(self.next_link);
@@ -1086,6 +1143,7 @@ impl Sim {
                         b_open: true,
                         last_to_b: Instant::ZERO,
                         last_to_a: Instant::ZERO,
+                        one_way: rtt_one_way,
                     },
                 );
                 // The acceptor learns of the connection just before the dialer's first bytes

@@ -13,8 +13,9 @@ use std::collections::BinaryHeap;
 
 /// Bucket width in µs.
 const RES_US: u64 = 1_000;
-/// Buckets on the wheel (a power of two): 8.192 s ahead.
-const BUCKETS: usize = 8_192;
+/// Buckets on the wheel (a power of two): 2.048 s ahead, which holds nearly every event
+/// (deliveries, timers, transfers); a smaller wheel keeps the buckets being filled in cache.
+const BUCKETS: usize = 2_048;
 const WORDS: usize = BUCKETS / 64;
 
 type Key = (Instant, u64);
@@ -175,6 +176,13 @@ impl<E> EventQueue<E> {
         let e = self.current.pop()?;
         self.len -= 1;
         Some((e.key.0, e.ev))
+    }
+
+    /// The event `k` places after the next one, if it is already in the bucket being drained
+    /// (a hint for what will be touched soon; events pushed meanwhile may come first).
+    pub fn peek_ahead(&self, k: usize) -> Option<&E> {
+        let i = self.current.len().checked_sub(k + 1)?;
+        Some(&self.current[i].ev)
     }
 
     pub fn len(&self) -> usize {
