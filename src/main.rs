@@ -585,8 +585,10 @@ fn cmd_ctl(args: &[String]) -> Result<ExitCode, UsageError> {
 /// (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, glibc 2.35 on; ignored elsewhere), so `sim` runs
 /// itself again once with that set (10-20 per cent less CPU at 10,000 peers). Only the memory
 /// layout changes, never what is simulated. Setting `COOLSTREAM_SIM_SMALL_PAGES` turns it off.
+/// Only on x86_64, where simulations of that size run: an ARM binary run by qemu-user (as the
+/// cross tests do) would be run again without qemu's sysroot, and fail to start.
 fn sim_on_huge_pages() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
     {
         use std::os::unix::process::CommandExt;
         const TUNABLE: &str = "glibc.malloc.hugetlb";
