@@ -719,14 +719,7 @@ impl Sim {
             }
             Ev::DialFailed { to, remote } => {
                 if self.debug_misses && self.alive(to) {
-                    let s = &self.slots[to as usize];
-                    let first = s.node.as_ref().and_then(|n| n.stats().first_play_at);
-                    eprintln!(
-                        "dialfail {:.1} node {to} age {:.1} playing {}",
-                        self.now.as_secs_f64(),
-                        self.now.saturating_since(s.joined_at).as_secs_f64(),
-                        first.is_some()
-                    );
+                    eprintln!("dialfail {}", self.debug_who(to));
                 }
                 if self.alive(to) {
                     self.input(to, Input::DialFailed { remote });
@@ -1031,15 +1024,7 @@ impl Sim {
                 }
                 Output::Dial { remote } => {
                     if self.debug_misses && index_of(remote) == Some(0) {
-                        let n = self.slots[ix as usize].node.as_ref().map(|n| n.stats());
-                        eprintln!(
-                            "dialsrc {:.1} node {ix} partners {} age {:.1}",
-                            self.now.as_secs_f64(),
-                            n.map_or(0, |s| s.partners),
-                            self.now
-                                .saturating_since(self.slots[ix as usize].joined_at)
-                                .as_secs_f64()
-                        );
+                        eprintln!("dialsrc {}", self.debug_who(ix));
                     }
                     self.dial(ix, remote)
                 }
@@ -1073,34 +1058,12 @@ impl Sim {
                 }
                 Output::Missed { .. } => {
                     if self.debug_misses {
-                        let s = &self.slots[ix as usize];
-                        let first = s
-                            .node
-                            .as_ref()
-                            .and_then(|n| n.stats().first_play_at)
-                            .map_or(-1.0, |t| self.now.saturating_since(t).as_secs_f64());
-                        eprintln!(
-                            "miss {:.1} node {ix} age {:.1} playing {first:.1} up {:.1}",
-                            self.now.as_secs_f64(),
-                            self.now.saturating_since(s.joined_at).as_secs_f64(),
-                            s.up_factor
-                        );
+                        eprintln!("miss {}", self.debug_who(ix));
                     }
                 }
                 Output::Late { seq, cause, .. } => {
                     if self.debug_misses {
-                        let s = &self.slots[ix as usize];
-                        let first = s
-                            .node
-                            .as_ref()
-                            .and_then(|n| n.stats().first_play_at)
-                            .map_or(-1.0, |t| self.now.saturating_since(t).as_secs_f64());
-                        eprintln!(
-                            "late {:.1} node {ix} seq {} playing {first:.1} up {:.1} {cause:?}",
-                            self.now.as_secs_f64(),
-                            seq.0,
-                            s.up_factor
-                        );
+                        eprintln!("late {} seq {} {cause:?}", self.debug_who(ix), seq.0);
                     }
                 }
             }
@@ -1343,6 +1306,24 @@ impl Sim {
             let k = (busy as usize) * 2 + useful as usize;
             self.idle_samples[k] += 1;
         }
+    }
+
+    /// A node as the `misses` trace names it: now, its index, how long it has been in the
+    /// swarm and playing (-1: not yet), its upload class and partner count.
+    fn debug_who(&self, ix: u32) -> String {
+        let s = &self.slots[ix as usize];
+        let stats = s.node.as_ref().map(|n| n.stats());
+        let playing = stats
+            .as_ref()
+            .and_then(|st| st.first_play_at)
+            .map_or(-1.0, |t| self.now.saturating_since(t).as_secs_f64());
+        format!(
+            "{:.1} node {ix} age {:.1} playing {playing:.1} up {:.1} partners {}",
+            self.now.as_secs_f64(),
+            self.now.saturating_since(s.joined_at).as_secs_f64(),
+            s.up_factor,
+            stats.map_or(0, |st| st.partners)
+        )
     }
 
     fn debug_stats(&self) {
