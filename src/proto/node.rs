@@ -953,8 +953,7 @@ impl<P: Payload> Node<P> {
             self.start_uploads();
         }
         if had_requests || l.partner.is_some() {
-            self.schedule_due = true;
-            self.quiet = None;
+            self.reschedule();
         }
     }
 
@@ -1106,8 +1105,7 @@ impl<P: Payload> Node<P> {
                     p.spare = spare;
                     p.playing = playing.map(|s| (s, now));
                     p.note_backlog(now, backlog_ms);
-                    self.schedule_due = true;
-                    self.quiet = None;
+                    self.reschedule();
                 }
             }
             Control::Have {
@@ -1139,8 +1137,7 @@ impl<P: Payload> Node<P> {
                     // It holds it or will soon: offer something else next time.
                     p.map.set(seq);
                 }
-                self.schedule_due = true;
-                self.quiet = None;
+                self.reschedule();
             }
             Control::Busy { seq, backlog_ms } => {
                 let link = self.links[i].id;
@@ -1163,8 +1160,7 @@ impl<P: Payload> Node<P> {
                             p.map.clear(seq);
                         }
                     }
-                    self.schedule_due = true;
-                    self.quiet = None;
+                    self.reschedule();
                 }
             }
             Control::Subscribe { mask, from } => self.on_subscribe(i, mask, from),
@@ -1179,8 +1175,7 @@ impl<P: Payload> Node<P> {
                         p.spare = 0;
                         p.no_parent_until = now + Duration::from_micros(backoff.as_micros() / 4);
                     }
-                    self.schedule_due = true;
-                    self.quiet = None;
+                    self.reschedule();
                 }
             }
             Control::Unsubscribe { mask } => {
@@ -1404,8 +1399,7 @@ impl<P: Payload> Node<P> {
         self.links[i].partner = Some(Partner::new(self.now, peer.upload_bytes_per_s));
         let bm = self.buffer_map_message();
         self.send(i, bm);
-        self.schedule_due = true;
-        self.quiet = None;
+        self.reschedule();
     }
 
     // ----- supplying -----
@@ -1980,8 +1974,7 @@ impl<P: Payload> Node<P> {
             }
             Inserted::Duplicate | Inserted::TooOld => self.stats.duplicates += 1,
         }
-        self.schedule_due = true;
-        self.quiet = None;
+        self.reschedule();
     }
 
     // ----- playout -----
@@ -2140,8 +2133,7 @@ impl<P: Payload> Node<P> {
                     });
                     self.resume_after = Some(next.next());
                     self.playout = Playout::Idle;
-                    self.schedule_due = true;
-                    self.quiet = None;
+                    self.reschedule();
                     return;
                 }
                 // Or it is not cut yet: we play at the live edge (its estimated ingest is less
@@ -2201,8 +2193,7 @@ impl<P: Payload> Node<P> {
             stalled,
         };
         self.drain_playout();
-        self.schedule_due = true;
-        self.quiet = None;
+        self.reschedule();
     }
 
     /// Where `seq` is, its deadline just passed: asked for, held by partners, or nowhere.
@@ -2461,6 +2452,13 @@ impl<P: Payload> Node<P> {
     }
 
     // ----- scheduling -----
+
+    /// Something a quiet scheduling pass did not see has changed (a link, a request, the
+    /// playout): the next pass runs in full.
+    fn reschedule(&mut self) {
+        self.schedule_due = true;
+        self.quiet = None;
+    }
 
     /// One scheduling pass; true when it was skipped as quiet (see `Node::quiet`).
     fn schedule(&mut self) -> bool {
@@ -2956,8 +2954,7 @@ impl<P: Payload> Node<P> {
                     p.no_parent_until = now + wait;
                 }
                 self.send(x, Control::Unsubscribe { mask: bit });
-                self.schedule_due = true;
-                self.quiet = None;
+                self.reschedule();
             }
         }
     }
@@ -3021,8 +3018,7 @@ impl<P: Payload> Node<P> {
                         p.failed = p.failed.saturating_add(1);
                     }
                 }
-                self.schedule_due = true;
-                self.quiet = None;
+                self.reschedule();
             } else {
                 k += 1;
             }
