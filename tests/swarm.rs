@@ -313,7 +313,7 @@ fn sixteen_capped_peers_play_every_source_segment_and_a_restarted_peer_rejoins()
     assert_eq!(source.stop(), Some(0), "source exits 0 on SIGTERM");
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_tmpdir(&dir);
 }
 
 #[test]
@@ -380,5 +380,5 @@ fn a_swarm_forms_over_ipv6_and_peers_learn_each_other_by_gossip() {
         assert_eq!(p.stop(), Some(0), "peer {i} exits 0 on SIGTERM");
     }
     assert_eq!(source.stop(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_tmpdir(&dir);
 }

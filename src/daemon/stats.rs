@@ -72,7 +72,7 @@ pub struct Diagnostics {
     /// Seconds playback stood still in stalls.
     pub stall_s: f64,
     /// Busy answers we gave, by reason: not a partner, not held, copies (source), per-partner
-    /// queue, (unused), queue full, deadline.
+    /// queue, partnership ending (refinement), queue full, deadline.
     pub busy_reasons: [u64; 7],
     /// Wanted segments left for later: no supplier slot free, no supplier in time; and
     /// planning passes with the request budget spent.

@@ -23,8 +23,9 @@
 //!   stalest request for a fresher one, and a request that cannot be met gets `Busy` so the
 //!   requester goes elsewhere at once. A segment is forwarded while it still streams in.
 //! - **Refinement**: every `refine_interval` partner scores are updated; above its target the
-//!   worst goes, at the target a new candidate is tried. Stronger uplinks aim for more
-//!   partners.
+//!   worst goes (once the segments in flight on that link are through: its queued requests
+//!   are served, its new ones turned away), at the target a new candidate is tried. Stronger
+//!   uplinks aim for more partners.
 //! - **Playout**: a joining peer picks a start behind its partners' newest (no later than the
 //!   median partner's playback position), plays it when it arrives, and from then on each
 //!   segment is due one duration after the previous one. A segment late at its deadline is
@@ -177,8 +178,8 @@ pub struct NodeStats {
     /// held but we had not requested (the rest no partner held).
     pub missed_in_flight: u64,
     pub missed_unrequested: u64,
-    /// Busy answers by reason: not a partner, not held, copies, per-partner queue, queue
-    /// full, backlog, deadline.
+    /// Busy answers by reason: not a partner, not held, copies, per-partner queue,
+    /// partnership ending, queue full or backlog, deadline.
     pub busy_reasons: [u64; 7],
     /// Scheduling: wanted segments left for later because no supplier had a free slot, or
     /// none could deliver in time; and passes that found the request budget spent.
@@ -359,6 +360,12 @@ const SOURCE_SWAP_AFTER: Duration = Duration::from_secs(10);
 const NEEDY_PARTNERS: usize = 2;
 /// Refusals remembered at most (the oldest is forgotten first).
 const REFUSAL_MEMORY: usize = 64;
+/// A partnership that refinement ends is closed once the segments in flight on it, either
+/// way, are through, and at the latest after this long: the upload backlog a partner
+/// accepts (`max_upload_backlog`, 4 s by default) and a second. Closing at once dropped the
+/// other side's queued requests, asked seconds earlier, a few seconds before their
+/// deadlines: a third of a 16-peer swarm's misses after startup came from that.
+const ENDING_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Node<P> {
     cfg: Config,
@@ -397,6 +404,9 @@ pub struct Node<P> {
     /// Playback left a hole in the stream to start again after it (see `in_stream_gap`): the
     /// first segment it did not play, counted missed up to where it starts again.
     resume_after: Option<Seq>,
+    /// The partnership refinement is ending, and since when (see `ENDING_GRACE`): we ask it
+    /// for nothing more, turn its new requests away and close it once nothing is in flight.
+    ending: Option<(LinkId, Instant)>,
     member_seq: u32,
     next_gossip: Instant,
     next_refine: Instant,
@@ -476,6 +486,7 @@ impl<P: Payload> Node<P> {
             last_fresh: now,
             partners_front: None,
             resume_after: None,
+            ending: None,
             member_seq: 0,
             next_gossip,
             next_refine,
@@ -1594,7 +1605,7 @@ impl<P: Payload> Node<P> {
             self.sendable(seq).is_none(),
             self.cfg.role == Role::Source && self.seeded_enough(seq),
             queued_here >= self.cfg.upload_queue_per_partner || throttled,
-            false,
+            self.ending.is_some_and(|(l, _)| l == link),
             full,
             finish > deadline + DEADLINE_GRACE,
         ];
@@ -3004,6 +3015,7 @@ impl<P: Payload> Node<P> {
         // Dials the driver never answered.
         self.pending_dials
             .retain(|d| now.saturating_since(d.at) <= DIAL_TIMEOUT);
+        self.finish_ending();
         // Requests that took far longer than expected: withdraw and ask elsewhere.
         let mut k = 0;
         while k < self.requests.len() {
@@ -3157,12 +3169,44 @@ impl<P: Payload> Node<P> {
                     sa.total_cmp(&sb)
                 })
                 .map(|(j, _)| j);
-            if let Some(j) = worst {
-                self.close(j, ByeReason::Refined);
+            if let (Some(j), None) = (worst, self.ending) {
+                self.end_partnership(j);
             }
         } else if count == self.cfg.partner_target() {
             // Try someone new; the next round drops whoever scores worst.
             self.dial_candidate();
+        }
+    }
+
+    /// Begins to end the partnership on link `j` (refinement): no more requests to it, its
+    /// new requests turned away with a busy (it asks elsewhere at once), and the close once
+    /// what is in flight either way is through (`finish_ending`).
+    fn end_partnership(&mut self, j: usize) {
+        let now = self.now;
+        self.ending = Some((self.links[j].id, now));
+        if let Some(p) = self.links[j].partner.as_mut() {
+            p.avoid_until = now + ENDING_GRACE;
+        }
+        self.reschedule();
+        self.finish_ending();
+    }
+
+    /// Closes the partnership being ended once nothing is in flight on it, or its grace is up.
+    fn finish_ending(&mut self) {
+        let Some((id, since)) = self.ending else {
+            return;
+        };
+        let Some(j) = self.link_index(id) else {
+            self.ending = None;
+            return;
+        };
+        let busy = self.requests.iter().any(|r| r.link == id)
+            || self.uploads.iter().any(|u| u.link == id)
+            || self.active_uploads.iter().any(|a| a.0 == id)
+            || self.incoming.iter().any(|(l, _)| *l == id);
+        if !busy || self.now.saturating_since(since) >= ENDING_GRACE {
+            self.ending = None;
+            self.close(j, ByeReason::Refined);
         }
     }
 
@@ -3505,6 +3549,71 @@ mod tests {
             matches!(sent[..], [Control::Hello(_), Control::Join]),
             "{sent:?}"
         );
+    }
+
+    #[test]
+    fn refinement_ends_a_partnership_once_what_is_in_flight_on_it_is_through() {
+        let secs = Duration::from_secs;
+        let link = LinkId(1);
+        let outputs = |node: &mut Node<SimPayload>| -> (Vec<Control>, bool) {
+            let mut said = Vec::new();
+            let mut closed = false;
+            while let Some(o) = node.poll_output() {
+                match o {
+                    Output::Send {
+                        link: l,
+                        msg: Message::Ctl(c),
+                    } if l == link => said.push(c),
+                    Output::Close { link: l } => closed |= l == link,
+                    _ => {}
+                }
+            }
+            (said, closed)
+        };
+        for served in [true, false] {
+            let mut node = playing_ahead_of_its_partner(12, secs(1));
+            node.links[0].peer = Some(PeerInfo {
+                id: PeerId(3),
+                role: Role::Peer,
+                listen: PeerAddr::V4([10, 0, 0, 1], 7000),
+                upload_bytes_per_s: STREAM,
+            });
+            let now = node.now;
+            // The partner asked us for a segment a moment ago; it waits in our queue.
+            node.uploads.push(UploadRequest {
+                link,
+                seq: Seq(11),
+                deadline: now + secs(5),
+                requester_rate: STREAM,
+                push: false,
+            });
+            node.out.clear();
+            node.end_partnership(0);
+            let (said, closed) = outputs(&mut node);
+            assert!(!closed && said.is_empty(), "{said:?}");
+            // Its new requests are turned away (it asks elsewhere), and we ask it for nothing.
+            node.on_request(0, Seq(12), 5000);
+            let (said, closed) = outputs(&mut node);
+            assert!(
+                !closed && matches!(said[..], [Control::Busy { seq: Seq(12), .. }]),
+                "{said:?}"
+            );
+            assert!(node.links[0].partner.as_ref().unwrap().avoid_until > now);
+            if served {
+                // The queued segment went out: nothing is in flight, the partnership ends.
+                node.uploads.clear();
+            } else {
+                // Still queued when the grace is up: it ends anyway.
+                node.now = now + ENDING_GRACE;
+            }
+            node.finish_ending();
+            let (said, closed) = outputs(&mut node);
+            assert!(
+                closed && matches!(said[..], [Control::Bye(ByeReason::Refined)]),
+                "{said:?}"
+            );
+            assert!(node.ending.is_none() && node.links.is_empty());
+        }
     }
 
     /// A peer playing at `Seq(10)`, due now, that holds segments up to `ours`, with one

@@ -1056,9 +1056,9 @@ impl Sim {
                     let lag = deadline.as_micros() as f64 - segment.origin_us as f64;
                     self.lag.add(lag / 1e6);
                 }
-                Output::Missed { .. } => {
+                Output::Missed { seq, .. } => {
                     if self.debug_misses {
-                        eprintln!("miss {}", self.debug_who(ix));
+                        eprintln!("miss {} seq {}", self.debug_who(ix), seq.0);
                     }
                 }
                 Output::Late { seq, cause, .. } => {

@@ -231,3 +231,11 @@ pub fn whole_segments_covered(body: &[u8], log: &[(usize, String)]) -> (usize, u
     }
     (n, off)
 }
+
+/// Removes a test's directory after it passed, unless `COOLSTREAM_TEST_KEEP` is set: then
+/// its logs stay for reading (a failed test leaves its directory anyway).
+pub fn remove_tmpdir(dir: &std::path::Path) {
+    if std::env::var_os("COOLSTREAM_TEST_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
