@@ -1165,7 +1165,9 @@ impl<P: Payload> Node<P> {
                         p.note_backlog(now, backlog_ms);
                         let wait =
                             Duration::from_millis(backlog_ms as u64 / 2).max(BUSY_BACKOFF_MIN);
-                        p.avoid_until = now + wait;
+                        // Never shortens an avoidance already running (a partnership
+                        // being ended is avoided for its whole grace).
+                        p.avoid_until = p.avoid_until.max(now + wait);
                         // It may have dropped the segment: do not ask it again for this one.
                         if !self.store.has(seq) {
                             p.map.clear(seq);
@@ -3026,7 +3028,7 @@ impl<P: Payload> Node<P> {
                     self.send(j, Control::Cancel { seq: r.seq });
                     if let Some(p) = self.links[j].partner.as_mut() {
                         p.inflight = p.inflight.saturating_sub(1);
-                        p.avoid_until = now + Duration::from_secs(1);
+                        p.avoid_until = p.avoid_until.max(now + Duration::from_secs(1));
                         p.failed = p.failed.saturating_add(1);
                     }
                 }
