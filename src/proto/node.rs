@@ -1607,14 +1607,22 @@ impl<P: Payload> Node<P> {
             self.sendable(seq).is_none(),
             self.cfg.role == Role::Source && self.seeded_enough(seq),
             queued_here >= self.cfg.upload_queue_per_partner || throttled,
-            self.ending.is_some_and(|(l, _)| l == link),
+            self.is_ending(link),
             full,
             finish > deadline + DEADLINE_GRACE,
         ];
         if let Some(r) = reasons.iter().position(|&x| x) {
             self.stats.busy_reasons[r] += 1;
             self.stats.busy_sent += 1;
-            let backlog_ms = self.backlog_ms();
+            let backlog_ms = match self.ending {
+                // Ending: a backlog of twice the grace left keeps it from asking again (it
+                // waits half the backlog) until we close.
+                Some((l, since)) if l == link => {
+                    let left = (since + ENDING_GRACE).saturating_since(self.now);
+                    (left.as_millis() * 2).min(u16::MAX as u64) as u16
+                }
+                _ => self.backlog_ms(),
+            };
             self.send(i, Control::Busy { seq, backlog_ms });
             return;
         }
@@ -1818,7 +1826,7 @@ impl<P: Payload> Node<P> {
             let Some((play, at)) = p.playing else {
                 continue;
             };
-            if self.offers.iter().any(|o| o.0 == l.id) {
+            if self.offers.iter().any(|o| o.0 == l.id) || self.is_ending(l.id) {
                 continue;
             }
             // The partner's play position now, and the first segment we could still bring
@@ -1851,6 +1859,7 @@ impl<P: Payload> Node<P> {
         let taken = self.store.has(seq)
             || self.requests.iter().any(|r| r.seq == seq)
             || self.links[i].partner.is_none()
+            || self.is_ending(self.links[i].id)
             || !self.joined
             || self.cfg.role == Role::Source
             || self.requests.len() >= self.cfg.max_requests + MAX_OFFERS;
@@ -2522,7 +2531,7 @@ impl<P: Payload> Node<P> {
             if let Some(n) = p.map.newest() {
                 newest = Some(newest.map_or(n, |m| m.max(n)));
             }
-            if p.avoid_until > now || suppliers.len() == 64 {
+            if p.avoid_until > now || suppliers.len() == 64 || self.is_ending(l.id) {
                 others.push(j);
                 continue;
             }
@@ -2796,7 +2805,12 @@ impl<P: Payload> Node<P> {
             return;
         };
         let new = mask & !p.child_of;
-        let mut room = self.spare() as u32;
+        // A partnership being ended takes on no new substreams.
+        let mut room = if self.is_ending(self.links[i].id) {
+            0
+        } else {
+            self.spare() as u32
+        };
         let mut accepted = mask & p.child_of;
         for j in 0..32 {
             let bit = 1u32 << j;
@@ -3188,9 +3202,15 @@ impl<P: Payload> Node<P> {
         self.ending = Some((self.links[j].id, now));
         if let Some(p) = self.links[j].partner.as_mut() {
             p.avoid_until = now + ENDING_GRACE;
+            p.no_parent_until = now + ENDING_GRACE;
         }
         self.reschedule();
         self.finish_ending();
+    }
+
+    /// Whether link `id` carries the partnership being ended.
+    fn is_ending(&self, id: LinkId) -> bool {
+        self.ending.is_some_and(|(l, _)| l == id)
     }
 
     /// Closes the partnership being ended once nothing is in flight on it, or its grace is up.
@@ -3581,6 +3601,14 @@ mod tests {
                 upload_bytes_per_s: STREAM,
             });
             let now = node.now;
+            // One partner over the target, a partner long enough to be judged, that holds
+            // segments we lack.
+            node.cfg.partners = 0;
+            let p = node.links[0].partner.as_mut().unwrap();
+            p.since = Instant::ZERO;
+            for k in 13..=20 {
+                p.map.set(Seq(k));
+            }
             // The partner asked us for a segment a moment ago; it waits in our queue.
             node.uploads.push(UploadRequest {
                 link,
@@ -3590,9 +3618,11 @@ mod tests {
                 push: false,
             });
             node.out.clear();
-            node.end_partnership(0);
+            node.refine();
+            node.schedule();
             let (said, closed) = outputs(&mut node);
             assert!(!closed && said.is_empty(), "{said:?}");
+            assert!(node.is_ending(link));
             // Its new requests are turned away (it asks elsewhere), and we ask it for nothing.
             node.on_request(0, Seq(12), 5000);
             let (said, closed) = outputs(&mut node);
