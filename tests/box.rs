@@ -367,7 +367,7 @@ fn run_from_a_config_answers_the_control_socket_zaps_and_talks_to_systemd() {
     assert_eq!(daemon.terminate(), Some(0));
     notify_until(&notify, &mut seen, "STOPPING=1", Duration::from_secs(5));
     assert!(!sock.exists());
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 #[test]
@@ -401,7 +401,7 @@ fn a_bad_config_is_refused_at_start_with_its_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--control-socket"));
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 #[test]
@@ -437,5 +437,5 @@ fn run_without_a_config_starts_and_answers() {
     assert_eq!(v["channels"], 0);
     assert_eq!(v["tuned"], Value::Null);
     assert_eq!(daemon.terminate(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }

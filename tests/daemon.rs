@@ -173,7 +173,7 @@ fn a_source_fed_over_udp_reaches_peers_and_their_players_byte_for_byte() {
     assert_eq!(source.stop(), Some(0), "source exits 0 on SIGTERM");
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 fn read_msg(s: &mut TcpStream) -> Option<Message<coolstream::proto::wire::SharedBody>> {
@@ -281,7 +281,7 @@ fn strangers_are_refused_wrong_channel_and_forged_segments_cost_the_link() {
     );
 
     assert_eq!(source.stop(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 #[test]
@@ -389,5 +389,5 @@ fn an_rtp_input_is_unwrapped_and_reaches_a_peer() {
     assert_eq!(v["role"].as_str(), Some("source"));
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }

@@ -402,7 +402,7 @@ fn a_hostile_client_costs_the_peer_nothing_and_its_partners_keep_playing() {
     }
     target.proc.stop();
     source.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 // ----- polluters -----
@@ -496,7 +496,7 @@ fn polluters_are_banned_and_not_one_altered_byte_is_played() {
         banned.keys().all(|id| polluter_ids.contains(id)),
         "only polluters are banned: {banned:?} vs {polluter_ids:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 // ----- chaos -----
@@ -571,7 +571,7 @@ fn a_fifth_of_32_peers_killed_at_once_and_the_survivors_keep_playing() {
         p.proc.stop();
     }
     source.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 // ----- the source restarts -----
@@ -670,7 +670,7 @@ fn a_source_back_after_10_s_is_played_again_and_players_stay_connected() {
     }
     viewer.proc.stop();
     source.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 /// A peer with an HTTP output, serving the channel as `/ch/t.ts`.

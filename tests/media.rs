@@ -414,7 +414,7 @@ fn through_the_swarm(codec: &str, name: &str, group: &str) {
     }
     drop(stalled);
     drop(peers);
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 #[test]
@@ -533,7 +533,7 @@ fn garbage_in_the_input_is_skipped_and_the_channel_goes_on() {
     sender.join().unwrap();
     let log = std::fs::read_to_string(dir.join("source.log")).unwrap();
     assert!(!log.contains("panicked"), "{log}");
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
 
 /// A UDP output pointed at another channel while it runs (the zap mechanism): the new
@@ -799,5 +799,5 @@ fn a_pmt_spanning_packets_is_in_front_of_every_segment() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    common::remove_tmpdir(&dir);
 }
