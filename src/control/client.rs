@@ -73,6 +73,23 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// One row per output: `udp:` sending, or failing for how long and why; `http:` its players.
+fn outputs_rows(outputs: &Value) -> impl Iterator<Item = Vec<String>> + '_ {
+    outputs.as_array().into_iter().flatten().map(|o| {
+        let what = match (o["output"].as_str(), o["state"].as_str()) {
+            (Some("http"), _) => format!("{} players", s(&o["players"])),
+            (_, Some("failing")) => format!(
+                "failing for {:.0} s: {} ({} datagrams lost)",
+                o["failing_for_s"].as_f64().unwrap_or(0.0),
+                s(&o["error"]),
+                s(&o["episode_errors"])
+            ),
+            (_, state) => state.unwrap_or("-").to_string(),
+        };
+        vec![format!("output {}:", s(&o["output"])), what]
+    })
+}
+
 /// The answer to `req` as a person reads it.
 pub fn render(req: &Request, v: &Value) -> String {
     match req {
@@ -96,6 +113,7 @@ pub fn render(req: &Request, v: &Value) -> String {
                 .iter()
                 .filter(|k| v.get(**k).is_some())
                 .map(|k| vec![format!("{k}:"), s(&v[*k])])
+                .chain(outputs_rows(&v["outputs"]))
                 .collect();
             table(&rows)
         }

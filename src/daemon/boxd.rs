@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -50,6 +50,9 @@ pub const RESTART_BACKOFF: Duration = Duration::from_secs(5);
 pub const MAX_LEAVING: usize = 16;
 /// At shutdown, nodes get this long to leave their swarms.
 pub const STOP_WAIT: Duration = Duration::from_secs(3);
+/// An output idle this long while its feed moves is wedged, and the watchdog is starved. Far
+/// above the UDP output's longest sleep (a datagram is due within a second of its PCR).
+pub const OUTPUT_WEDGED: Duration = Duration::from_secs(20);
 /// Partners the tuned channel looks for (DONet's M; continuity flattens at 4 to 5).
 pub const TUNED_PARTNERS: usize = 5;
 
@@ -82,6 +85,11 @@ struct Outputs {
     http_task: Option<JoinHandle<()>>,
     udp_feed: Option<watch::Sender<Arc<Feed>>>,
     udp_task: Option<JoinHandle<()>>,
+    udp_health: Arc<udp::Health>,
+    /// The feed's item count when last seen, and when it last moved (the watchdog's view).
+    udp_moved: Option<(u64, Instant)>,
+    /// Whether the UDP output is wedged (logged once per episode).
+    udp_wedged: bool,
 }
 
 impl Outputs {
@@ -122,17 +130,86 @@ impl Outputs {
             }
             (Some(o), None) => {
                 let (tx, rx) = watch::channel(feed.clone());
-                let o = o.clone();
                 self.udp_feed = Some(tx);
-                self.udp_task = Some(tokio::spawn(async move {
-                    if let Err(e) = udp::run(o, rx).await {
-                        log::error!("udp output failed: {e}");
-                    }
-                }));
+                self.udp_task = Some(tokio::spawn(udp::run(
+                    o.clone(),
+                    rx,
+                    self.udp_health.clone(),
+                )));
             }
             _ => {}
         }
         Some(feed)
+    }
+
+    /// Starts the UDP sender again if its task ended (it ends only when its feed goes away, or
+    /// by a panic where panics unwind).
+    fn heal_udp(&mut self, feed: Option<&Arc<Feed>>) {
+        if !self.udp_task.as_ref().is_some_and(|t| t.is_finished()) {
+            return;
+        }
+        log::error!("udp output task ended; starting it again");
+        self.udp_task = None;
+        self.udp_feed = None;
+        if let (Some(o), Some(f)) = (&self.udp, feed) {
+            let (tx, rx) = watch::channel(f.clone());
+            self.udp_feed = Some(tx);
+            self.udp_task = Some(tokio::spawn(udp::run(
+                o.clone(),
+                rx,
+                self.udp_health.clone(),
+            )));
+        }
+    }
+
+    /// Whether the UDP output is wedged: its feed moved within the last [`OUTPUT_WEDGED`] but
+    /// the output did nothing (took no item, tried no datagram) for longer than that. A
+    /// failing output is not wedged: it tries every datagram, and heals by itself.
+    fn udp_wedged(&mut self, feed: Option<&Arc<Feed>>, now: Instant) -> bool {
+        let (Some(_), Some(f)) = (&self.udp_task, feed) else {
+            self.udp_moved = None;
+            return false;
+        };
+        let items = f.items_published();
+        let moved_at = match self.udp_moved {
+            Some((n, t)) if n == items => t,
+            _ => now,
+        };
+        self.udp_moved = Some((items, moved_at));
+        let idle = self
+            .udp_health
+            .last_progress()
+            .map_or(Duration::MAX, |p| now.saturating_duration_since(p));
+        let wedged =
+            now.saturating_duration_since(moved_at) < OUTPUT_WEDGED && idle > OUTPUT_WEDGED;
+        if wedged && !self.udp_wedged {
+            log::error!(
+                "udp output made no progress for {:.0} s while its feed moves: wedged; the watchdog is no longer fed",
+                idle.min(Duration::from_secs(86_400)).as_secs_f64()
+            );
+        }
+        self.udp_wedged = wedged;
+        wedged
+    }
+
+    /// Each output's state, for `ctl status` and `ctl stats`.
+    fn to_json(&self, players: usize) -> Value {
+        let mut list = Vec::new();
+        if let Some(l) = &self.http {
+            list.push(json!({
+                "output": "http",
+                "listen": l.local_addr().ok().map(|a| a.to_string()),
+                "state": if self.http_task.is_some() { "serving" } else { "idle" },
+                "players": players,
+            }));
+        }
+        if let Some(u) = &self.udp {
+            let mut v = self.udp_health.to_json(Instant::now());
+            v["output"] = "udp".into();
+            v["dest"] = format!("{}://{}", if u.rtp { "rtp" } else { "udp" }, u.dest).into();
+            list.push(v);
+        }
+        Value::Array(list)
     }
 
     fn stop(&mut self) {
@@ -204,6 +281,9 @@ pub async fn run_box(
             http_task: None,
             udp_feed: None,
             udp_task: None,
+            udp_health: Arc::default(),
+            udp_moved: None,
+            udp_wedged: false,
         },
         feed: None,
         leaving: Vec::new(),
@@ -259,7 +339,10 @@ pub async fn run_box(
             _ = &mut server => {}
             _ = tick.tick() => {
                 d.housekeeping().await;
-                notify.watchdog();
+                // A wedged output starves the watchdog: systemd restarts us, as for a hung loop.
+                if !d.outputs.udp_wedged(d.feed.as_ref(), Instant::now()) {
+                    notify.watchdog();
+                }
                 let line = d.status_line();
                 if line != d.last_status {
                     notify.status(&line);
@@ -410,6 +493,7 @@ impl BoxDaemon {
 
     async fn housekeeping(&mut self) {
         self.leaving.retain(|t| !t.is_finished());
+        self.outputs.heal_udp(self.feed.as_ref());
         let now = tokio::time::Instant::now();
         for i in 0..self.slots.len() {
             let ended = self.slots[i]
@@ -464,19 +548,30 @@ impl BoxDaemon {
         }
     }
 
+    /// Players of the tuned channel's outputs.
+    fn tuned_players(&self) -> usize {
+        self.tuned
+            .map_or(0, |i| self.slots[i].report.borrow().players as usize)
+    }
+
     fn status_line(&self) -> String {
         match self.tuned {
             None => "no channel tuned".to_string(),
             Some(i) => {
                 let r = self.slots[i].report.borrow();
-                format!(
+                let mut line = format!(
                     "tuned {} ({}, {} partners, continuity {:.2}); {} standby",
                     self.slots[i].cfg.name,
                     self.state(i),
                     r.partners,
                     r.continuity,
                     self.slots.len() - 1
-                )
+                );
+                let udp = self.outputs.udp_health.summary(Instant::now());
+                if !udp.is_empty() {
+                    line = format!("{line}; {udp}");
+                }
+                line
             }
         }
     }
@@ -504,6 +599,7 @@ impl BoxDaemon {
                     v["startup_s"] = r.startup_s.into();
                     v["lag_s"] = r.lag_s.into();
                 }
+                v["outputs"] = self.outputs.to_json(self.tuned_players());
                 v
             }
             Request::Channels => {
@@ -537,7 +633,7 @@ impl BoxDaemon {
                         v
                     })
                     .collect();
-                json!({"ok": true, "channels": list})
+                json!({"ok": true, "channels": list, "outputs": self.outputs.to_json(self.tuned_players())})
             }
             // Handled by the main loop itself (it blocks the loop).
             Request::Stall { .. } => error("stall is handled by the main loop"),

@@ -158,11 +158,7 @@ pub async fn run_peer(
     if let (Some(o), Some(f)) = (args.udp_out, &feed) {
         let (tx, rx) = watch::channel(f.clone());
         _retarget = Some(tx);
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = udp::run(o, rx).await {
-                log::error!("udp output failed: {e}");
-            }
-        }));
+        tasks.push(tokio::spawn(udp::run(o, rx, Arc::default())));
     }
     let mut opts = NodeOptions::new(Role::Peer, args.channel);
     opts.name = name;

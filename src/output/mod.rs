@@ -26,7 +26,7 @@ use crate::media::ts::{self, PACKET};
 use crate::proto::wire::{flags, SharedBody};
 use crate::proto::{Segment, Seq};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::broadcast;
@@ -71,6 +71,8 @@ pub struct Feed {
     /// Fault injection (tests): every Nth segment published becomes a gap (0: off).
     drop_every: AtomicU32,
     published: AtomicU32,
+    /// Items published, for the watchdog's view of whether outputs have work to do.
+    items: AtomicU64,
 }
 
 impl Feed {
@@ -99,6 +101,7 @@ impl Feed {
             tx,
             drop_every: AtomicU32::new(0),
             published: AtomicU32::new(0),
+            items: AtomicU64::new(0),
         })
     }
 
@@ -119,7 +122,13 @@ impl Feed {
         self.drop_every.store(n, Ordering::Relaxed);
     }
 
+    /// How many items (segments and gaps) have been published so far.
+    pub fn items_published(&self) -> u64 {
+        self.items.load(Ordering::Relaxed)
+    }
+
     pub fn publish(&self, mut item: FeedItem) {
+        self.items.fetch_add(1, Ordering::Relaxed);
         let every = self.drop_every.load(Ordering::Relaxed);
         if let (FeedItem::Segment { seg, .. }, true) = (&item, every > 0) {
             let k = self.published.fetch_add(1, Ordering::Relaxed) + 1;

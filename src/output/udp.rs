@@ -13,6 +13,15 @@
 //! The output starts at its feed's start point and is spliced like any player
 //! ([`crate::media::splice`]). It can be pointed at another channel while it runs
 //! ([`Retarget`]): the new channel starts at its own start point, the break signalled.
+//!
+//! **It heals**: a decoder listening on UDP has no other way to get the stream back, so no
+//! send error ends the output. A failed send (the multicast route gone, a firewall's EPERM,
+//! ENOBUFS) drops that datagram, is counted, and starts a *failing episode*, logged once when
+//! it starts and once when sending works again; the stream's schedule goes on meanwhile, so
+//! the decoder gets the live edge back, not a backlog. An episode longer than [`RENEW_AFTER`]
+//! also makes a new socket every [`RENEW_AFTER`] (an interface address that changed under a
+//! bound `iface`). [`Health`] shows all of it to `ctl status`, the `STATUS=` line and the
+//! main loop's watchdog (an output that stops making progress while its feed moves is wedged).
 
 use super::{Feed, FeedItem};
 use crate::media::splice::Splicer;
@@ -31,6 +40,109 @@ pub const DATAGRAM_TS: usize = PER_DATAGRAM * PACKET;
 pub const MAX_LATE: Duration = Duration::from_millis(200);
 /// A PCR step larger than this (or backwards) is a break in the clock.
 const MAX_PCR_STEP: u64 = PCR_HZ;
+/// A failing episode this long makes a new socket, and again as often while it lasts.
+pub const RENEW_AFTER: Duration = Duration::from_secs(5);
+
+/// What a UDP output is doing, shared with whoever reports on it.
+#[derive(Debug, Default)]
+pub struct Health {
+    state: std::sync::Mutex<HealthState>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct HealthState {
+    /// Datagrams handed to the kernel.
+    datagrams: u64,
+    /// Sends that failed, in all.
+    errors: u64,
+    /// The running failing episode: since when, its last error, its failed sends.
+    failing: Option<(Instant, String, u64)>,
+    /// Failing episodes so far.
+    episodes: u64,
+    /// The last time the output did anything (an item taken, a datagram sent or refused).
+    progress: Option<Instant>,
+}
+
+impl Health {
+    fn with<T>(&self, f: impl FnOnce(&mut HealthState) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn progress(&self, now: Instant) {
+        self.with(|h| h.progress = Some(now));
+    }
+
+    /// A datagram left. Returns how long the episode it ends lasted and its failed sends.
+    fn sent(&self, now: Instant) -> Option<(Duration, u64)> {
+        self.with(|h| {
+            h.datagrams += 1;
+            h.progress = Some(now);
+            h.failing
+                .take()
+                .map(|(since, _, n)| (now.saturating_duration_since(since), n))
+        })
+    }
+
+    /// A send failed. True when this starts an episode (the caller logs it).
+    fn failed(&self, now: Instant, e: &std::io::Error) -> bool {
+        self.with(|h| {
+            h.errors += 1;
+            h.progress = Some(now);
+            match &mut h.failing {
+                Some((_, what, n)) => {
+                    *n += 1;
+                    if h.errors % 64 == 0 {
+                        *what = e.to_string();
+                    }
+                    false
+                }
+                None => {
+                    h.failing = Some((now, e.to_string(), 1));
+                    h.episodes += 1;
+                    true
+                }
+            }
+        })
+    }
+
+    /// When the running episode began, if one runs.
+    pub fn failing_since(&self) -> Option<Instant> {
+        self.with(|h| h.failing.as_ref().map(|f| f.0))
+    }
+
+    /// The last time the output did anything.
+    pub fn last_progress(&self) -> Option<Instant> {
+        self.with(|h| h.progress)
+    }
+
+    /// The output's state as `ctl status` and the stats show it.
+    pub fn to_json(&self, now: Instant) -> serde_json::Value {
+        let h = self.with(|h| h.clone());
+        let mut v = serde_json::json!({
+            "state": if h.failing.is_some() { "failing" } else if h.datagrams > 0 { "sending" } else { "waiting" },
+            "datagrams": h.datagrams,
+            "errors": h.errors,
+            "failing_episodes": h.episodes,
+        });
+        if let Some((since, what, n)) = h.failing {
+            v["failing_for_s"] = now.saturating_duration_since(since).as_secs_f64().into();
+            v["error"] = what.into();
+            v["episode_errors"] = n.into();
+        }
+        v
+    }
+
+    /// One line for logs and `STATUS=`: empty while all is well.
+    pub fn summary(&self, now: Instant) -> String {
+        self.with(|h| match &h.failing {
+            Some((since, what, _)) => format!(
+                "udp output failing for {:.0} s: {what}",
+                now.saturating_duration_since(*since).as_secs_f64()
+            ),
+            None => String::new(),
+        })
+    }
+}
 
 /// Points a running UDP output at another channel's feed.
 pub type Retarget = watch::Sender<Arc<Feed>>;
@@ -77,11 +189,11 @@ impl UdpOut {
     }
 }
 
-/// Sends the feed `feeds` holds to `out` until the socket fails; a new feed in `feeds` (a
-/// channel change) is switched to at once. Ends when the sender of `feeds` is dropped.
-pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>) -> std::io::Result<()> {
-    let sock = socket(&out).await?;
-    let mut rtp = Rtp::new();
+/// Sends the feed `feeds` holds to `out`; a new feed in `feeds` (a channel change) is switched
+/// to at once. Ends when the sender of `feeds` is dropped; no send error ends it (see the
+/// module doc): `health` tells how it goes.
+pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>, health: Arc<Health>) {
+    let mut sender = Sender::new(out, health);
     let mut clock = PcrClock::default();
     let mut splicer = Splicer::new();
     let mut spliced = Vec::new();
@@ -103,11 +215,12 @@ pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>) -> std::io:
                             log::info!("udp output fell {n} segments behind");
                             FeedItem::Gap { seq: crate::proto::Seq(0) }
                         }
-                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                        Err(broadcast::error::RecvError::Closed) => return,
                     },
                     c = feeds.changed() => break c.is_ok(),
                 },
             };
+            sender.health.progress(Instant::now());
             spliced.clear();
             let dur = match &item {
                 FeedItem::Segment { seg, .. } => {
@@ -135,11 +248,11 @@ pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>) -> std::io:
                 let due = carry_plan[i * PER_DATAGRAM + PER_DATAGRAM - 1];
                 tokio::select! {
                     biased;
-                    c = feeds.changed() => { changed = c.is_ok(); if !changed { return Ok(()); } break; }
+                    c = feeds.changed() => { changed = c.is_ok(); if !changed { return; } break; }
                     _ = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {}
                 }
                 let chunk = &carry[i * DATAGRAM_TS..(i + 1) * DATAGRAM_TS];
-                send(&sock, &out, &mut rtp, clock.rtp_time(due), chunk).await?;
+                sender.send(clock.rtp_time(due), chunk).await;
                 sent = i + 1;
             }
             if changed {
@@ -150,7 +263,7 @@ pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>) -> std::io:
             sent = 0;
         };
         if !switched {
-            return Ok(());
+            return;
         }
         log::info!("udp output: channel changed");
         // What is left of the old channel is not sent: the new one starts now (a decoder
@@ -184,25 +297,82 @@ async fn socket(out: &UdpOut) -> std::io::Result<tokio::net::UdpSocket> {
     Ok(sock)
 }
 
-async fn send(
-    sock: &tokio::net::UdpSocket,
-    out: &UdpOut,
-    rtp: &mut Rtp,
-    ts90k: u32,
-    chunk: &[u8],
-) -> std::io::Result<()> {
-    let mut buf = [0u8; 12 + DATAGRAM_TS];
-    let mut n = 0;
-    if out.rtp {
-        buf[..12].copy_from_slice(&rtp.header(ts90k));
-        n = 12;
+/// The socket, the RTP state and the health of one output: every datagram goes through
+/// [`Sender::send`], which never fails.
+struct Sender {
+    out: UdpOut,
+    sock: Option<tokio::net::UdpSocket>,
+    /// When the socket was last made (or tried).
+    made: Option<Instant>,
+    rtp: Rtp,
+    health: Arc<Health>,
+}
+
+impl Sender {
+    fn new(out: UdpOut, health: Arc<Health>) -> Self {
+        Sender {
+            out,
+            sock: None,
+            made: None,
+            rtp: Rtp::new(),
+            health,
+        }
     }
-    buf[n..n + chunk.len()].copy_from_slice(chunk);
-    n += chunk.len();
-    // A dropped datagram (full socket buffer, no route yet) is the network's business.
-    match sock.send_to(&buf[..n], out.dest).await {
-        Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => Err(e),
-        _ => Ok(()),
+
+    async fn send(&mut self, ts90k: u32, chunk: &[u8]) {
+        let now = Instant::now();
+        // No socket yet, or failing long enough that a new one may help: make one, at most
+        // once every RENEW_AFTER.
+        let renew = self
+            .health
+            .failing_since()
+            .is_some_and(|since| now.saturating_duration_since(since) >= RENEW_AFTER);
+        let due = self
+            .made
+            .is_none_or(|t| now.saturating_duration_since(t) >= RENEW_AFTER);
+        if (self.sock.is_none() || renew) && due {
+            self.made = Some(now);
+            match socket(&self.out).await {
+                Ok(s) => self.sock = Some(s),
+                Err(e) if self.sock.is_none() => return self.failed(now, &e),
+                Err(_) => {} // keep the old socket; its sends tell how things stand
+            }
+        }
+        let Some(sock) = &self.sock else {
+            let e = std::io::Error::other("no socket yet");
+            return self.failed(now, &e);
+        };
+        let mut buf = [0u8; 12 + DATAGRAM_TS];
+        let mut n = 0;
+        if self.out.rtp {
+            buf[..12].copy_from_slice(&self.rtp.header(ts90k));
+            n = 12;
+        }
+        buf[n..n + chunk.len()].copy_from_slice(chunk);
+        n += chunk.len();
+        match sock.send_to(&buf[..n], self.out.dest).await {
+            Ok(_) => {
+                if let Some((lasted, errors)) = self.health.sent(now) {
+                    log::info!(
+                        "udp output to {}: sending again after {:.1} s failing ({errors} datagrams lost)",
+                        self.out.dest,
+                        lasted.as_secs_f64()
+                    );
+                }
+            }
+            // A full socket buffer drops the datagram, as the network would.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.health.progress(now),
+            Err(e) => self.failed(now, &e),
+        }
+    }
+
+    fn failed(&self, now: Instant, e: &std::io::Error) {
+        if self.health.failed(now, e) {
+            log::warn!(
+                "udp output to {}: {e}; datagrams are dropped until it works again",
+                self.out.dest
+            );
+        }
     }
 }
 
@@ -465,6 +635,45 @@ mod tests {
         // RTP time runs at 90 kHz from the first datagram.
         assert_eq!(c.rtp_time(t0), 0);
         assert_eq!(c.rtp_time(t0 + Duration::from_secs(1)), 90_000);
+    }
+
+    #[test]
+    fn a_failing_episode_is_counted_once_and_ends_with_the_first_datagram_sent() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        assert_eq!(h.to_json(t0)["state"], "waiting");
+        assert!(h.sent(t0).is_none(), "nothing was failing");
+        let e = std::io::Error::from_raw_os_error(101); // ENETUNREACH
+        assert!(h.failed(t0, &e), "the first failure starts an episode");
+        for k in 1..10 {
+            assert!(!h.failed(t0 + Duration::from_millis(k * 100), &e));
+        }
+        let later = t0 + Duration::from_secs(2);
+        let v = h.to_json(later);
+        assert_eq!(v["state"], "failing");
+        assert_eq!(v["episode_errors"], 10);
+        assert_eq!(v["failing_for_s"], 2.0);
+        assert!(
+            h.summary(later).starts_with("udp output failing for 2 s: "),
+            "{}",
+            h.summary(later)
+        );
+        assert_eq!(h.failing_since(), Some(t0));
+        let (lasted, lost) = h
+            .sent(t0 + Duration::from_secs(4))
+            .expect("the episode ends");
+        assert_eq!((lasted, lost), (Duration::from_secs(4), 10));
+        let v = h.to_json(later);
+        assert_eq!(v["state"], "sending");
+        assert_eq!(
+            (v["errors"].as_u64(), v["failing_episodes"].as_u64()),
+            (Some(10), Some(1))
+        );
+        assert!(h.summary(later).is_empty());
+        assert!(
+            h.failed(later, &e),
+            "a new failure after a datagram went out is a new episode"
+        );
     }
 
     #[test]
