@@ -551,7 +551,7 @@ impl BoxDaemon {
     /// Players of the tuned channel's outputs.
     fn tuned_players(&self) -> usize {
         self.tuned
-            .map_or(0, |i| self.slots[i].report.borrow().players as usize)
+            .map_or(0, |i| self.slots[i].report.borrow().players)
     }
 
     fn status_line(&self) -> String {
