@@ -593,7 +593,7 @@ fn a_udp_output_changes_channel_cleanly() {
     let got = rt.block_on(async {
         let (retarget, feeds) = tokio::sync::watch::channel(a.clone());
         let out = udp::UdpOut::parse(&format!("udp://127.0.0.1:{port}")).unwrap();
-        let sender = tokio::spawn(udp::run(out, feeds));
+        let sender = tokio::spawn(udp::run(out, feeds, Default::default()));
         let reader = tokio::task::spawn_blocking(move || {
             let mut got = Vec::new();
             let mut buf = [0u8; 2048];
