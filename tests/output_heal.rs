@@ -95,7 +95,7 @@ impl Drop for Kill {
 fn udp_output(status: &serde_json::Value) -> serde_json::Value {
     status["outputs"]
         .as_array()
-        .and_then(|a| a.iter().find(|o| o["output"] == "udp"))
+        .and_then(|a| a.iter().find(|o| o["kind"] == "udp"))
         .cloned()
         .unwrap_or_default()
 }

@@ -73,20 +73,22 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// One row per output: `udp:` sending, or failing for how long and why; `http:` its players.
+/// One row per output: `http` with its players, a datagram output sending, or failing for
+/// how long and why.
 fn outputs_rows(outputs: &Value) -> impl Iterator<Item = Vec<String>> + '_ {
     outputs.as_array().into_iter().flatten().map(|o| {
-        let what = match (o["output"].as_str(), o["state"].as_str()) {
-            (Some("http"), _) => format!("{} players", s(&o["players"])),
+        let what = match (o["kind"].as_str(), o["state"].as_str()) {
+            (Some("http"), _) => format!("{} ({} players)", s(&o["target"]), s(&o["players"])),
             (_, Some("failing")) => format!(
-                "failing for {:.0} s: {} ({} datagrams lost)",
-                o["failing_for_s"].as_f64().unwrap_or(0.0),
+                "{} failing for {:.0} s: {} ({} datagrams lost)",
+                s(&o["target"]),
+                o["since_s"].as_f64().unwrap_or(0.0),
                 s(&o["error"]),
                 s(&o["episode_errors"])
             ),
-            (_, state) => state.unwrap_or("-").to_string(),
+            (_, state) => format!("{} {}", s(&o["target"]), state.unwrap_or("-")),
         };
-        vec![format!("output {}:", s(&o["output"])), what]
+        vec![format!("output {}:", s(&o["kind"])), what]
     })
 }
 
@@ -189,5 +191,17 @@ mod tests {
             &json!({"ok": true, "tuned": "news", "continuity": 0.5}),
         );
         assert_eq!(st, "tuned:       news\ncontinuity:  0.50\n");
+        let st = render(
+            &Request::Status,
+            &json!({"ok": true, "tuned": "news", "outputs": [
+                {"kind": "http", "target": "http://127.0.0.1:8080/", "state": "sending", "players": 2},
+                {"kind": "udp", "target": "udp://239.1.1.1:5004", "state": "failing", "since_s": 3.2,
+                 "error": "Network is unreachable (os error 101)", "episode_errors": 80}]}),
+        );
+        assert_eq!(
+            st,
+            "tuned:        news\noutput http:  http://127.0.0.1:8080/ (2 players)\n\
+             output udp:   udp://239.1.1.1:5004 failing for 3 s: Network is unreachable (os error 101) (80 datagrams lost)\n"
+        );
     }
 }

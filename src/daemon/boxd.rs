@@ -192,21 +192,26 @@ impl Outputs {
         wedged
     }
 
-    /// Each output's state, for `ctl status` and `ctl stats`.
+    /// Each output's state, for `ctl status` and `ctl stats`: `{kind, target, state,
+    /// since_s, error, players}`, `state` `sending` or `failing`.
     fn to_json(&self, players: usize) -> Value {
         let mut list = Vec::new();
         if let Some(l) = &self.http {
             list.push(json!({
-                "output": "http",
-                "listen": l.local_addr().ok().map(|a| a.to_string()),
-                "state": if self.http_task.is_some() { "serving" } else { "idle" },
+                "kind": "http",
+                "target": l.local_addr().ok().map(|a| format!("http://{a}/")),
+                "state": "sending",
+                "since_s": null,
+                "error": null,
                 "players": players,
             }));
         }
         if let Some(u) = &self.udp {
             let mut v = self.udp_health.to_json(Instant::now());
-            v["output"] = "udp".into();
-            v["dest"] = format!("{}://{}", if u.rtp { "rtp" } else { "udp" }, u.dest).into();
+            v["kind"] = if u.rtp { "rtp" } else { "udp" }.into();
+            v["target"] = format!("{}://{}", if u.rtp { "rtp" } else { "udp" }, u.dest).into();
+            // A datagram output does not know who listens.
+            v["players"] = Value::Null;
             list.push(v);
         }
         Value::Array(list)

@@ -115,17 +115,20 @@ impl Health {
         self.with(|h| h.progress)
     }
 
-    /// The output's state as `ctl status` and the stats show it.
+    /// The output's state as `ctl status` and the stats show it: `state` is `sending` or
+    /// `failing` (with `since_s`, how long it has been failing, and `error`, why), with counts.
     pub fn to_json(&self, now: Instant) -> serde_json::Value {
         let h = self.with(|h| h.clone());
         let mut v = serde_json::json!({
-            "state": if h.failing.is_some() { "failing" } else if h.datagrams > 0 { "sending" } else { "waiting" },
+            "state": if h.failing.is_some() { "failing" } else { "sending" },
+            "since_s": null,
+            "error": null,
             "datagrams": h.datagrams,
             "errors": h.errors,
             "failing_episodes": h.episodes,
         });
         if let Some((since, what, n)) = h.failing {
-            v["failing_for_s"] = now.saturating_duration_since(since).as_secs_f64().into();
+            v["since_s"] = now.saturating_duration_since(since).as_secs_f64().into();
             v["error"] = what.into();
             v["episode_errors"] = n.into();
         }
@@ -641,7 +644,8 @@ mod tests {
     fn a_failing_episode_is_counted_once_and_ends_with_the_first_datagram_sent() {
         let h = Health::default();
         let t0 = Instant::now();
-        assert_eq!(h.to_json(t0)["state"], "waiting");
+        assert_eq!(h.to_json(t0)["state"], "sending");
+        assert_eq!(h.to_json(t0)["error"], serde_json::Value::Null);
         assert!(h.sent(t0).is_none(), "nothing was failing");
         let e = std::io::Error::from_raw_os_error(101); // ENETUNREACH
         assert!(h.failed(t0, &e), "the first failure starts an episode");
@@ -652,7 +656,7 @@ mod tests {
         let v = h.to_json(later);
         assert_eq!(v["state"], "failing");
         assert_eq!(v["episode_errors"], 10);
-        assert_eq!(v["failing_for_s"], 2.0);
+        assert_eq!(v["since_s"], 2.0);
         assert!(
             h.summary(later).starts_with("udp output failing for 2 s: "),
             "{}",
