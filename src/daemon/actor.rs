@@ -77,6 +77,7 @@ pub(super) struct Actor {
     pollute: bool,
     /// The box daemon's warm view of this channel, shown the membership records we receive.
     warm: Option<super::warm::SharedView>,
+    outputs: Option<super::stats::OutputsFn>,
 }
 
 /// Where the actor takes connections from.
@@ -123,6 +124,7 @@ impl Actor {
             play_log: opts.play_log.take(),
             pollute: opts.pollute,
             warm: opts.warm.clone(),
+            outputs: opts.outputs.take(),
             node,
         }
     }
@@ -570,6 +572,7 @@ impl Actor {
             (Some(j), Some(p)) => Some(p.saturating_since(j).as_secs_f64()),
             _ => None,
         };
+        let players = self.feed.as_ref().map_or(0, |f| f.subscribers());
         NodeReport {
             role: match self.role {
                 Role::Source => "source".into(),
@@ -593,7 +596,11 @@ impl Actor {
             bad_segments: Counters::get(&c.bad_segments),
             bad_frames: Counters::get(&c.bad_frames),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            players: self.feed.as_ref().map_or(0, |f| f.subscribers()),
+            players,
+            outputs: match (&self.outputs, self.feed.is_some()) {
+                (Some(f), true) => f(players).as_array().cloned().unwrap_or_default(),
+                _ => Vec::new(),
+            },
             busy_sent: s.busy_sent,
             busy_received: s.busy_received,
             request_timeouts: s.request_timeouts,

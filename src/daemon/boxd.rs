@@ -192,29 +192,13 @@ impl Outputs {
         wedged
     }
 
-    /// Each output's state, for `ctl status` and `ctl stats`: `{kind, target, state,
-    /// since_s, error, players}`, `state` `sending` or `failing`.
+    /// Each output's state, for `ctl status` and `ctl stats`.
     fn to_json(&self, players: usize) -> Value {
-        let mut list = Vec::new();
-        if let Some(l) = &self.http {
-            list.push(json!({
-                "kind": "http",
-                "target": l.local_addr().ok().map(|a| format!("http://{a}/")),
-                "state": "sending",
-                "since_s": null,
-                "error": null,
-                "players": players,
-            }));
-        }
-        if let Some(u) = &self.udp {
-            let mut v = self.udp_health.to_json(Instant::now());
-            v["kind"] = if u.rtp { "rtp" } else { "udp" }.into();
-            v["target"] = format!("{}://{}", if u.rtp { "rtp" } else { "udp" }, u.dest).into();
-            // A datagram output does not know who listens.
-            v["players"] = Value::Null;
-            list.push(v);
-        }
-        Value::Array(list)
+        crate::output::describe(
+            self.http.as_ref().and_then(|l| l.local_addr().ok()),
+            self.udp.as_ref().map(|o| (o, &*self.udp_health)),
+            players,
+        )
     }
 
     fn stop(&mut self) {

@@ -149,6 +149,8 @@ pub struct NodeOptions {
     pub partners: Option<(usize, usize)>,
     /// Membership records this node hears of are shown to this view (the box daemon's).
     pub warm: Option<warm::SharedView>,
+    /// This node's outputs for its stats (`outputs`), given its players.
+    pub outputs: Option<stats::OutputsFn>,
 }
 
 /// Environment variable that makes a node corrupt the segments it uploads, for tests of the
@@ -170,6 +172,7 @@ impl NodeOptions {
             key: None,
             segment_log: None,
             report: None,
+            outputs: None,
             play_log: None,
             reserve_memory: false,
             pollute: std::env::var_os(POLLUTE_ENV).is_some_and(|v| v == "1"),

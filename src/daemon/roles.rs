@@ -45,25 +45,22 @@ pub struct PeerArgs {
 }
 
 /// Binds the HTTP output and serves `channels` on it; the task ends when the handle is
-/// aborted.
+/// aborted. Returns the task and the address bound.
 fn start_http(
     addr: SocketAddr,
     channels: Arc<Channels>,
     status: Option<watch::Receiver<NodeReport>>,
-) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), DaemonError> {
     let listener = bind_listener(addr)?;
+    let bound = listener.local_addr().map_or(addr, |a| a);
     for f in channels.list() {
-        log::info!(
-            "players: http://{}/ch/{}.ts",
-            listener.local_addr().map_or(addr, |a| a),
-            f.name()
-        );
+        log::info!("players: http://{bound}/ch/{}.ts", f.name());
     }
     let status: http::StatusFn = Arc::new(move || match &status {
         Some(rx) => serde_json::to_string_pretty(&*rx.borrow()).unwrap_or_default(),
         None => String::new(),
     });
-    Ok(tokio::spawn(http::serve(listener, channels, status)))
+    Ok((tokio::spawn(http::serve(listener, channels, status)), bound))
 }
 
 pub async fn run_source(
@@ -106,8 +103,13 @@ pub async fn run_source(
         )?),
         _ => None,
     };
+    let http_addr = server.as_ref().map(|s| s.1);
+    let server = server.map(|s| s.0);
     log::info!("channel {}", channel.to_hex());
     let mut opts = NodeOptions::new(Role::Source, channel);
+    opts.outputs = Some(Arc::new(move |players| {
+        crate::output::describe(http_addr, None, players)
+    }));
     opts.name = args.name;
     opts.upload_kbps = args.upload_kbps;
     opts.segment_ms = args.segment_ms;
@@ -148,22 +150,35 @@ pub async fn run_peer(
         None => watch::channel(NodeReport::default()),
     };
     let mut tasks = Vec::new();
+    let mut http_addr = None;
     if let (Some(a), Some(f)) = (args.http, &feed) {
         // Without --name it also serves its one channel under any name.
         let channels = Channels::single(f.clone(), args.name.is_none());
-        tasks.push(start_http(a, channels, Some(report_rx))?);
+        let (task, bound) = start_http(a, channels, Some(report_rx))?;
+        tasks.push(task);
+        http_addr = Some(bound);
     }
     // The UDP output's channel can be changed while it runs; this process has one.
     let mut _retarget = None;
+    let udp_health = Arc::new(udp::Health::default());
+    let udp_out = args.udp_out.clone();
     if let (Some(o), Some(f)) = (args.udp_out, &feed) {
         let (tx, rx) = watch::channel(f.clone());
         _retarget = Some(tx);
-        tasks.push(tokio::spawn(udp::run(o, rx, Arc::default())));
+        tasks.push(tokio::spawn(udp::run(o, rx, udp_health.clone())));
     }
+    let describe: super::stats::OutputsFn = Arc::new(move |players| {
+        crate::output::describe(
+            http_addr,
+            udp_out.as_ref().map(|o| (o, &*udp_health)),
+            players,
+        )
+    });
     let mut opts = NodeOptions::new(Role::Peer, args.channel);
     opts.name = name;
     opts.bootstrap = args.bootstrap;
     opts.reserve_memory = true;
+    opts.outputs = Some(describe);
     if let Some(p) = &args.play_log {
         opts.play_log = Some(
             std::fs::File::create(p)

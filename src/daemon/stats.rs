@@ -8,6 +8,10 @@
 use serde::Serialize;
 use std::path::Path;
 
+/// A node's outputs as its stats list them (`{kind, target, state, since_s, error, players}`),
+/// given the players of its feed.
+pub type OutputsFn = std::sync::Arc<dyn Fn(usize) -> serde_json::Value + Send + Sync>;
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct NodeReport {
     pub role: String,
@@ -37,6 +41,8 @@ pub struct NodeReport {
     pub uptime_s: f64,
     /// Players connected to this node's outputs.
     pub players: usize,
+    /// Each output and its state (an empty list for a node without outputs).
+    pub outputs: Vec<serde_json::Value>,
     /// Diagnostics from the core: requests answered busy (by us / to us), and requests that
     /// timed out.
     pub busy_sent: u64,

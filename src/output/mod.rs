@@ -268,6 +268,37 @@ impl Channels {
     }
 }
 
+/// The outputs of a node as its stats and `ctl status` list them: `{kind, target, state,
+/// since_s, error, players}`, `state` `sending` or `failing`. `http` is the listening address;
+/// `players` counts the feed's subscribers, the datagram output's own subscription among them
+/// (it does not know who listens).
+pub fn describe(
+    http: Option<std::net::SocketAddr>,
+    udp: Option<(&udp::UdpOut, &udp::Health)>,
+    players: usize,
+) -> serde_json::Value {
+    let mut list = Vec::new();
+    if let Some(a) = http {
+        list.push(serde_json::json!({
+            "kind": "http",
+            "target": format!("http://{a}/"),
+            "state": "sending",
+            "since_s": null,
+            "error": null,
+            "players": players.saturating_sub(usize::from(udp.is_some())),
+        }));
+    }
+    if let Some((o, h)) = udp {
+        let scheme = if o.rtp { "rtp" } else { "udp" };
+        let mut v = h.to_json(Instant::now());
+        v["kind"] = scheme.into();
+        v["target"] = format!("{scheme}://{}", o.dest).into();
+        v["players"] = serde_json::Value::Null;
+        list.push(v);
+    }
+    serde_json::Value::Array(list)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
