@@ -657,3 +657,57 @@ pub fn rss_kib() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::FeedItem;
+
+    fn outputs() -> Outputs {
+        Outputs {
+            http: None,
+            udp: Some(UdpOut::parse("udp://127.0.0.1:9").unwrap()),
+            max_http_clients: 1,
+            http_task: None,
+            udp_feed: None,
+            udp_task: None,
+            udp_health: Arc::default(),
+            udp_moved: None,
+            udp_wedged: false,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_output_idle_while_its_feed_moves_is_wedged_and_one_that_fails_is_not() {
+        let feed = Feed::new("news");
+        let mut o = outputs();
+        // A task that never takes anything: the output is stuck.
+        o.udp_task = Some(tokio::spawn(std::future::pending()));
+        let t0 = Instant::now();
+        o.udp_health.progress(t0);
+        let gap = |k| FeedItem::Gap {
+            seq: crate::proto::Seq(k),
+        };
+        let mut now = t0;
+        for k in 0..40u32 {
+            now = t0 + Duration::from_secs(k as u64);
+            feed.publish(gap(k));
+            let wedged = o.udp_wedged(Some(&feed), now);
+            // Idle for more than OUTPUT_WEDGED while items keep coming: wedged.
+            assert_eq!(wedged, now - t0 > OUTPUT_WEDGED, "at {k} s");
+        }
+        // The feed stops too (the channel is starved): nothing to send is not a wedge.
+        let later = now + OUTPUT_WEDGED + Duration::from_secs(1);
+        assert!(!o.udp_wedged(Some(&feed), later));
+        // An output that keeps trying (failing sends count as progress) is not wedged.
+        for k in 40..80u32 {
+            let now = later + Duration::from_secs((k - 40) as u64);
+            feed.publish(gap(k));
+            o.udp_health.progress(now);
+            assert!(!o.udp_wedged(Some(&feed), now), "at {k} s");
+        }
+        if let Some(t) = o.udp_task.take() {
+            t.abort();
+        }
+    }
+}

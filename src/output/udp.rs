@@ -68,7 +68,7 @@ impl Health {
         f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn progress(&self, now: Instant) {
+    pub(crate) fn progress(&self, now: Instant) {
         self.with(|h| h.progress = Some(now));
     }
 
