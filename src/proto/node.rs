@@ -367,6 +367,32 @@ const REFUSAL_MEMORY: usize = 64;
 /// deadlines: a third of a 16-peer swarm's misses after startup came from that.
 const ENDING_GRACE: Duration = Duration::from_secs(5);
 
+/// Farthest a position a partner states (a map's newest, a play position) may lie from the
+/// node's reference (what it holds or is starting at, or what most partners agree on) and
+/// still be taken: four of the largest windows a map can describe, 17 minutes of 1 s
+/// segments. Honest partners lie within a window or two of each other; a position outside
+/// this is refused, and no loop or ranking ever spans more than this.
+pub const POSITION_HORIZON: u32 = 4 * super::buffer_map::MAX_WINDOW;
+
+/// `s` lies within [`POSITION_HORIZON`] of `reference`, either way.
+fn near(s: Seq, reference: Seq) -> bool {
+    s.offset_from(reference).unsigned_abs() <= POSITION_HORIZON
+}
+
+/// The position most of `positions` lie near (within [`POSITION_HORIZON`]), the first such
+/// on a tie; none for none. Quadratic: callers pass one position per partner (at most
+/// [`super::config::PARTNER_CEILING`] and the newcomers' slack).
+fn consensus(positions: &[Seq]) -> Option<Seq> {
+    let mut best: Option<(Seq, usize)> = None;
+    for &p in positions {
+        let n = positions.iter().filter(|&&q| near(q, p)).count();
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((p, n));
+        }
+    }
+    best.map(|(p, _)| p)
+}
+
 pub struct Node<P> {
     cfg: Config,
     id: PeerId,
@@ -1583,13 +1609,15 @@ impl<P: Payload> Node<P> {
         // its stalest non-critical one: old segments are widely held and their requesters
         // find them elsewhere, while a fresh one has few holders, and this may be one.
         let mut evict = None;
+        // Queued uploads are of segments we hold: within the store's window of its newest.
+        let reference = self.store.newest().unwrap_or(seq);
         if self.backlog() >= self.max_backlog() || pulls_queued >= self.cfg.upload_queue_capacity {
             evict = (0..self.uploads.len())
                 .filter(|&k| {
                     let u = &self.uploads[k];
                     !u.push && u.deadline > critical_before && (critical || u.seq.is_before(seq))
                 })
-                .min_by(|&a, &b| self.uploads[a].seq.serial_cmp(self.uploads[b].seq));
+                .min_by_key(|&k| self.uploads[k].seq.offset_from(reference));
         }
         let full = (self.backlog() >= self.max_backlog()
             || pulls_queued >= self.cfg.upload_queue_capacity)
@@ -1701,6 +1729,9 @@ impl<P: Payload> Node<P> {
             return critical;
         }
         let source = self.cfg.role == Role::Source;
+        // Queued uploads are of segments we held when asked: ranked by their offset from
+        // our newest (a total order).
+        let reference = self.store.newest().unwrap_or(Seq(0));
         (0..self.uploads.len()).min_by(|&a, &b| {
             let (ua, ub) = (&self.uploads[a], &self.uploads[b]);
             let copies = if source {
@@ -1709,7 +1740,11 @@ impl<P: Payload> Node<P> {
                 core::cmp::Ordering::Equal
             };
             copies
-                .then(ub.seq.serial_cmp(ua.seq))
+                .then(
+                    ub.seq
+                        .offset_from(reference)
+                        .cmp(&ua.seq.offset_from(reference)),
+                )
                 .then(ub.requester_rate.cmp(&ua.requester_rate))
                 .then(ua.deadline.cmp(&ub.deadline))
         })
@@ -2261,10 +2296,14 @@ impl<P: Payload> Node<P> {
             .iter()
             .filter_map(|l| l.partner.as_ref().and_then(|p| p.map.newest()))
             .collect();
-        if newests.is_empty() {
+        // Positions are ranked by their offset from one reference (a total order): the one
+        // most partners agree with, and those further than `POSITION_HORIZON` from it are
+        // left out (a partner's map off in another part of the sequence range is no guide).
+        let Some(reference) = consensus(&newests) else {
             return;
-        }
-        newests.sort_by(|a, b| b.serial_cmp(*a));
+        };
+        newests.retain(|s| near(*s, reference));
+        newests.sort_by_key(|s| core::cmp::Reverse(s.offset_from(reference)));
         let newest = newests[0];
         // The newest segment (nearly) every partner holds: it has spread through the swarm,
         // so what follows it will too, in time.
@@ -2285,9 +2324,10 @@ impl<P: Payload> Node<P> {
             .iter()
             .filter_map(|l| l.partner.as_ref().and_then(|p| p.playing))
             .map(|(s, at)| s.add((self.now.saturating_since(at).as_micros() / nominal) as u32))
+            .filter(|s| near(*s, reference))
             .collect();
         if !plays.is_empty() {
-            plays.sort_by(|a, b| a.serial_cmp(*b));
+            plays.sort_by_key(|s| s.offset_from(reference));
             let median = plays[(plays.len() - 1) / 2];
             if median.is_before(target) {
                 target = median;
@@ -3839,5 +3879,103 @@ mod tests {
         // The same segment when only the source feeds us: at once.
         node.links[0].peer.as_mut().unwrap().role = Role::Source;
         assert_eq!(node.start_hold(&seg), None);
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+    use crate::proto::buffer_map::BufferMap;
+    use crate::proto::wire::{Hello, SimPayload, MAGIC, VERSION};
+    use crate::proto::ChannelId;
+
+    const STREAM: u64 = 96_000;
+    const CHANNEL: ChannelId = ChannelId([7; 32]);
+
+    /// A joined peer with room for 32 partners, and `n` inbound partners (links 1..=n).
+    fn peer_with_partners(n: u64) -> (Node<SimPayload>, Instant) {
+        let mut cfg = Config::new(CHANNEL, Role::Peer, STREAM);
+        cfg.upload_bytes_per_s = 4 * STREAM;
+        let now = Instant::ZERO;
+        let mut node = Node::new(cfg, PeerId(1), 1, now);
+        node.command(
+            now,
+            Command::Join {
+                bootstrap: vec![PeerAddr::V4([10, 1, 1, 1], 7000)],
+            },
+        )
+        .expect("a peer joins");
+        for k in 1..=n {
+            let link = LinkId(k);
+            node.handle_input(
+                now,
+                Input::LinkUp {
+                    link,
+                    remote: PeerAddr::V4([10, 0, (k >> 8) as u8, k as u8], 7000),
+                    outbound: false,
+                },
+            );
+            let hello = Hello {
+                magic: MAGIC,
+                version: VERSION,
+                channel: CHANNEL,
+                peer_id: PeerId(100 + k),
+                listen_port: 7000,
+                role: Role::Peer,
+                upload_kbps: 768,
+            };
+            for c in [
+                Control::Hello(hello),
+                Control::PartnerRequest { partners: 4 },
+            ] {
+                node.handle_input(
+                    now,
+                    Input::Received {
+                        link,
+                        msg: Message::Ctl(c),
+                    },
+                );
+            }
+        }
+        while node.poll_output().is_some() {}
+        (node, now)
+    }
+
+    #[test]
+    fn partners_whose_maps_and_play_positions_span_the_whole_sequence_range_cannot_panic_a_node() {
+        // Rust's sort may panic on a comparison that is not a total order: serial-number
+        // order over positions spread across the u32 range is not one. 21-30 partners, maps
+        // and play positions spread over the range, 16 seeds each.
+        for n in 21..=30u64 {
+            for seed in 0..16u64 {
+                let (mut node, now) = peer_with_partners(n);
+                assert_eq!(node.stats().partners, n as usize);
+                let mut rng = Rng::new(seed * 1000 + n);
+                for k in 1..=n {
+                    let base = Seq(rng.next_u64() as u32);
+                    let mut map = BufferMap::empty(base);
+                    map.set(base.add(rng.below(200) as u32));
+                    let msg = Message::Ctl(Control::BufferMap {
+                        map,
+                        backlog_ms: 0,
+                        playing: Some(Seq(rng.next_u64() as u32)),
+                        spare: 0,
+                    });
+                    node.handle_input(
+                        now,
+                        Input::Received {
+                            link: LinkId(k),
+                            msg,
+                        },
+                    );
+                }
+                // The start first chosen (from one partner's map) never comes: it is chosen
+                // again, from every partner's map and play position.
+                for t in 1..=4 {
+                    node.handle_timeout(now + Duration::from_millis(t * 600));
+                    while node.poll_output().is_some() {}
+                }
+            }
+        }
     }
 }
