@@ -36,6 +36,7 @@
 //! own link.
 
 use super::bans::{Bans, Budget};
+use super::buffer_map::BufferMap;
 use super::config::Config;
 use super::membership::MCache;
 use super::partners::Partner;
@@ -186,6 +187,9 @@ pub struct NodeStats {
     pub sched_no_slot: u64,
     pub sched_too_late: u64,
     pub sched_budget_spent: u64,
+    /// Positions partners stated that lay beyond [`POSITION_HORIZON`] of ours and were
+    /// refused (a map, a have, a play position, an offer).
+    pub positions_refused: u64,
 }
 
 /// Why we dialled someone.
@@ -619,7 +623,11 @@ impl<P: Payload> Node<P> {
             // Only what we could deliver before its deadline counts.
             let xfer = Duration::for_bytes(self.last_segment_bytes, self.cfg.upload_bytes_per_s);
             let slots = (xfer.as_micros() + 300_000) / self.cfg.segment_duration.as_micros().max(1);
-            let mut s = play.add(ahead + 1 + slots as u32);
+            let mut s = play.add(ahead.saturating_add(1 + slots as u32));
+            // Within the store's window back from our newest: nothing older is held.
+            if s.offset_from(newest) < -(self.store.window() as i32) {
+                s = newest.sub(self.store.window());
+            }
             while !s.is_after(newest) {
                 if self.store.has(s) && !p.map.has(s) {
                     return true;
@@ -644,6 +652,20 @@ impl<P: Payload> Node<P> {
             .map(|p| p.parent_of.count_ones())
             .sum();
         (parents, self.children())
+    }
+
+    /// Whether a segment may come on `link` because we asked for one: a request (ours, or
+    /// our answer to its offer) in flight there, or a substream it pushes to us or was asked
+    /// to. A driver accepts segment-sized frames only from such a link; from any other, a
+    /// control message's size is all a frame may have.
+    pub fn segment_expected(&self, link: LinkId) -> bool {
+        self.requests.iter().any(|r| r.link == link)
+            || self.link_index(link).is_some_and(|i| {
+                self.links[i]
+                    .partner
+                    .as_ref()
+                    .is_some_and(|p| p.parent_of | p.subscribing != 0)
+            })
     }
 
     /// Requests in flight and queued uploads (for invariant checks: both are bounded).
@@ -1137,6 +1159,11 @@ impl<P: Payload> Node<P> {
                 spare,
             } => {
                 let now = self.now;
+                if self.links[i].partner.is_none() {
+                    return;
+                }
+                let map = self.checked_map(map);
+                let playing = self.checked_position(playing);
                 if let Some(p) = self.links[i].partner.as_mut() {
                     p.map = map;
                     p.spare = spare;
@@ -1151,12 +1178,18 @@ impl<P: Payload> Node<P> {
                 spare,
             } => {
                 let now = self.now;
+                if self.links[i].partner.is_none() {
+                    return;
+                }
+                let seq = self.checked_position(Some(seq));
                 if let Some(p) = self.links[i].partner.as_mut() {
-                    p.map.set(seq);
+                    if let Some(seq) = seq {
+                        p.map.set(seq);
+                    }
                     p.spare = spare;
                     p.note_backlog(now, backlog_ms);
                     self.schedule_due = true;
-                    if spare > 0 || self.may_want(seq) {
+                    if spare > 0 || seq.is_some_and(|s| self.may_want(s)) {
                         self.quiet = None;
                     }
                 }
@@ -1169,7 +1202,11 @@ impl<P: Payload> Node<P> {
             Control::Offer { seq } => self.on_offer(i, seq),
             Control::Decline { seq } => {
                 let link = self.links[i].id;
-                self.offers.retain(|o| !(o.0 == link && o.1 == seq));
+                // Only an answer to an offer of ours says anything (of a segment we hold).
+                let Some(k) = self.offers.iter().position(|o| o.0 == link && o.1 == seq) else {
+                    return;
+                };
+                self.offers.swap_remove(k);
                 if let Some(p) = self.links[i].partner.as_mut() {
                     // It holds it or will soon: offer something else next time.
                     p.map.set(seq);
@@ -1868,9 +1905,15 @@ impl<P: Payload> Node<P> {
             // before its deadline.
             let played = (now.saturating_since(at).as_micros() / nominal) as u32;
             let lead = ((xfer + l.one_way).as_micros() + 200_000).div_ceil(nominal) as u32;
-            let first = play.add(played + lead);
+            let first = play.add(played.saturating_add(lead));
+            // Only what we hold can be offered: the store's window back from our newest,
+            // however far back the partner says it plays (its position is checked, this bound
+            // holds whatever it says).
             let mut s = newest;
-            while !s.is_before(first) {
+            for _ in 0..self.store.window() {
+                if s.is_before(first) {
+                    break;
+                }
                 if best.is_some_and(|(_, b)| !s.is_after(b)) {
                     break;
                 }
@@ -1898,11 +1941,20 @@ impl<P: Payload> Node<P> {
             || !self.joined
             || self.cfg.role == Role::Source
             || self.requests.len() >= self.cfg.max_requests + MAX_OFFERS;
-        let late = match self.playout {
-            Playout::Playing { next, .. } => seq.is_before(next),
-            _ => false,
+        // An offer is taken only of a segment we could play: from where playback stands to a
+        // window on (a position beyond that is refused and counted).
+        let wanted = match self.playout {
+            Playout::Playing { next, .. } | Playout::Starting { start: next, .. } => {
+                (0..self.cfg.window as i32).contains(&seq.offset_from(next))
+            }
+            // Before a start is chosen: any position within the horizon.
+            Playout::Idle => self.checked_position(Some(seq)).is_some(),
         };
-        if taken || late {
+        if !wanted && !matches!(self.playout, Playout::Idle) {
+            // Counts it if it lies beyond the horizon, not merely outside the window.
+            let _ = self.checked_position(Some(seq));
+        }
+        if taken || !wanted {
             self.send(i, Control::Decline { seq });
             return;
         }
@@ -2271,6 +2323,53 @@ impl<P: Payload> Node<P> {
             LateCause::Unrequested { holders }
         } else {
             LateCause::Unheld
+        }
+    }
+
+    /// The position what partners say is checked against, and how far past it they may be:
+    /// our newest segment (partners may have moved on by one segment per nominal duration
+    /// since it came), else where playback starts or stands; none before we hold or chose
+    /// anything (then `choose_start` goes by what most partners agree on).
+    fn position_reference(&self) -> Option<(Seq, u32)> {
+        if let Some(n) = self.store.newest() {
+            let quiet = self.now.saturating_since(self.last_fresh).as_micros()
+                / self.nominal().as_micros().max(1);
+            return Some((n, quiet.min(u32::MAX as u64) as u32));
+        }
+        match self.playout {
+            Playout::Idle => None,
+            Playout::Starting { start, .. } => Some((start, 0)),
+            Playout::Playing { next, .. } => Some((next, 0)),
+        }
+    }
+
+    /// A position a partner stated, if it lies within [`POSITION_HORIZON`] of ours (forward,
+    /// also as far as the stream has moved on since our newest came); else none, counted.
+    fn checked_position(&mut self, s: Option<Seq>) -> Option<Seq> {
+        let s = s?;
+        let Some((reference, ahead)) = self.position_reference() else {
+            return Some(s);
+        };
+        let d = s.offset_from(reference) as i64;
+        if d >= -(POSITION_HORIZON as i64) && d <= POSITION_HORIZON as i64 + ahead as i64 {
+            Some(s)
+        } else {
+            self.stats.positions_refused += 1;
+            None
+        }
+    }
+
+    /// A partner's buffer map, if what it holds lies within [`POSITION_HORIZON`] of our
+    /// position; else an empty one at our position (it holds nothing we can use), counted.
+    fn checked_map(&mut self, map: BufferMap) -> BufferMap {
+        let Some((reference, _)) = self.position_reference() else {
+            return map;
+        };
+        let at = map.newest().unwrap_or(map.base());
+        if self.checked_position(Some(at)).is_some() {
+            map
+        } else {
+            BufferMap::empty(reference)
         }
     }
 
@@ -3939,6 +4038,115 @@ mod hostile_tests {
         }
         while node.poll_output().is_some() {}
         (node, now)
+    }
+
+    fn recv(node: &mut Node<SimPayload>, now: Instant, link: u64, msg: Message<SimPayload>) {
+        node.handle_input(
+            now,
+            Input::Received {
+                link: LinkId(link),
+                msg,
+            },
+        );
+    }
+
+    fn segment(seq: Seq) -> Message<SimPayload> {
+        Message::Segment(Segment {
+            seq,
+            origin_us: 0,
+            duration_us: 1_000_000,
+            flags: 0,
+            payload: SimPayload {
+                len: 12_000,
+                hops: 1,
+            },
+        })
+    }
+
+    fn offers_sent(node: &mut Node<SimPayload>) -> Vec<(LinkId, Seq)> {
+        std::iter::from_fn(|| node.poll_output())
+            .filter_map(|o| match o {
+                Output::Send {
+                    link,
+                    msg: Message::Ctl(Control::Offer { seq }),
+                } => Some((link, seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn positions_beyond_the_horizon_are_refused_and_offers_look_back_no_further_than_the_store() {
+        let (mut node, now) = peer_with_partners(2);
+        node.cfg.offers = true;
+        let newest = Seq(5_000_010);
+        for k in 0..10 {
+            recv(&mut node, now, 1, segment(newest.sub(9 - k)));
+        }
+        while node.poll_output().is_some() {}
+        assert_eq!(node.stats().positions_refused, 0);
+        // A play position half the sequence range back: refused, and no offer is made
+        // (before the check, the search for a segment to offer stepped back from our newest
+        // towards it, one segment at a time: up to 2^31 steps).
+        let far = newest.sub((1 << 31) - 5);
+        let map = |playing| {
+            Message::Ctl(Control::BufferMap {
+                map: BufferMap::empty(newest.sub(100)),
+                backlog_ms: 0,
+                playing: Some(playing),
+                spare: 0,
+            })
+        };
+        let t = std::time::Instant::now();
+        recv(&mut node, now, 2, map(far));
+        assert_eq!(node.stats().positions_refused, 1);
+        assert_eq!(offers_sent(&mut node), vec![]);
+        // A have, an offer and a map's newest as far off: refused too, and the map is not
+        // moved (it would have slid past everything it held).
+        recv(
+            &mut node,
+            now,
+            2,
+            Message::Ctl(Control::Have {
+                seq: far,
+                backlog_ms: 0,
+                spare: 0,
+            }),
+        );
+        recv(&mut node, now, 2, Message::Ctl(Control::Offer { seq: far }));
+        let mut off = BufferMap::empty(far);
+        off.set(far.add(3));
+        recv(
+            &mut node,
+            now,
+            2,
+            Message::Ctl(Control::BufferMap {
+                map: off,
+                backlog_ms: 0,
+                playing: None,
+                spare: 0,
+            }),
+        );
+        assert_eq!(node.stats().positions_refused, 4);
+        // A play position within the horizon but far behind what we hold: the search starts
+        // at our newest and stops at the store's window; the freshest segment it lacks goes.
+        recv(&mut node, now, 2, map(newest.sub(POSITION_HORIZON)));
+        assert_eq!(node.stats().positions_refused, 4);
+        assert_eq!(offers_sent(&mut node), vec![(LinkId(2), newest)]);
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_decline_of_nothing_we_offered_changes_nothing() {
+        let (mut node, now) = peer_with_partners(1);
+        recv(
+            &mut node,
+            now,
+            1,
+            Message::Ctl(Control::Decline { seq: Seq(77) }),
+        );
+        let p = node.links[0].partner.as_ref().expect("a partner");
+        assert!(!p.map.has(Seq(77)));
     }
 
     #[test]
