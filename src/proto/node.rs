@@ -370,6 +370,10 @@ const REFUSAL_MEMORY: usize = 64;
 /// other side's queued requests, asked seconds earlier, a few seconds before their
 /// deadlines: a third of a 16-peer swarm's misses after startup came from that.
 const ENDING_GRACE: Duration = Duration::from_secs(5);
+/// A claimed upload counts for at most this many stream rates until measured: the
+/// strongest class the simulator's mix and the supported boxes have (4x). A stronger peer
+/// is measured up to it as it delivers; a liar gains no more than an honest strong peer.
+pub const MAX_PRIOR_FACTOR: u64 = 4;
 
 /// Farthest a position a partner states (a map's newest, a play position) may lie from the
 /// node's reference (what it holds or is starting at, or what most partners agree on) and
@@ -666,6 +670,116 @@ impl<P: Payload> Node<P> {
                     .as_ref()
                     .is_some_and(|p| p.parent_of | p.subscribing != 0)
             })
+    }
+
+    /// Checks what must hold after every call whatever partners said (for the adversarial
+    /// harness, `harness::node_partners`, and tests): every table within its capacity, every
+    /// request of ours at a live partner and counted there, no more in flight at a partner
+    /// than it may have, no request for a segment we hold or beyond the window from where
+    /// playback stands, queued uploads within the queue's bounds, every partner's rate
+    /// estimate within its bounds. The first broken one, described.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let cfg = &self.cfg;
+        let partners = self.partner_count();
+        let bounded = [
+            ("links", self.links.len(), cfg.max_links),
+            ("partners", partners, cfg.partner_cap()),
+            (
+                "requests",
+                self.requests.len(),
+                cfg.max_requests + MAX_OFFERS,
+            ),
+            (
+                "active uploads",
+                self.active_uploads.len(),
+                cfg.concurrent_uploads,
+            ),
+            ("offers", self.offers.len(), MAX_OFFERS),
+            ("incoming", self.incoming.len(), MAX_INCOMING),
+            ("refusals", self.refusals.len(), REFUSAL_MEMORY),
+            ("mcache", self.mcache.len(), cfg.mcache_capacity),
+            (
+                "store",
+                self.store.len() as usize,
+                self.store.window() as usize,
+            ),
+            (
+                "pending dials",
+                self.pending_dials.len(),
+                cfg.max_links + cfg.partner_cap(),
+            ),
+            (
+                "queued pulls",
+                self.uploads.iter().filter(|u| !u.push).count(),
+                cfg.upload_queue_capacity,
+            ),
+            (
+                "queued pushes",
+                self.uploads.iter().filter(|u| u.push).count(),
+                cfg.push_queue_per_child * partners,
+            ),
+        ];
+        for (what, n, cap) in bounded {
+            if n > cap {
+                return Err(format!("{what}: {n} > {cap}"));
+            }
+        }
+        if self.links.len() != self.link_ids.len()
+            || self
+                .links
+                .iter()
+                .zip(&self.link_ids)
+                .any(|(l, id)| l.id != *id)
+        {
+            return Err("link ids out of step with links".into());
+        }
+        let (floor, ceiling) = self.rate_bounds();
+        let from = match self.playout {
+            Playout::Idle => None,
+            Playout::Starting { start, .. } => Some(start),
+            Playout::Playing { next, .. } => Some(next),
+        };
+        for r in &self.requests {
+            let Some(j) = self.link_index(r.link) else {
+                return Err(format!("request for {:?} on a closed link", r.seq));
+            };
+            if self.links[j].partner.is_none() {
+                return Err(format!("request for {:?} from a non-partner", r.seq));
+            }
+            if self.store.has(r.seq) {
+                return Err(format!("request for {:?}, which we hold", r.seq));
+            }
+            // Asked within the window from where playback stands: playback moves on (a
+            // request stays until its deadline), never back past a request (a start chosen
+            // again withdraws those outside its window).
+            if let Some(f) = from {
+                if r.seq.offset_from(f) >= cfg.window as i32 {
+                    return Err(format!("request for {:?}, playback at {f:?}", r.seq));
+                }
+            }
+        }
+        for l in &self.links {
+            let Some(p) = &l.partner else { continue };
+            let mine = self.requests.iter().filter(|r| r.link == l.id).count();
+            if p.inflight != mine {
+                return Err(format!(
+                    "{:?}: {} in flight, {mine} requests",
+                    l.id, p.inflight
+                ));
+            }
+            if mine > cfg.max_requests_per_partner {
+                return Err(format!("{:?}: {mine} requests in flight", l.id));
+            }
+            if p.upload_bytes_per_s < floor.max(1) || p.upload_bytes_per_s > ceiling {
+                return Err(format!("{:?}: rate {}", l.id, p.upload_bytes_per_s));
+            }
+        }
+        for u in &self.uploads {
+            if self.link_index(u.link).is_none() {
+                return Err(format!("upload of {:?} queued for a closed link", u.seq));
+            }
+        }
+        Ok(())
     }
 
     /// Requests in flight and queued uploads (for invariant checks: both are bounded).
@@ -996,7 +1110,10 @@ impl<P: Payload> Node<P> {
         let was_uploading = self.active_uploads.iter().any(|(k, _, _)| *k == id);
         if was_uploading && self.cfg.role == Role::Source {
             // A copy cut short seeds nobody: the segment may go out again.
-            let rate = l.peer.map_or(0, |p| p.upload_bytes_per_s);
+            let rate = match (&l.partner, l.peer) {
+                (Some(p), _) => p.upload_bytes_per_s,
+                (None, peer) => peer.map_or(0, |p| p.upload_bytes_per_s),
+            };
             let cut: Vec<Seq> = self
                 .active_uploads
                 .iter()
@@ -1224,7 +1341,7 @@ impl<P: Payload> Node<P> {
                     self.requests.swap_remove(k);
                     self.stats.busy_received += 1;
                     if let Some(p) = self.links[i].partner.as_mut() {
-                        p.inflight = p.inflight.saturating_sub(1);
+                        p.answered(self.now);
                         p.note_backlog(now, backlog_ms);
                         let wait =
                             Duration::from_millis(backlog_ms as u64 / 2).max(BUSY_BACKOFF_MIN);
@@ -1286,15 +1403,42 @@ impl<P: Payload> Node<P> {
             self.close(i, ByeReason::Banned);
             return;
         }
+        let prior = self.prior_rate(h.upload_kbps);
         let l = &mut self.links[i];
         l.peer = Some(PeerInfo {
             id: h.peer_id,
             role: h.role,
             listen: l.remote.with_port(h.listen_port),
-            upload_bytes_per_s: h.upload_kbps as u64 * 1000 / 8,
+            upload_bytes_per_s: prior,
         });
         if l.purpose == Purpose::Inbound {
             self.send(i, Control::Hello(self.hello()));
+        }
+    }
+
+    /// What a hello's claimed upload counts for before anything is measured: kept within
+    /// [`rate_bounds`](Self::rate_bounds), so that no claim outweighs the strongest uplink
+    /// the project plans for.
+    fn prior_rate(&self, upload_kbps: u32) -> u64 {
+        let (floor, ceiling) = self.rate_bounds();
+        (upload_kbps as u64 * 1000 / 8).clamp(floor, ceiling)
+    }
+
+    /// Bounds of a partner's rate, claimed or measured: a sixteenth of the stream rate (a
+    /// partner that delivers nothing still gets a finite estimate) to
+    /// [`MAX_PRIOR_FACTOR`] stream rates.
+    fn rate_bounds(&self) -> (u64, u64) {
+        let stream = self.cfg.stream_bytes_per_s.max(16);
+        (stream / 16, stream.saturating_mul(MAX_PRIOR_FACTOR))
+    }
+
+    /// The upload rate we reckon link `j`'s peer has: measured if it is a partner (see
+    /// [`Partner::upload_bytes_per_s`]), else its claim as clamped (0 before its hello).
+    fn rate_of(&self, j: usize) -> u64 {
+        match (&self.links[j].partner, self.links[j].peer) {
+            (Some(p), _) => p.upload_bytes_per_s,
+            (None, Some(peer)) => peer.upload_bytes_per_s,
+            (None, None) => 0,
         }
     }
 
@@ -1607,9 +1751,9 @@ impl<P: Payload> Node<P> {
 
     fn on_request(&mut self, i: usize, seq: Seq, deadline_ms: u32) {
         let link = self.links[i].id;
-        let Some(peer) = self.links[i].peer else {
+        if self.links[i].peer.is_none() {
             return;
-        };
+        }
         let is_partner = self.links[i].partner.is_some();
         let queued_here = self
             .uploads
@@ -1698,7 +1842,7 @@ impl<P: Payload> Node<P> {
             link,
             seq,
             deadline,
-            requester_rate: peer.upload_bytes_per_s,
+            requester_rate: self.rate_of(i),
             push: false,
         });
         self.start_uploads();
@@ -1940,7 +2084,13 @@ impl<P: Payload> Node<P> {
             || self.is_ending(self.links[i].id)
             || !self.joined
             || self.cfg.role == Role::Source
-            || self.requests.len() >= self.cfg.max_requests + MAX_OFFERS;
+            || self.requests.len() >= self.cfg.max_requests + MAX_OFFERS
+            // An offer fills a slot the partner has free, no more: a partner offering one
+            // segment after another would otherwise hold every request we may have out.
+            || self.links[i]
+                .partner
+                .as_ref()
+                .is_some_and(|p| p.inflight >= self.cfg.max_requests_per_partner);
         // An offer is taken only of a segment we could play: from where playback stands to a
         // window on (a position beyond that is refused and counted).
         let wanted = match self.playout {
@@ -1964,8 +2114,9 @@ impl<P: Payload> Node<P> {
             .saturating_since(now)
             .as_millis()
             .min(u32::MAX as u64) as u32;
+        let lead = self.links[i].one_way.mul(2);
         if let Some(p) = self.links[i].partner.as_mut() {
-            p.inflight += 1;
+            p.asked(now, lead);
         }
         self.requests.push(Request {
             seq,
@@ -2051,7 +2202,11 @@ impl<P: Payload> Node<P> {
             let r = self.requests.swap_remove(k);
             if let Some(j) = self.link_index(r.link) {
                 if let Some(p) = self.links[j].partner.as_mut() {
-                    p.inflight = p.inflight.saturating_sub(1);
+                    p.answered(self.now);
+                    // What it delivered of what we asked it for measures its rate.
+                    if r.link == link {
+                        p.delivered(seg.payload.len() as u64);
+                    }
                 }
             }
         }
@@ -2115,6 +2270,7 @@ impl<P: Payload> Node<P> {
                             .is_some_and(|seg| self.start_hold(seg).is_none_or(|at| at <= soon))
                 }) {
                     Some(held) => {
+                        self.withdraw_requests_outside(held);
                         self.playout = Playout::Starting { start: held, since };
                         held
                     }
@@ -2289,7 +2445,7 @@ impl<P: Payload> Node<P> {
                 if let Some(j) = self.link_index(r.link) {
                     self.send(j, Control::Cancel { seq: r.seq });
                     if let Some(p) = self.links[j].partner.as_mut() {
-                        p.inflight = p.inflight.saturating_sub(1);
+                        p.answered(self.now);
                     }
                 }
             }
@@ -2446,11 +2602,34 @@ impl<P: Payload> Node<P> {
             }
             target = target.next();
         }
+        self.withdraw_requests_outside(target);
         self.playout = Playout::Starting {
             start: target,
             since: self.now,
         };
         self.drain_playout();
+    }
+
+    /// Withdraws our requests for segments outside the window either side of `start`, a
+    /// start just chosen or moved: they were made for an earlier one (partners' maps, or
+    /// segments far from it, moved it), and their slots are wanted here.
+    fn withdraw_requests_outside(&mut self, start: Seq) {
+        let window = self.cfg.window as i32;
+        let mut k = 0;
+        while k < self.requests.len() {
+            let d = self.requests[k].seq.offset_from(start);
+            if (-window..window).contains(&d) {
+                k += 1;
+                continue;
+            }
+            let r = self.requests.swap_remove(k);
+            if let Some(j) = self.link_index(r.link) {
+                self.send(j, Control::Cancel { seq: r.seq });
+                if let Some(p) = self.links[j].partner.as_mut() {
+                    p.answered(self.now);
+                }
+            }
+        }
     }
 
     /// When a start segment in hand may play, if not now. On a stream that has only just
@@ -2807,8 +2986,9 @@ impl<P: Payload> Node<P> {
             // Give up on it a while after we expected it: twice the estimate, at least a second.
             let expect = pick.eta.saturating_since(now);
             let expect_by = now + expect.mul(2) + Duration::from_secs(1);
+            let lead = self.links[j].one_way.mul(2);
             if let Some(p) = self.links[j].partner.as_mut() {
-                p.inflight += 1;
+                p.asked(now, lead);
             }
             self.requests.push(Request {
                 seq: pick.seq,
@@ -2895,7 +3075,7 @@ impl<P: Payload> Node<P> {
                 continue;
             }
             let link = l.id;
-            let rate = l.peer.map_or(0, |p| p.upload_bytes_per_s);
+            let rate = p.upload_bytes_per_s;
             self.enqueue_push(link, seq, rate);
         }
         self.start_uploads();
@@ -2960,7 +3140,7 @@ impl<P: Payload> Node<P> {
         }
         let refused = mask & !accepted;
         let link = self.links[i].id;
-        let rate = self.links[i].peer.map_or(0, |p| p.upload_bytes_per_s);
+        let rate = self.rate_of(i);
         if let Some(p) = self.links[i].partner.as_mut() {
             p.child_of |= accepted;
         }
@@ -3180,7 +3360,7 @@ impl<P: Payload> Node<P> {
                 if let Some(j) = self.link_index(r.link) {
                     self.send(j, Control::Cancel { seq: r.seq });
                     if let Some(p) = self.links[j].partner.as_mut() {
-                        p.inflight = p.inflight.saturating_sub(1);
+                        p.answered(self.now);
                         p.avoid_until = p.avoid_until.max(now + Duration::from_secs(1));
                         p.failed = p.failed.saturating_add(1);
                     }
@@ -3296,9 +3476,12 @@ impl<P: Payload> Node<P> {
         }) {
             self.close(j, ByeReason::Refined);
         }
+        let (floor, ceiling) = self.rate_bounds();
+        let now = self.now;
         for l in &mut self.links {
             if let Some(p) = l.partner.as_mut() {
                 p.close_period(period);
+                p.fold_rate(now, floor, ceiling);
             }
         }
         if self.cfg.role == Role::Source {
