@@ -4319,6 +4319,153 @@ mod hostile_tests {
         assert!(t.elapsed() < std::time::Duration::from_secs(1));
     }
 
+    /// Two partners hold the stream as it is cut (one 96 kB segment a second): link 1
+    /// claims a 400 Mbit/s uplink and delivers what we ask of it in 10 s, link 2 claims the
+    /// stream rate (768 kbit/s) and delivers in 0.2 s. For `secs`, the node is driven as a driver would;
+    /// returns how many requests each got in each 20 s refinement period.
+    fn claims_against_delivery(secs: u64) -> (Node<SimPayload>, Vec<[u32; 2]>) {
+        let (mut node, t0) = peer_with_partners(0);
+        // Playback runs at most 5 s behind the stream: a 10 s delivery is always too late.
+        node.cfg.max_lag = Duration::from_secs(5);
+        for (k, kbps) in [(1u64, 400_000u32), (2, 768)] {
+            let link = LinkId(k);
+            node.handle_input(
+                t0,
+                Input::LinkUp {
+                    link,
+                    remote: PeerAddr::V4([10, 0, 0, k as u8], 7000),
+                    outbound: false,
+                },
+            );
+            let hello = Hello {
+                magic: MAGIC,
+                version: VERSION,
+                channel: CHANNEL,
+                peer_id: PeerId(100 + k),
+                listen_port: 7000,
+                role: Role::Peer,
+                upload_kbps: kbps,
+            };
+            recv(&mut node, t0, k, Message::Ctl(Control::Hello(hello)));
+            recv(
+                &mut node,
+                t0,
+                k,
+                Message::Ctl(Control::PartnerRequest { partners: 4 }),
+            );
+        }
+        let seg = |seq: Seq| Segment {
+            seq,
+            origin_us: 0,
+            duration_us: 1_000_000,
+            flags: 0,
+            payload: SimPayload {
+                len: STREAM as u32,
+                hops: 1,
+            },
+        };
+        let mut pending: Vec<(Instant, LinkId, Seq)> = Vec::new();
+        let mut asked = vec![[0u32; 2]; (secs / 20 + 1) as usize];
+        let step = Duration::from_millis(100);
+        let mut now = t0;
+        for tick in 0..secs * 10 {
+            now += step;
+            if tick % 10 == 0 {
+                // Segment `tick / 10` is cut; both partners have it at once.
+                let s = Seq(1000 + (tick / 10) as u32);
+                for k in 1..=2 {
+                    let have = Control::Have {
+                        seq: s,
+                        backlog_ms: 0,
+                        spare: 0,
+                    };
+                    recv(&mut node, now, k, Message::Ctl(have));
+                }
+            }
+            let due: Vec<_> = pending.iter().filter(|p| p.0 <= now).copied().collect();
+            pending.retain(|p| p.0 > now);
+            for (_, link, s) in due {
+                recv(&mut node, now, link.0, Message::Segment(seg(s)));
+            }
+            node.handle_timeout(now);
+            while let Some(o) = node.poll_output() {
+                if let Output::Send {
+                    link,
+                    msg: Message::Ctl(Control::Request { seq, .. }),
+                } = o
+                {
+                    let slow = link == LinkId(1);
+                    asked[(now.saturating_since(t0).as_micros() / 20_000_000) as usize]
+                        [!slow as usize] += 1;
+                    let took = Duration::from_millis(if slow { 10_000 } else { 200 });
+                    pending.push((now + took, link, seq));
+                }
+            }
+        }
+        (node, asked)
+    }
+
+    #[test]
+    fn a_partner_that_claims_a_huge_upload_and_delivers_slowly_loses_supplier_choice() {
+        let (node, asked) = claims_against_delivery(100);
+        let rate = |k: usize| {
+            node.links[k]
+                .partner
+                .as_ref()
+                .expect("partner")
+                .upload_bytes_per_s
+        };
+        let (slow, fast) = (rate(0), rate(1));
+        // The claim counts for 4 stream rates at most, the measurement for what it was: a
+        // segment in 10 s (requests that timed out first: nothing, the floor) against one in
+        // 0.2 s.
+        assert!(slow <= STREAM / 8, "slow partner at {slow} B/s");
+        assert!(
+            fast >= STREAM && fast > 20 * slow,
+            "fast partner at {fast} B/s"
+        );
+        // It announces every segment first. While only its claim was known it was asked for
+        // them (a 4x uplink delivers in time); once measured, the fast one gets nearly all.
+        let first = asked[0];
+        let last = asked[3];
+        assert!(first[0] >= 5, "{asked:?}");
+        assert!(last[0] * 10 <= last[1], "{asked:?}");
+    }
+
+    #[test]
+    fn a_partner_that_claims_a_huge_upload_and_delivers_slowly_is_served_after_one_that_delivers() {
+        let (mut node, _) = claims_against_delivery(100);
+        let now = node.now;
+        let newest = node.store().newest().expect("it holds the stream");
+        let (a, b) = (newest, newest.sub(1));
+        let request = |seq| {
+            Message::Ctl(Control::Request {
+                seq,
+                deadline_ms: 15_000,
+            })
+        };
+        while node.poll_output().is_some() {}
+        // One upload at a time: the first request starts at once, the next two queue for the
+        // same segment, and the measured uploader goes first (the claimed 4x one did before).
+        recv(&mut node, now, 1, request(a));
+        recv(&mut node, now, 1, request(b));
+        recv(&mut node, now, 2, request(b));
+        let sent = |node: &mut Node<SimPayload>| {
+            std::iter::from_fn(|| node.poll_output())
+                .filter_map(|o| match o {
+                    Output::Send {
+                        link,
+                        msg: Message::Segment(s),
+                    } => Some((link, s.seq)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sent(&mut node), vec![(LinkId(1), a)]);
+        node.handle_input(now, Input::Sent { link: LinkId(1) });
+        assert_eq!(sent(&mut node), vec![(LinkId(2), b)]);
+    }
+
     #[test]
     fn a_decline_of_nothing_we_offered_changes_nothing() {
         let (mut node, now) = peer_with_partners(1);

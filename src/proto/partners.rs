@@ -107,11 +107,17 @@ impl Partner {
         now + backlog + ours
     }
 
-    /// We asked it for a segment; the first byte cannot come before `lead` (a round trip),
-    /// so an idle partner's wait is counted from then.
+    /// We asked it for a segment; the first byte cannot come before `lead` (a round trip)
+    /// and the backlog it advertised has drained, so an idle partner's wait is counted from
+    /// then: the rate measured is its rate once it serves us, as the scheduler reckons
+    /// (`free_at` adds the backlog). A partner that advertises a long backlog to look fast
+    /// makes itself a late supplier by the same number.
     pub fn asked(&mut self, now: Instant, lead: Duration) {
         if self.inflight == 0 {
-            self.busy_since = Some(now + lead);
+            let backlog = self
+                .backlog
+                .saturating_sub(now.saturating_since(self.backlog_at));
+            self.busy_since = Some(now + lead + backlog);
         }
         self.inflight += 1;
     }
