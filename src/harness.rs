@@ -25,6 +25,7 @@ pub type Check = fn(&[u8]);
 pub const TARGETS: &[(&str, Check)] = &[
     ("wire_frame", wire_frame),
     ("node_input", node_input),
+    ("node_partners", node_partners),
     ("ts_segmenter", ts_segmenter),
     ("http_request", http_request),
     ("config_settings", config_settings),
@@ -144,6 +145,302 @@ pub fn node_input(data: &[u8]) {
     assert!(a <= cfg.max_requests && b <= cfg.upload_queue_capacity && c <= cfg.max_links);
     assert!(node.store().len() <= node.store().window());
     let _ = outputs;
+}
+
+/// Partners the adversarial node target drives at most.
+pub const HOSTILE_PARTNERS: u64 = 32;
+
+/// Reads the fuzzer's bytes as the target's choices; zeros once they run out.
+struct Choices<'a>(&'a [u8]);
+
+impl Choices<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    fn done(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One node and up to [`HOSTILE_PARTNERS`] partners that say whatever the bytes say:
+/// buffer maps, haves, requests, offers, busy answers, declines, subscriptions, segments
+/// (whole and started; a segment is what a verifying driver passes on, so any sequence
+/// number a source ever signed), positions near a stream position or anywhere in the u32
+/// range, partners leaving and coming back, uploads reported sent, and time passing. After
+/// every input the node's invariants hold ([`Node::check_invariants`]), and every request it
+/// sends goes to a partner that said it holds that segment (in a map, a have or an offer, or
+/// by sending it) and is for a segment the node does not hold.
+pub fn node_partners(data: &[u8]) {
+    use crate::proto::buffer_map::{BufferMap, MAX_WINDOW};
+    use crate::proto::wire::{SimPayload, MAX_ENTRIES_PER_MESSAGE};
+    use crate::proto::{Command, Output, Seq};
+    let mut c = Choices(data);
+    let channel = ChannelId(HARNESS_CHANNEL);
+    let mut cfg = Config::new(channel, Role::Peer, 96_000);
+    // A strong uplink: room for the most partners a node ever has.
+    cfg.upload_bytes_per_s = 4 * 96_000;
+    let flags = c.u8();
+    cfg.offers = flags & 1 != 0;
+    cfg.substreams = if flags & 2 != 0 { 4 } else { cfg.substreams };
+    let n = (c.u8() as u64 % HOSTILE_PARTNERS) + 1;
+    let stream = Seq(c.u32());
+    let mut now = Instant::ZERO;
+    let mut node: Node<SimPayload> = Node::new(cfg.clone(), PeerId(1), c.u32() as u64, now);
+    node.command(
+        now,
+        Command::Join {
+            bootstrap: vec![PeerAddr::V4([10, 9, 9, 9], 7000)],
+        },
+    )
+    .expect("a fresh peer joins");
+    // What each partner said it holds, as a map a window wide around each statement (a
+    // request must be for one of these).
+    let mut said: Vec<Vec<Seq>> = vec![Vec::new(); n as usize + 1];
+    let mut next_link = 1u64;
+    let mut link_of: Vec<Option<LinkId>> = vec![None; n as usize + 1];
+    let hello = |k: u64, claim: u32| {
+        Control::Hello(Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel,
+            peer_id: PeerId(100 + k),
+            listen_port: 7000,
+            role: Role::Peer,
+            upload_kbps: claim,
+        })
+    };
+    let connect = |node: &mut Node<SimPayload>, now, k: u64, link: LinkId, claim| {
+        node.handle_input(
+            now,
+            Input::LinkUp {
+                link,
+                remote: PeerAddr::V4([10, 0, 0, k as u8], 7000),
+                outbound: false,
+            },
+        );
+        for msg in [hello(k, claim), Control::PartnerRequest { partners: 4 }] {
+            node.handle_input(
+                now,
+                Input::Received {
+                    link,
+                    msg: Message::Ctl(msg),
+                },
+            );
+        }
+    };
+    let check = |node: &mut Node<SimPayload>,
+                 said: &mut Vec<Vec<Seq>>,
+                 link_of: &[Option<LinkId>],
+                 what: &str| {
+        let partner_of = |l: LinkId| link_of.iter().position(|x| *x == Some(l));
+        while let Some(o) = node.poll_output() {
+            match o {
+                Output::Send {
+                    link,
+                    msg: Message::Ctl(Control::Request { seq, .. }),
+                } => {
+                    let k = partner_of(link).expect("a request to a partner link");
+                    assert!(
+                        said[k].contains(&seq),
+                        "{what}: asked partner {k} for {seq:?}, which it never said it holds"
+                    );
+                    assert!(!node.store().has(seq), "{what}: asked for {seq:?}, held");
+                }
+                Output::Send {
+                    link,
+                    msg: Message::Segment(sg),
+                } => {
+                    if let Some(k) = partner_of(link) {
+                        said[k].push(sg.seq);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Err(e) = node.check_invariants() {
+            panic!("{what}: {e}");
+        }
+        // What partners said is kept to a bounded list (the oldest statements go first,
+        // long after the node's map of that partner has slid past them).
+        for v in said.iter_mut() {
+            if v.len() > 32 * MAX_WINDOW as usize {
+                v.drain(..v.len() - 16 * MAX_WINDOW as usize);
+            }
+        }
+    };
+    for k in 1..=n {
+        let link = LinkId(next_link);
+        next_link += 1;
+        link_of[k as usize] = Some(link);
+        let claim = c.u32();
+        connect(&mut node, now, k, link, claim);
+        check(&mut node, &mut said, &link_of, "connect");
+    }
+    let mut steps = 0;
+    while !c.done() && steps < 4096 {
+        steps += 1;
+        let op = c.u8();
+        let k = (c.u8() as u64 % n) + 1;
+        let pos = |c: &mut Choices| -> Seq {
+            match c.u8() % 4 {
+                // Near the stream, either way.
+                0 | 1 => stream.add(c.u16() as i16 as i32 as u32),
+                // Near the stream ahead, a window at most.
+                2 => stream.add(c.u8() as u32),
+                _ => Seq(c.u32()),
+            }
+        };
+        let Some(link) = link_of[k as usize] else {
+            // A partner that left comes back on a new link, claiming anything.
+            let link = LinkId(next_link);
+            next_link += 1;
+            link_of[k as usize] = Some(link);
+            said[k as usize].clear();
+            let claim = c.u32();
+            connect(&mut node, now, k, link, claim);
+            check(&mut node, &mut said, &link_of, "reconnect");
+            continue;
+        };
+        let ctl = |msg: Control| Input::Received {
+            link,
+            msg: Message::Ctl(msg),
+        };
+        let segment = |seq: Seq, len: u16| crate::proto::wire::Segment {
+            seq,
+            origin_us: 0,
+            duration_us: 1_000_000,
+            flags: 0,
+            payload: SimPayload {
+                len: len as u32 + 1,
+                hops: 1,
+            },
+        };
+        let input = match op % 16 {
+            0 | 1 => {
+                let base = pos(&mut c);
+                let mut map = BufferMap::empty(base);
+                let mut bits = c.u32() as u64 | (c.u32() as u64) << 32;
+                let stride = c.u8() as u32 % 4 + 1;
+                let mut at = base;
+                while bits != 0 {
+                    if bits & 1 != 0 {
+                        map.set(at);
+                    }
+                    bits >>= 1;
+                    at = at.add(stride);
+                }
+                let playing = (c.u8() & 1 != 0).then(|| pos(&mut c));
+                let v = &mut said[k as usize];
+                v.clear();
+                let mut s = map.oldest();
+                while let Some(x) = s {
+                    if map.has(x) {
+                        v.push(x);
+                    }
+                    s = (Some(x) != map.newest()).then(|| x.next());
+                }
+                ctl(Control::BufferMap {
+                    map,
+                    backlog_ms: c.u16(),
+                    playing,
+                    spare: c.u8() % 8,
+                })
+            }
+            2 | 3 => {
+                let seq = pos(&mut c);
+                said[k as usize].push(seq);
+                ctl(Control::Have {
+                    seq,
+                    backlog_ms: c.u16(),
+                    spare: c.u8() % 8,
+                })
+            }
+            4 => ctl(Control::Request {
+                seq: pos(&mut c),
+                deadline_ms: c.u32(),
+            }),
+            5 => {
+                let seq = pos(&mut c);
+                said[k as usize].push(seq);
+                ctl(Control::Offer { seq })
+            }
+            6 => ctl(Control::Busy {
+                seq: pos(&mut c),
+                backlog_ms: c.u16(),
+            }),
+            7 => ctl(Control::Decline { seq: pos(&mut c) }),
+            8 => ctl(Control::Subscribe {
+                mask: c.u32(),
+                from: pos(&mut c),
+            }),
+            9 => ctl(Control::Unsubscribe { mask: c.u32() }),
+            10 => ctl(Control::Cancel { seq: pos(&mut c) }),
+            11 => {
+                let seq = pos(&mut c);
+                said[k as usize].push(seq);
+                let len = c.u16();
+                Input::Received {
+                    link,
+                    msg: Message::Segment(segment(seq, len)),
+                }
+            }
+            12 => {
+                let seq = pos(&mut c);
+                said[k as usize].push(seq);
+                let len = c.u16();
+                Input::SegmentStarted {
+                    link,
+                    segment: segment(seq, len),
+                }
+            }
+            13 => Input::Sent { link },
+            14 => {
+                if c.u8() & 1 == 0 {
+                    link_of[k as usize] = None;
+                    Input::LinkDown { link }
+                } else {
+                    let entries = (0..c.u8() as usize % (MAX_ENTRIES_PER_MESSAGE + 1))
+                        .map(|e| crate::proto::wire::MemberEntry {
+                            id: PeerId(1000 + e as u64),
+                            addr: PeerAddr::V4([10, 1, 0, e as u8], 7000),
+                            seq: 1,
+                            num_partners: 1,
+                            max_partners: 8,
+                            ttl_s: 60,
+                        })
+                        .collect();
+                    ctl(Control::Members(entries))
+                }
+            }
+            _ => {
+                now += Duration::from_millis(c.u16() as u64 % 4000);
+                node.handle_timeout(now);
+                check(&mut node, &mut said, &link_of, "timeout");
+                continue;
+            }
+        };
+        let what = format!("op {} from partner {k}", op % 16);
+        node.handle_input(now, input);
+        check(&mut node, &mut said, &link_of, &what);
+    }
+    // Time runs on: timeouts, refinement and rate samples with whatever is in flight.
+    for _ in 0..30 {
+        now += Duration::from_secs(1);
+        node.handle_timeout(now);
+        check(&mut node, &mut said, &link_of, "drain");
+    }
 }
 
 /// Raw bytes as a live input: resynchronised to packets, cut by the segmenter (both rules),

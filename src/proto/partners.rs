@@ -1,6 +1,13 @@
 //! What a node knows about each partner: its buffer map, its advertised upload backlog, our
 //! requests in flight to it, and the traffic that scores the partnership.
 //!
+//! Its upload rate is measured, not taken on its word: the rate a partner claims in its hello
+//! (clamped by the node) only seeds [`Partner::upload_bytes_per_s`], and every period in which
+//! we had requests waiting at it for long enough yields a sample, bytes it delivered over the
+//! time it had work from us, folded in with weight [`SAMPLE_WEIGHT`] (in time per byte, so
+//! that one slow period pulls an estimate down at once while a fast one raises it gradually).
+//! A partner that claims a huge upload and delivers little is a slow partner after one period.
+//!
 //! DONet scores a partnership by `max(s̄ij, s̄ji)`, the average segments per unit time sent or
 //! received, so that a partner useful in either direction is kept; refinement drops the lowest.
 
@@ -19,8 +26,17 @@ pub struct Partner {
     pub avoid_until: Instant,
     /// Our requests at this partner not yet answered.
     pub inflight: usize,
-    /// Upload rate the partner announced, bytes/s.
+    /// Upload rate we reckon it has for us, bytes/s: seeded by the rate it claimed, then
+    /// measured (see the module docs). Supplier choice, serving order and the source's
+    /// eviction read this.
     pub upload_bytes_per_s: u64,
+    /// Time our requests have waited at it (with at least one in flight) since the last
+    /// sample, the bytes it delivered for them, and since when the current wait runs.
+    pub busy: Duration,
+    pub delivered_bytes: u64,
+    pub busy_since: Option<Instant>,
+    /// Samples folded into the estimate so far.
+    pub measured: u32,
     /// The partner's upload backlog as it last advertised it, and when.
     pub backlog: Duration,
     pub backlog_at: Instant,
@@ -67,6 +83,10 @@ impl Partner {
             inflight: 0,
             avoid_until: now,
             upload_bytes_per_s: upload_bytes_per_s.max(1),
+            busy: Duration::ZERO,
+            delivered_bytes: 0,
+            busy_since: None,
+            measured: 0,
             sent: 0,
             received: 0,
             score: 0.0,
@@ -85,6 +105,61 @@ impl Partner {
             self.upload_bytes_per_s,
         );
         now + backlog + ours
+    }
+
+    /// We asked it for a segment; the first byte cannot come before `lead` (a round trip)
+    /// and the backlog it advertised has drained, so an idle partner's wait is counted from
+    /// then: the rate measured is its rate once it serves us, as the scheduler reckons
+    /// (`free_at` adds the backlog). A partner that advertises a long backlog to look fast
+    /// makes itself a late supplier by the same number.
+    pub fn asked(&mut self, now: Instant, lead: Duration) {
+        if self.inflight == 0 {
+            let backlog = self
+                .backlog
+                .saturating_sub(now.saturating_since(self.backlog_at));
+            self.busy_since = Some(now + lead + backlog);
+        }
+        self.inflight += 1;
+    }
+
+    /// A request of ours at it is over (delivered, refused, cancelled or timed out).
+    pub fn answered(&mut self, now: Instant) {
+        self.inflight = self.inflight.saturating_sub(1);
+        if self.inflight == 0 {
+            if let Some(s) = self.busy_since.take() {
+                self.busy += now.saturating_since(s);
+            }
+        }
+    }
+
+    /// It delivered `bytes` of a segment we asked it for.
+    pub fn delivered(&mut self, bytes: u64) {
+        self.delivered_bytes = self.delivered_bytes.saturating_add(bytes);
+    }
+
+    /// Folds what it delivered since the last sample into the rate estimate, once our
+    /// requests have waited there at least [`MIN_BUSY`] (else the wait goes on adding up).
+    /// A sample is kept within `floor..=ceiling` bytes/s (a partner that delivered nothing
+    /// in all that time counts as `floor`).
+    pub fn fold_rate(&mut self, now: Instant, floor: u64, ceiling: u64) {
+        let mut busy = self.busy;
+        if let Some(s) = self.busy_since {
+            busy += now.saturating_since(s);
+            self.busy_since = Some(s.max(now));
+        }
+        if busy < MIN_BUSY {
+            self.busy = busy;
+            return;
+        }
+        let sample = (self.delivered_bytes as f64 / busy.as_secs_f64())
+            .clamp(floor.max(1) as f64, ceiling.max(floor).max(1) as f64);
+        let per_byte =
+            (1.0 - SAMPLE_WEIGHT) / self.upload_bytes_per_s.max(1) as f64 + SAMPLE_WEIGHT / sample;
+        self.upload_bytes_per_s =
+            ((1.0 / per_byte).round() as u64).clamp(floor.max(1), ceiling.max(floor).max(1));
+        self.busy = Duration::ZERO;
+        self.delivered_bytes = 0;
+        self.measured = self.measured.saturating_add(1);
     }
 
     /// Folds the counters of the period just ended into the score.
@@ -119,6 +194,12 @@ impl Partner {
         self.backlog_at = now;
     }
 }
+
+/// Waiting time at a partner that makes a rate sample: shorter waits are too few
+/// segments to tell a rate (a round trip more or less would swing it).
+pub const MIN_BUSY: Duration = Duration::from_secs(1);
+/// Weight of a new sample in the rate estimate, in time per byte.
+pub const SAMPLE_WEIGHT: f64 = 0.5;
 
 /// The newest segment of substream `j` (of `k`) that `map` holds.
 pub fn newest_in(map: &BufferMap, j: u32, k: u32) -> Option<Seq> {
@@ -174,5 +255,37 @@ mod tests {
         assert_eq!(p.free_at(now, 100_000), now + Duration::from_millis(1500));
         p.inflight = 2;
         assert_eq!(p.free_at(now, 100_000), now + Duration::from_millis(3500));
+    }
+
+    #[test]
+    fn a_claimed_rate_gives_way_to_the_measured_one() {
+        let secs = Duration::from_secs;
+        let t0 = Instant::ZERO;
+        // Claims 400 kB/s; asked for a segment it takes 10 s to deliver 100 kB of.
+        let mut p = Partner::new(t0, 400_000);
+        p.asked(t0, Duration::ZERO);
+        p.delivered(100_000);
+        p.answered(t0 + secs(10));
+        p.fold_rate(t0 + secs(20), 1_000, 1_000_000);
+        // 10 kB/s measured: the estimate is at most twice that after one sample.
+        assert!(p.upload_bytes_per_s <= 20_000, "{}", p.upload_bytes_per_s);
+        assert_eq!(p.measured, 1);
+        // A partner that delivers nothing while asked counts as the floor.
+        let mut q = Partner::new(t0, 400_000);
+        q.asked(t0, Duration::ZERO);
+        q.fold_rate(t0 + secs(5), 1_000, 1_000_000);
+        assert!(q.upload_bytes_per_s <= 2_000, "{}", q.upload_bytes_per_s);
+        // An honest fast partner stays fast; too short a wait is no sample yet.
+        let mut f = Partner::new(t0, 400_000);
+        f.asked(t0, Duration::ZERO);
+        f.delivered(100_000);
+        f.answered(t0 + Duration::from_millis(250));
+        f.fold_rate(t0 + secs(20), 1_000, 1_000_000);
+        assert_eq!((f.upload_bytes_per_s, f.measured), (400_000, 0));
+        f.asked(t0 + secs(20), Duration::ZERO);
+        f.delivered(300_000);
+        f.answered(t0 + secs(20) + Duration::from_millis(750));
+        f.fold_rate(t0 + secs(40), 1_000, 1_000_000);
+        assert_eq!((f.upload_bytes_per_s, f.measured), (400_000, 1));
     }
 }

@@ -65,6 +65,9 @@ pub fn plan(
         n if n >= 64 => u64::MAX,
         n => (1u64 << n) - 1,
     };
+    // Sequence numbers are ranked by their offset from one of them (a total order; the
+    // caller's wants lie within one window, where it is serial order).
+    let reference = wants.first().map_or(Seq(0), |w| w.seq);
     wants.sort_unstable_by(|a, b| {
         let ua = a.deadline <= urgent_before;
         let ub = b.deadline <= urgent_before;
@@ -79,7 +82,11 @@ pub fn plan(
                         .then(a.deadline.cmp(&b.deadline))
                 }
             })
-            .then(a.seq.serial_cmp(b.seq))
+            .then(
+                a.seq
+                    .offset_from(reference)
+                    .cmp(&b.seq.offset_from(reference)),
+            )
     });
     for w in wants.iter() {
         if budget == 0 {

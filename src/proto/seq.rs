@@ -4,7 +4,6 @@
 //! (a restarted source continues from a stored counter), so every comparison is wrap-safe: `a`
 //! is before `b` when `b - a` (mod 2^32) is in `1..2^31`.
 
-use core::cmp::Ordering;
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
@@ -34,9 +33,13 @@ impl Seq {
     pub const fn is_after(self, other: Seq) -> bool {
         other.dist_to(self) > 0
     }
-    /// Serial-number order; only meaningful for sequence numbers less than 2^31 apart.
-    pub fn serial_cmp(self, other: Seq) -> Ordering {
-        0.cmp(&self.dist_to(other))
+    /// Where `self` lies from `reference`, in `-2^31..2^31`: serial order for positions
+    /// less than 2^31 from `reference`, and a total order over any set of positions. Sort
+    /// and rank by it, never by a pairwise serial comparison: `is_before` is not transitive
+    /// over the whole u32 range (a, a + 2^30, a + 2^31 + 2^30 form a cycle), and a sort given
+    /// a comparison that is not a total order may panic.
+    pub const fn offset_from(self, reference: Seq) -> i32 {
+        reference.dist_to(self)
     }
     /// The later of two.
     pub fn max(self, other: Seq) -> Seq {
@@ -73,8 +76,22 @@ mod tests {
         assert_eq!(a.dist_to(b), 3);
         assert_eq!(b.dist_to(a), -3);
         assert_eq!(a.max(b), b);
-        assert_eq!(a.serial_cmp(b), Ordering::Less);
-        assert_eq!(b.serial_cmp(a), Ordering::Greater);
-        assert_eq!(a.serial_cmp(a), Ordering::Equal);
+        assert_eq!(b.offset_from(a), 3);
+        assert_eq!(a.offset_from(b), -3);
+        assert_eq!(a.offset_from(a), 0);
+    }
+
+    #[test]
+    fn offsets_from_a_reference_order_any_positions_totally() {
+        // Serial order is cyclic over the whole range (a third of it apart each: each is
+        // before the next); offsets from one reference are not.
+        let third = 0x5555_5556;
+        let a = Seq(7);
+        let (b, c) = (a.add(third), a.add(2 * third));
+        assert!(a.is_before(b) && b.is_before(c) && c.is_before(a));
+        let mut v = vec![c, a, b];
+        v.sort_by_key(|s| s.offset_from(a));
+        assert_eq!(v, vec![c, a, b]);
+        assert!(c.offset_from(a) < 0 && b.offset_from(a) > 0);
     }
 }

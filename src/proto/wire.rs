@@ -129,7 +129,8 @@ pub struct Hello {
     /// The port the sender accepts partners on (its address is the link's remote address).
     pub listen_port: u16,
     pub role: Role,
-    /// The sender's upload capacity, a hint for suppliers' selection (measured rates win).
+    /// The sender's upload capacity as it claims it: only a prior for the rate a node
+    /// measures (see `partners::Partner::rate`), clamped, never trusted on its own.
     pub upload_kbps: u32,
 }
 
@@ -332,6 +333,33 @@ enum FrameHead {
     Segment(SegmentHeader),
 }
 
+/// What a frame carries, told by its first body byte (postcard's variant index of the
+/// frame head) before anything is decoded or the rest of the body is read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FrameKind {
+    /// A control message: at most [`MAX_CONTROL_LEN`] bytes.
+    Control,
+    /// A segment: a header and up to [`MAX_SEGMENT_BYTES`] of media.
+    Segment,
+}
+
+/// The kind of frame whose body starts with `first`; none for a byte no frame starts with.
+pub fn frame_kind(first: u8) -> Option<FrameKind> {
+    match first {
+        0 => Some(FrameKind::Control),
+        1 => Some(FrameKind::Segment),
+        _ => None,
+    }
+}
+
+/// The largest body a frame of `kind` may have.
+pub fn max_body_len(kind: FrameKind) -> u32 {
+    match kind {
+        FrameKind::Control => MAX_CONTROL_LEN,
+        FrameKind::Segment => MAX_FRAME_LEN,
+    }
+}
+
 /// Why bytes from a peer could not be turned into a message.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum WireError {
@@ -474,10 +502,14 @@ pub fn decode_body(body: &[u8]) -> Result<Message<SharedBody>, WireError> {
     if body.is_empty() {
         return Err(WireError::Empty);
     }
-    if body.len() > MAX_FRAME_LEN as usize {
+    // The length is checked against the kind's cap before a byte is decoded: a control
+    // message's decoder never sees (nor allocates for) more than MAX_CONTROL_LEN bytes.
+    let kind = frame_kind(body[0]).ok_or(WireError::Malformed)?;
+    let max = max_body_len(kind);
+    if body.len() > max as usize {
         return Err(WireError::TooLong {
-            len: body.len() as u32,
-            max: MAX_FRAME_LEN,
+            len: body.len().min(u32::MAX as usize) as u32,
+            max,
         });
     }
     let (head, rest): (FrameHead, &[u8]) =
@@ -486,12 +518,6 @@ pub fn decode_body(body: &[u8]) -> Result<Message<SharedBody>, WireError> {
         FrameHead::Ctl(c) => {
             if !rest.is_empty() {
                 return Err(WireError::Invalid("trailing bytes after control message"));
-            }
-            if body.len() > MAX_CONTROL_LEN as usize {
-                return Err(WireError::TooLong {
-                    len: body.len() as u32,
-                    max: MAX_CONTROL_LEN,
-                });
             }
             c.validate()?;
             Ok(Message::Ctl(c))
@@ -704,6 +730,36 @@ mod tests {
             decode_body(&out[FRAME_PREFIX_LEN..]),
             Err(WireError::BadSegmentLength { .. })
         ));
+    }
+
+    #[test]
+    fn a_control_frame_over_its_cap_is_refused_before_it_is_decoded() {
+        // Every message's first body byte tells its kind.
+        for msg in sample_messages() {
+            let mut out = Vec::new();
+            encode(&msg, &mut out).unwrap();
+            let want = match msg {
+                Message::Ctl(_) => FrameKind::Control,
+                Message::Segment(_) => FrameKind::Segment,
+            };
+            assert_eq!(frame_kind(out[FRAME_PREFIX_LEN]), Some(want), "{msg:?}");
+        }
+        // A control frame one byte over the cap: refused for its length, not decoded (the
+        // bytes after the tag are no message at all).
+        let mut body = vec![0xffu8; MAX_CONTROL_LEN as usize + 1];
+        body[0] = 0;
+        assert_eq!(
+            decode_body(&body),
+            Err(WireError::TooLong {
+                len: MAX_CONTROL_LEN + 1,
+                max: MAX_CONTROL_LEN
+            })
+        );
+        // At the cap, the same bytes are decoded (and found malformed).
+        body.pop();
+        assert_eq!(decode_body(&body), Err(WireError::Malformed));
+        // A first byte no frame starts with.
+        assert_eq!(decode_body(&[7, 0, 0]), Err(WireError::Malformed));
     }
 
     #[test]
