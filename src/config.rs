@@ -805,6 +805,65 @@ bootstrap = ["[2001:db8::1]:7000"]
         assert!(stb.http.is_none() && stb.udp.is_some());
     }
 
+    /// The shipped unit's `MemoryMax` holds every shipped config's `memory_limit` and the
+    /// kernel's share ([`KERNEL_HEADROOM`](crate::daemon::memory::KERNEL_HEADROOM)).
+    #[test]
+    fn shipped_configs_fit_the_units_memory_max() {
+        use crate::daemon::memory::KERNEL_HEADROOM;
+        let unit = include_str!("../systemd/coolstream.service");
+        let max_mib: u64 = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("MemoryMax="))
+            .and_then(|v| v.strip_suffix('M'))
+            .and_then(|v| v.parse().ok())
+            .expect("MemoryMax=NM in the unit");
+        let shipped = [
+            include_str!("../board/rpi3/coolstream.toml"),
+            include_str!("../board/rpi4/coolstream.toml"),
+            include_str!("../board/rpi5/coolstream.toml"),
+            include_str!("../board/pizero/coolstream.toml"),
+            include_str!("../board/generic-stb/coolstream.toml"),
+            include_str!("../systemd/coolstream.toml"),
+        ];
+        for text in shipped {
+            let c = BoxConfig::parse(text, "board").unwrap();
+            assert!(
+                text.contains("memory_limit ="),
+                "every board says its limit"
+            );
+            assert!(c.memory_limit + KERNEL_HEADROOM <= max_mib * 1024 * 1024);
+            assert!(memory_plan(&c).total() <= c.memory_limit);
+        }
+        assert!(DEFAULT_MEMORY_LIMIT + KERNEL_HEADROOM <= max_mib * 1024 * 1024);
+    }
+
+    /// A ring the memory limit cannot hold is refused where it is set, with the figures.
+    #[test]
+    fn a_plan_over_the_memory_limit_names_its_line_and_column() {
+        let e = parse("[limits]\nring_bytes = 1073741824\n").unwrap_err();
+        assert_eq!(e.at, Some((2, 14)), "{e}");
+        assert!(e.message.contains("memory_limit is 48.0 MiB"), "{e}");
+        assert!(
+            e.to_string().starts_with("box.toml:2:14: the box needs"),
+            "{e}"
+        );
+        // With memory_limit set, the error points at it.
+        let e = parse("[limits]\nring_bytes = 33554432\nmemory_limit = 33554432\n").unwrap_err();
+        assert_eq!(e.at, Some((3, 16)), "{e}");
+        // A larger limit takes the same ring; the default ring fits the default limit.
+        let c = parse("[limits]\nring_bytes = 33554432\nmemory_limit = 67108864\n").unwrap();
+        assert_eq!(c.memory_limit, 64 * 1024 * 1024);
+        assert!(parse("[limits]\nmemory_limit = 1000\n").is_err());
+        // The flag is checked against the plan too.
+        let mut c = BoxConfig::default();
+        let e = c.set_flag("ring-bytes", "1073741824").unwrap_err();
+        assert_eq!(e.source, "--ring-bytes");
+        assert!(e.message.contains("memory_limit"), "{e}");
+        assert_eq!(c.ring_bytes, DEFAULT_RING_BYTES);
+        c.set_flag("ring-bytes", "8388608").unwrap();
+        assert_eq!(c.ring_bytes, 8388608);
+    }
+
     #[test]
     fn line_and_column_count_from_one() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));

@@ -955,4 +955,142 @@ mod tests {
         );
         assert_eq!(Counters::get(&counters.upload_bytes), all.len() as u64);
     }
+
+    fn hello_frame(key: &ChannelKey) -> Vec<u8> {
+        use crate::proto::wire::{Hello, PeerId, Role, MAGIC, VERSION};
+        let mut b = Vec::new();
+        let h = Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel: key.channel(),
+            peer_id: PeerId(5),
+            listen_port: 9,
+            role: Role::Peer,
+            upload_kbps: 1000,
+        };
+        encode(&Message::Ctl(Control::Hello(h)), &mut b).unwrap();
+        b
+    }
+
+    /// Runs `reader` on one end of a pipe, as the actor would for an accepted connection.
+    fn spawn_reader(
+        key: &ChannelKey,
+        gate: Arc<FrameGate>,
+        guard: &crate::daemon::guard::Guard,
+    ) -> (
+        tokio::io::DuplexStream,
+        mpsc::Receiver<LinkEvent>,
+        Arc<Semaphore>,
+    ) {
+        let (tx, rx) = tokio::io::duplex(1 << 16);
+        let (etx, erx) = mpsc::channel(16);
+        let b = budget();
+        let (_place, shake) = guard
+            .admit("192.0.2.1".parse().unwrap(), std::time::Instant::now())
+            .unwrap();
+        tokio::spawn(reader(
+            LinkId(1),
+            rx,
+            Verifier::new(key.channel()),
+            etx,
+            b.clone(),
+            Arc::new(Counters::default()),
+            gate,
+            Some(shake),
+        ));
+        (tx, erx, b)
+    }
+
+    async fn next_event(rx: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("the reader reports")
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_hello_a_segment_frame_needs_an_open_gate() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let guard = crate::daemon::guard::Guard::default();
+        // A hello, then a 1 MiB frame nobody asked for: refused at its prefix.
+        let (mut tx, mut rx, b) = spawn_reader(&key, Arc::default(), &guard);
+        tx.write_all(&hello_frame(&key)).await.unwrap();
+        assert!(matches!(
+            next_event(&mut rx).await,
+            LinkEvent::Received { .. }
+        ));
+        assert_eq!(
+            guard.handshakes(),
+            0,
+            "the hello gives the handshake place back"
+        );
+        tx.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        match next_event(&mut rx).await {
+            LinkEvent::Down {
+                why: LinkError::Wire(WireError::TooLong { len, max }),
+                ..
+            } => assert_eq!((len, max), (1 << 20, MAX_CONTROL_LEN)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.available_permits(), BODY_BUDGET_KIB);
+        // The same segment in pieces is refused the same way.
+        let (mut tx, mut rx, _) = spawn_reader(&key, Arc::default(), &guard);
+        tx.write_all(&hello_frame(&key)).await.unwrap();
+        let _ = next_event(&mut rx).await;
+        tx.write_all(&record(BULK_BEGIN, 1 << 20)).await.unwrap();
+        assert!(matches!(
+            next_event(&mut rx).await,
+            LinkEvent::Down {
+                why: LinkError::Wire(_),
+                ..
+            }
+        ));
+        // Once asked (the gate opened while the reader waits), the segment is taken.
+        let gate = Arc::new(FrameGate::default());
+        let (mut tx, mut rx, _) = spawn_reader(&key, gate.clone(), &guard);
+        tx.write_all(&hello_frame(&key)).await.unwrap();
+        let _ = next_event(&mut rx).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.open();
+        let seg = key.sign_segment(Seq(4), 0, 1, 0, vec![0x47; 100_000]);
+        let mut f = Vec::new();
+        encode(&Message::Segment(seg.clone()), &mut f).unwrap();
+        tx.write_all(&f).await.unwrap();
+        match next_event(&mut rx).await {
+            LinkEvent::Received { msg, .. } => assert_eq!(msg, Message::Segment(seg)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_accepted_connection_must_say_hello_first_and_in_time() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let guard = crate::daemon::guard::Guard::default();
+        // Something else first: closed at once.
+        let (mut tx, mut rx, _) = spawn_reader(&key, Arc::default(), &guard);
+        let mut ka = Vec::new();
+        encode(&Message::Ctl(Control::KeepAlive), &mut ka).unwrap();
+        tx.write_all(&ka).await.unwrap();
+        assert!(matches!(
+            next_event(&mut rx).await,
+            LinkEvent::Down {
+                why: LinkError::NoHello,
+                ..
+            }
+        ));
+        // Silence: closed at the deadline, and the handshake place comes back.
+        let (_tx, mut rx, _) = spawn_reader(&key, Arc::default(), &guard);
+        assert_eq!(guard.handshakes(), 1);
+        let t0 = std::time::Instant::now();
+        assert!(matches!(
+            next_event(&mut rx).await,
+            LinkEvent::Down {
+                why: LinkError::NoHello,
+                ..
+            }
+        ));
+        let took = t0.elapsed();
+        assert!(took >= HELLO_DEADLINE && took < HELLO_DEADLINE + Duration::from_secs(1));
+        assert_eq!(guard.handshakes(), 0);
+    }
 }

@@ -111,7 +111,9 @@ impl MemoryPlan {
         }
         let mib = |b: u64| b as f64 / MIB as f64;
         Err(format!(
-            "the box needs {:.1} MiB (ring {:.1}, frames {:.1}, uploads {:.1}, links {:.1},              players {:.1}, fixed {:.1}, margin {:.1}) and memory_limit is {:.1} MiB:              expected a smaller ring_bytes (at most {} here) or a larger memory_limit",
+            "the box needs {:.1} MiB (ring {:.1}, frames {:.1}, uploads {:.1}, links {:.1}, \
+             players {:.1}, fixed {:.1}, margin {:.1}) and memory_limit is {:.1} MiB: \
+             expected a smaller ring_bytes (at most {} here) or a larger memory_limit",
             mib(self.total()),
             mib(self.ring),
             mib(self.frames),
@@ -223,7 +225,7 @@ mod tests {
             p.check(DEFAULT_MEMORY_LIMIT)
         );
         assert_eq!(p.frames_kib() as u64 * KIB, p.frames);
-        assert!(DEFAULT_MEMORY_LIMIT + KERNEL_HEADROOM <= 64 * MIB);
+        const { assert!(DEFAULT_MEMORY_LIMIT + KERNEL_HEADROOM <= 64 * MIB) };
     }
 
     #[test]
