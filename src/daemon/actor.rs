@@ -634,6 +634,7 @@ impl Actor {
                 sched_no_slot: s.sched_no_slot,
                 sched_too_late: s.sched_too_late,
                 sched_budget_spent: s.sched_budget_spent,
+                no_hello: Counters::get(&c.no_hello),
             },
         }
     }

@@ -136,7 +136,9 @@ impl MemoryPlan {
     }
 }
 
-/// Reserved on top of the store's budget: frames in flight, link buffers, tables.
+/// Reserved on top of the store's budget: frames in flight, link buffers, tables. For `run`
+/// with its ring full and a stream flowing (measured): with 2 MiB the resident size never
+/// grew; with 1.5 MiB it grew by 184 KiB, with 512 KiB by 1,160 KiB as the ring filled.
 pub const RESERVE_SLACK: usize = 2 * 1024 * 1024;
 
 /// Chunk size of the reservation; freed together, the chunks merge into one free region.
