@@ -18,6 +18,7 @@
 //! [limits]
 //! upload_kbps = 3000                        # this box's uplink share for the swarm
 //! ring_bytes = 16777216                     # segment store of the tuned channel
+//! memory_limit = 50331648                   # all the daemon may hold (48 MiB; see below)
 //! max_partners = 8
 //! max_http_clients = 8
 //!
@@ -28,7 +29,12 @@
 //! number = 1                                # optional
 //! logo = "http://192.0.2.10/news.png"       # optional
 //! ```
+//!
+//! `memory_limit` bounds the ring and every budget derived from the limits
+//! ([`MemoryPlan`](crate::daemon::memory::MemoryPlan)); a file whose plan does not fit is
+//! refused at the key that breaks it ([`check_memory`]).
 
+use crate::daemon::memory::{MemoryPlan, DEFAULT_MEMORY_LIMIT, MEMORY_LIMIT_RANGE};
 use crate::output::http::MAX_HTTP_CLIENTS;
 use crate::output::udp::UdpOut;
 use crate::proto::config::PARTNER_CEILING;
@@ -119,6 +125,8 @@ pub struct BoxConfig {
     pub udp: Option<UdpOut>,
     pub upload_kbps: u64,
     pub ring_bytes: u64,
+    /// All the daemon may hold, bytes (see [`check_memory`]).
+    pub memory_limit: u64,
     pub max_partners: usize,
     pub max_http_clients: usize,
     pub channels: Vec<ChannelConfig>,
@@ -137,6 +145,7 @@ impl Default for BoxConfig {
             udp: None,
             upload_kbps: DEFAULT_UPLOAD_KBPS,
             ring_bytes: DEFAULT_RING_BYTES,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
             max_partners: 8,
             max_http_clients: MAX_HTTP_CLIENTS,
             channels: Vec::new(),
@@ -194,9 +203,10 @@ struct FileOutputs {
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     upload_kbps: Option<Ranged<64, 10_000_000>>,
-    ring_bytes: Option<Ranged<{ 1024 * 1024 }, { 1024 * 1024 * 1024 }>>,
-    max_partners: Option<Ranged<1, { PARTNER_CEILING as u64 }>>,
-    max_http_clients: Option<Ranged<1, { MAX_HTTP_CLIENTS as u64 }>>,
+    ring_bytes: Option<toml::Spanned<Ranged<{ 1024 * 1024 }, { 1024 * 1024 * 1024 }>>>,
+    memory_limit: Option<toml::Spanned<Ranged<{ MEMORY_LIMIT_RANGE.0 }, { MEMORY_LIMIT_RANGE.1 }>>>,
+    max_partners: Option<toml::Spanned<Ranged<1, { PARTNER_CEILING as u64 }>>>,
+    max_http_clients: Option<toml::Spanned<Ranged<1, { MAX_HTTP_CLIENTS as u64 }>>>,
 }
 
 #[derive(Deserialize)]
@@ -374,6 +384,36 @@ fn check_socket_path(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
+// ----- the memory plan -----
+
+/// Byte offsets of the keys a memory plan depends on, where the file sets them.
+#[derive(Default)]
+pub struct MemoryKeys {
+    pub memory_limit: Option<usize>,
+    pub ring_bytes: Option<usize>,
+    pub max_partners: Option<usize>,
+    pub max_http_clients: Option<usize>,
+}
+
+/// The box's memory plan ([`MemoryPlan`]) for `cfg`.
+pub fn memory_plan(cfg: &BoxConfig) -> MemoryPlan {
+    MemoryPlan::new(cfg.ring_bytes, cfg.max_partners, cfg.max_http_clients)
+}
+
+/// Refuses a configuration whose memory plan does not fit `memory_limit`. The error points
+/// at `memory_limit` when the file sets it, else at the key that grew the plan (the ring
+/// first), with the plan's figures and the largest ring that would fit.
+pub fn check_memory(cfg: &BoxConfig, keys: &MemoryKeys) -> Result<(), (Option<usize>, String)> {
+    memory_plan(cfg).check(cfg.memory_limit).map_err(|m| {
+        let at = keys
+            .memory_limit
+            .or(keys.ring_bytes)
+            .or(keys.max_partners)
+            .or(keys.max_http_clients);
+        (at, m)
+    })
+}
+
 // ----- reading -----
 
 /// Line and column (1-based) of byte `offset` in `text`.
@@ -422,6 +462,17 @@ impl BoxConfig {
             )
         })?;
         let d = BoxConfig::default();
+        // Where each memory-related key is, for check_memory's error.
+        let memory_keys = MemoryKeys {
+            memory_limit: file.limits.memory_limit.as_ref().map(|v| v.span().start),
+            ring_bytes: file.limits.ring_bytes.as_ref().map(|v| v.span().start),
+            max_partners: file.limits.max_partners.as_ref().map(|v| v.span().start),
+            max_http_clients: file
+                .limits
+                .max_http_clients
+                .as_ref()
+                .map(|v| v.span().start),
+        };
         let mut cfg = BoxConfig {
             log_level: file.log_level.map_or(d.log_level, |l| l.0),
             control_socket: file.control_socket.map_or(d.control_socket, |p| p.0),
@@ -430,17 +481,25 @@ impl BoxConfig {
             http: file.outputs.http.map_or(d.http, |a| a.0),
             udp: file.outputs.udp.and_then(|u| u.0),
             upload_kbps: file.limits.upload_kbps.map_or(d.upload_kbps, |v| v.0),
-            ring_bytes: file.limits.ring_bytes.map_or(d.ring_bytes, |v| v.0),
+            ring_bytes: file
+                .limits
+                .ring_bytes
+                .map_or(d.ring_bytes, |v| v.into_inner().0),
+            memory_limit: file
+                .limits
+                .memory_limit
+                .map_or(d.memory_limit, |v| v.into_inner().0),
             max_partners: file
                 .limits
                 .max_partners
-                .map_or(d.max_partners, |v| v.0 as usize),
+                .map_or(d.max_partners, |v| v.into_inner().0 as usize),
             max_http_clients: file
                 .limits
                 .max_http_clients
-                .map_or(d.max_http_clients, |v| v.0 as usize),
+                .map_or(d.max_http_clients, |v| v.into_inner().0 as usize),
             channels: Vec::new(),
         };
+        check_memory(&cfg, &memory_keys).map_err(|(at, m)| err(at, m))?;
         if file.channels.len() > MAX_CHANNELS {
             let at = file.channels[MAX_CHANNELS].name.span().start;
             return Err(err(
@@ -520,11 +579,15 @@ impl BoxConfig {
             }
             "ring-bytes" => {
                 let (lo, hi) = RING_BYTES_RANGE;
-                self.ring_bytes = value
+                let ring = value
                     .parse()
                     .ok()
                     .filter(|v| (lo..=hi).contains(v))
                     .ok_or_else(|| bad(format!("'{value}': expected {lo} to {hi}")))?;
+                let mut with = self.clone();
+                with.ring_bytes = ring;
+                check_memory(&with, &MemoryKeys::default()).map_err(|(_, m)| bad(m))?;
+                self.ring_bytes = ring;
             }
             "tune" => {
                 if !self.channels.iter().any(|c| c.name == value) {
@@ -740,6 +803,65 @@ bootstrap = ["[2001:db8::1]:7000"]
         }
         let stb = BoxConfig::parse(shipped[4].1, "stb").unwrap();
         assert!(stb.http.is_none() && stb.udp.is_some());
+    }
+
+    /// The shipped unit's `MemoryMax` holds every shipped config's `memory_limit` and the
+    /// kernel's share ([`KERNEL_HEADROOM`](crate::daemon::memory::KERNEL_HEADROOM)).
+    #[test]
+    fn shipped_configs_fit_the_units_memory_max() {
+        use crate::daemon::memory::KERNEL_HEADROOM;
+        let unit = include_str!("../systemd/coolstream.service");
+        let max_mib: u64 = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("MemoryMax="))
+            .and_then(|v| v.strip_suffix('M'))
+            .and_then(|v| v.parse().ok())
+            .expect("MemoryMax=NM in the unit");
+        let shipped = [
+            include_str!("../board/rpi3/coolstream.toml"),
+            include_str!("../board/rpi4/coolstream.toml"),
+            include_str!("../board/rpi5/coolstream.toml"),
+            include_str!("../board/pizero/coolstream.toml"),
+            include_str!("../board/generic-stb/coolstream.toml"),
+            include_str!("../systemd/coolstream.toml"),
+        ];
+        for text in shipped {
+            let c = BoxConfig::parse(text, "board").unwrap();
+            assert!(
+                text.contains("memory_limit ="),
+                "every board says its limit"
+            );
+            assert!(c.memory_limit + KERNEL_HEADROOM <= max_mib * 1024 * 1024);
+            assert!(memory_plan(&c).total() <= c.memory_limit);
+        }
+        assert!(DEFAULT_MEMORY_LIMIT + KERNEL_HEADROOM <= max_mib * 1024 * 1024);
+    }
+
+    /// A ring the memory limit cannot hold is refused where it is set, with the figures.
+    #[test]
+    fn a_plan_over_the_memory_limit_names_its_line_and_column() {
+        let e = parse("[limits]\nring_bytes = 1073741824\n").unwrap_err();
+        assert_eq!(e.at, Some((2, 14)), "{e}");
+        assert!(e.message.contains("memory_limit is 48.0 MiB"), "{e}");
+        assert!(
+            e.to_string().starts_with("box.toml:2:14: the box needs"),
+            "{e}"
+        );
+        // With memory_limit set, the error points at it.
+        let e = parse("[limits]\nring_bytes = 33554432\nmemory_limit = 33554432\n").unwrap_err();
+        assert_eq!(e.at, Some((3, 16)), "{e}");
+        // A larger limit takes the same ring; the default ring fits the default limit.
+        let c = parse("[limits]\nring_bytes = 33554432\nmemory_limit = 67108864\n").unwrap();
+        assert_eq!(c.memory_limit, 64 * 1024 * 1024);
+        assert!(parse("[limits]\nmemory_limit = 1000\n").is_err());
+        // The flag is checked against the plan too.
+        let mut c = BoxConfig::default();
+        let e = c.set_flag("ring-bytes", "1073741824").unwrap_err();
+        assert_eq!(e.source, "--ring-bytes");
+        assert!(e.message.contains("memory_limit"), "{e}");
+        assert_eq!(c.ring_bytes, DEFAULT_RING_BYTES);
+        c.set_flag("ring-bytes", "8388608").unwrap();
+        assert_eq!(c.ring_bytes, 8388608);
     }
 
     #[test]

@@ -405,6 +405,267 @@ fn a_hostile_client_costs_the_peer_nothing_and_its_partners_keep_playing() {
     common::remove_tmpdir(&dir);
 }
 
+// ----- the box daemon's door: frame gating, handshake limits, /64 counting -----
+
+/// A box (`coolstream run`) tuned to a channel whose source listens on `source_port`; its peer
+/// port is `port`. Returns once its control socket answers.
+fn start_box(dir: &Path, id: &str, source_port: u16, port: u16) -> (Proc, PathBuf) {
+    let sock = dir.join("ctl.sock");
+    let cfg = dir.join("box.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "control_socket = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n[outputs]\nhttp = \"\"\n\
+             [[channel]]\nname = \"news\"\nid = \"{id}\"\nbootstrap = [\"127.0.0.1:{source_port}\"]\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &dir.join("box.log"),
+        &[],
+    );
+    wait_for("the box to play", Duration::from_secs(30), || {
+        let out = Command::new(BIN)
+            .args([
+                "ctl",
+                "--socket",
+                sock.to_str().unwrap(),
+                "status",
+                "--json",
+            ])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["state"] == "playing").then_some(())
+    });
+    (p, sock)
+}
+
+/// Reads until the other side closes; how long that took (None: still open after `wait`).
+fn closed_within(mut s: &TcpStream, wait: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 65536];
+    while t0.elapsed() < wait {
+        let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+        match s.read(&mut buf) {
+            Ok(0) => return Some(t0.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(t0.elapsed()),
+        }
+    }
+    None
+}
+
+/// Whether the other side has closed, without waiting (what it sent is read and dropped).
+fn closed_now(mut s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 65536];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
+#[test]
+fn a_stranger_that_said_hello_cannot_send_a_segment_sized_frame() {
+    let _serial = serial();
+    let dir = tmpdir("gate");
+    let (key, id) = keygen(&dir);
+    let channel = ChannelId::from_hex(&id).unwrap();
+    let sp = free_port();
+    let mut source = start_source(&dir, &key, sp);
+    let bp = free_port();
+    let (mut boxd, sock) = start_box(&dir, &id, sp, bp);
+    let rss0 = boxd.rss_kib();
+    // 50 times: a hello, then a 1 MiB frame (whole, and as a segment frame in pieces).
+    let mut slowest = Duration::ZERO;
+    for i in 0..50u64 {
+        let mut s = connect(bp).expect("the box takes connections");
+        s.write_all(&frame(&hello(channel, 0x7000 + i))).unwrap();
+        let big = if i % 2 == 0 {
+            1u32 << 20
+        } else {
+            0x8000_0000 | (1 << 20)
+        };
+        let _ = s.write_all(&big.to_be_bytes());
+        let _ = s.write_all(&junk(1 << 20, i));
+        let took = closed_within(&s, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("connection {i} still open 3 s after its 1 MiB frame"));
+        slowest = slowest.max(took);
+    }
+    let rss1 = boxd.rss_kib();
+    assert!(boxd.alive(), "the box died");
+    let out = Command::new(BIN)
+        .args([
+            "ctl",
+            "--socket",
+            sock.to_str().unwrap(),
+            "status",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "frame gate: 50 hellos each followed by 1 MiB: closed within {:.0} ms; box RSS {rss0} -> \
+         {rss1} KiB; state {}",
+        slowest.as_secs_f64() * 1e3,
+        v["state"]
+    );
+    assert_eq!(v["state"], "playing");
+    // Nothing of the 50 MiB was held: growth is noise (a segment or two of the stream).
+    assert!(rss1 < rss0 + 512, "RSS {rss0} -> {rss1} KiB");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    boxd.stop();
+    source.stop();
+    common::remove_tmpdir(&dir);
+}
+
+#[test]
+fn handshakes_are_bounded_in_all_and_end_at_their_deadline() {
+    let _serial = serial();
+    let dir = tmpdir("handshakes");
+    let (key, id) = keygen(&dir);
+    let channel = ChannelId::from_hex(&id).unwrap();
+    let sp = free_port();
+    let mut source = start_source(&dir, &key, sp);
+    let bp = free_port();
+    let (mut boxd, _sock) = start_box(&dir, &id, sp, bp);
+    // 40 connections that never say hello (loopback: only the total bounds them).
+    let silent: Vec<TcpStream> = (0..40).map(|_| connect(bp).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let closed_at_once = silent.iter().filter(|s| closed_now(s)).count();
+    // The rest are closed at the hello deadline (2 s after they were taken).
+    std::thread::sleep(Duration::from_millis(2000));
+    let open_after = silent.iter().filter(|s| !closed_now(s)).count();
+    // A peer that says hello is answered meanwhile and after.
+    let mut s = connect(bp).unwrap();
+    s.write_all(&frame(&hello(channel, 0x7100))).unwrap();
+    let answer = read_msg(&mut s);
+    eprintln!(
+        "handshakes: of 40 silent connections {closed_at_once} closed at once, {open_after} \
+         open after the deadline; a hello answered: {}",
+        answer.is_some()
+    );
+    assert_eq!(closed_at_once, 40 - 32, "MAX_HANDSHAKES is 32");
+    assert_eq!(open_after, 0);
+    assert!(matches!(answer, Some(Message::Ctl(Control::Hello(_)))));
+    assert!(boxd.alive());
+    boxd.stop();
+    source.stop();
+    common::remove_tmpdir(&dir);
+}
+
+/// The client of the /64 test, run inside the namespace: argv = box port, a hello frame in hex
+/// (its peer id is replaced per connection by the box's view: ids need not differ here).
+const DOOR_CLIENT: &str = r#"
+import json, socket, sys, time
+port, hello = int(sys.argv[1]), bytes.fromhex(sys.argv[2])
+def conn(src, fam=socket.AF_INET6, dst="2001:db8:77::1"):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.bind((src, 0)); s.connect((dst, port)); return s
+def is_open(s):
+    s.setblocking(False)
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b: return False
+    except BlockingIOError: return True
+    except OSError: return False
+v6 = [f"2001:db8:77::a:{i:x}" for i in range(1, 65)]
+out = {}
+# Silent connections, one from each of 64 addresses of one /64.
+silent = [conn(a) for a in v6]
+time.sleep(0.5)
+out["v6_silent_open"] = sum(is_open(s) for s in silent)
+for s in silent: s.close()
+# Two IPv4 addresses, 6 silent connections each.
+time.sleep(2.5)
+v4 = {a: [conn(a, socket.AF_INET, "10.9.0.1") for _ in range(6)] for a in ("10.9.0.2", "10.9.0.3")}
+time.sleep(0.5)
+out["v4_silent_open"] = [sum(is_open(s) for s in ss) for ss in v4.values()]
+for ss in v4.values():
+    for s in ss: s.close()
+time.sleep(2.5)
+# Connections that say hello, one from each of the 64 addresses, one after another.
+hellos = []
+for a in v6:
+    s = conn(a); s.sendall(hello); hellos.append(s); time.sleep(0.05)
+time.sleep(0.3)
+out["v6_hello_open"] = sum(is_open(s) for s in hellos)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn an_ipv6_slash_64_counts_as_one_address() {
+    let _serial = serial();
+    let dir = tmpdir("slash64");
+    let (key, id) = keygen(&dir);
+    let channel = ChannelId::from_hex(&id).unwrap();
+    let hello_hex: String = frame(&hello(channel, 0x7200))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(dir.join("client.py"), DOOR_CLIENT).unwrap();
+    std::fs::write(
+        dir.join("box.toml"),
+        format!(
+            "control_socket = \"{}/ctl.sock\"\nlisten = \"[::]:7000\"\n[outputs]\nhttp = \"\"\n\
+             [[channel]]\nname = \"news\"\nid = \"{id}\"\nbootstrap = [\"127.0.0.1:7001\"]\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    // In a network namespace of its own (a user namespace too, so that no root is needed):
+    // addresses that are not loopback, on lo, so that the door counts them.
+    let d = dir.display();
+    let script = format!(
+        "set -e; ip link set lo up; ip addr add 2001:db8:77::1/64 dev lo nodad; \
+         for i in $(seq 1 64); do ip addr add 2001:db8:77::a:$(printf %x $i)/64 dev lo nodad; done; \
+         ip addr add 10.9.0.1/8 dev lo; ip addr add 10.9.0.2/8 dev lo; ip addr add 10.9.0.3/8 dev lo; \
+         {BIN} source --key {} --name news --input 'file:{ASSET}?loop' --listen 127.0.0.1:7001 \
+           >{d}/source.log 2>&1 & S=$!; sleep 2; \
+         {BIN} run --config {d}/box.toml >{d}/box.log 2>&1 & B=$!; sleep 4; \
+         python3 {d}/client.py 7000 {hello_hex}; R=$?; \
+         kill -0 $B && echo box-alive; kill $S $B; wait; exit $R",
+        key.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-rn", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) runs this test in a network namespace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the namespace run failed: {out:?}; box log: {}",
+        std::fs::read_to_string(dir.join("box.log")).unwrap_or_default()
+    );
+    let v: serde_json::Value = text
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no figures in {text}"));
+    eprintln!("door: {v}");
+    // 64 addresses of one /64: as many handshakes as one address, and as many links.
+    assert_eq!(v["v6_silent_open"], 4, "MAX_HANDSHAKES_PER_IP");
+    assert_eq!(v["v4_silent_open"], serde_json::json!([4, 4]));
+    assert_eq!(v["v6_hello_open"], 8, "MAX_LINKS_PER_IP");
+    assert!(text.contains("box-alive"));
+    common::remove_tmpdir(&dir);
+}
+
 // ----- polluters -----
 
 /// `seq -> (len, sha256 hex)` from a segment log (`seq len duration sha`) or a play log

@@ -8,7 +8,7 @@
 //! tasks and report back on the event queue.
 
 use super::clock::{wall_us, Clock};
-use super::guard::{Admitted, Guard};
+use super::guard::{Admitted, Guard, Handshake};
 use super::keys::{sha256, ChannelKey, Verifier};
 use super::link::{self, to_peer_addr, to_socket_addr, Counters, LinkError};
 use super::stats::{write_json, Diagnostics, NodeReport};
@@ -37,6 +37,8 @@ struct LinkHandle {
     tx: mpsc::Sender<crate::proto::Message<SharedBody>>,
     /// The other end's address (banned at the door if it pollutes).
     ip: std::net::IpAddr,
+    /// Opened when we ask this peer for segments (see [`link::FrameGate`]).
+    gate: Arc<link::FrameGate>,
     reader: AbortHandle,
     writer: JoinHandle<()>,
 }
@@ -102,7 +104,10 @@ impl Actor {
             events_tx,
             events_rx,
             permits: Arc::new(Semaphore::new(MAX_LINKS)),
-            body_budget: Arc::new(Semaphore::new(link::BODY_BUDGET_KIB)),
+            body_budget: opts
+                .body_budget
+                .clone()
+                .unwrap_or_else(|| Arc::new(Semaphore::new(link::BODY_BUDGET_KIB))),
             verifier: Verifier::new(opts.channel),
             counters: Arc::new(Counters::default()),
             upload_bytes_per_s: opts.upload_kbps * 1000 / 8,
@@ -248,8 +253,10 @@ impl Actor {
                 addr,
                 permit,
                 admitted,
+                handshake,
             } => {
-                let link = self.start_link(stream, addr.ip(), (permit, Some(admitted)));
+                let link =
+                    self.start_link(stream, addr.ip(), (permit, Some(admitted)), Some(handshake));
                 self.node.handle_input(
                     now,
                     Input::LinkUp {
@@ -266,7 +273,7 @@ impl Actor {
             } => match result {
                 Ok(stream) => {
                     let ip = to_socket_addr(remote).ip();
-                    let link = self.start_link(stream, ip, (permit, None));
+                    let link = self.start_link(stream, ip, (permit, None), None);
                     self.node.handle_input(
                         now,
                         Input::LinkUp {
@@ -382,12 +389,14 @@ impl Actor {
         stream: TcpStream,
         ip: std::net::IpAddr,
         place: (tokio::sync::OwnedSemaphorePermit, Option<Admitted>),
+        handshake: Option<Handshake>,
     ) -> LinkId {
         let link = LinkId(self.next_link);
         self.next_link += 1;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(link::WRITER_QUEUE);
+        let gate = Arc::new(link::FrameGate::default());
         let reader = tokio::spawn(link::reader(
             link,
             rd,
@@ -395,6 +404,8 @@ impl Actor {
             self.events_tx.clone(),
             self.body_budget.clone(),
             self.counters.clone(),
+            gate.clone(),
+            handshake,
         ))
         .abort_handle();
         let writer = tokio::spawn(link::writer(
@@ -411,6 +422,7 @@ impl Actor {
             LinkHandle {
                 tx,
                 ip,
+                gate,
                 reader,
                 writer,
             },
@@ -457,6 +469,9 @@ impl Actor {
                     return;
                 };
                 let msg = if self.pollute { polluted(msg) } else { msg };
+                if link::asks_for_segments(&msg) {
+                    h.gate.open();
+                }
                 if let Err(e) = h.tx.try_send(msg) {
                     if matches!(e, mpsc::error::TrySendError::Full(_)) {
                         log::info!("link {}: send queue full, closing it", link.0);
@@ -626,6 +641,7 @@ impl Actor {
                 sched_no_slot: s.sched_no_slot,
                 sched_too_late: s.sched_too_late,
                 sched_budget_spent: s.sched_budget_spent,
+                no_hello: Counters::get(&c.no_hello),
             },
         }
     }
@@ -685,7 +701,8 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, addr)) => {
                 backoff = Duration::from_millis(10);
-                let admitted = match guard.admit(addr.ip(), std::time::Instant::now()) {
+                let (admitted, handshake) = match guard.admit(addr.ip(), std::time::Instant::now())
+                {
                     Ok(a) => a,
                     Err(why) => {
                         log::debug!("refused a connection from {addr}: {why:?}");
@@ -698,6 +715,7 @@ async fn accept_loop(
                         addr,
                         permit,
                         admitted,
+                        handshake,
                     })
                     .await
                     .is_err()

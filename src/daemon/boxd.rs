@@ -225,6 +225,9 @@ pub struct BoxDaemon {
     last_status: String,
     /// The id a standby channel's probes carry (a box is one asker for all its channels).
     probe_id: PeerId,
+    /// Frame bodies read and not yet handled, for every node of the box (the memory plan's
+    /// `frames`, in KiB).
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Binds what the daemon serves on (control socket, peer port, HTTP port), starts its
@@ -237,6 +240,22 @@ pub async fn run_box(
     let path = cfg.control_socket.clone();
     let ctl = ControlSocket::bind(&path)
         .map_err(|e| DaemonError::Io(format!("control socket {}", path.display()), e))?;
+    // The plan was checked with the config; its reservation is taken before anything else
+    // allocates, so a box short of memory finds out at start.
+    let plan = crate::config::memory_plan(&cfg);
+    if let Err(e) = plan.check(cfg.memory_limit) {
+        return Err(DaemonError::Config(e));
+    }
+    let reserved =
+        super::memory::reserve_heap(cfg.ring_bytes as usize + super::memory::RESERVE_SLACK);
+    log::info!(
+        "memory: plan {} KiB of memory_limit {} KiB (ring {} KiB{}, frames {} KiB)",
+        plan.total() / 1024,
+        cfg.memory_limit / 1024,
+        plan.ring / 1024,
+        if reserved { ", reserved" } else { "" },
+        plan.frames / 1024
+    );
     let to_std = |l: TcpListener, what: String| l.into_std().map_err(|e| DaemonError::Io(what, e));
     let peer_listener = to_std(bind_listener(cfg.listen)?, format!("listen {}", cfg.listen))?;
     let http = match cfg.http {
@@ -279,6 +298,7 @@ pub async fn run_box(
         started: std::time::Instant::now(),
         last_status: String::new(),
         probe_id: PeerId(super::random_u64()),
+        body_budget: Arc::new(tokio::sync::Semaphore::new(plan.frames_kib())),
         cfg,
     };
     let first = d.cfg.initial_channel().map(|c| c.name.clone());
@@ -382,6 +402,7 @@ impl BoxDaemon {
         opts.warm = Some(slot.view.clone());
         opts.upload_kbps = self.cfg.upload_kbps;
         opts.store_bytes = Some(self.cfg.ring_bytes);
+        opts.body_budget = Some(self.body_budget.clone());
         let max = self.cfg.max_partners;
         opts.partners = Some((TUNED_PARTNERS.min(max), max));
         opts.feed = self.feed.clone();

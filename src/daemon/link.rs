@@ -1,9 +1,12 @@
 //! One TCP connection to another node: a reader task and a writer task.
 //!
-//! The reader reads the 4-byte length prefix, checks it against the cap (until the other side
-//! has said hello, [`MAX_CONTROL_LEN`]: a stranger cannot make us reserve room for a segment;
-//! then [`MAX_FRAME_LEN`]) and reserves the body's bytes from a process-wide budget
-//! ([`BODY_BUDGET_KIB`]) *before* allocating, reads the body within a deadline that allows
+//! The reader reads the 4-byte length prefix, checks it against the link's cap (its
+//! [`FrameGate`]: [`MAX_CONTROL_LEN`] until we have asked the other side for segments, by a
+//! request or a subscription, and [`MAX_FRAME_LEN`] from then on: a stranger, even one that
+//! said hello, cannot make us reserve room for a segment) and reserves the body's bytes from
+//! the node's body budget (sized by the memory plan, [`super::memory::MemoryPlan::frames`])
+//! *before* allocating. An accepted connection's first frame must be a hello, within
+//! [`HELLO_DEADLINE`]; until then it holds a [`Handshake`] place at the door. The reader reads the body within a deadline that allows
 //! [`MIN_FRAME_RATE`] (a trickling sender cannot hold budget for ever), decodes it, verifies a
 //! segment's signature, and hands the message to the actor over the shared, bounded event
 //! queue. Any error ends the link (and only that link); a segment that fails verification or
@@ -23,6 +26,7 @@
 //!
 //! Byte counters are shared atomics, read by the stats writer.
 
+use super::guard::{Handshake, HELLO_DEADLINE};
 use super::keys::Verifier;
 use super::LinkEvent;
 use crate::proto::wire::{
@@ -31,7 +35,7 @@ use crate::proto::wire::{
 };
 use crate::proto::{LinkId, Message, PeerAddr};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,9 +44,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 /// Messages queued for one link's writer. A few segments and a burst of control messages fit;
 /// more means the peer (or our uplink to it) cannot keep up, and the link is closed.
 pub const WRITER_QUEUE: usize = 256;
-/// Frame bodies read but not yet handled by the actor, in KiB, across all links (one 4 MiB
-/// segment frame from each of 16 links fits).
-pub const BODY_BUDGET_KIB: usize = 64 * 1024;
+/// Frame bodies read but not yet handled by the actor, in KiB, across all links, where no
+/// memory plan sizes it (the `source` and `peer` commands, the demo): one largest frame and a
+/// few segments.
+pub const BODY_BUDGET_KIB: usize = 8 * 1024;
 /// The writer writes (and paces) in chunks of this size.
 pub const WRITE_CHUNK: usize = 16 * 1024;
 /// Length-prefix bits that mark a link record instead of a whole frame. `BULK_BEGIN | len`
@@ -78,6 +83,8 @@ pub struct Counters {
     pub bad_frames: AtomicU64,
     /// Links closed because their writer queue was full.
     pub queue_full: AtomicU64,
+    /// Accepted connections closed for not saying hello first, or not in time.
+    pub no_hello: AtomicU64,
 }
 
 impl Counters {
@@ -101,6 +108,8 @@ pub enum LinkError {
     BadSignature,
     /// A frame body did not arrive in time.
     Slow,
+    /// An accepted connection's first frame was not a hello, or not within [`HELLO_DEADLINE`].
+    NoHello,
 }
 
 impl LinkError {
@@ -122,6 +131,7 @@ impl std::fmt::Display for LinkError {
             LinkError::Wire(e) => write!(f, "{e}"),
             LinkError::BadSignature => write!(f, "segment failed signature check"),
             LinkError::Slow => write!(f, "frame body too slow"),
+            LinkError::NoHello => write!(f, "no hello in time"),
         }
     }
 }
@@ -179,7 +189,42 @@ impl TokenBucket {
     }
 }
 
+/// The largest frame one link's reader takes: control-sized until the actor opens it, which
+/// it does when it sends that link's peer a request or a subscription (shared by the actor,
+/// which opens it, and the link's reader, which reads it before each frame).
+#[derive(Debug)]
+pub struct FrameGate(AtomicU32);
+
+impl Default for FrameGate {
+    fn default() -> Self {
+        FrameGate(AtomicU32::new(MAX_CONTROL_LEN))
+    }
+}
+
+impl FrameGate {
+    /// Segments may come from now on. Called before the request leaves, so the answer never
+    /// meets a closed gate.
+    pub fn open(&self) {
+        self.0.store(MAX_FRAME_LEN, Ordering::Release);
+    }
+
+    pub fn max(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Does sending this message to a link's peer invite segments back?
+pub fn asks_for_segments<P>(msg: &Message<P>) -> bool {
+    matches!(
+        msg,
+        Message::Ctl(Control::Request { .. } | Control::Subscribe { .. })
+    )
+}
+
 /// Reads frames until the stream ends or breaks a rule; reports why on the event queue.
+/// `handshake` is an accepted connection's place at the door: its first frame must then be a
+/// hello within [`HELLO_DEADLINE`], and the place is given back when it comes.
+#[allow(clippy::too_many_arguments)]
 pub async fn reader<R: AsyncRead + Unpin>(
     link: LinkId,
     mut rd: R,
@@ -187,17 +232,39 @@ pub async fn reader<R: AsyncRead + Unpin>(
     events: mpsc::Sender<LinkEvent>,
     budget: Arc<Semaphore>,
     counters: Arc<Counters>,
+    gate: Arc<FrameGate>,
+    mut handshake: Option<Handshake>,
 ) {
-    let mut max = MAX_CONTROL_LEN;
     let mut frames = LinkReader::default();
+    let hello_by = tokio::time::Instant::now() + HELLO_DEADLINE;
+    let mut hello_seen = false;
     let why = loop {
-        match frames
-            .next(&mut rd, max, &verifier, &budget, &counters)
-            .await
-        {
+        // Before the hello, only control frames, whatever the gate says.
+        let cap = || {
+            if hello_seen {
+                gate.max()
+            } else {
+                MAX_CONTROL_LEN
+            }
+        };
+        let next = frames.next_capped(&mut rd, &cap, &verifier, &budget, &counters);
+        let got = if handshake.is_some() {
+            match tokio::time::timeout_at(hello_by, next).await {
+                Ok(r) => r,
+                Err(_) => break LinkError::NoHello,
+            }
+        } else {
+            next.await
+        };
+        match got {
             Ok((msg, permit)) => {
-                if matches!(msg, Message::Ctl(Control::Hello(_))) {
-                    max = MAX_FRAME_LEN;
+                if !hello_seen {
+                    if matches!(msg, Message::Ctl(Control::Hello(_))) {
+                        hello_seen = true;
+                        handshake = None;
+                    } else if handshake.is_some() {
+                        break LinkError::NoHello;
+                    }
                 }
                 if events
                     .send(LinkEvent::Received {
@@ -214,9 +281,11 @@ pub async fn reader<R: AsyncRead + Unpin>(
             Err(e) => break e,
         }
     };
+    drop(handshake);
     match &why {
         e if e.is_pollution() => Counters::add(&counters.bad_segments, 1),
         LinkError::Wire(_) => Counters::add(&counters.bad_frames, 1),
+        LinkError::NoHello => Counters::add(&counters.no_hello, 1),
         _ => {}
     }
     let _ = events.send(LinkEvent::Down { link, why }).await;
@@ -264,6 +333,20 @@ impl LinkReader {
         budget: &Arc<Semaphore>,
         counters: &Counters,
     ) -> Result<(Message<SharedBody>, OwnedSemaphorePermit), LinkError> {
+        self.next_capped(rd, &|| max, verifier, budget, counters)
+            .await
+    }
+
+    /// [`LinkReader::next`] with the cap read when each prefix has arrived (a gate opened
+    /// while the reader waited applies to the frame that was awaited).
+    pub async fn next_capped<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        max: &(dyn Fn() -> u32 + Sync),
+        verifier: &Verifier,
+        budget: &Arc<Semaphore>,
+        counters: &Counters,
+    ) -> Result<(Message<SharedBody>, OwnedSemaphorePermit), LinkError> {
         loop {
             let mut prefix = [0u8; FRAME_PREFIX_LEN];
             let read = rd.read_exact(&mut prefix);
@@ -283,6 +366,7 @@ impl LinkReader {
                 Err(e) => return Err(LinkError::Io(e)),
             }
             let word = u32::from_be_bytes(prefix);
+            let max = max();
             match word & RECORD_KIND {
                 0 => return read_whole(rd, prefix, max, verifier, budget, counters).await,
                 BULK_BEGIN => {
@@ -477,6 +561,11 @@ pub async fn writer<W: AsyncWrite + Unpin, H: Send>(
         }
         Counters::add(&counters.upload_bytes, wire_bytes);
         Counters::add(&counters.payload_up, seg.payload.data.len() as u64);
+        // The encoded copy of a segment larger than the plan counts is not kept between
+        // segments (memory::SEGMENT_ALLOWANCE per uploading link).
+        if buf.capacity() > super::memory::SEGMENT_ALLOWANCE as usize {
+            buf = Vec::with_capacity(4096);
+        }
         if events.send(LinkEvent::Sent { link }).await.is_err() {
             return;
         }
@@ -865,5 +954,143 @@ mod tests {
             ]
         );
         assert_eq!(Counters::get(&counters.upload_bytes), all.len() as u64);
+    }
+
+    fn hello_frame(key: &ChannelKey) -> Vec<u8> {
+        use crate::proto::wire::{Hello, PeerId, Role, MAGIC, VERSION};
+        let mut b = Vec::new();
+        let h = Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel: key.channel(),
+            peer_id: PeerId(5),
+            listen_port: 9,
+            role: Role::Peer,
+            upload_kbps: 1000,
+        };
+        encode(&Message::Ctl(Control::Hello(h)), &mut b).unwrap();
+        b
+    }
+
+    /// Runs `reader` on one end of a pipe, as the actor would for an accepted connection.
+    fn spawn_reader(
+        key: &ChannelKey,
+        gate: Arc<FrameGate>,
+        guard: &crate::daemon::guard::Guard,
+    ) -> (
+        tokio::io::DuplexStream,
+        mpsc::Receiver<LinkEvent>,
+        Arc<Semaphore>,
+    ) {
+        let (tx, rx) = tokio::io::duplex(1 << 16);
+        let (etx, erx) = mpsc::channel(16);
+        let b = budget();
+        let (_place, shake) = guard
+            .admit("192.0.2.1".parse().unwrap(), std::time::Instant::now())
+            .unwrap();
+        tokio::spawn(reader(
+            LinkId(1),
+            rx,
+            Verifier::new(key.channel()),
+            etx,
+            b.clone(),
+            Arc::new(Counters::default()),
+            gate,
+            Some(shake),
+        ));
+        (tx, erx, b)
+    }
+
+    async fn next_event(rx: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("the reader reports")
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_hello_a_segment_frame_needs_an_open_gate() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let guard = crate::daemon::guard::Guard::default();
+        // A hello, then a 1 MiB frame nobody asked for: refused at its prefix.
+        let (mut tx, mut rx, b) = spawn_reader(&key, Arc::default(), &guard);
+        tx.write_all(&hello_frame(&key)).await.unwrap();
+        assert!(matches!(
+            next_event(&mut rx).await,
+            LinkEvent::Received { .. }
+        ));
+        assert_eq!(
+            guard.handshakes(),
+            0,
+            "the hello gives the handshake place back"
+        );
+        tx.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        match next_event(&mut rx).await {
+            LinkEvent::Down {
+                why: LinkError::Wire(WireError::TooLong { len, max }),
+                ..
+            } => assert_eq!((len, max), (1 << 20, MAX_CONTROL_LEN)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.available_permits(), BODY_BUDGET_KIB);
+        // The same segment in pieces is refused the same way.
+        let (mut tx, mut rx, _) = spawn_reader(&key, Arc::default(), &guard);
+        tx.write_all(&hello_frame(&key)).await.unwrap();
+        let _ = next_event(&mut rx).await;
+        tx.write_all(&record(BULK_BEGIN, 1 << 20)).await.unwrap();
+        assert!(matches!(
+            next_event(&mut rx).await,
+            LinkEvent::Down {
+                why: LinkError::Wire(_),
+                ..
+            }
+        ));
+        // Once asked (the gate opened while the reader waits), the segment is taken.
+        let gate = Arc::new(FrameGate::default());
+        let (mut tx, mut rx, _) = spawn_reader(&key, gate.clone(), &guard);
+        tx.write_all(&hello_frame(&key)).await.unwrap();
+        let _ = next_event(&mut rx).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.open();
+        let seg = key.sign_segment(Seq(4), 0, 1, 0, vec![0x47; 100_000]);
+        let mut f = Vec::new();
+        encode(&Message::Segment(seg.clone()), &mut f).unwrap();
+        tx.write_all(&f).await.unwrap();
+        match next_event(&mut rx).await {
+            LinkEvent::Received { msg, .. } => assert_eq!(msg, Message::Segment(seg)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_accepted_connection_must_say_hello_first_and_in_time() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let guard = crate::daemon::guard::Guard::default();
+        // Something else first: closed at once.
+        let (mut tx, mut rx, _) = spawn_reader(&key, Arc::default(), &guard);
+        let mut ka = Vec::new();
+        encode(&Message::Ctl(Control::KeepAlive), &mut ka).unwrap();
+        tx.write_all(&ka).await.unwrap();
+        assert!(matches!(
+            next_event(&mut rx).await,
+            LinkEvent::Down {
+                why: LinkError::NoHello,
+                ..
+            }
+        ));
+        // Silence: closed at the deadline, and the handshake place comes back.
+        let (_tx, mut rx, _) = spawn_reader(&key, Arc::default(), &guard);
+        assert_eq!(guard.handshakes(), 1);
+        let t0 = std::time::Instant::now();
+        assert!(matches!(
+            next_event(&mut rx).await,
+            LinkEvent::Down {
+                why: LinkError::NoHello,
+                ..
+            }
+        ));
+        let took = t0.elapsed();
+        assert!(took >= HELLO_DEADLINE && took < HELLO_DEADLINE + Duration::from_secs(1));
+        assert_eq!(guard.handshakes(), 0);
     }
 }

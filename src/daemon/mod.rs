@@ -69,6 +69,7 @@ pub enum LinkEvent {
         addr: SocketAddr,
         permit: OwnedSemaphorePermit,
         admitted: guard::Admitted,
+        handshake: guard::Handshake,
     },
     Dialed {
         remote: PeerAddr,
@@ -144,6 +145,10 @@ pub struct NodeOptions {
     pub pollute: bool,
     /// The core's segment store budget in bytes, when not the core's default.
     pub store_bytes: Option<u64>,
+    /// The links' body budget, KiB permits (the box's memory plan's `frames`, one for all its
+    /// nodes, leaving ones included); when none, the node makes its own of
+    /// [`link::BODY_BUDGET_KIB`].
+    pub body_budget: Option<Arc<tokio::sync::Semaphore>>,
     /// Partners sought and accepted at most (M and the accept limit), when not the core's
     /// defaults (the box daemon's `limits.max_partners`).
     pub partners: Option<(usize, usize)>,
@@ -177,6 +182,7 @@ impl NodeOptions {
             reserve_memory: false,
             pollute: std::env::var_os(POLLUTE_ENV).is_some_and(|v| v == "1"),
             store_bytes: None,
+            body_budget: None,
             partners: None,
             warm: None,
         }

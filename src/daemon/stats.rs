@@ -85,6 +85,8 @@ pub struct Diagnostics {
     pub sched_no_slot: u64,
     pub sched_too_late: u64,
     pub sched_budget_spent: u64,
+    /// Accepted connections closed for not saying hello first, or not within the deadline.
+    pub no_hello: u64,
 }
 
 /// Writes `value` as JSON to `path` atomically (a temporary file renamed over it), so a
