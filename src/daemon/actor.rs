@@ -77,6 +77,11 @@ pub(super) struct Actor {
     pollute: bool,
     /// The box daemon's warm view of this channel, shown the membership records we receive.
     warm: Option<super::warm::SharedView>,
+    /// The bootstrap addresses joined through, and failed dials to each since it last
+    /// answered: the first failure, and then every power of two, is a warning.
+    bootstrap: HashMap<std::net::SocketAddr, u32>,
+    /// Why this node has no partners, when a dial to a bootstrap said so (stats: `problem`).
+    problem: Option<String>,
 }
 
 /// Where the actor takes connections from.
@@ -123,6 +128,8 @@ impl Actor {
             play_log: opts.play_log.take(),
             pollute: opts.pollute,
             warm: opts.warm.clone(),
+            bootstrap: HashMap::new(),
+            problem: None,
             node,
         }
     }
@@ -133,6 +140,7 @@ impl Actor {
 
     pub(super) fn join(&mut self, bootstrap: &[std::net::SocketAddr]) {
         let now = self.clock.now();
+        self.bootstrap = bootstrap.iter().map(|a| (*a, 0)).collect();
         let bootstrap = bootstrap.iter().map(|a| to_peer_addr(*a)).collect();
         if let Err(e) = self.node.command(now, Command::Join { bootstrap }) {
             log::error!("cannot join: {e:?}");
@@ -261,25 +269,51 @@ impl Actor {
                 remote,
                 result,
                 permit,
-            } => match result {
-                Ok(stream) => {
-                    let ip = to_socket_addr(remote).ip();
-                    let link = self.start_link(stream, ip, (permit, None));
-                    self.node.handle_input(
-                        now,
-                        Input::LinkUp {
-                            link,
-                            remote,
-                            outbound: true,
-                        },
-                    );
+            } => {
+                match result {
+                    Ok(stream) => {
+                        let addr = to_socket_addr(remote);
+                        if let Some(n) = self.bootstrap.get_mut(&addr) {
+                            if *n > 0 {
+                                log::info!("bootstrap {addr} answers again");
+                            }
+                            *n = 0;
+                            self.problem = None;
+                        }
+                        let ip = addr.ip();
+                        let link = self.start_link(stream, ip, (permit, None));
+                        self.node.handle_input(
+                            now,
+                            Input::LinkUp {
+                                link,
+                                remote,
+                                outbound: true,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let addr = to_socket_addr(remote);
+                        match self.bootstrap.get_mut(&addr) {
+                            // A bootstrap that does not answer leaves a new peer with nobody to
+                            // join through: said at warn level, less often as it goes on (the
+                            // core retries every few seconds).
+                            Some(n) => {
+                                *n = n.saturating_add(1);
+                                if n.is_power_of_two() {
+                                    log::warn!(
+                                    "cannot reach bootstrap {addr}: {e} ({} failed, still trying)",
+                                    if *n == 1 { "1 try".to_string() } else { format!("{n} tries") }
+                                );
+                                }
+                                self.problem = Some(format!("cannot reach bootstrap {addr}: {e}"));
+                            }
+                            None => log::debug!("dial {addr} failed: {e}"),
+                        }
+                        drop(permit);
+                        self.node.handle_input(now, Input::DialFailed { remote });
+                    }
                 }
-                Err(e) => {
-                    log::debug!("dial {remote:?} failed: {e}");
-                    drop(permit);
-                    self.node.handle_input(now, Input::DialFailed { remote });
-                }
-            },
+            }
             LinkEvent::Received { link, msg, _permit } => {
                 if let (Some(w), crate::proto::Message::Ctl(c)) = (&self.warm, &msg) {
                     super::warm::lock(w).observe(c, std::time::Instant::now());
@@ -607,6 +641,8 @@ impl Actor {
                 .collect(),
             bans_total: self.node.bans().total(),
             store_bytes: self.node.store().bytes_held(),
+            // A dial failure explains no partners, not a node that has some.
+            problem: self.problem.clone().filter(|_| s.partners == 0),
             diag: Diagnostics {
                 requests_sent: s.requests_sent,
                 segments_received: s.segments_received,
