@@ -610,7 +610,11 @@ impl Actor {
                 Role::Peer => "peer".into(),
             },
             channel: self.node.config().channel.to_hex(),
-            name: self.name.clone(),
+            // The feed learns the channel's real name from the stream (peers without --name).
+            name: self
+                .feed
+                .as_ref()
+                .map_or_else(|| self.name.clone(), |f| f.name()),
             continuity,
             startup_s,
             lag_s: self.lag_s,

@@ -103,9 +103,7 @@ impl Outputs {
             // connections made during the switch wait in its backlog.
             match master.try_clone().and_then(TcpListener::from_std) {
                 Ok(l) => {
-                    let status: http::StatusFn = Arc::new(move || {
-                        serde_json::to_string_pretty(&*report.borrow()).unwrap_or_default()
-                    });
+                    let status: http::StatusFn = Arc::new(move || vec![report.borrow().clone()]);
                     self.http_task = Some(tokio::spawn(http::serve_limited(
                         l,
                         Channels::single(feed.clone(), false),

@@ -60,8 +60,8 @@ fn start_http(
         );
     }
     let status: http::StatusFn = Arc::new(move || match &status {
-        Some(rx) => serde_json::to_string_pretty(&*rx.borrow()).unwrap_or_default(),
-        None => String::new(),
+        Some(rx) => vec![rx.borrow().clone()],
+        None => Vec::new(),
     });
     Ok(tokio::spawn(http::serve(listener, channels, status)))
 }

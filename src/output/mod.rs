@@ -19,6 +19,7 @@
 //! UDP output can be pointed at another channel's feed ([`udp::Retarget`]).
 
 pub mod http;
+pub mod metrics;
 pub mod udp;
 
 use crate::media::psi;
