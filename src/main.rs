@@ -610,13 +610,16 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, UsageError> {
     known.extend_from_slice(BoxConfig::FLAGS);
     f.check_known(&known)?;
     let loaded = match optional_path(&f, "config")? {
-        Some(p) => BoxConfig::load(&p),
+        Some(p) => BoxConfig::load_all(&p),
         None => Ok(BoxConfig::default()),
     };
     let mut cfg = match loaded {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("coolstream: {e}");
+        Err(errors) => {
+            // Every fault of the file, in file order, so that one edit fixes them all.
+            for e in &errors {
+                eprintln!("coolstream run: {e}");
+            }
             return Ok(ExitCode::from(2));
         }
     };
