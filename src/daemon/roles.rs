@@ -76,8 +76,9 @@ pub async fn run_source(
     let (cut_tx, cut_rx) = mpsc::channel(INGEST_QUEUE);
     let segment_ms = args.segment_ms;
     let name = args.name.clone();
+    let label = args.input.label();
     let reader = tokio::spawn(async move {
-        if let Err(e) = input::run(opened, segment_ms, Some(&name), cut_tx).await {
+        if let Err(e) = input::run(opened, segment_ms, Some(&name), &label, cut_tx).await {
             log::error!("input failed: {e}");
         }
     });
