@@ -570,7 +570,8 @@ impl BoxConfig {
                         if !errors.iter().any(inside) {
                             errors.push(e);
                         }
-                        dropped_table |= blanked.len() > 0 && work[blanked.clone()].contains('\n');
+                        dropped_table |=
+                            !blanked.is_empty() && work[blanked.clone()].contains('\n');
                         if blanked.is_empty() {
                             break;
                         }
