@@ -96,6 +96,7 @@ pub fn render(req: &Request, v: &Value) -> String {
                 "channels",
                 "continuity",
                 "partners",
+                "problem",
                 "players",
                 "startup_s",
                 "lag_s",
@@ -107,7 +108,8 @@ pub fn render(req: &Request, v: &Value) -> String {
             ];
             let rows: Vec<Vec<String>> = keys
                 .iter()
-                .filter(|k| v.get(**k).is_some())
+                // `problem` only when there is one.
+                .filter(|k| v.get(**k).is_some_and(|x| !(x.is_null() && **k == "problem")))
                 .map(|k| vec![format!("{k}:"), s(&v[*k])])
                 .collect();
             table(&rows)

@@ -501,6 +501,7 @@ impl BoxDaemon {
                     v["players"] = r.players.into();
                     v["startup_s"] = r.startup_s.into();
                     v["lag_s"] = r.lag_s.into();
+                    v["problem"] = r.problem.clone().into();
                 }
                 v
             }
