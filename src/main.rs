@@ -52,7 +52,8 @@ them to the peers that join at ADDR.
   --input INPUT        udp://@GROUP:PORT (multicast), udp://HOST:PORT, rtp://@GROUP:PORT,
                        rtp://HOST:PORT, file:PATH (paced by PCR), file:PATH?loop, - (stdin)
   --listen ADDR        where peers connect (IP:PORT)
-  --upload-kbps N      upload cap, kbit/s (default 3000)
+  --upload-kbps N      upload cap, kbit/s (default: 4 times the input's measured rate,
+                       at least 3000); below 2 times it is warned about
   --segment-ms MS      segment duration (200-10000, default 1000)
   --http ADDR          also serve the channel to players here (/ch/NAME.ts, /metrics)
   --stats-json FILE    write the node's figures here every 2 s
@@ -383,8 +384,11 @@ fn optional_path(f: &Flags, name: &str) -> Result<Option<PathBuf>, UsageError> {
     Ok((!v.is_empty()).then(|| PathBuf::from(v)))
 }
 
-fn upload_kbps(f: &Flags) -> Result<u64, UsageError> {
-    let v: u64 = f.get("upload-kbps", DEFAULT_UPLOAD_KBPS)?;
+fn upload_kbps(f: &Flags, default: u64) -> Result<u64, UsageError> {
+    if default == 0 && !f.pairs.iter().any(|(n, _)| n == "upload-kbps") {
+        return Ok(0);
+    }
+    let v: u64 = f.get("upload-kbps", default)?;
     if !(64..=10_000_000).contains(&v) {
         return Err(UsageError(
             "--upload-kbps must be between 64 and 10000000".into(),
@@ -478,7 +482,8 @@ fn cmd_source(args: &[String]) -> Result<ExitCode, UsageError> {
         name,
         input,
         listen,
-        upload_kbps: upload_kbps(&f)?,
+        // 0: follow the input's measured rate.
+        upload_kbps: upload_kbps(&f, 0)?,
         segment_ms,
         segment_log: optional_path(&f, "segment-log")?,
         stats_json: optional_path(&f, "stats-json")?,
@@ -547,7 +552,7 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
             0 => None,
             n => Some(n),
         },
-        upload_kbps: upload_kbps(&f)?,
+        upload_kbps: upload_kbps(&f, DEFAULT_UPLOAD_KBPS)?,
         stats_json: optional_path(&f, "stats-json")?,
         report: None,
         play_log: optional_path(&f, "play-log")?,

@@ -109,7 +109,10 @@ pub fn render(req: &Request, v: &Value) -> String {
             let rows: Vec<Vec<String>> = keys
                 .iter()
                 // `problem` only when there is one.
-                .filter(|k| v.get(**k).is_some_and(|x| !(x.is_null() && **k == "problem")))
+                .filter(|k| {
+                    v.get(**k)
+                        .is_some_and(|x| !(x.is_null() && **k == "problem"))
+                })
                 .map(|k| vec![format!("{k}:"), s(&v[*k])])
                 .collect();
             table(&rows)

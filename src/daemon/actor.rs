@@ -82,7 +82,19 @@ pub(super) struct Actor {
     bootstrap: HashMap<std::net::SocketAddr, u32>,
     /// Why this node has no partners, when a dial to a bootstrap said so (stats: `problem`).
     problem: Option<String>,
+    /// Media bytes and microseconds of the segments played: the stream's real rate.
+    played_bytes: u64,
+    played_us: u64,
+    /// Set once the upload cap was found below the stream's rate (stats: `upload_warning`).
+    upload_warning: Option<String>,
+    /// When a segment late for want of any holder was last a warning.
+    unheld_warned: Option<std::time::Instant>,
 }
+
+/// Segments played before the stream's rate is judged against the upload cap.
+const RATE_SEGMENTS_US: u64 = 3_000_000;
+/// A segment late because no partner holds it is a warning at most this often (info else).
+const UNHELD_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Where the actor takes connections from.
 pub(super) enum Listen {
@@ -130,6 +142,10 @@ impl Actor {
             warm: opts.warm.clone(),
             bootstrap: HashMap::new(),
             problem: None,
+            played_bytes: 0,
+            played_us: 0,
+            upload_warning: None,
+            unheld_warned: None,
             node,
         }
     }
@@ -534,6 +550,7 @@ impl Actor {
                 let ahead = deadline.as_micros() as i128 - now.as_micros() as i128;
                 let play_wall = wall_us() as i128 + ahead;
                 self.lag_s = Some((play_wall - segment.origin_us as i128) as f64 / 1e6);
+                self.measure_rate(segment.payload.data.len(), segment.duration_us);
                 if let Some(log) = self.play_log.as_mut() {
                     let d = &segment.payload.data;
                     let hex: String = sha256(d).iter().map(|b| format!("{b:02x}")).collect();
@@ -545,12 +562,31 @@ impl Actor {
                 }
             }
             Output::Late { seq, pause, cause } => {
-                log::info!(
+                // Nobody holding a segment is starvation, not bad luck: said aloud (at most
+                // every UNHELD_WARN_EVERY), with what may cause it.
+                let now = std::time::Instant::now();
+                let loud = matches!(cause, LateCause::Unheld)
+                    && self
+                        .unheld_warned
+                        .is_none_or(|t| now.duration_since(t) >= UNHELD_WARN_EVERY);
+                let text = format!(
                     "segment {} late ({}); playback pauses {:.1} s",
                     seq.0,
                     late_cause_text(cause),
                     pause.as_secs_f64()
                 );
+                if loud {
+                    self.unheld_warned = Some(now);
+                    log::warn!(
+                        "{text}: the swarm is short of upload for this stream (partners {}{})",
+                        self.node.stats().partners,
+                        self.upload_warning
+                            .as_deref()
+                            .map_or(String::new(), |w| format!("; {w}"))
+                    );
+                } else {
+                    log::info!("{text}");
+                }
             }
             Output::Missed { seq, .. } => {
                 log::info!("segment {} missed its deadline: skipped", seq.0);
@@ -583,6 +619,26 @@ impl Actor {
         }
         if let Some(w) = &self.report {
             let _ = w.send(report.clone());
+        }
+    }
+
+    /// Counts a played segment towards the stream's rate; once a few seconds are in, a cap
+    /// below one copy of the stream is a warning (this node cannot even relay what it plays).
+    fn measure_rate(&mut self, bytes: usize, duration_us: u32) {
+        self.played_bytes += bytes as u64;
+        self.played_us += duration_us as u64;
+        if self.upload_warning.is_some() || self.played_us < RATE_SEGMENTS_US {
+            return;
+        }
+        let stream_kbps = self.played_bytes * 8 * 1000 / self.played_us;
+        let cap_kbps = self.upload_bytes_per_s * 8 / 1000;
+        if self.role == Role::Peer && cap_kbps < stream_kbps {
+            let w = format!(
+                "upload cap {cap_kbps} kbit/s is below the stream's {stream_kbps} kbit/s: this peer cannot relay one copy; give --upload-kbps {} or more if the uplink has it",
+                stream_kbps * 2
+            );
+            log::warn!("{w}");
+            self.upload_warning = Some(w);
         }
     }
 
@@ -647,6 +703,9 @@ impl Actor {
             store_bytes: self.node.store().bytes_held(),
             // A dial failure explains no partners, not a node that has some.
             problem: self.problem.clone().filter(|_| s.partners == 0),
+            stream_kbps: (self.played_us > 0)
+                .then(|| self.played_bytes as f64 * 8.0 * 1000.0 / self.played_us as f64),
+            upload_warning: self.upload_warning.clone(),
             diag: Diagnostics {
                 requests_sent: s.requests_sent,
                 segments_received: s.segments_received,

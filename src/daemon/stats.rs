@@ -54,6 +54,10 @@ pub struct NodeReport {
     pub store_bytes: u64,
     /// What keeps this node from playing, when known: e.g. its bootstrap does not answer.
     pub problem: Option<String>,
+    /// The stream's rate as measured from the segments played, kbit/s.
+    pub stream_kbps: Option<f64>,
+    /// Set when this node's upload cap is below one copy of the stream.
+    pub upload_warning: Option<String>,
     /// Scheduler and supplier diagnostics from the core, the simulator's names (see
     /// `proto::node::NodeStats`): what this node asked for and how it went, and why it said
     /// busy.
