@@ -436,3 +436,122 @@ fn ctl_without_a_daemon_and_a_missing_key_say_what_is_missing() {
     );
     common::remove_tmpdir(&dir);
 }
+
+/// An HD stream (about 3.5 Mbit/s H.264) with default settings: the source uploads a few
+/// copies of what it measured (not the 3000 kbit/s default below one copy), a peer fed by it
+/// plays, and a peer whose cap is below the stream's rate is told so.
+#[test]
+fn an_hd_stream_gets_a_source_upload_that_fits_and_a_short_peer_is_warned() {
+    common::require_ffmpeg();
+    let dir = tmpdir("first-hd");
+    let (key, id) = keygen(&dir);
+    let ts = dir.join("hd.ts");
+    let made = Command::new("ffmpeg")
+        .args([
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=25",
+            "-t",
+            "8",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "3200k",
+            "-minrate",
+            "3200k",
+            "-maxrate",
+            "3400k",
+            "-bufsize",
+            "3400k",
+            "-g",
+            "25",
+            "-x264-params",
+            "nal-hrd=cbr",
+            "-f",
+            "mpegts",
+        ])
+        .arg(&ts)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let sp = free_port();
+    let slog = dir.join("source.log");
+    let _source = Proc::start(
+        "source",
+        &[
+            "source",
+            "--key",
+            key.to_str().unwrap(),
+            "--name",
+            "hd",
+            "--input",
+            &format!("file:{}?loop", ts.display()),
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+        ],
+        &slog,
+    );
+    let stats = dir.join("peer.json");
+    let plog = dir.join("peer.log");
+    std::thread::sleep(Duration::from_secs(3));
+    let mut peer = Proc::start(
+        "peer",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &format!("127.0.0.1:{sp}"),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &plog,
+    );
+    std::thread::sleep(Duration::from_secs(20));
+    let s = common::read_json(&stats).unwrap();
+    let text = std::fs::read_to_string(&slog).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("the input runs at"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let num = |after: &str| -> u64 {
+        let i = words.iter().position(|w| *w == after).unwrap();
+        words[i + 1].parse().unwrap_or_else(|_| panic!("{line}"))
+    };
+    let (input, cap) = (num("at"), num("cap"));
+    assert!((3000..4500).contains(&input), "{line}");
+    assert_eq!(cap, 4 * input, "{line}");
+    let ci = s["continuity"].as_f64().unwrap();
+    assert!(ci >= 0.95, "continuity {ci}: {s}");
+    assert!(s["segments_played"].as_u64().unwrap() >= 12, "{s}");
+    let kbps = s["stream_kbps"].as_f64().unwrap();
+    assert!((3000.0..4500.0).contains(&kbps), "{s}");
+    // The peer's default cap (3000 kbit/s) cannot relay one copy: said at warn level.
+    let w = s["upload_warning"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        w.contains("upload cap 3000 kbit/s is below the stream's"),
+        "{w}"
+    );
+    let plog_text = std::fs::read_to_string(&plog).unwrap();
+    assert!(
+        plog_text
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("upload cap 3000 kbit/s")),
+        "{plog_text}"
+    );
+    let t = Instant::now();
+    assert_eq!(peer.stop(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    common::remove_tmpdir(&dir);
+}
