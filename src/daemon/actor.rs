@@ -656,8 +656,10 @@ impl Actor {
             (_, Some(_)) if due + s.missed == 0 => 1.0,
             _ => due as f64 / (due + s.missed) as f64,
         };
+        // Startup is reported once the first segment's deadline has come (it is then played
+        // or missed): a startup beside zero segments played read as nonsense.
         let startup_s = match (s.joined_at, s.first_play_at) {
-            (Some(j), Some(p)) => Some(p.saturating_since(j).as_secs_f64()),
+            (Some(j), Some(p)) if due + s.missed > 0 => Some(p.saturating_since(j).as_secs_f64()),
             _ => None,
         };
         NodeReport {
