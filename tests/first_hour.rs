@@ -555,3 +555,71 @@ fn an_hd_stream_gets_a_source_upload_that_fits_and_a_short_peer_is_warned() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     common::remove_tmpdir(&dir);
 }
+
+/// The status page as a real browser shows it: headless Chromium renders `/` of a playing
+/// demo to a screenshot and to its DOM, which has the channel, its continuity and partners.
+#[test]
+fn the_status_page_renders_in_chromium_with_channel_continuity_and_partners() {
+    require("chromium", "chromium");
+    let dir = tmpdir("first-chromium");
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--peers", "2", "--seconds", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = demo.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    let open = lines
+        .find(|l| l.contains(" open "))
+        .expect("the demo prints its URL");
+    std::thread::spawn(move || lines.for_each(drop));
+    let url = open
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap();
+    let page = url.split("/ch/").next().unwrap().to_string() + "/";
+    // Let the peers play a few segments.
+    std::thread::sleep(Duration::from_secs(8));
+    let chromium = |args: &[&str]| {
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--window-size=1000,600",
+            ])
+            .args(args)
+            .arg(&page)
+            .output()
+            .unwrap()
+    };
+    let shot = dir.join("status.png");
+    let out = chromium(&[&format!("--screenshot={}", shot.display())]);
+    assert!(out.status.success(), "{out:?}");
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!((w, h), (1000, 600));
+    // A blank page compresses to well under a kilobyte; this one has a table of text.
+    assert!(png.len() > 5_000, "{} bytes", png.len());
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom"]).stdout).to_string();
+    let cell = |class: &str| -> String {
+        let tag = format!("class=\"{class}\">");
+        let at = dom
+            .find(&tag)
+            .unwrap_or_else(|| panic!("no {class}: {dom}"))
+            + tag.len();
+        dom[at..].split('<').next().unwrap().to_string()
+    };
+    assert!(dom.contains("<a href=\"/ch/demo.ts\">demo</a>"), "{dom}");
+    assert_eq!(cell("state"), "playing", "{dom}");
+    let ci: f64 = cell("continuity").parse().unwrap();
+    assert!(ci > 0.9, "{dom}");
+    let partners: u32 = cell("partners").parse().unwrap();
+    assert!(partners >= 1, "{dom}");
+    let _ = demo.kill();
+    let _ = demo.wait();
+    common::remove_tmpdir(&dir);
+}
