@@ -416,6 +416,106 @@ pub fn check_memory(cfg: &BoxConfig, keys: &MemoryKeys) -> Result<(), (Option<us
 
 // ----- reading -----
 
+/// Errors reported from one file at most.
+pub const MAX_CONFIG_ERRORS: usize = 32;
+
+/// Where the table whose header is at `at` ends: the start of the next header line, or the
+/// end of the text.
+fn table_end(work: &str, at: usize) -> usize {
+    let at = at.min(work.len());
+    let line_end = work[at..].find('\n').map_or(work.len(), |i| at + i + 1);
+    let mut pos = line_end;
+    for line in work[line_end..].split_inclusive('\n') {
+        if line.trim_start().starts_with('[') {
+            return pos;
+        }
+        pos += line.len();
+    }
+    work.len()
+}
+
+/// Replaces the whole lines that `span` touches with spaces (newlines kept, so every byte
+/// stays where it was) and returns the byte range blanked.
+fn blank_lines(work: &mut String, span: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let start = span.start.min(work.len());
+    let end = span.end.clamp(start, work.len());
+    let from = work[..start].rfind('\n').map_or(0, |i| i + 1);
+    // The line holding the span's last byte, to its end.
+    let last = if end > start { end - 1 } else { start };
+    let to = work[last..].find('\n').map_or(work.len(), |i| last + i);
+    let blanked: String = work[from..to]
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    if blanked == work[from..to] {
+        return from..from;
+    }
+    // Multi-byte characters became single spaces: pad to keep the length.
+    let pad = work[from..to].len() - blanked.len();
+    work.replace_range(from..to, &(blanked + &" ".repeat(pad)));
+    from..to
+}
+
+/// The TOML reader's message in the words of the file's reader rather than Rust's
+/// (`invalid type: string "4000", expected i64` becomes
+/// `expected a whole number, found the text "4000"`).
+fn plain_words(msg: &str) -> String {
+    let msg = msg.trim_end().replace('\n', "; ");
+    let expected = |t: &str| -> String {
+        let t = t.trim();
+        match t {
+            "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize"
+            | "an integer" | "integer" => "a whole number".into(),
+            "f32" | "f64" | "a float" => "a number".into(),
+            "a string" | "string" | "a borrowed string" => "text in quotes".into(),
+            "a boolean" | "bool" => "true or false".into(),
+            "a sequence" => "a list [ ... ]".into(),
+            "a map" => "a table".into(),
+            t if t.starts_with("struct ") => "a table".into(),
+            t => t.to_string(),
+        }
+    };
+    let found = |t: &str| -> String {
+        let t = t.trim();
+        let inner = |p: &str| {
+            t.strip_prefix(p)
+                .map(|v| v.trim().trim_matches('`').to_string())
+        };
+        if let Some(v) = t.strip_prefix("string ") {
+            format!("the text {v}")
+        } else if let Some(v) = inner("integer ") {
+            format!("the whole number {v}")
+        } else if let Some(v) = inner("floating point ") {
+            format!("the number {v}")
+        } else if let Some(v) = inner("boolean ") {
+            v
+        } else if t == "sequence" {
+            "a list".into()
+        } else if t == "map" {
+            "a table".into()
+        } else {
+            t.to_string()
+        }
+    };
+    for kind in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = msg.strip_prefix(kind) {
+            if let Some((f, e)) = rest.rsplit_once(", expected ") {
+                return format!("expected {}, found {}", expected(e), found(f));
+            }
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        return format!(
+            "unknown key {}",
+            rest.replacen(", expected", "; expected", 1)
+        );
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        return format!("missing key {rest}");
+    }
+    msg
+}
+
 /// Line and column (1-based) of byte `offset` in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -448,18 +548,105 @@ impl BoxConfig {
         BoxConfig::parse(&text, &source)
     }
 
-    /// Checks a config file's text; `source` names it in errors.
+    /// Checks a config file's text; `source` names it in errors. The first error, in file
+    /// order ([`BoxConfig::parse_all`] has them all).
     pub fn parse(text: &str, source: &str) -> Result<BoxConfig, ConfigError> {
+        BoxConfig::parse_all(text, source).map_err(|mut v| v.swap_remove(0))
+    }
+
+    /// Reads and checks a config file, with every error found in it, in file order.
+    pub fn load_all(path: &Path) -> Result<BoxConfig, Vec<ConfigError>> {
+        let source = path.display().to_string();
+        let io = |e: std::io::Error| {
+            vec![ConfigError {
+                source: source.clone(),
+                at: None,
+                message: format!("cannot read it: {e}"),
+            }]
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > MAX_CONFIG_BYTES {
+            return Err(vec![ConfigError {
+                source,
+                at: None,
+                message: format!("{len} bytes; a config file has at most {MAX_CONFIG_BYTES}"),
+            }]);
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        BoxConfig::parse_all(&text, &source)
+    }
+
+    /// Checks a config file's text and reports every error (at most [`MAX_CONFIG_ERRORS`]),
+    /// in file order, never an empty list. A key whose value is wrong is reported, then
+    /// blanked out (spaces, so that positions hold) and the text read again, until it reads;
+    /// the checks across keys (duplicate channels, `tune`) run on what is left, and are
+    /// reported unless a whole table had to be dropped (they would then be guesses).
+    pub fn parse_all(text: &str, source: &str) -> Result<BoxConfig, Vec<ConfigError>> {
+        let mut errors: Vec<ConfigError> = Vec::new();
+        let mut work = text.to_string();
+        let mut dropped_table = false;
+        while errors.len() < MAX_CONFIG_ERRORS {
+            let mut schema_span = None;
+            match BoxConfig::parse_once(&work, text, source, &mut schema_span) {
+                Ok(cfg) if errors.is_empty() => return Ok(cfg),
+                Ok(_) => break,
+                Err(e) => match schema_span {
+                    Some(mut span) => {
+                        if e.message.starts_with("missing key") {
+                            // Reported at the table's header: the table goes whole, or its
+                            // keys would fall into the table before it.
+                            span.end = table_end(&work, span.start);
+                        }
+                        let blanked = blank_lines(&mut work, span);
+                        // A table reported for a missing key: the errors inside it already
+                        // said why it is incomplete.
+                        let inside = |o: &ConfigError| {
+                            e.message.starts_with("missing key")
+                                && o.at.is_some_and(|a| {
+                                    e.at.is_some_and(|b| a >= b)
+                                        && a.0 <= line_col(text, blanked.end).0
+                                })
+                        };
+                        if !errors.iter().any(inside) {
+                            errors.push(e);
+                        }
+                        dropped_table |=
+                            !blanked.is_empty() && work[blanked.clone()].contains('\n');
+                        if blanked.is_empty() {
+                            break;
+                        }
+                    }
+                    None => {
+                        if !dropped_table || errors.is_empty() {
+                            errors.push(e);
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+        errors.sort_by_key(|e| e.at);
+        errors.dedup();
+        Err(errors)
+    }
+
+    /// One reading of `work` (the file with the faults found so far blanked out); `text` is
+    /// the file as written, for positions. A fault of the file's schema (syntax, unknown key,
+    /// wrong type or value) sets `schema_span` to the bytes it covers.
+    fn parse_once(
+        work: &str,
+        text: &str,
+        source: &str,
+        schema_span: &mut Option<std::ops::Range<usize>>,
+    ) -> Result<BoxConfig, ConfigError> {
         let err = |at: Option<usize>, message: String| ConfigError {
             source: source.to_string(),
             at: at.map(|o| line_col(text, o)),
             message,
         };
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
-            err(
-                e.span().map(|s| s.start),
-                e.message().trim_end().replace('\n', "; "),
-            )
+        let file: FileConfig = toml::from_str(work).map_err(|e| {
+            *schema_span = Some(e.span().unwrap_or(0..work.len()));
+            err(e.span().map(|s| s.start), plain_words(e.message()))
         })?;
         let d = BoxConfig::default();
         // Where each memory-related key is, for check_memory's error.
@@ -699,8 +886,12 @@ bootstrap = ["[2001:db8::1]:7000"]
     fn wrong_keys_types_and_values_name_their_line() {
         let cases: &[(&str, usize, &str)] = &[
             ("log_level = \"loud\"\n", 1, "not a log level"),
-            ("\n\nlistn = \"0.0.0.0:1\"\n", 3, "unknown field `listn`"),
-            ("[limits]\nupload_kbps = \"fast\"\n", 2, "invalid type"),
+            ("\n\nlistn = \"0.0.0.0:1\"\n", 3, "unknown key `listn`"),
+            (
+                "[limits]\nupload_kbps = \"fast\"\n",
+                2,
+                "expected a whole number, found the text \"fast\"",
+            ),
             ("[limits]\nupload_kbps = 10\n", 2, "expected 64 to 10000000"),
             ("[limits]\nmax_partners = 0\n", 2, "expected 1 to"),
             ("[outputs]\nhttp = \"localhost\"\n", 2, "expected IP:PORT"),
@@ -719,7 +910,7 @@ bootstrap = ["[2001:db8::1]:7000"]
             (
                 "[[channel]]\nname = \"a\"\nbootstrap = [\"1.2.3.4:5\"]\n",
                 1,
-                "missing field `id`",
+                "missing key `id`",
             ),
             (
                 &format!("[[channel]]\nname = \"a\"\nid = \"{ID}\"\nbootstrap = [\"nohost\"]\n"),
@@ -757,6 +948,45 @@ bootstrap = ["[2001:db8::1]:7000"]
                 "{e}"
             );
         }
+    }
+
+    /// Every fault of a file is reported, in file order, in plain words, and a table
+    /// dropped for a bad key does not bring spurious errors with it.
+    #[test]
+    fn every_error_of_a_file_is_reported_in_file_order() {
+        let text = format!(
+            "log_level = \"loud\"\n[[channel]]\nname = \"a\"\nid = \"00\"\nbootstrap = [\"1.2.3.4:5\"]\n\
+             [[channel]]\nname = \"b b\"\nid = \"{ID}\"\nbootstrap = [\"h:1\"]\n\
+             [limits]\nupload_kbps = \"4000\"\nmax_partners = true\nlistn = 3\n"
+        );
+        let errors = BoxConfig::parse_all(&text, "box.toml").unwrap_err();
+        let got: Vec<(usize, &str)> = errors
+            .iter()
+            .map(|e| (e.at.unwrap().0, e.message.as_str()))
+            .collect();
+        let want_lines = [1, 4, 7, 11, 12, 13];
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            want_lines,
+            "{got:?}"
+        );
+        assert_eq!(got[3].1, "expected a whole number, found the text \"4000\"");
+        assert_eq!(got[4].1, "expected a whole number, found true");
+        assert!(got[5].1.starts_with("unknown key `listn`"), "{got:?}");
+        // The first of them is what `parse` reports.
+        assert_eq!(parse(&text).unwrap_err(), errors[0]);
+        // Checks across keys run once every value reads.
+        let e = BoxConfig::parse_all(
+            &format!(
+                "tune = \"zz\"\n[[channel]]\nname = \"a\"\nid = \"{ID}\"\nbootstrap = [\"h:1\"]\n[limits]\nupload_kbps = -4\n"
+            ),
+            "box.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].message.contains("name of a [[channel]]") && e[1].message.contains("out of range")
+        );
     }
 
     #[test]

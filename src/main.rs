@@ -17,31 +17,142 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 coolstream: peer-to-peer live TV (DONet-style mesh) for set-top boxes and Raspberry Pi
 
-usage:
-  coolstream keygen --out FILE
-  coolstream source --key FILE --name NAME --input INPUT --listen ADDR [--upload-kbps N]
-                    [--segment-ms MS] [--http ADDR] [--stats-json FILE] [--segment-log FILE]
-  coolstream peer   --channel ID --bootstrap ADDR[,ADDR..] [--listen ADDR] [--name NAME]
-                    [--http ADDR] [--udp-out URL] [--upload-kbps N] [--stats-json FILE]
-  coolstream run    [--config FILE] [--control-socket PATH] [--log-level LEVEL]
-                    [--listen ADDR] [--http ADDR] [--udp-out URL] [--upload-kbps N]
-                    [--ring-bytes N] [--tune NAME]
-  coolstream ctl    [--socket PATH] status|channels|zap NAME|stats [--json]
-                    (also `ctl stall [SECONDS]`: a watchdog drill that wedges the daemon)
-  coolstream demo   [--peers N] [--seconds S] [--json]
-  coolstream sim [--peers N] [--seed S] [--duration SECS] [--scenario static|churn|flash]
-                 [--partners M] [--rate-kbps R] [--upload-scale F] [--loss P]
-                 [--upload-mix F:SHARE,..] [--set KEY=VALUE,..]
-                 [--session-mean SECS] [--crash-fraction F] [--start-seq N] [--json]
-  coolstream help | --version
+usage: coolstream COMMAND [OPTIONS]
 
-  INPUT: udp://@GROUP:PORT (multicast), udp://HOST:PORT, rtp://@GROUP:PORT, rtp://HOST:PORT,
-         file:PATH (paced by PCR), file:PATH?loop, - (stdin)
-  --udp-out: udp://HOST:PORT or rtp://HOST:PORT [?ttl=N&iface=ADDR]
-  run: the box daemon; the TOML file (see board/*/coolstream.toml) lists channels, outputs
-       and limits; flags override it. Without a file: no channels, HTTP on 127.0.0.1:8080.
-  Logs go to stderr (RUST_LOG=debug for more; under systemd, in journald's format).
+commands:
+  keygen   make a channel key (the source signs with it; its public half is the channel id)
+  source   put a channel on air from an MPEG-TS input
+  peer     join a channel and play it to local players (HTTP, UDP/RTP)
+  run      the box daemon: channels from a config file, zapping, control socket
+  ctl      talk to a running `coolstream run` (status, channels, zap, stats)
+  demo     a source and a few peers on loopback, with a URL to open in a player
+  sim      the deterministic swarm simulator
+  help     `coolstream help COMMAND` (or `COMMAND --help`) prints that command's options
+  version  `coolstream --version`
+
+Logs go to stderr (RUST_LOG=debug for more; under systemd, in journald's format).
+docs/INTERFACE.md describes every command, URL and JSON field.
 ";
+
+const USAGE_KEYGEN: &str = "\
+usage: coolstream keygen --out FILE
+
+Writes a new channel key to FILE (mode 0600; keep it secret) and prints the channel id
+(64 hex characters) on stdout: peers and boxes tune to the channel by that id.
+";
+
+const USAGE_SOURCE: &str = "\
+usage: coolstream source --key FILE --name NAME --input INPUT --listen ADDR [OPTIONS]
+
+Puts a channel on air: reads MPEG-TS from INPUT, cuts it into signed segments and serves
+them to the peers that join at ADDR.
+
+  --key FILE           the channel key (from `coolstream keygen`)
+  --name NAME          the channel name: letters, digits, '-', '_', '.'
+  --input INPUT        udp://@GROUP:PORT (multicast), udp://HOST:PORT, rtp://@GROUP:PORT,
+                       rtp://HOST:PORT, file:PATH (paced by PCR), file:PATH?loop, - (stdin)
+  --listen ADDR        where peers connect (IP:PORT)
+  --upload-kbps N      upload cap, kbit/s (default: 4 times the input's measured rate,
+                       at least 3000); below 2 times it is warned about
+  --segment-ms MS      segment duration (200-10000, default 1000)
+  --http ADDR          also serve the channel to players here (/ch/NAME.ts, /metrics)
+  --stats-json FILE    write the node's figures here every 2 s
+  --segment-log FILE   one line per segment cut (seq len duration_us sha256)
+";
+
+const USAGE_PEER: &str = "\
+usage: coolstream peer --channel ID --bootstrap ADDR[,ADDR..] [OPTIONS]
+
+Joins a channel through its bootstrap nodes (the source, or any peer) and plays it.
+
+  --channel ID         the channel id (64 hex characters, from `coolstream keygen`)
+  --bootstrap ADDRS    where to join, HOST:PORT, comma-separated
+  --listen ADDR        where other peers connect (default: any port)
+  --name NAME          the name players ask for (default: learnt from the stream)
+  --http ADDR          serve players here: /ch/NAME.ts, /playlist.m3u, /, /metrics
+  --udp-out URL        send the stream to udp://HOST:PORT or rtp://HOST:PORT
+                       [?ttl=N&iface=ADDR] (a hardware decoder, multicast or unicast)
+  --upload-kbps N      upload cap, kbit/s (default 3000)
+  --stats-json FILE    write the node's figures here every 2 s
+";
+
+const USAGE_RUN: &str = "\
+usage: coolstream run [--config FILE] [OPTIONS]
+
+The box daemon. The TOML file (see board/*/coolstream.toml) lists channels, outputs and
+limits; flags override it. Without a file: no channels, HTTP on 127.0.0.1:8080.
+
+  --config FILE          the configuration file
+  --control-socket PATH  where `coolstream ctl` talks to it
+                         (default /run/coolstream/control.sock)
+  --log-level LEVEL      error, warn, info, debug or trace
+  --listen ADDR          where peers reach the tuned channel
+  --http ADDR            players' HTTP output (\"\" for none)
+  --udp-out URL          udp://HOST:PORT or rtp://HOST:PORT[?ttl=N&iface=ADDR] (\"\" for none)
+  --upload-kbps N        upload cap, kbit/s
+  --ring-bytes N         the tuned channel's segment store, bytes
+  --tune NAME            the channel played at start (default: the first)
+";
+
+const USAGE_CTL: &str = "\
+usage: coolstream ctl [--socket PATH] [--json] status|channels|zap NAME|stats
+
+Asks a running `coolstream run` over its control socket.
+
+  status       the tuned channel, its state, continuity, partners, players
+  channels     every configured channel
+  zap NAME     tune to channel NAME
+  stats        every channel's figures
+  --socket PATH  the control socket (default /run/coolstream/control.sock)
+  --json         print the daemon's JSON answer as it is
+  (also `ctl stall [SECONDS]`: a watchdog drill that wedges the daemon)
+";
+
+const USAGE_DEMO: &str = "\
+usage: coolstream demo [--peers N] [--seconds S] [--json]
+
+Runs a source looping a bundled 8 s test stream and N peers on loopback, and prints the URL
+to open in a player (ffplay, mpv or VLC: install one). Runs until Ctrl-C, or S seconds.
+
+  --peers N      peers to run (1-32, default 4)
+  --seconds S    stop after S seconds and print a summary
+  --json         the summary as one JSON object on stdout
+";
+
+const USAGE_SIM: &str = "\
+usage: coolstream sim [OPTIONS]
+
+The deterministic simulator: a whole swarm on one virtual clock.
+
+  --peers N              peers (default 100)
+  --seed S               random seed (default 1; same seed, same run)
+  --duration SECS        simulated seconds (default 120)
+  --scenario NAME        static (default), churn or flash
+  --partners M           partners each peer seeks (default 5)
+  --rate-kbps R          stream rate (default 768)
+  --upload-scale F       multiply every peer's upload
+  --upload-mix F:SHARE,..  upload multiples of the stream rate and their shares
+  --loss P               packet loss on every path, [0, 0.5)
+  --session-mean SECS    mean session length (churn)
+  --crash-fraction F     share of departures that are crashes
+  --start-seq N          first segment number
+  --set KEY=VALUE,..     core settings (see docs/SIMULATION.md)
+  --json                 the summary as one JSON object on stdout
+";
+
+/// The usage of one command, for `help CMD`, `CMD --help` and usage errors.
+fn usage_of(cmd: &str) -> Option<&'static str> {
+    Some(match cmd {
+        "keygen" => USAGE_KEYGEN,
+        "source" => USAGE_SOURCE,
+        "peer" => USAGE_PEER,
+        "run" => USAGE_RUN,
+        "ctl" => USAGE_CTL,
+        "demo" => USAGE_DEMO,
+        "sim" => USAGE_SIM,
+        _ => return None,
+    })
+}
 
 /// A command-line error: what was wrong, shown with the usage.
 #[derive(Debug)]
@@ -66,10 +177,8 @@ impl Flags {
             } else if switches.contains(&name) {
                 pairs.push((name.to_string(), None));
             } else {
-                let v = args
-                    .get(i + 1)
-                    .ok_or_else(|| UsageError(format!("--{name} needs a value")))?;
-                pairs.push((name.to_string(), Some(v.clone())));
+                // A missing value is reported when the flag is read, after unknown flags.
+                pairs.push((name.to_string(), args.get(i + 1).cloned()));
                 i += 1;
             }
             i += 1;
@@ -275,8 +384,11 @@ fn optional_path(f: &Flags, name: &str) -> Result<Option<PathBuf>, UsageError> {
     Ok((!v.is_empty()).then(|| PathBuf::from(v)))
 }
 
-fn upload_kbps(f: &Flags) -> Result<u64, UsageError> {
-    let v: u64 = f.get("upload-kbps", DEFAULT_UPLOAD_KBPS)?;
+fn upload_kbps(f: &Flags, default: u64) -> Result<u64, UsageError> {
+    if default == 0 && !f.pairs.iter().any(|(n, _)| n == "upload-kbps") {
+        return Ok(0);
+    }
+    let v: u64 = f.get("upload-kbps", default)?;
     if !(64..=10_000_000).contains(&v) {
         return Err(UsageError(
             "--upload-kbps must be between 64 and 10000000".into(),
@@ -297,7 +409,10 @@ fn cmd_keygen(args: &[String]) -> Result<ExitCode, UsageError> {
         }
     };
     if let Err(e) = key.save(&out) {
-        eprintln!("coolstream: {}: {e}", out.display());
+        eprintln!(
+            "coolstream keygen: cannot write the channel key {}: {e}",
+            out.display()
+        );
         return Ok(ExitCode::FAILURE);
     }
     eprintln!(
@@ -347,7 +462,18 @@ fn cmd_source(args: &[String]) -> Result<ExitCode, UsageError> {
     let key = match ChannelKey::load(&key_path) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("coolstream: {}: {e}", key_path.display());
+            let hint = match &e {
+                coolstream::daemon::keys::KeyError::Io(io)
+                    if io.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    " (make one with `coolstream keygen --out FILE`)"
+                }
+                _ => "",
+            };
+            eprintln!(
+                "coolstream source: cannot use the channel key {}: {e}{hint}",
+                key_path.display()
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -356,7 +482,8 @@ fn cmd_source(args: &[String]) -> Result<ExitCode, UsageError> {
         name,
         input,
         listen,
-        upload_kbps: upload_kbps(&f)?,
+        // 0: follow the input's measured rate.
+        upload_kbps: upload_kbps(&f, 0)?,
         segment_ms,
         segment_log: optional_path(&f, "segment-log")?,
         stats_json: optional_path(&f, "stats-json")?,
@@ -425,7 +552,7 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
             0 => None,
             n => Some(n),
         },
-        upload_kbps: upload_kbps(&f)?,
+        upload_kbps: upload_kbps(&f, DEFAULT_UPLOAD_KBPS)?,
         stats_json: optional_path(&f, "stats-json")?,
         report: None,
         play_log: optional_path(&f, "play-log")?,
@@ -488,13 +615,16 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, UsageError> {
     known.extend_from_slice(BoxConfig::FLAGS);
     f.check_known(&known)?;
     let loaded = match optional_path(&f, "config")? {
-        Some(p) => BoxConfig::load(&p),
+        Some(p) => BoxConfig::load_all(&p),
         None => Ok(BoxConfig::default()),
     };
     let mut cfg = match loaded {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("coolstream: {e}");
+        Err(errors) => {
+            // Every fault of the file, in file order, so that one edit fixes them all.
+            for e in &errors {
+                eprintln!("coolstream run: {e}");
+            }
             return Ok(ExitCode::from(2));
         }
     };
@@ -502,7 +632,10 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, UsageError> {
         if name == "config" {
             continue;
         }
-        if let Err(e) = cfg.set_flag(name, value.as_deref().unwrap_or("")) {
+        let Some(value) = value else {
+            return Err(UsageError(format!("--{name} needs a value")));
+        };
+        if let Err(e) = cfg.set_flag(name, value) {
             eprintln!("coolstream: {e}");
             return Ok(ExitCode::from(2));
         }
@@ -615,15 +748,22 @@ fn sim_on_huge_pages() {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // `run` starts logging once its config has said at which level.
-    if args.first().map(String::as_str) != Some("run") {
-        coolstream::daemon::logging::init(log::LevelFilter::Info);
-    }
     let Some(cmd) = args.first() else {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     };
     let rest = &args[1..];
+    // `CMD --help`, `CMD -h`, `help CMD`: that command's usage, on stdout, exit 0.
+    if let Some(u) = usage_of(cmd) {
+        if rest.iter().any(|a| a == "--help" || a == "-h") {
+            print!("{u}");
+            return ExitCode::SUCCESS;
+        }
+    }
+    // `run` starts logging once its config has said at which level.
+    if cmd != "run" {
+        coolstream::daemon::logging::init(log::LevelFilter::Info);
+    }
     let result = match cmd.as_str() {
         "sim" => {
             sim_on_huge_pages();
@@ -639,16 +779,31 @@ fn main() -> ExitCode {
             println!("coolstream {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
-        "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
+        "help" | "--help" | "-h" => match rest.first() {
+            None => {
+                print!("{USAGE}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(c) => match usage_of(c) {
+                Some(u) => {
+                    print!("{u}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Err(UsageError(format!("no command '{c}'"))),
+            },
+        },
         other => Err(UsageError(format!("unknown command '{other}'"))),
     };
     match result {
         Ok(code) => code,
         Err(UsageError(msg)) => {
-            eprintln!("coolstream: {msg}\n\n{USAGE}");
+            // The one error, and where the usage is: not the whole usage after it.
+            match usage_of(cmd) {
+                Some(_) => eprintln!(
+                    "coolstream {cmd}: {msg}\nRun 'coolstream {cmd} --help' for its options."
+                ),
+                None => eprintln!("coolstream: {msg}\nRun 'coolstream help' for the commands."),
+            }
             ExitCode::from(2)
         }
     }

@@ -15,8 +15,21 @@ pub const CTL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `req` to the daemon at `path` and returns its answer.
 pub fn call(path: &Path, req: &Request) -> Result<Value, String> {
-    let s = UnixStream::connect(path)
-        .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
+    let s = UnixStream::connect(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                "; is `coolstream run` running? (or give its socket with --socket PATH)"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "; only the daemon's user (and root) may use its control socket"
+            }
+            _ => "",
+        };
+        format!(
+            "cannot connect to the control socket {}: {e}{why}",
+            path.display()
+        )
+    })?;
     let _ = s.set_read_timeout(Some(CTL_TIMEOUT));
     let _ = s.set_write_timeout(Some(CTL_TIMEOUT));
     let line = req.to_line();
@@ -102,6 +115,7 @@ pub fn render(req: &Request, v: &Value) -> String {
                 "channels",
                 "continuity",
                 "partners",
+                "problem",
                 "players",
                 "startup_s",
                 "lag_s",
@@ -113,7 +127,11 @@ pub fn render(req: &Request, v: &Value) -> String {
             ];
             let rows: Vec<Vec<String>> = keys
                 .iter()
-                .filter(|k| v.get(**k).is_some())
+                // `problem` only when there is one.
+                .filter(|k| {
+                    v.get(**k)
+                        .is_some_and(|x| !(x.is_null() && **k == "problem"))
+                })
                 .map(|k| vec![format!("{k}:"), s(&v[*k])])
                 .chain(outputs_rows(&v["outputs"]))
                 .collect();

@@ -1,5 +1,5 @@
 //! The control socket: how the remote control, the UI and `coolstream ctl` drive the box
-//! daemon (CONTRACT.md). A Unix stream socket carrying one JSON object per line each way:
+//! daemon (docs/INTERFACE.md). A Unix stream socket carrying one JSON object per line each way:
 //!
 //! ```text
 //! {"cmd":"status"}                    {"ok":true,"tuned":"news",...}

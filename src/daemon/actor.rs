@@ -80,7 +80,24 @@ pub(super) struct Actor {
     /// The box daemon's warm view of this channel, shown the membership records we receive.
     warm: Option<super::warm::SharedView>,
     outputs: Option<super::stats::OutputsFn>,
+    /// The bootstrap addresses joined through, and failed dials to each since it last
+    /// answered: the first failure, and then every power of two, is a warning.
+    bootstrap: HashMap<std::net::SocketAddr, u32>,
+    /// Why this node has no partners, when a dial to a bootstrap said so (stats: `problem`).
+    problem: Option<String>,
+    /// Media bytes and microseconds of the segments played: the stream's real rate.
+    played_bytes: u64,
+    played_us: u64,
+    /// Set once the upload cap was found below the stream's rate (stats: `upload_warning`).
+    upload_warning: Option<String>,
+    /// When a segment late for want of any holder was last a warning.
+    unheld_warned: Option<std::time::Instant>,
 }
+
+/// Segments played before the stream's rate is judged against the upload cap.
+const RATE_SEGMENTS_US: u64 = 3_000_000;
+/// A segment late because no partner holds it is a warning at most this often (info else).
+const UNHELD_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Where the actor takes connections from.
 pub(super) enum Listen {
@@ -130,6 +147,12 @@ impl Actor {
             pollute: opts.pollute,
             warm: opts.warm.clone(),
             outputs: opts.outputs.take(),
+            bootstrap: HashMap::new(),
+            problem: None,
+            played_bytes: 0,
+            played_us: 0,
+            upload_warning: None,
+            unheld_warned: None,
             node,
         }
     }
@@ -140,6 +163,7 @@ impl Actor {
 
     pub(super) fn join(&mut self, bootstrap: &[std::net::SocketAddr]) {
         let now = self.clock.now();
+        self.bootstrap = bootstrap.iter().map(|a| (*a, 0)).collect();
         let bootstrap = bootstrap.iter().map(|a| to_peer_addr(*a)).collect();
         if let Err(e) = self.node.command(now, Command::Join { bootstrap }) {
             log::error!("cannot join: {e:?}");
@@ -270,25 +294,51 @@ impl Actor {
                 remote,
                 result,
                 permit,
-            } => match result {
-                Ok(stream) => {
-                    let ip = to_socket_addr(remote).ip();
-                    let link = self.start_link(stream, ip, (permit, None), None);
-                    self.node.handle_input(
-                        now,
-                        Input::LinkUp {
-                            link,
-                            remote,
-                            outbound: true,
-                        },
-                    );
+            } => {
+                match result {
+                    Ok(stream) => {
+                        let addr = to_socket_addr(remote);
+                        if let Some(n) = self.bootstrap.get_mut(&addr) {
+                            if *n > 0 {
+                                log::info!("bootstrap {addr} answers again");
+                            }
+                            *n = 0;
+                            self.problem = None;
+                        }
+                        let ip = addr.ip();
+                        let link = self.start_link(stream, ip, (permit, None), None);
+                        self.node.handle_input(
+                            now,
+                            Input::LinkUp {
+                                link,
+                                remote,
+                                outbound: true,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let addr = to_socket_addr(remote);
+                        match self.bootstrap.get_mut(&addr) {
+                            // A bootstrap that does not answer leaves a new peer with nobody to
+                            // join through: said at warn level, less often as it goes on (the
+                            // core retries every few seconds).
+                            Some(n) => {
+                                *n = n.saturating_add(1);
+                                if n.is_power_of_two() {
+                                    log::warn!(
+                                    "cannot reach bootstrap {addr}: {e} ({} failed, still trying)",
+                                    if *n == 1 { "1 try".to_string() } else { format!("{n} tries") }
+                                );
+                                }
+                                self.problem = Some(format!("cannot reach bootstrap {addr}: {e}"));
+                            }
+                            None => log::debug!("dial {addr} failed: {e}"),
+                        }
+                        drop(permit);
+                        self.node.handle_input(now, Input::DialFailed { remote });
+                    }
                 }
-                Err(e) => {
-                    log::debug!("dial {remote:?} failed: {e}");
-                    drop(permit);
-                    self.node.handle_input(now, Input::DialFailed { remote });
-                }
-            },
+            }
             LinkEvent::Received { link, msg, _permit } => {
                 if let (Some(w), crate::proto::Message::Ctl(c)) = (&self.warm, &msg) {
                     super::warm::lock(w).observe(c, std::time::Instant::now());
@@ -517,6 +567,7 @@ impl Actor {
                 let ahead = deadline.as_micros() as i128 - now.as_micros() as i128;
                 let play_wall = wall_us() as i128 + ahead;
                 self.lag_s = Some((play_wall - segment.origin_us as i128) as f64 / 1e6);
+                self.measure_rate(segment.payload.data.len(), segment.duration_us);
                 if let Some(log) = self.play_log.as_mut() {
                     let d = &segment.payload.data;
                     let hex: String = sha256(d).iter().map(|b| format!("{b:02x}")).collect();
@@ -528,12 +579,31 @@ impl Actor {
                 }
             }
             Output::Late { seq, pause, cause } => {
-                log::info!(
+                // Nobody holding a segment is starvation, not bad luck: said aloud (at most
+                // every UNHELD_WARN_EVERY), with what may cause it.
+                let now = std::time::Instant::now();
+                let loud = matches!(cause, LateCause::Unheld)
+                    && self
+                        .unheld_warned
+                        .is_none_or(|t| now.duration_since(t) >= UNHELD_WARN_EVERY);
+                let text = format!(
                     "segment {} late ({}); playback pauses {:.1} s",
                     seq.0,
                     late_cause_text(cause),
                     pause.as_secs_f64()
                 );
+                if loud {
+                    self.unheld_warned = Some(now);
+                    log::warn!(
+                        "{text}: the swarm is short of upload for this stream (partners {}{})",
+                        self.node.stats().partners,
+                        self.upload_warning
+                            .as_deref()
+                            .map_or(String::new(), |w| format!("; {w}"))
+                    );
+                } else {
+                    log::info!("{text}");
+                }
             }
             Output::Missed { seq, .. } => {
                 log::info!("segment {} missed its deadline: skipped", seq.0);
@@ -569,6 +639,26 @@ impl Actor {
         }
     }
 
+    /// Counts a played segment towards the stream's rate; once a few seconds are in, a cap
+    /// below one copy of the stream is a warning (this node cannot even relay what it plays).
+    fn measure_rate(&mut self, bytes: usize, duration_us: u32) {
+        self.played_bytes += bytes as u64;
+        self.played_us += duration_us as u64;
+        if self.upload_warning.is_some() || self.played_us < RATE_SEGMENTS_US {
+            return;
+        }
+        let stream_kbps = self.played_bytes * 8 * 1000 / self.played_us;
+        let cap_kbps = self.upload_bytes_per_s * 8 / 1000;
+        if self.role == Role::Peer && cap_kbps < stream_kbps {
+            let w = format!(
+                "upload cap {cap_kbps} kbit/s is below the stream's {stream_kbps} kbit/s: this peer cannot relay one copy; give --upload-kbps {} or more if the uplink has it",
+                stream_kbps * 2
+            );
+            log::warn!("{w}");
+            self.upload_warning = Some(w);
+        }
+    }
+
     pub(super) fn report(&self) -> NodeReport {
         let now = self.clock.now();
         let s = self.node.stats();
@@ -583,8 +673,10 @@ impl Actor {
             (_, Some(_)) if due + s.missed == 0 => 1.0,
             _ => due as f64 / (due + s.missed) as f64,
         };
+        // Startup is reported once the first segment's deadline has come (it is then played
+        // or missed): a startup beside zero segments played read as nonsense.
         let startup_s = match (s.joined_at, s.first_play_at) {
-            (Some(j), Some(p)) => Some(p.saturating_since(j).as_secs_f64()),
+            (Some(j), Some(p)) if due + s.missed > 0 => Some(p.saturating_since(j).as_secs_f64()),
             _ => None,
         };
         let players = self.feed.as_ref().map_or(0, |f| f.subscribers());
@@ -594,7 +686,11 @@ impl Actor {
                 Role::Peer => "peer".into(),
             },
             channel: self.node.config().channel.to_hex(),
-            name: self.name.clone(),
+            // The feed learns the channel's real name from the stream (peers without --name).
+            name: self
+                .feed
+                .as_ref()
+                .map_or_else(|| self.name.clone(), |f| f.name()),
             continuity,
             startup_s,
             lag_s: self.lag_s,
@@ -629,6 +725,11 @@ impl Actor {
                 .collect(),
             bans_total: self.node.bans().total(),
             store_bytes: self.node.store().bytes_held(),
+            // A dial failure explains no partners, not a node that has some.
+            problem: self.problem.clone().filter(|_| s.partners == 0),
+            stream_kbps: (self.played_us > 0)
+                .then(|| self.played_bytes as f64 * 8.0 * 1000.0 / self.played_us as f64),
+            upload_warning: self.upload_warning.clone(),
             diag: Diagnostics {
                 requests_sent: s.requests_sent,
                 segments_received: s.segments_received,

@@ -111,9 +111,7 @@ impl Outputs {
             // connections made during the switch wait in its backlog.
             match master.try_clone().and_then(TcpListener::from_std) {
                 Ok(l) => {
-                    let status: http::StatusFn = Arc::new(move || {
-                        serde_json::to_string_pretty(&*report.borrow()).unwrap_or_default()
-                    });
+                    let status: http::StatusFn = Arc::new(move || vec![report.borrow().clone()]);
                     self.http_task = Some(tokio::spawn(http::serve_limited(
                         l,
                         Channels::single(feed.clone(), false),
@@ -608,6 +606,7 @@ impl BoxDaemon {
                     v["players"] = r.players.into();
                     v["startup_s"] = r.startup_s.into();
                     v["lag_s"] = r.lag_s.into();
+                    v["problem"] = r.problem.clone().into();
                 }
                 v["outputs"] = self.outputs.to_json(self.tuned_players());
                 v

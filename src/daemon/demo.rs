@@ -1,7 +1,7 @@
 //! `coolstream demo`: a source looping the bundled test stream and a few peers, each a full
 //! node with its own loopback sockets, in one process. The first peer serves players over
 //! HTTP. It prints the URL to open and a live figures line; with a time limit it stops by
-//! itself and summarises (CONTRACT.md's `demo --json`).
+//! itself and summarises (`demo --json`, docs/INTERFACE.md).
 
 use super::keys::ChannelKey;
 use super::roles::{run_peer, run_source, PeerArgs, SourceArgs};
@@ -45,11 +45,13 @@ pub struct DemoSummary {
     pub per_peer: Vec<NodeReport>,
 }
 
-fn free_http_addr() -> SocketAddr {
+/// The players' address: [`DEMO_HTTP`] if that port is free, else `spare` (a free port held
+/// until now), so that the URL printed is the one served.
+fn http_addr(spare: SocketAddr) -> SocketAddr {
     let preferred: SocketAddr = DEMO_HTTP.parse().expect("a literal socket address");
     match std::net::TcpListener::bind(preferred) {
         Ok(_) => preferred,
-        Err(_) => "127.0.0.1:0".parse().expect("a literal socket address"),
+        Err(_) => spare,
     }
 }
 
@@ -78,7 +80,7 @@ pub async fn run_demo(
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let ports = free_ports(peers + 1)?;
+    let ports = free_ports(peers + 2)?;
     let source_addr = ports[0];
     let (src_report, src_watch) = watch::channel(NodeReport::default());
     let source = tokio::spawn(run_source(
@@ -108,7 +110,7 @@ pub async fn run_demo(
             "the demo source cut no segments in 20 s".into(),
         ));
     }
-    let http = free_http_addr();
+    let http = http_addr(ports[peers + 1]);
     let mut nodes = Vec::new();
     let mut watches = Vec::new();
     for i in 0..peers {
@@ -135,7 +137,12 @@ pub async fn run_demo(
     }
     let url = format!("http://{http}/ch/{DEMO_NAME}.ts");
     eprintln!("demo: channel {}", channel.to_hex());
-    eprintln!("demo: open {url} in a player (e.g. ffplay, mpv, VLC); Ctrl-C stops");
+    match opts.seconds {
+        Some(secs) => {
+            eprintln!("demo: open {url} in a player (e.g. ffplay, mpv, VLC); stops after {secs} s")
+        }
+        None => eprintln!("demo: open {url} in a player (e.g. ffplay, mpv, VLC); Ctrl-C stops"),
+    }
     let started = std::time::Instant::now();
     let limit = opts.seconds.map(Duration::from_secs_f64);
     tokio::pin!(interrupted);
@@ -198,11 +205,20 @@ fn live_line(t: f64, source: &NodeReport, peers: &[NodeReport]) -> String {
     let partners: Vec<String> = peers.iter().map(|r| r.partners.to_string()).collect();
     let lag = peers.iter().filter_map(|r| r.lag_s).fold(0.0f64, f64::max);
     format!(
-        "t={t:5.1}s source: {} segments, up {} kB | {} peers: continuity min {ci_min:.3}, played {played}, missed {missed}, partners [{}], lag max {lag:.1}s, players {}",
+        "t={t:5.1}s source: {} segments, up {} kB | {}: continuity min {ci_min:.3}, played {played}, missed {missed}, partners [{}], lag max {lag:.1}s, {}",
         source.segments_ingested,
         source.upload_bytes / 1000,
-        peers.len(),
+        plural(peers.len(), "peer"),
         partners.join(" "),
-        peers.first().map_or(0, |r| r.players),
+        plural(peers.first().map_or(0, |r| r.players), "player"),
     )
+}
+
+/// `1 player`, `2 players`.
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }

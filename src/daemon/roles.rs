@@ -20,6 +20,8 @@ pub struct SourceArgs {
     pub name: String,
     pub input: InputSpec,
     pub listen: SocketAddr,
+    /// The upload cap, kbit/s; 0: [`AUTO_UPLOAD_FACTOR`] times the input's measured rate, at
+    /// least [`super::DEFAULT_UPLOAD_KBPS`].
     pub upload_kbps: u64,
     pub segment_ms: u64,
     pub segment_log: Option<PathBuf>,
@@ -57,10 +59,71 @@ fn start_http(
         log::info!("players: http://{bound}/ch/{}.ts", f.name());
     }
     let status: http::StatusFn = Arc::new(move || match &status {
-        Some(rx) => serde_json::to_string_pretty(&*rx.borrow()).unwrap_or_default(),
-        None => String::new(),
+        Some(rx) => vec![rx.borrow().clone()],
+        None => Vec::new(),
     });
     Ok((tokio::spawn(http::serve(listener, channels, status)), bound))
+}
+
+/// A source without `--upload-kbps` uploads this many times its input's rate: enough for the
+/// first peers' copies and the repairs of a swarm under churn (the simulator's source: 4x).
+pub const AUTO_UPLOAD_FACTOR: u64 = 4;
+/// A source whose cap is below this many copies of its input is warned about: the first
+/// peers cannot all be fed, and they feed everyone else.
+pub const MIN_SOURCE_COPIES: u64 = 2;
+/// Segments whose rate measures the input before the source goes on air.
+const MEASURE_SEGMENTS: usize = 2;
+/// How long the source waits for them; an input that slow is measured by what came.
+const MEASURE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the first segments of the input to measure its rate (kbit/s), and hands them on:
+/// the receiver returned yields every segment, the measured ones first.
+async fn measure_input(
+    mut rx: mpsc::Receiver<crate::media::segmenter::Cut>,
+) -> (Option<u64>, mpsc::Receiver<crate::media::segmenter::Cut>) {
+    let mut first = Vec::new();
+    let until = tokio::time::Instant::now() + MEASURE_WAIT;
+    while first.len() < MEASURE_SEGMENTS {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(c)) => first.push(c),
+            _ => break,
+        }
+    }
+    let bytes: u64 = first.iter().map(|c| c.data.len() as u64).sum();
+    let us: u64 = first.iter().map(|c| c.duration_us as u64).sum();
+    let kbps = (us > 0).then(|| bytes * 8 * 1000 / us);
+    let (tx, out) = mpsc::channel(INGEST_QUEUE);
+    tokio::spawn(async move {
+        for c in first {
+            if tx.send(c).await.is_err() {
+                return;
+            }
+        }
+        while let Some(c) = rx.recv().await {
+            if tx.send(c).await.is_err() {
+                return;
+            }
+        }
+    });
+    (kbps, out)
+}
+
+/// The source's upload cap for an input of `stream_kbps`, and a warning if the one given is
+/// too small for it.
+pub fn source_upload(given: u64, stream_kbps: Option<u64>) -> (u64, Option<String>) {
+    match (given, stream_kbps) {
+        (0, Some(r)) => ((AUTO_UPLOAD_FACTOR * r).max(super::DEFAULT_UPLOAD_KBPS), None),
+        (0, None) => (super::DEFAULT_UPLOAD_KBPS, None),
+        (g, Some(r)) if g < MIN_SOURCE_COPIES * r => (
+            g,
+            Some(format!(
+                "upload cap {g} kbit/s is below {MIN_SOURCE_COPIES} copies of the input's {r} kbit/s: \
+                 peers will starve; give --upload-kbps {} or more (or leave it out: {AUTO_UPLOAD_FACTOR}x the input)",
+                MIN_SOURCE_COPIES * r
+            )),
+        ),
+        (g, _) => (g, None),
+    }
 }
 
 pub async fn run_source(
@@ -73,8 +136,9 @@ pub async fn run_source(
     let (cut_tx, cut_rx) = mpsc::channel(INGEST_QUEUE);
     let segment_ms = args.segment_ms;
     let name = args.name.clone();
+    let label = args.input.label();
     let reader = tokio::spawn(async move {
-        if let Err(e) = input::run(opened, segment_ms, Some(&name), cut_tx).await {
+        if let Err(e) = input::run(opened, segment_ms, Some(&name), &label, cut_tx).await {
             log::error!("input failed: {e}");
         }
     });
@@ -106,12 +170,30 @@ pub async fn run_source(
     let http_addr = server.as_ref().map(|s| s.1);
     let server = server.map(|s| s.0);
     log::info!("channel {}", channel.to_hex());
+    // The input's rate sets the default upload, and tells the core what a copy costs.
+    let (stream_kbps, cut_rx) = measure_input(cut_rx).await;
+    let (upload_kbps, warning) = source_upload(args.upload_kbps, stream_kbps);
+    match (&warning, stream_kbps) {
+        (Some(w), _) => log::warn!("{w}"),
+        (None, Some(r)) => log::info!(
+            "the input runs at {r} kbit/s; upload cap {upload_kbps} kbit/s{}",
+            if args.upload_kbps == 0 {
+                format!(" ({AUTO_UPLOAD_FACTOR}x the input, at least the default)")
+            } else {
+                String::new()
+            }
+        ),
+        (None, None) => {}
+    }
     let mut opts = NodeOptions::new(Role::Source, channel);
     opts.outputs = Some(Arc::new(move |players| {
         crate::output::describe(http_addr, None, players)
     }));
+    if let Some(r) = stream_kbps {
+        opts.stream_kbps = r.max(8);
+    }
     opts.name = args.name;
-    opts.upload_kbps = args.upload_kbps;
+    opts.upload_kbps = upload_kbps;
     opts.segment_ms = args.segment_ms;
     opts.key = Some(args.key);
     opts.segment_log = segment_log;
@@ -194,4 +276,28 @@ pub async fn run_peer(
         t.abort();
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_uploads_a_few_copies_of_its_input_unless_told_and_is_warned_when_told_too_little() {
+        // Left out: four copies of a 3.3 Mbit/s input, the default for a small one.
+        assert_eq!(source_upload(0, Some(3300)), (13_200, None));
+        assert_eq!(
+            source_upload(0, Some(500)),
+            (crate::daemon::DEFAULT_UPLOAD_KBPS, None)
+        );
+        assert_eq!(
+            source_upload(0, None),
+            (crate::daemon::DEFAULT_UPLOAD_KBPS, None)
+        );
+        // Given: kept, and below two copies it is said with the figure to give.
+        let (cap, w) = source_upload(3000, Some(3300));
+        assert_eq!(cap, 3000);
+        assert!(w.unwrap().contains("--upload-kbps 6600"));
+        assert_eq!(source_upload(6600, Some(3300)), (6600, None));
+    }
 }

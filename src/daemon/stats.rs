@@ -1,5 +1,5 @@
-//! Per-node figures for `--stats-json`, the demo's summary and (later) the control socket,
-//! with CONTRACT.md's field names.
+//! Per-node figures for `--stats-json`, the demo's summary, the control socket and the
+//! metrics endpoint (docs/INTERFACE.md defines each field).
 //!
 //! Byte counts are over all links, both directions: `upload_bytes` and `download_bytes` are
 //! whole frames written and read; `payload_bytes` is the media inside segment frames (sent and
@@ -58,6 +58,12 @@ pub struct NodeReport {
     pub bans_total: u64,
     /// Payload bytes in the segment store.
     pub store_bytes: u64,
+    /// What keeps this node from playing, when known: e.g. its bootstrap does not answer.
+    pub problem: Option<String>,
+    /// The stream's rate as measured from the segments played, kbit/s.
+    pub stream_kbps: Option<f64>,
+    /// Set when this node's upload cap is below one copy of the stream.
+    pub upload_warning: Option<String>,
     /// Scheduler and supplier diagnostics from the core, the simulator's names (see
     /// `proto::node::NodeStats`): what this node asked for and how it went, and why it said
     /// busy.

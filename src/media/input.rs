@@ -50,6 +50,30 @@ pub enum InputSpec {
 }
 
 impl InputSpec {
+    /// The input as a user would write it, for messages.
+    pub fn label(&self) -> String {
+        match self {
+            InputSpec::Udp {
+                bind, group, rtp, ..
+            } => {
+                let scheme = if *rtp { "rtp" } else { "udp" };
+                match group {
+                    Some(g) => format!("{scheme}://@{}", SocketAddr::new(*g, bind.port())),
+                    None => format!("{scheme}://{bind}"),
+                }
+            }
+            InputSpec::File { path, looped } => {
+                format!(
+                    "file:{}{}",
+                    path.display(),
+                    if *looped { "?loop" } else { "" }
+                )
+            }
+            InputSpec::Memory(_) => "the bundled test stream".into(),
+            InputSpec::Stdin => "stdin".into(),
+        }
+    }
+
     pub fn parse(s: &str) -> Result<InputSpec, String> {
         if s == "-" {
             return Ok(InputSpec::Stdin);
@@ -144,23 +168,86 @@ pub fn open(spec: &InputSpec) -> std::io::Result<Opened> {
     })
 }
 
+/// Bytes read with no packet in sync after which an input is said not to be MPEG-TS.
+pub const NOT_TS_AFTER: u64 = 64 * 1024;
+
+/// Watches that an input is MPEG-TS at all: an input mostly out of sync after
+/// [`NOT_TS_AFTER`] bytes is warned about once, and an input that ends without a single packet is an error
+/// naming it, rather than a channel that silently never starts.
+struct TsCheck<'a> {
+    label: &'a str,
+    read: u64,
+    packets: u64,
+    warned: bool,
+}
+
+impl<'a> TsCheck<'a> {
+    fn new(label: &'a str) -> Self {
+        TsCheck {
+            label,
+            read: 0,
+            packets: 0,
+            warned: false,
+        }
+    }
+
+    /// `bytes` read, of which `aligned` came out as packets in sync.
+    fn saw(&mut self, bytes: usize, aligned: usize) {
+        self.read += bytes as u64;
+        self.packets += (aligned / PACKET) as u64;
+        // Random bytes pass as a packet now and then (two 0x47 bytes 188 apart), so the test
+        // is "mostly not in sync", not "no packet at all".
+        if self.read >= NOT_TS_AFTER
+            && self.packets * (PACKET as u64) * 2 < self.read
+            && !self.warned
+        {
+            self.warned = true;
+            log::warn!(
+                "{}: not MPEG-TS: only {} of its first {} bytes are 188-byte packets in sync (a 0x47 byte every 188 bytes)",
+                self.label,
+                self.packets * PACKET as u64,
+                self.read
+            );
+        }
+    }
+
+    /// At the end of the input: an error if it held no packet at all.
+    fn at_end(&self) -> std::io::Result<()> {
+        if self.packets > 0 {
+            return Ok(());
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is not MPEG-TS: no 188-byte packets in sync in its {} bytes",
+                self.label, self.read
+            ),
+        ))
+    }
+}
+
 /// Reads the input until it ends (or the receiver goes away), sending each cut segment.
-/// `name`: the channel name written into every segment's SDT.
+/// `name`: the channel name written into every segment's SDT; `label`: the input as the
+/// user gave it, for messages.
 pub async fn run(
     input: Opened,
     segment_ms: u64,
     name: Option<&str>,
+    label: &str,
     tx: mpsc::Sender<Cut>,
 ) -> std::io::Result<()> {
     let mut seg = Segmenter::new(segment_ms, CutRule::RandomAccess);
     if let Some(n) = name {
         seg = seg.with_service_name(n);
     }
+    let mut check = TsCheck::new(label);
     match input {
-        Opened::Udp { sock, rtp } => run_udp(sock, rtp, seg, tx).await,
-        Opened::File { file, looped } => run_paced(file, looped, seg, tx).await,
-        Opened::Memory(bytes) => run_paced(std::io::Cursor::new(bytes), true, seg, tx).await,
-        Opened::Stdin => run_stdin(seg, tx).await,
+        Opened::Udp { sock, rtp } => run_udp(sock, rtp, seg, tx, &mut check).await,
+        Opened::File { file, looped } => run_paced(file, looped, seg, tx, &mut check).await,
+        Opened::Memory(bytes) => {
+            run_paced(std::io::Cursor::new(bytes), true, seg, tx, &mut check).await
+        }
+        Opened::Stdin => run_stdin(seg, tx, &mut check).await,
     }
 }
 
@@ -200,6 +287,7 @@ async fn run_udp(
     rtp: bool,
     mut seg: Segmenter,
     tx: mpsc::Sender<Cut>,
+    check: &mut TsCheck<'_>,
 ) -> std::io::Result<()> {
     let start = std::time::Instant::now();
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -212,6 +300,7 @@ async fn run_udp(
         let Some(data) = data else { continue };
         pkts.clear();
         resync.push(data, &mut pkts);
+        check.saw(data.len(), pkts.len());
         let now = start.elapsed().as_micros() as u64;
         if !feed(&mut seg, &pkts, now, &tx).await {
             return Ok(());
@@ -240,6 +329,7 @@ async fn run_paced<R: Read + Seek>(
     looped: bool,
     mut seg: Segmenter,
     tx: mpsc::Sender<Cut>,
+    check: &mut TsCheck<'_>,
 ) -> std::io::Result<()> {
     let start = std::time::Instant::now();
     let mut buf = vec![0u8; READ_CHUNK];
@@ -259,6 +349,7 @@ async fn run_paced<R: Read + Seek>(
         } else {
             resync.push(&buf[..n], &mut pkts);
         }
+        check.saw(n, pkts.len());
         for p in pkts.chunks_exact_mut(PACKET) {
             let Ok(p) = <&mut [u8; PACKET]>::try_from(p) else {
                 continue;
@@ -287,8 +378,9 @@ async fn run_paced<R: Read + Seek>(
             if let Some(cut) = seg.flush() {
                 let _ = tx.send(cut).await;
             }
-            return Ok(());
+            return check.at_end();
         }
+        check.at_end()?;
         // An input with no whole packet at all would spin: give up after a few passes.
         empty_loops += 1;
         if empty_loops > 3 && pacer.base.is_none() {
@@ -340,7 +432,11 @@ impl Pacer {
 
 /// Reads stdin on its own thread (tokio's stdin support is not compiled in) and feeds the
 /// segmenter in this task.
-async fn run_stdin(mut seg: Segmenter, tx: mpsc::Sender<Cut>) -> std::io::Result<()> {
+async fn run_stdin(
+    mut seg: Segmenter,
+    tx: mpsc::Sender<Cut>,
+    check: &mut TsCheck<'_>,
+) -> std::io::Result<()> {
     let (ctx, mut crx) = mpsc::channel::<Vec<u8>>(64);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
@@ -363,6 +459,7 @@ async fn run_stdin(mut seg: Segmenter, tx: mpsc::Sender<Cut>) -> std::io::Result
     while let Some(chunk) = crx.recv().await {
         pkts.clear();
         resync.push(&chunk, &mut pkts);
+        check.saw(chunk.len(), pkts.len());
         if !feed(&mut seg, &pkts, start.elapsed().as_micros() as u64, &tx).await {
             return Ok(());
         }
@@ -373,7 +470,7 @@ async fn run_stdin(mut seg: Segmenter, tx: mpsc::Sender<Cut>) -> std::io::Result
     if let Some(cut) = seg.flush() {
         let _ = tx.send(cut).await;
     }
-    Ok(())
+    check.at_end()
 }
 
 #[cfg(test)]
@@ -439,7 +536,7 @@ mod tests {
     async fn the_demo_stream_is_cut_into_paced_entry_point_segments() {
         let (tx, mut rx) = mpsc::channel(INGEST_TEST_QUEUE);
         let input = open(&InputSpec::Memory(crate::daemon::demo::DEMO_TS)).unwrap();
-        let task = tokio::spawn(run(input, 1000, None, tx));
+        let task = tokio::spawn(run(input, 1000, None, "demo", tx));
         let t0 = std::time::Instant::now();
         let mut cuts = Vec::new();
         while cuts.len() < 3 {

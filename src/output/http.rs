@@ -10,13 +10,19 @@
 //!   in the stream); one that falls behind again within [`LAG_WINDOW`], or takes longer than
 //!   [`WRITE_STALL`] to take a segment, is closed. The node and the other players never wait
 //!   for it.
+//!   A channel that has played nothing yet holds the request up to [`FIRST_DATA_WAIT`] for
+//!   its first segment (a player opened while the node joins just starts a little later),
+//!   then answers `503` with the reason and `Retry-After`: a player shows an error rather
+//!   than a black screen that never ends.
 //! - `GET /playlist.m3u`: every channel as an `#EXTM3U` playlist (VLC, Kodi).
-//! - `GET /`: a short status page.
+//! - `GET /`: a short status page: each channel, its continuity, partners and players.
+//! - `GET /metrics`: the node's figures in the Prometheus text format ([`metrics`]).
 //!
 //! At most [`MAX_HTTP_CLIENTS`] connections; the request head is read with a deadline and a
 //! size cap, and parsed with `httparse`.
 
-use super::{Channels, Feed, FeedItem};
+use super::{metrics, Channels, Feed, FeedItem};
+use crate::daemon::stats::NodeReport;
 use crate::media::splice::Splicer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +44,14 @@ pub const WRITE_STALL: Duration = Duration::from_secs(10);
 /// A player that falls behind twice within this long cannot keep up and is closed.
 pub const LAG_WINDOW: Duration = Duration::from_secs(30);
 
-/// The status text shown at `/` (the daemon supplies its figures).
-pub type StatusFn = Arc<dyn Fn() -> String + Send + Sync>;
+/// How long a request for a channel that has played nothing yet waits for its first segment.
+pub const FIRST_DATA_WAIT: Duration = Duration::from_secs(15);
+/// What a `503` for a channel with no data yet asks the player to wait, seconds.
+const RETRY_AFTER_S: u32 = 5;
+
+/// The figures of the nodes behind this server (one per channel it serves), for `/` and
+/// `/metrics`; the daemon supplies them.
+pub type StatusFn = Arc<dyn Fn() -> Vec<NodeReport> + Send + Sync>;
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +59,7 @@ pub enum Route {
     Stream(String),
     Playlist,
     Index,
+    Metrics,
     NotFound,
     MethodNotAllowed,
 }
@@ -79,6 +92,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, httparse::Error> {
                 Route::Index
             } else if path == "/playlist.m3u" || path == "/playlist.m3u8" {
                 Route::Playlist
+            } else if path == "/metrics" {
+                Route::Metrics
             } else if let Some(name) = path
                 .strip_prefix("/ch/")
                 .and_then(|n| n.strip_suffix(".ts"))
@@ -187,7 +202,7 @@ async fn client(
         .unwrap_or_else(|| fallback_host.to_string());
     match req.route {
         Route::Stream(n) => match channels.find(&n) {
-            Some(feed) => stream(sock, feed).await,
+            Some(feed) => stream(sock, feed, status).await,
             None => {
                 respond(
                     &mut sock,
@@ -212,27 +227,57 @@ async fn client(
             let body = playlist(&channels.list(), &host);
             respond(&mut sock, "200 OK", "audio/x-mpegurl", &body).await
         }
+        Route::Metrics => {
+            let body = metrics::render(&status());
+            respond(&mut sock, "200 OK", metrics::CONTENT_TYPE, &body).await
+        }
         Route::Index => {
-            let links: String = channels
-                .list()
-                .iter()
-                .map(|f| {
-                    let n = html_escape(&f.name());
-                    format!(
-                        "<li><a href=\"/ch/{n}.ts\">{n}</a> ({} players)</li>",
-                        f.subscribers()
-                    )
-                })
-                .collect();
-            let body = format!(
-                "<!doctype html><meta charset=utf-8><title>coolstream</title>\
-                 <h1>coolstream</h1><ul>{links}</ul>\
-                 <p><a href=\"/playlist.m3u\">playlist</a></p><pre>{}</pre>\n",
-                html_escape(&status())
-            );
+            let body = index_page(&channels.list(), &status());
             respond(&mut sock, "200 OK", "text/html; charset=utf-8", &body).await
         }
     }
+}
+
+/// The status page: per channel its link, state, continuity, partners and players, then
+/// every figure of its node.
+pub fn index_page(feeds: &[Arc<Feed>], reports: &[NodeReport]) -> String {
+    let mut rows = String::new();
+    for f in feeds {
+        let n = html_escape(&f.name());
+        let r = reports
+            .iter()
+            .find(|r| f.answers_to(&r.name) || f.answers_to(&r.channel));
+        let cell = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let state = match r {
+            Some(r) if r.segments_played > 0 || r.role == "source" => "playing".to_string(),
+            Some(r) => match &r.problem {
+                Some(p) => format!("waiting: {}", html_escape(p)),
+                None => "joining".to_string(),
+            },
+            None => "-".to_string(),
+        };
+        rows.push_str(&format!(
+            "<tr><td><a href=\"/ch/{n}.ts\">{n}</a></td><td class=state>{state}</td>\
+             <td class=continuity>{}</td><td class=partners>{}</td><td class=players>{}</td></tr>",
+            cell(r.map(|r| format!("{:.3}", r.continuity))),
+            cell(r.map(|r| r.partners.to_string())),
+            f.subscribers(),
+        ));
+    }
+    let details: String = reports
+        .iter()
+        .map(|r| html_escape(&serde_json::to_string_pretty(r).unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!(
+        "<!doctype html><meta charset=utf-8><title>coolstream</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left}}\
+         table{{border-collapse:collapse;font-size:1.4em}}tr{{border-bottom:1px solid #ccc}}</style>\
+         <h1>coolstream</h1><table><tr><th>channel</th><th>state</th><th>continuity</th>\
+         <th>partners</th><th>players</th></tr>{rows}</table>\
+         <p><a href=\"/playlist.m3u\">playlist</a> &middot; <a href=\"/metrics\">metrics</a></p>\
+         <details><summary>all figures</summary><pre>{details}</pre></details>\n"
+    )
 }
 
 /// An `#EXTM3U` playlist of `feeds` at `host`.
@@ -252,13 +297,45 @@ fn html_escape(s: &str) -> String {
 }
 
 /// Sends the channel to one player until it goes away, stalls, or cannot keep up.
-async fn stream(mut sock: TcpStream, feed: Arc<Feed>) -> std::io::Result<()> {
+async fn stream(mut sock: TcpStream, feed: Arc<Feed>, status: &StatusFn) -> std::io::Result<()> {
     let _ = sock.set_nodelay(true);
+    let (mut start, mut rx) = feed.subscribe(std::time::Instant::now());
+    if !start.iter().any(|i| matches!(i, FeedItem::Segment { .. })) {
+        // Nothing played yet: wait a while for the first segment before promising a stream.
+        let first = tokio::time::timeout(FIRST_DATA_WAIT, async {
+            loop {
+                match rx.recv().await {
+                    Ok(item @ FeedItem::Segment { .. }) => return Some(item),
+                    Ok(FeedItem::Gap { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .await;
+        match first {
+            Ok(Some(item)) => start = vec![item],
+            _ => {
+                let name = feed.name();
+                let why = status()
+                    .iter()
+                    .find_map(|r| r.problem.clone())
+                    .unwrap_or_else(|| "no partner has sent it yet".into());
+                log::info!("http: a player asked for {name}, which has no data yet: {why}");
+                let body = format!("channel {name} has played nothing yet: {why}\n");
+                let head = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: {RETRY_AFTER_S}\r\nConnection: close\r\nCache-Control: no-cache\r\n\r\n",
+                    body.len()
+                );
+                sock.write_all(head.as_bytes()).await?;
+                sock.write_all(body.as_bytes()).await?;
+                return sock.shutdown().await;
+            }
+        }
+    }
     sock.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\nCache-Control: no-cache\r\n\r\n",
     )
     .await?;
-    let (start, mut rx) = feed.subscribe(std::time::Instant::now());
     let mut splicer = Splicer::new();
     let mut buf = Vec::new();
     for item in &start {

@@ -19,6 +19,7 @@
 //! UDP output can be pointed at another channel's feed ([`udp::Retarget`]).
 
 pub mod http;
+pub mod metrics;
 pub mod udp;
 
 use crate::media::psi;
@@ -169,7 +170,7 @@ impl Feed {
             if let Some(n) = found.filter(|n| valid_name(n)) {
                 let mut name = self.name.write().unwrap_or_else(|e| e.into_inner());
                 if *name != n {
-                    log::info!("channel name from the stream: {n}");
+                    log::info!("channel name from the stream: {n} (players: /ch/{n}.ts)");
                     *name = n;
                 }
             }

@@ -1,4 +1,4 @@
-//! What a run measured, and the JSON summary CONTRACT.md defines.
+//! What a run measured, and the JSON summary docs/INTERFACE.md defines.
 
 use serde::Serialize;
 

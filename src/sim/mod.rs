@@ -1143,7 +1143,7 @@ impl Sim {
         }
     }
 
-    /// The summary of the run so far (CONTRACT.md's `sim --json` fields).
+    /// The summary of the run so far (the `sim --json` fields of docs/INTERFACE.md).
     pub fn summary(&mut self) -> Summary {
         let now = self.now;
         let mut cis = Vec::new();

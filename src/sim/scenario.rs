@@ -47,7 +47,7 @@ impl Scenario {
 }
 
 /// Upload capacity classes as multiples of the stream rate, with their shares of peers.
-/// CONTRACT.md's default: 40 % 0.5x, 30 % 1x, 20 % 2x, 10 % 4x (mean 1.3x).
+/// The default (docs/INTERFACE.md): 40 % 0.5x, 30 % 1x, 20 % 2x, 10 % 4x (mean 1.3x).
 pub const DEFAULT_UPLOAD_MIX: [(f64, f64); 4] = [(0.5, 0.4), (1.0, 0.3), (2.0, 0.2), (4.0, 0.1)];
 /// The source's upload capacity, in stream rates.
 pub const SOURCE_UPLOAD_FACTOR: f64 = 4.0;
