@@ -92,29 +92,46 @@ fn sequence_numbers_wrap_without_a_stall() {
     );
 }
 
-/// Figure 1 of the issue at small scale. The goals are continuity mean >= 0.99 and p5 >= 0.97,
-/// overhead <= 0.01, source upload <= 2x the stream, startup p50 <= 1.5 s and p95 <= 3 s.
-/// Overhead and source upload are asserted at their goals; continuity and startup at the
-/// floors measured today (see docs/SIMULATION.md), to catch regressions while the goal stands.
+/// The core's figures at small scale (100 peers, churn, 180 s, seed 1), asserted near what
+/// this deterministic run gives on the commit that set them (continuity mean 0.977, p5 0.909,
+/// startup p50 1.62 s and p95 3.55 s, overhead 0.0033): a change that costs a percent of
+/// continuity or a tenth of a second of startup fails here and has to say why. The goals
+/// (continuity 0.99, p5 0.97, startup p50 1.5 s, p95 3 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
     let s = Sim::new(config(100, Scenario::Churn, 180.0, 1)).run();
-    assert!(s.overhead <= 0.01, "overhead {}", s.overhead);
-    assert!(
-        s.source_upload_ratio <= 2.0,
-        "source {}",
-        s.source_upload_ratio
+    let figures = format!(
+        "continuity {:.4} p5 {:.4}, startup p50 {:.2} s p95 {:.2} s, overhead {:.4}",
+        s.continuity_mean, s.continuity_p5, s.startup_p50_s, s.startup_p95_s, s.overhead
     );
-    assert!(
-        s.continuity_mean >= 0.6,
-        "continuity mean {}",
-        s.continuity_mean
-    );
-    assert!(s.startup_p50_s <= 3.0, "startup p50 {}", s.startup_p50_s);
+    eprintln!("{figures}");
+    assert!(s.continuity_mean >= 0.97, "{figures}");
+    assert!(s.continuity_p5 >= 0.89, "{figures}");
+    assert!(s.startup_p50_s <= 1.8, "{figures}");
+    assert!(s.startup_p95_s <= 3.9, "{figures}");
+    assert!(s.overhead <= 0.005, "{figures}");
     assert!(
         s.never_started == 0,
         "{} sessions never played",
         s.never_started
+    );
+}
+
+/// What the swarm asks of its source, with the source's budget (1.9 stream rates by default,
+/// which the simulated source never exceeds) raised to 4: measured 2.018 stream rates on the
+/// commit that set this, against a goal of 2 (docs/SIMULATION.md).
+#[test]
+fn the_source_of_a_small_churn_swarm_uploads_about_two_copies() {
+    let s = Sim::new(SimConfig {
+        source_budget: 4.0,
+        ..config(100, Scenario::Churn, 180.0, 1)
+    })
+    .run();
+    eprintln!("source upload {:.3} stream rates", s.source_upload_ratio);
+    assert!(
+        (1.0..=2.1).contains(&s.source_upload_ratio),
+        "source upload {:.3} stream rates",
+        s.source_upload_ratio
     );
 }
 
