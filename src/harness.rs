@@ -4,7 +4,9 @@
 //! property the rest of the program relies on is broken: a decoded message re-encodes to the
 //! same message, a segment the segmenter cuts is whole packets within the size cap, a node
 //! fed garbage by a peer keeps its tables within their capacities, and no parser panics or
-//! allocates past its cap. The fuzz targets in `fuzz/` call these functions, and
+//! allocates past its cap; and one adversarial driver of the core ([`node_partners`]) that
+//! checks a node's invariants after every input from 32 partners saying anything. The fuzz
+//! targets in `fuzz/` call these functions (`examples/fuzzdrive.rs` runs them on stable), and
 //! `tests/fuzz_corpus.rs` replays the committed corpus through the same functions on stable
 //! Rust, so a crash once found stays fixed.
 

@@ -1,6 +1,8 @@
 //! The sans-IO DONet core: membership, partnerships, buffer maps, scheduling and the segment
 //! store, as plain state machines. `now` and events go in; messages, timers and playout come
-//! out. Nothing in here opens a socket, reads a clock or spawns a task.
+//! out. Nothing in here opens a socket, reads a clock or spawns a task. Everything a peer
+//! says is bounded when decoded (`wire`) and checked before policy reads it (`node`): see
+//! docs/SECURITY.md, "What a partner says, checked".
 
 pub mod bans;
 pub mod buffer_map;

@@ -33,7 +33,12 @@
 //!   never past `max_lag`) or skips it if it is lost.
 //!
 //! A peer that misbehaves (a message before hello, a wrong channel, garbage) costs only its
-//! own link.
+//! own link. What a partner says is checked before policy reads it: positions beyond
+//! [`POSITION_HORIZON`] of ours are refused (`checked_position`, `checked_map`), every ranking
+//! of positions is by offset from one reference (a total order), every loop over a position a
+//! partner supplies is bounded by the store's window, and its claimed upload only seeds the
+//! rate we measure (see [`super::partners`]). [`Node::check_invariants`] states what holds
+//! after every call whatever partners say; `harness::node_partners` checks it.
 
 use super::bans::{Bans, Budget};
 use super::buffer_map::BufferMap;
