@@ -422,37 +422,53 @@ pub const MAX_CONFIG_ERRORS: usize = 32;
 /// Where the table whose header is at `at` ends: the start of the next header line, or the
 /// end of the text.
 fn table_end(work: &str, at: usize) -> usize {
-    let at = at.min(work.len());
-    let line_end = work[at..].find('\n').map_or(work.len(), |i| at + i + 1);
-    let mut pos = line_end;
-    for line in work[line_end..].split_inclusive('\n') {
-        if line.trim_start().starts_with('[') {
+    let bytes = work.as_bytes();
+    let at = at.min(bytes.len());
+    let mut pos = bytes[at..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |i| at + i + 1);
+    while pos < bytes.len() {
+        let line_end = bytes[pos..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(bytes.len(), |i| pos + i + 1);
+        if bytes[pos..line_end].trim_ascii_start().first() == Some(&b'[') {
             return pos;
         }
-        pos += line.len();
+        pos = line_end;
     }
-    work.len()
+    bytes.len()
 }
 
 /// Replaces the whole lines that `span` touches with spaces (newlines kept, so every byte
 /// stays where it was) and returns the byte range blanked.
 fn blank_lines(work: &mut String, span: std::ops::Range<usize>) -> std::ops::Range<usize> {
-    let start = span.start.min(work.len());
-    let end = span.end.clamp(start, work.len());
-    let from = work[..start].rfind('\n').map_or(0, |i| i + 1);
+    let bytes = work.as_bytes();
+    let start = span.start.min(bytes.len());
+    let end = span.end.clamp(start, bytes.len());
+    let from = bytes[..start]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
     // The line holding the span's last byte, to its end.
     let last = if end > start { end - 1 } else { start };
-    let to = work[last..].find('\n').map_or(work.len(), |i| last + i);
-    let blanked: String = work[from..to]
-        .chars()
-        .map(|c| if c == '\n' { '\n' } else { ' ' })
-        .collect();
-    if blanked == work[from..to] {
+    let to = bytes[last..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |i| last + i);
+    if bytes[from..to].iter().all(|b| *b == b' ' || *b == b'\n') {
         return from..from;
     }
-    // Multi-byte characters became single spaces: pad to keep the length.
-    let pad = work[from..to].len() - blanked.len();
-    work.replace_range(from..to, &(blanked + &" ".repeat(pad)));
+    // Whole lines become spaces byte for byte (every multi-byte character lies inside them),
+    // so the text stays UTF-8 and every position stays where it was.
+    let mut v = std::mem::take(work).into_bytes();
+    for b in &mut v[from..to] {
+        if *b != b'\n' {
+            *b = b' ';
+        }
+    }
+    *work = String::from_utf8(v).expect("whole lines replaced by ASCII spaces");
     from..to
 }
 
@@ -518,10 +534,13 @@ fn plain_words(msg: &str) -> String {
 
 /// Line and column (1-based) of byte `offset` in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
+    // Bytes, not a str slice: an offset may fall inside a character of a line that was
+    // blanked while the file was read again (see `parse_all`).
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
     let col = before
-        .rfind('\n')
+        .iter()
+        .rposition(|b| *b == b'\n')
         .map_or(before.len(), |nl| before.len() - nl - 1)
         + 1;
     (line, col)
@@ -585,7 +604,11 @@ impl BoxConfig {
         let mut errors: Vec<ConfigError> = Vec::new();
         let mut work = text.to_string();
         let mut dropped_table = false;
-        while errors.len() < MAX_CONFIG_ERRORS {
+        // Each pass reads the whole file again: passes are bounded too (a suppressed error
+        // costs one without adding to the list).
+        let mut passes = 0;
+        while errors.len() < MAX_CONFIG_ERRORS && passes < 2 * MAX_CONFIG_ERRORS {
+            passes += 1;
             let mut schema_span = None;
             match BoxConfig::parse_once(&work, text, source, &mut schema_span) {
                 Ok(cfg) if errors.is_empty() => return Ok(cfg),
@@ -986,6 +1009,21 @@ bootstrap = ["[2001:db8::1]:7000"]
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(
             e[0].message.contains("name of a [[channel]]") && e[1].message.contains("out of range")
+        );
+    }
+
+    /// Faults on lines with characters of several bytes are reported and blanked whole.
+    #[test]
+    fn errors_beside_multibyte_characters_are_reported_without_a_panic() {
+        let e = BoxConfig::parse_all(
+            "café = \"x\"\n# é\nlog_level = \"é\"\n[limits]\nupload_kbps = \"é\"\n",
+            "f",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.iter().map(|e| e.at.unwrap().0).collect::<Vec<_>>(),
+            [1, 3, 5],
+            "{e:?}"
         );
     }
 
