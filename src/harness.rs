@@ -185,6 +185,11 @@ impl Choices<'_> {
 /// sends goes to a partner that said it holds that segment (in a map, a have or an offer, or
 /// by sending it) and is for a segment the node does not hold.
 pub fn node_partners(data: &[u8]) {
+    node_partners_run(data);
+}
+
+/// [`node_partners`], returning how many requests the node sent (each one checked).
+pub fn node_partners_run(data: &[u8]) -> usize {
     use crate::proto::buffer_map::{BufferMap, MAX_WINDOW};
     use crate::proto::wire::{SimPayload, MAX_ENTRIES_PER_MESSAGE};
     use crate::proto::{Command, Output, Seq};
@@ -242,6 +247,7 @@ pub fn node_partners(data: &[u8]) {
             );
         }
     };
+    let requests = std::cell::Cell::new(0usize);
     let check = |node: &mut Node<SimPayload>,
                  said: &mut Vec<Vec<Seq>>,
                  link_of: &[Option<LinkId>],
@@ -259,6 +265,7 @@ pub fn node_partners(data: &[u8]) {
                         "{what}: asked partner {k} for {seq:?}, which it never said it holds"
                     );
                     assert!(!node.store().has(seq), "{what}: asked for {seq:?}, held");
+                    requests.set(requests.get() + 1);
                 }
                 Output::Send {
                     link,
@@ -443,6 +450,7 @@ pub fn node_partners(data: &[u8]) {
         node.handle_timeout(now);
         check(&mut node, &mut said, &link_of, "drain");
     }
+    requests.get()
 }
 
 /// Raw bytes as a live input: resynchronised to packets, cut by the segmenter (both rules),
@@ -641,6 +649,31 @@ pub fn box_config(data: &[u8]) {
 mod tests {
     use super::*;
     use crate::daemon::keys::ChannelKey;
+
+    #[test]
+    fn the_partners_harness_reaches_requests_and_checks_them() {
+        // Two partners; partner 1 (op 0: a map) holds 64 segments from the stream position
+        // on, then time passes (op 15): the node starts there and asks partner 1.
+        let mut data = vec![0u8, 1];
+        data.extend(1000u32.to_le_bytes()); // stream position
+        data.extend(7u32.to_le_bytes()); // node seed
+        data.extend([768u32.to_le_bytes(), 768u32.to_le_bytes()].concat()); // claims
+        data.extend([0, 0, 2, 0]); // a map from partner 1, based at the stream position
+        data.extend([0xff; 8]); // 64 bits held
+        data.extend([0, 0, 0, 0, 0]); // stride 1, no play position, backlog 0, spare 0
+        for _ in 0..8 {
+            data.extend([15, 0, 0xe8, 0x03]); // 1 s passes
+        }
+        assert!(node_partners_run(&data) > 0);
+        // Every committed seed runs; together they reach requests.
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/node_partners");
+        let total: usize = std::fs::read_dir(dir)
+            .expect("the corpus")
+            .map(|e| node_partners_run(&std::fs::read(e.expect("entry").path()).expect("a seed")))
+            .sum();
+        assert!(total > 0);
+    }
 
     #[test]
     fn harness_channel_is_the_key_of_seed_one() {

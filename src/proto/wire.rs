@@ -130,7 +130,7 @@ pub struct Hello {
     pub listen_port: u16,
     pub role: Role,
     /// The sender's upload capacity as it claims it: only a prior for the rate a node
-    /// measures (see `partners::Partner::rate`), clamped, never trusted on its own.
+    /// measures (see `partners::Partner::upload_bytes_per_s`), clamped, never trusted on its own.
     pub upload_kbps: u32,
 }
 
