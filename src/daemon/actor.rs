@@ -741,6 +741,7 @@ impl Actor {
                 busy_reasons: s.busy_reasons,
                 sched_no_slot: s.sched_no_slot,
                 sched_too_late: s.sched_too_late,
+                positions_refused: s.positions_refused,
                 sched_budget_spent: s.sched_budget_spent,
                 no_hello: Counters::get(&c.no_hello),
             },

@@ -90,6 +90,8 @@ pub struct Diagnostics {
     /// planning passes with the request budget spent.
     pub sched_no_slot: u64,
     pub sched_too_late: u64,
+    /// Positions partners stated beyond the core's horizon of ours, refused.
+    pub positions_refused: u64,
     pub sched_budget_spent: u64,
     /// Accepted connections closed for not saying hello first, or not within the deadline.
     pub no_hello: u64,
