@@ -279,7 +279,13 @@ impl Mapping {
     /// Deletes the mapping from the router.
     pub async fn remove(self) -> Result<(), NatError> {
         match &self.how {
-            How::Upnp(igd) => upnp::delete(igd, self.external.port(), self.opts.http_timeout).await,
+            How::Upnp(igd) => {
+                match upnp::delete(igd, self.external.port(), self.opts.http_timeout).await {
+                    // NoSuchEntryInArray: already gone (its lease ran out), which is what was asked.
+                    Err(NatError::Upnp { code: 714, .. }) => Ok(()),
+                    r => r,
+                }
+            }
             How::Pcp { gateway, nonce } => pcp_map(
                 *gateway,
                 *nonce,
