@@ -678,4 +678,94 @@ mod tests {
             Err(NatError::Unsupported(_))
         ));
     }
+
+    /// Fuzz-style: every parser of router input over thousands of mutations (bytes flipped,
+    /// cut, spliced, repeated) of real answers, through the same property checks the fuzz
+    /// targets run.
+    #[test]
+    fn parsers_survive_mutated_router_answers() {
+        use crate::harness;
+        let seeds: [(&[u8], harness::Check); 6] = [
+            (
+                include_bytes!("../../fuzz/corpus/nat_ssdp/miniupnpd"),
+                harness::nat_ssdp,
+            ),
+            (
+                include_bytes!("../../fuzz/corpus/nat_description/miniupnpd"),
+                harness::nat_description,
+            ),
+            (
+                include_bytes!("../../fuzz/corpus/nat_soap/external_ip"),
+                harness::nat_soap,
+            ),
+            (
+                include_bytes!("../../fuzz/corpus/nat_soap/chunked_error"),
+                harness::nat_soap,
+            ),
+            (
+                include_bytes!("../../fuzz/corpus/nat_pcp/pcp_map"),
+                harness::nat_pcp,
+            ),
+            (
+                include_bytes!("../../fuzz/corpus/nat_pcp/natpmp_map"),
+                harness::nat_pcp,
+            ),
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        // The seeds are what they say they are.
+        let a = http::parse_answer(seeds[3].0, true, upnp::MAX_SOAP)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            upnp::soap_answer("AddPortMapping", a.status, &a.body),
+            Err(NatError::Upnp { code: 718, .. })
+        ));
+        assert!(upnp::parse_ssdp(seeds[0].0).is_ok());
+        let from = http::parse_url("http://10.99.1.1:5000/rootDesc.xml").unwrap();
+        let (control, _) = upnp::parse_description(seeds[1].0, &from).unwrap();
+        assert_eq!(control.path, "/ctl/IPConn");
+        assert!(matches!(
+            pcp::decode_pcp(seeds[4].0),
+            Ok(pcp::PcpAnswer::Map(_))
+        ));
+        for (seed, check) in seeds {
+            check(seed);
+            for _ in 0..4000 {
+                let mut b = seed.to_vec();
+                for _ in 0..1 + next(4) {
+                    match next(5) {
+                        0 => {
+                            let i = next(b.len());
+                            if let Some(v) = b.get_mut(i) {
+                                *v = next(256) as u8;
+                            }
+                        }
+                        1 => b.truncate(next(b.len() + 1)),
+                        2 => {
+                            let i = next(b.len() + 1);
+                            let tail = b.split_off(i);
+                            b.extend(std::iter::repeat_n(b"<>&;:/0\r\n"[next(9)], next(64)));
+                            b.extend(tail);
+                        }
+                        3 => {
+                            let (i, j) = (next(b.len() + 1), next(b.len() + 1));
+                            let part = b[i.min(j)..i.max(j)].to_vec();
+                            b.extend(part);
+                        }
+                        _ => {
+                            let i = next(b.len() + 1);
+                            b.drain(i..(i + next(16)).min(b.len()));
+                        }
+                    }
+                }
+                check(&b);
+            }
+        }
+    }
 }
