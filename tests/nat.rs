@@ -540,3 +540,54 @@ fn a_router_without_miniupnpd_gives_a_clear_error_in_bounded_time() {
         }
     }
 }
+
+/// The daemon's loop: maps, renews a 6 s lease (at 3 s, 6 s, ...), shows the mapping on its
+/// status, and deletes it on shutdown.
+#[test]
+fn keep_renews_until_shutdown_then_removes() {
+    let mut lab = Lab::up(true);
+    lab.listen(7000);
+    let (tx, rx) = tokio::sync::watch::channel(nat::Status::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let t0 = Instant::now();
+    let task = in_ns(&lab.ns('b'), move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(nat::keep(
+                Method::Auto,
+                "0.0.0.0:7000".parse().unwrap(),
+                Duration::from_secs(6),
+                nat::Options::default(),
+                tx,
+                async {
+                    let _ = stop_rx.await;
+                },
+            ))
+    });
+    while rx.borrow().external.is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no mapping within 5 s: {:?}",
+            rx.borrow()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("mapped in {:?}: {:?}", t0.elapsed(), rx.borrow());
+    // Two renewals in, past two unrenewed leases' worth of the first one.
+    std::thread::sleep(Duration::from_secs(13).saturating_sub(t0.elapsed()));
+    let s = rx.borrow().clone();
+    assert_eq!(s.external, Some(wan(7000)), "{s:?}");
+    assert_eq!(s.method, Some(Used::Upnp));
+    assert!(s.error.is_none(), "{s:?}");
+    let left = s.lease_left_s(tokio::time::Instant::now()).unwrap();
+    assert!((1..=6).contains(&left), "lease left {left} s");
+    assert_eq!(lab.dial(wan(7000)).as_deref(), Ok("box 7000"));
+
+    stop_tx.send(()).unwrap();
+    task.join().unwrap();
+    assert_eq!(*rx.borrow(), nat::Status::default());
+    assert!(lab.dial(wan(7000)).is_err(), "reachable after shutdown");
+    assert!(!lab.router_rules().contains(&format!("{BOX}:7000")));
+}

@@ -621,6 +621,122 @@ async fn natpmp_map(
     })
 }
 
+/// What the daemon shows of its port mapping (`external_addr`, `nat_method`, `nat_lease_s`
+/// in the stats; whether peers can really dial in is for a dial-back to say).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The router's address and port that reach the listener, while a mapping holds.
+    pub external: Option<SocketAddr>,
+    pub method: Option<Used>,
+    /// When the lease ends (`None` with a mapping: permanent).
+    pub lease_ends: Option<Instant>,
+    /// Why the last attempt failed (cleared by the next success).
+    pub error: Option<String>,
+}
+
+impl Status {
+    /// Whole seconds of lease left at `now`.
+    pub fn lease_left_s(&self, now: Instant) -> Option<u64> {
+        self.lease_ends
+            .map(|e| e.saturating_duration_since(now).as_secs())
+    }
+}
+
+/// The first wait before trying again after a failure; it doubles up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(30);
+pub const RETRY_MAX: Duration = Duration::from_secs(600);
+/// How long a clean exit waits for the router to delete the mapping.
+pub const REMOVE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Keeps a mapping of `internal` for as long as `shutdown` has not resolved: maps, renews at
+/// half the lease, tries again after a failure (30 s, doubling to 10 min; a lost mapping is
+/// made anew), publishes every change on `status`, and deletes the mapping on the way out.
+/// With [`Method::Off`] it only waits.
+pub async fn keep(
+    method: Method,
+    internal: SocketAddr,
+    lease: Duration,
+    opts: Options,
+    status: tokio::sync::watch::Sender<Status>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    if method == Method::Off {
+        return shutdown.await;
+    }
+    let mut mapping: Option<Mapping> = None;
+    let mut retry = RETRY_FIRST;
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let result = tokio::select! {
+            _ = &mut shutdown => break,
+            r = attempt(&mut mapping, method, internal, lease, &opts) => r,
+        };
+        let now = Instant::now();
+        match (result, &mapping) {
+            (Ok(()), Some(m)) => {
+                retry = RETRY_FIRST;
+                next = m.renew_at().unwrap_or(now + RETRY_MAX);
+                status.send_replace(Status {
+                    external: Some(m.external()),
+                    method: Some(m.method()),
+                    lease_ends: m.lease_left(now).map(|l| now + l),
+                    error: None,
+                });
+            }
+            (r, _) => {
+                let e = r
+                    .err()
+                    .map_or_else(|| "no mapping".to_string(), |e| e.to_string());
+                log::info!("port mapping: {e}");
+                // A mapping whose renewal failed is renewed again while it lasts.
+                let left = mapping.as_ref().and_then(|m| m.lease_left(now));
+                if left == Some(Duration::ZERO) {
+                    mapping = None;
+                }
+                next = now + left.map_or(retry, |l| retry.min(l / 2).max(Duration::from_secs(1)));
+                retry = (retry * 2).min(RETRY_MAX);
+                status.send_modify(|s| {
+                    s.error = Some(e);
+                    if mapping.is_none() {
+                        s.external = None;
+                        s.method = None;
+                        s.lease_ends = None;
+                    }
+                });
+            }
+        }
+    }
+    if let Some(m) = mapping {
+        match tokio::time::timeout(REMOVE_DEADLINE, m.remove()).await {
+            Ok(Ok(())) => log::info!("port mapping removed"),
+            Ok(Err(e)) => log::info!("port mapping not removed: {e}"),
+            Err(_) => log::info!("port mapping not removed: no answer within {REMOVE_DEADLINE:?}"),
+        }
+    }
+    status.send_replace(Status::default());
+}
+
+async fn attempt(
+    mapping: &mut Option<Mapping>,
+    method: Method,
+    internal: SocketAddr,
+    lease: Duration,
+    opts: &Options,
+) -> Result<(), NatError> {
+    match mapping {
+        Some(m) => m.renew().await,
+        None => {
+            *mapping = Some(map_with(method, internal, lease, opts).await?);
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
