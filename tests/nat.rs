@@ -591,3 +591,51 @@ fn keep_renews_until_shutdown_then_removes() {
     assert!(lab.dial(wan(7000)).is_err(), "reachable after shutdown");
     assert!(!lab.router_rules().contains(&format!("{BOX}:7000")));
 }
+
+/// A router that silently drops port 5351: PCP and NAT-PMP give up after their bounded
+/// retransmissions (NAT-PMP 0.25 + 0.5 + 1 + 2 s; PCP 3 + 6 s) with a timeout error.
+#[test]
+fn a_silent_router_costs_bounded_retransmissions() {
+    let lab = Lab::up(false);
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.ns('r'),
+            "nft",
+            "insert",
+            "rule",
+            "inet",
+            "filter",
+            "input",
+            "udp",
+            "dport",
+            "5351",
+            "drop",
+        ],
+        None,
+    )
+    .unwrap();
+    let internal: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+    for (method, least, within) in [
+        (
+            Method::NatPmp,
+            Duration::from_millis(3750),
+            Duration::from_millis(4500),
+        ),
+        (
+            Method::Pcp,
+            Duration::from_secs(9),
+            Duration::from_millis(9750),
+        ),
+    ] {
+        let t0 = Instant::now();
+        let r = lab.in_box(move || nat::map(method, internal, Duration::from_secs(60)));
+        let took = t0.elapsed();
+        let e = r.expect_err("a mapping from a silent router");
+        println!("{method:?}: {e} ({took:?})");
+        assert!(matches!(e, NatError::Timeout(_)), "{method:?}: {e:?}");
+        assert!(took >= least && took < within, "{method:?} took {took:?}");
+    }
+}
