@@ -188,6 +188,10 @@ pub fn soap_request(igd: &Igd, action: &str, args: &[(&str, String)]) -> String 
         igd.service
     );
     for (k, v) in args {
+        let v = v
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
         body.push_str(&format!("<{k}>{v}</{k}>"));
     }
     body.push_str(&format!("</u:{action}></s:Body></s:Envelope>\r\n"));

@@ -106,7 +106,11 @@ fn value(raw: &str) -> Option<String> {
     while let Some(i) = rest.find('&') {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
-        let Some(semi) = rest[..rest.len().min(12)].find(';') else {
+        // Entities are short; the search stays on bytes (a char boundary is not needed).
+        let Some(semi) = rest.as_bytes()[..rest.len().min(12)]
+            .iter()
+            .position(|&b| b == b';')
+        else {
             out.push('&');
             rest = &rest[1..];
             continue;
@@ -240,6 +244,11 @@ mod tests {
         assert_eq!(
             first_text("<a>&#xFFFFFFFF;&#65;&bogus;&</a>", "a").as_deref(),
             Some("&#xFFFFFFFF;A&bogus;&")
+        );
+        // An entity search window that ends inside a multi-byte character.
+        assert_eq!(
+            first_text("<a>&abcdefghij\u{e9};</a>", "a").as_deref(),
+            Some("&abcdefghij\u{e9};")
         );
         let long = format!("<a>{}</a>", "x".repeat(MAX_VALUE + 1));
         assert_eq!(first_text(&long, "a"), None);
