@@ -39,9 +39,11 @@ const SERVICES: [&str; 3] = [
     "urn:schemas-upnp-org:service:WANPPPConnection:1",
 ];
 
+/// MX 1: a device waits a random 0..MX seconds before it answers a multicast search (miniupnpd
+/// does), which must stay well inside the client's wait.
 pub fn msearch(st: &str) -> String {
     format!(
-        "M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nMX: 2\r\nST: {st}\r\n\r\n"
+        "M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\nST: {st}\r\n\r\n"
     )
 }
 
