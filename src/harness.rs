@@ -35,6 +35,10 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("link_records", link_records),
     ("control_request", control_request),
     ("box_config", box_config),
+    ("nat_ssdp", nat_ssdp),
+    ("nat_description", nat_description),
+    ("nat_soap", nat_soap),
+    ("nat_pcp", nat_pcp),
 ];
 
 /// One frame body: decodes without panicking; what decodes re-encodes to a frame that decodes
@@ -641,6 +645,68 @@ pub fn box_config(data: &[u8]) {
         if let Some((line, col)) = e.at {
             assert!(line >= 1 && col >= 1);
             assert!(line <= text.lines().count().max(1) + 1, "{e}");
+        }
+    }
+}
+
+/// An SSDP answer from anything on the LAN: a URL comes out only from a datagram within the
+/// cap, and it is an http URL on an IPv4 address with a bounded path.
+pub fn nat_ssdp(data: &[u8]) {
+    use crate::nat::{http, upnp};
+    if let Ok(u) = upnp::parse_ssdp(data) {
+        assert!(data.len() <= upnp::MAX_SSDP);
+        assert!(u.path.starts_with('/') && u.path.len() <= http::MAX_URL + 1);
+        assert_eq!(http::parse_url(&u.to_string()).as_ref(), Ok(&u));
+    }
+}
+
+/// A device description: the control URL it yields is on the host that served it, and the
+/// scanner's values stay within their caps.
+pub fn nat_description(data: &[u8]) {
+    use crate::nat::{http, upnp, xml};
+    let from = http::parse_url("http://10.99.1.1:5000/rootDesc.xml").expect("a URL");
+    if let Ok((control, service)) = upnp::parse_description(data, &from) {
+        assert_eq!(control.addr.ip(), from.addr.ip());
+        assert!(service.contains("Connection:"));
+    }
+    let text = String::from_utf8_lossy(data);
+    let services = xml::services(&text);
+    assert!(services.len() <= xml::MAX_SERVICES);
+    for s in services {
+        assert!(s.service_type.len() <= xml::MAX_VALUE && s.control_url.len() <= xml::MAX_VALUE);
+    }
+    if let Some(v) = xml::first_text(&text, "URLBase") {
+        assert!(v.len() <= xml::MAX_VALUE);
+    }
+}
+
+/// An HTTP answer to a SOAP action, whole or cut anywhere: the body held is within the cap,
+/// and what it says is an address, an error with its code, or a clear error.
+pub fn nat_soap(data: &[u8]) {
+    use crate::nat::{http, upnp};
+    for eof in [false, true] {
+        if let Ok(Some(a)) = http::parse_answer(data, eof, upnp::MAX_SOAP) {
+            assert!(a.body.len() <= upnp::MAX_SOAP && a.body.len() <= data.len());
+            if let Ok(body) = upnp::soap_answer("AddPortMapping", a.status, &a.body) {
+                let _ = upnp::parse_external_ip(&body);
+            }
+        }
+    }
+}
+
+/// A datagram on the PCP/NAT-PMP port: what decodes has the fields its format says, and a
+/// PCP MAP answer's nonce is the bytes it carried.
+pub fn nat_pcp(data: &[u8]) {
+    use crate::nat::pcp;
+    if let Ok(pcp::PcpAnswer::Map(m)) = pcp::decode_pcp(data) {
+        assert!(data.len() >= 60 && data.len() <= pcp::MAX_PACKET);
+        assert_eq!(&m.nonce[..], &data[24..36]);
+        assert_eq!(data[3], 0);
+    }
+    if let Ok(a) = pcp::decode_pmp(data) {
+        assert_eq!((data[0], data[2], data[3]), (0, 0, 0));
+        if let pcp::PmpAnswer::Map { .. } = a {
+            assert!(data.len() >= 16);
         }
     }
 }

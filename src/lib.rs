@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod harness;
 pub mod media;
+pub mod nat;
 pub mod output;
 pub mod proto;
 pub mod sim;
