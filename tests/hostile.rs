@@ -569,6 +569,165 @@ fn handshakes_are_bounded_in_all_and_end_at_their_deadline() {
     common::remove_tmpdir(&dir);
 }
 
+/// The box's played and missed segments and its resident memory, from `ctl stats`.
+fn box_figures(sock: &Path) -> Option<(u64, u64)> {
+    let out = Command::new(BIN)
+        .args(["ctl", "--socket", sock.to_str()?, "--json", "stats"])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let c = &v["channels"][0];
+    Some((
+        c["segments_played"].as_u64()?,
+        c["segments_missed"].as_u64()?,
+    ))
+}
+
+/// A partner the box asks for segments, which then holds as much of the box's body budget as
+/// it can for as long as it can: it accepts the partnership, advertises the segments just
+/// ahead of the box's newest (every 200 ms, keeping the link alive), and once the box has
+/// asked it (a request or a subscription) announces a 4 MiB segment and sends it 1 KiB every
+/// 200 ms, below the rate the box requires. When the box closes the link it comes back (if
+/// `again`), until `until`. Returns how many times the box asked it.
+fn trickler(port: u16, channel: ChannelId, id: u64, until: Instant, again: bool) -> u32 {
+    let mut asked_times = 0;
+    while Instant::now() < until {
+        if trickle_once(port, channel, id, until) {
+            asked_times += 1;
+        }
+        if !again {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    asked_times
+}
+
+/// One connection of [`trickler`]: whether the box asked it for segments.
+fn trickle_once(port: u16, channel: ChannelId, id: u64, until: Instant) -> bool {
+    let Some(mut s) = connect(port) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(None);
+    let (tx, rx) = std::sync::mpsc::channel::<Message<SharedBody>>();
+    let mut rd = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        while let Some(m) = read_msg(&mut rd) {
+            if tx.send(m).is_err() {
+                return;
+            }
+        }
+    });
+    let _ = s.write_all(&frame(&hello(channel, id)));
+    let _ = s.write_all(&frame(&Message::Ctl(Control::PartnerRequest {
+        partners: 0,
+    })));
+    let (mut newest, mut asked, mut piece) = (None, false, 0u64);
+    let len = MAX_FRAME_LEN - 64 * 1024;
+    while Instant::now() < until {
+        loop {
+            match rx.try_recv() {
+                Ok(Message::Ctl(Control::BufferMap { map, .. })) => {
+                    newest = map.newest().or(newest);
+                }
+                Ok(Message::Ctl(Control::Request { .. } | Control::Subscribe { .. })) if !asked => {
+                    asked = true;
+                    let _ = s.write_all(&(0x8000_0000u32 | len).to_be_bytes());
+                }
+                Ok(_) => {}
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                // The box closed the link.
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return asked,
+            }
+        }
+        if let Some(n) = newest {
+            // Segments from a few behind the box's newest to 30 ahead of it.
+            let base = coolstream::proto::Seq(n.0.saturating_sub(4));
+            let mut map = BufferMap::empty(base);
+            for q in base.0..n.0 + 30 {
+                map.set(coolstream::proto::Seq(q));
+            }
+            let bm = Message::Ctl(Control::BufferMap {
+                map,
+                backlog_ms: 0,
+                playing: None,
+                spare: 8,
+            });
+            if s.write_all(&frame(&bm)).is_err() {
+                return asked;
+            }
+        }
+        if asked {
+            piece += 1;
+            let mut p = (0x4000_0000u32 | 1024).to_be_bytes().to_vec();
+            p.extend(junk(1024, id ^ (piece << 20)));
+            if s.write_all(&p).is_err() {
+                return asked;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    asked
+}
+
+#[test]
+fn partners_that_trickle_huge_segments_they_were_asked_for_do_not_stall_the_box() {
+    let _serial = serial();
+    let dir = tmpdir("trickle");
+    let (key, id) = keygen(&dir);
+    let channel = ChannelId::from_hex(&id).unwrap();
+    let sp = free_port();
+    let mut source = start_source(&dir, &key, sp);
+    let bp = free_port();
+    let (mut boxd, sock) = start_box(&dir, &id, sp, bp);
+    let again = std::env::var_os("COOLSTREAM_TRICKLE_AGAIN").is_some();
+    // Let the box settle, then three trickling partners for 40 s.
+    std::thread::sleep(Duration::from_secs(5));
+    let (p0, m0) = box_figures(&sock).expect("the box's stats");
+    let rss0 = boxd.rss_kib();
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(40);
+    let attackers: Vec<_> = (0..3u64)
+        .map(|i| std::thread::spawn(move || trickler(bp, channel, 0x7700 + i, until, again)))
+        .collect();
+    let mut rss_peak = rss0;
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(500));
+        rss_peak = rss_peak.max(boxd.rss_kib());
+    }
+    let asked: Vec<u32> = attackers.into_iter().map(|a| a.join().unwrap()).collect();
+    let (p1, m1) = box_figures(&sock).expect("the box's stats");
+    let secs = t0.elapsed().as_secs_f64();
+    let (played, missed) = (p1 - p0, m1 - m0);
+    // Segments due in the window: the bundled stream's are one second long; a stalled box
+    // plays fewer than were due, and misses none while it waits.
+    let due = (played + missed).max(secs as u64 - 2);
+    let continuity = played as f64 / due as f64;
+    let hwm = {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", boxd.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    eprintln!(
+        "trickle: the box asked the 3 trickling partners {asked:?} times; over {secs:.0} s the box \
+         played {played} and missed {missed} segments: continuity {continuity:.3}; RSS \
+         {rss0} -> peak {rss_peak} KiB (VmHWM {hwm} KiB, plan 48 MiB)"
+    );
+    // At least two held (or waited for) 4 MiB at once: the attack took place.
+    assert!(
+        asked.iter().filter(|&&n| n > 0).count() >= 2,
+        "the box asked the trickling partners {asked:?} times"
+    );
+    assert!(continuity >= 0.99, "continuity {continuity:.3}");
+    assert!(hwm <= 48 * 1024, "VmHWM {hwm} KiB");
+    assert!(boxd.alive());
+    boxd.stop();
+    source.stop();
+    common::remove_tmpdir(&dir);
+}
+
 /// The client of the /64 test, run inside the namespace: argv = box port, a hello frame in hex
 /// (its peer id is replaced per connection by the box's view: ids need not differ here).
 const DOOR_CLIENT: &str = r#"

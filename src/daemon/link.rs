@@ -7,7 +7,10 @@
 //! the node's body budget (sized by the memory plan, [`super::memory::MemoryPlan::frames`])
 //! *before* allocating. An accepted connection's first frame must be a hello, within
 //! [`HELLO_DEADLINE`]; until then it holds a [`Handshake`] place at the door. The reader reads the body within a deadline that allows
-//! [`MIN_FRAME_RATE`] (a trickling sender cannot hold budget for ever), decodes it, verifies a
+//! [`MIN_FRAME_RATE`] and ends by [`MAX_BODY_TIME`] (a trickling sender cannot hold budget for
+//! ever, nor past the time its segment could still be played; a body larger than
+//! [`BIG_FRAME`] does not queue for the budget, so it cannot stall other links' frames behind
+//! it), decodes it, verifies a
 //! segment's signature, and hands the message to the actor over the shared, bounded event
 //! queue. Any error ends the link (and only that link); a segment that fails verification or
 //! declares a wrong length also gets its sender banned ([`LinkError::is_pollution`]).
@@ -68,6 +71,21 @@ pub const BURST: Duration = Duration::from_millis(100);
 pub const MIN_FRAME_RATE: usize = 8 * 1024;
 /// Time any frame body may take on top of its size at [`MIN_FRAME_RATE`].
 pub const FRAME_GRACE: Duration = Duration::from_secs(5);
+/// Time any frame body may take at most, whatever its size: a segment is worth something only
+/// until it is played, and playback never lags the source by more than the core's `max_lag`
+/// (20 s by default): a segment that takes longer is skipped anyway. Without this bound, a
+/// 4 MiB segment trickled at [`MIN_FRAME_RATE`] held its budget for 517 s.
+pub const MAX_BODY_TIME: Duration = Duration::from_secs(20);
+/// Frame bodies larger than this (a one-second segment of a 2 Mbit/s channel, what the memory
+/// plan counts per partner) do not queue for the body budget: they take it when it is free
+/// and otherwise retry every [`BIG_RETRY`], within their deadline. The budget's queue is
+/// first come first served, so one waiting for 4 MiB stalled every frame of every link
+/// behind it, and two partners trickling huge segments stopped the others' deliveries. The
+/// plan keeps one largest frame's room beside the partners' segments, so smaller frames
+/// never wait for a big one, and a big one waits only for another big one.
+pub const BIG_FRAME: usize = super::memory::SEGMENT_ALLOWANCE as usize;
+/// How often a big frame looks for its room in the body budget.
+pub const BIG_RETRY: Duration = Duration::from_millis(20);
 
 /// Bytes moved, shared by every link task of one node and read for stats.
 #[derive(Default, Debug)]
@@ -85,6 +103,8 @@ pub struct Counters {
     pub queue_full: AtomicU64,
     /// Accepted connections closed for not saying hello first, or not in time.
     pub no_hello: AtomicU64,
+    /// Links closed because a frame body did not arrive in time (a trickled segment).
+    pub slow_frames: AtomicU64,
 }
 
 impl Counters {
@@ -286,6 +306,10 @@ pub async fn reader<R: AsyncRead + Unpin>(
         e if e.is_pollution() => Counters::add(&counters.bad_segments, 1),
         LinkError::Wire(_) => Counters::add(&counters.bad_frames, 1),
         LinkError::NoHello => Counters::add(&counters.no_hello, 1),
+        LinkError::Slow => {
+            Counters::add(&counters.slow_frames, 1);
+            log::info!("link {}: a frame did not arrive in time; closing", link.0);
+        }
         _ => {}
     }
     let _ = events.send(LinkEvent::Down { link, why }).await;
@@ -375,13 +399,14 @@ impl LinkReader {
                     }
                     let len = frame_len((word & !RECORD_KIND).to_be_bytes(), max)
                         .map_err(LinkError::Wire)?;
-                    let permit = reserve(budget, len).await?;
+                    let deadline = tokio::time::Instant::now() + body_time(len);
+                    let permit = reserve(budget, len, deadline).await?;
                     self.bulk = Some(Bulk {
                         body: vec![0u8; len],
                         filled: 0,
                         wire_bytes: FRAME_PREFIX_LEN as u64,
                         _permit: permit,
-                        deadline: tokio::time::Instant::now() + body_time(len),
+                        deadline,
                     });
                 }
                 BULK_PIECE => {
@@ -430,19 +455,40 @@ impl LinkReader {
     }
 }
 
-/// Time a frame body of `len` bytes may take: [`FRAME_GRACE`] plus `len` at [`MIN_FRAME_RATE`].
+/// Time a frame body of `len` bytes may take, from its prefix (the wait for its room in the
+/// body budget included): [`FRAME_GRACE`] plus `len` at [`MIN_FRAME_RATE`], at most
+/// [`MAX_BODY_TIME`].
 fn body_time(len: usize) -> Duration {
-    FRAME_GRACE + Duration::from_secs((len / MIN_FRAME_RATE) as u64)
+    (FRAME_GRACE + Duration::from_secs((len / MIN_FRAME_RATE) as u64)).min(MAX_BODY_TIME)
 }
 
-/// Reserves a body's memory before it is allocated: `len` is capped, so this fits a u32.
-async fn reserve(budget: &Arc<Semaphore>, len: usize) -> Result<OwnedSemaphorePermit, LinkError> {
+/// Reserves a body's memory before it is allocated: `len` is capped, so this fits a u32. A
+/// body larger than [`BIG_FRAME`] does not queue (see there); none waits past `deadline`.
+async fn reserve(
+    budget: &Arc<Semaphore>,
+    len: usize,
+    deadline: tokio::time::Instant,
+) -> Result<OwnedSemaphorePermit, LinkError> {
     let kib = len.div_ceil(1024) as u32;
-    budget
-        .clone()
-        .acquire_many_owned(kib)
-        .await
-        .map_err(|_| LinkError::Eof)
+    if len <= BIG_FRAME {
+        return match tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(kib)).await
+        {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(LinkError::Eof),
+            Err(_) => Err(LinkError::Slow),
+        };
+    }
+    loop {
+        match budget.clone().try_acquire_many_owned(kib) {
+            Ok(p) => return Ok(p),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(LinkError::Eof),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
+        if tokio::time::Instant::now() + BIG_RETRY > deadline {
+            return Err(LinkError::Slow);
+        }
+        tokio::time::sleep(BIG_RETRY).await;
+    }
 }
 
 /// A whole frame whose prefix has been read.
@@ -455,9 +501,10 @@ async fn read_whole<R: AsyncRead + Unpin>(
     counters: &Counters,
 ) -> Result<(Message<SharedBody>, OwnedSemaphorePermit), LinkError> {
     let len = frame_len(prefix, max).map_err(LinkError::Wire)?;
-    let permit = reserve(budget, len).await?;
+    let deadline = tokio::time::Instant::now() + body_time(len);
+    let permit = reserve(budget, len, deadline).await?;
     let mut body = vec![0u8; len];
-    match tokio::time::timeout(body_time(len), rd.read_exact(&mut body)).await {
+    match tokio::time::timeout_at(deadline, rd.read_exact(&mut body)).await {
         Err(_) => return Err(LinkError::Slow),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(LinkError::Eof),
         Ok(Err(e)) => return Err(LinkError::Io(e)),
@@ -776,6 +823,9 @@ mod tests {
         assert_eq!(Counters::get(&counters.payload_up), 50_000);
     }
 
+    /// A one-second segment of a 768 kbit/s stream.
+    const SEGMENT_1S_768K: usize = 96_000;
+
     fn record(kind: u32, n: u32) -> [u8; 4] {
         (kind | n).to_be_bytes()
     }
@@ -912,6 +962,59 @@ mod tests {
         assert!(matches!(end, LinkError::Slow), "{end:?}");
         assert!(started.elapsed() < Duration::from_secs(8));
         feeder.abort();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_huge_segment_waiting_for_the_budget_does_not_stall_other_links() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Arc::new(Verifier::new(key.channel()));
+        let c = Arc::new(Counters::default());
+        // A plan-shaped budget: one largest frame and a few segments.
+        let kib = MAX_FRAME_LEN as usize / 1024 + 1 + 3 * BIG_FRAME / 1024;
+        let b = Arc::new(Semaphore::new(kib));
+        let huge = MAX_FRAME_LEN - 64 * 1024;
+        // Two links announce a huge segment each and send nothing more: the first holds its
+        // room, the second waits for it.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (mut tx, mut rx) = tokio::io::duplex(1 << 16);
+            tx.write_all(&record(BULK_BEGIN, huge)).await.unwrap();
+            let (v, b, c) = (v.clone(), b.clone(), c.clone());
+            held.push(tx);
+            tokio::spawn(async move {
+                let _ = LinkReader::default()
+                    .next(&mut rx, MAX_FRAME_LEN, &v, &b, &c)
+                    .await;
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(b.available_permits(), kib - (huge as usize).div_ceil(1024));
+        // A third link's segment and control frame come through at once.
+        let seg = key.sign_segment(Seq(3), 0, 1, 0, vec![0x47; 200_000]);
+        let mut bytes = Vec::new();
+        encode(&Message::Segment(seg.clone()), &mut bytes).unwrap();
+        encode(&Message::Ctl(Control::KeepAlive), &mut bytes).unwrap();
+        let mut rd = &bytes[..];
+        let mut r = LinkReader::default();
+        for want in [Message::Segment(seg), Message::Ctl(Control::KeepAlive)] {
+            let got = tokio::time::timeout(
+                Duration::from_millis(500),
+                r.next(&mut rd, MAX_FRAME_LEN, &v, &b, &c),
+            )
+            .await
+            .expect("not stalled behind the huge segments")
+            .unwrap();
+            assert_eq!(got.0, want);
+        }
+        drop(held);
+    }
+
+    #[test]
+    fn no_body_takes_longer_than_it_could_be_played() {
+        assert_eq!(body_time(1000), FRAME_GRACE);
+        assert_eq!(body_time(MAX_FRAME_LEN as usize), MAX_BODY_TIME);
+        // A partner at half a 768 kbit/s stream sends a 1 s segment in 2 s.
+        assert!(body_time(SEGMENT_1S_768K) >= Duration::from_secs(2) + FRAME_GRACE);
     }
 
     #[tokio::test(flavor = "current_thread")]
