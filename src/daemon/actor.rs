@@ -744,6 +744,7 @@ impl Actor {
                 positions_refused: s.positions_refused,
                 sched_budget_spent: s.sched_budget_spent,
                 no_hello: Counters::get(&c.no_hello),
+                slow_frames: Counters::get(&c.slow_frames),
             },
         }
     }

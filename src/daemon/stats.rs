@@ -95,6 +95,9 @@ pub struct Diagnostics {
     pub sched_budget_spent: u64,
     /// Accepted connections closed for not saying hello first, or not within the deadline.
     pub no_hello: u64,
+    /// Links closed because a frame body took longer than it could be of use (a partner
+    /// trickling a segment we asked for).
+    pub slow_frames: u64,
 }
 
 /// Writes `value` as JSON to `path` atomically (a temporary file renamed over it), so a
