@@ -494,12 +494,7 @@ async fn pcp_map(
     suggested: Option<SocketAddr>,
     opts: &Options,
 ) -> Result<Mapping, NatError> {
-    let (sock, local) = pcp::socket(gateway).await?;
-    let internal = if internal.ip().is_unspecified() {
-        SocketAddrV4::new(local, internal.port())
-    } else {
-        internal
-    };
+    let (sock, internal) = gateway_socket(gateway, internal).await?;
     let suggested = match suggested {
         Some(SocketAddr::V4(a)) => a,
         _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, internal.port()),
@@ -547,6 +542,21 @@ async fn pcp_map(
     })
 }
 
+/// A socket to the gateway's port-mapping port, and `internal` with an unspecified address
+/// replaced by the local address that socket leaves from (what the router must map to).
+async fn gateway_socket(
+    gateway: Ipv4Addr,
+    internal: SocketAddrV4,
+) -> Result<(tokio::net::UdpSocket, SocketAddrV4), NatError> {
+    let (sock, local) = pcp::socket(gateway).await?;
+    let internal = if internal.ip().is_unspecified() {
+        SocketAddrV4::new(local, internal.port())
+    } else {
+        internal
+    };
+    Ok((sock, internal))
+}
+
 async fn natpmp_map(
     gateway: Ipv4Addr,
     internal: SocketAddrV4,
@@ -554,12 +564,7 @@ async fn natpmp_map(
     port: u16,
     opts: &Options,
 ) -> Result<Mapping, NatError> {
-    let (sock, local) = pcp::socket(gateway).await?;
-    let internal = if internal.ip().is_unspecified() {
-        SocketAddrV4::new(local, internal.port())
-    } else {
-        internal
-    };
+    let (sock, internal) = gateway_socket(gateway, internal).await?;
     let what = format!("NAT-PMP to {gateway}");
     let answer = |op: u8| {
         move |b: &[u8]| {
