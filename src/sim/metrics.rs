@@ -75,6 +75,37 @@ impl Histogram {
     }
 }
 
+/// What the viewer of one session sees stand still: every stretch, after the first segment
+/// played, in which no segment is playing: a pause waiting for a late segment, a skipped
+/// segment, a restart after a hole. Fed with each played segment's deadline and duration (µs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Freezes {
+    /// When the last played segment ends; `None` before the first.
+    playhead_us: Option<u64>,
+    total_us: u64,
+    longest_us: u64,
+}
+
+impl Freezes {
+    pub fn play(&mut self, start_us: u64, duration_us: u64) {
+        if let Some(end) = self.playhead_us {
+            self.add(start_us.saturating_sub(end));
+        }
+        let end = start_us + duration_us;
+        self.playhead_us = Some(self.playhead_us.map_or(end, |p| p.max(end)));
+    }
+    fn add(&mut self, gap: u64) {
+        self.total_us += gap;
+        self.longest_us = self.longest_us.max(gap);
+    }
+    /// Total and longest freeze (µs) of a session that ended (or is measured) at `end_us`: a
+    /// session that ends standing still counts the stretch up to its end.
+    pub fn until(&self, end_us: u64) -> (u64, u64) {
+        let tail = self.playhead_us.map_or(0, |p| end_us.saturating_sub(p));
+        (self.total_us + tail, self.longest_us.max(tail))
+    }
+}
+
 /// `coolstream sim --json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -92,6 +123,14 @@ pub struct Summary {
     pub continuity_mean: f64,
     pub continuity_p5: f64,
     pub continuity_min: f64,
+    /// Segments played on time over segments due, over all peers together (how DONet and
+    /// most papers count continuity): long sessions weigh more than in `continuity_mean`.
+    pub continuity_global: f64,
+    /// Time standing still after the first segment played (pauses, skipped segments,
+    /// restarts) over time watched, all sessions that started.
+    pub stall_ratio: f64,
+    /// The 95th percentile, over sessions that started, of each session's longest freeze.
+    pub stall_p95_s: f64,
     /// Peers counted in the continuity figures, and peers that joined at all.
     pub peers_measured: usize,
     pub sessions: usize,
@@ -136,6 +175,22 @@ mod tests {
         assert_eq!(Histogram::default().quantile(0.5), 0.0);
         h.add(1e9);
         assert_eq!(h.quantile(1.0), 120.0);
+    }
+
+    #[test]
+    fn freezes_are_the_stretches_with_nothing_playing() {
+        let mut f = Freezes::default();
+        assert_eq!(f.until(5_000_000), (0, 0), "nothing played: no freeze yet");
+        f.play(1_000_000, 1_000_000);
+        f.play(2_000_000, 1_000_000); // back to back
+        f.play(5_500_000, 1_000_000); // a 2.5 s pause
+        f.play(7_500_000, 1_000_000); // one skipped segment: 1 s
+        assert_eq!(f.until(8_500_000), (3_500_000, 2_500_000));
+        // Ending while standing still counts up to the end.
+        assert_eq!(f.until(12_000_000), (7_000_000, 3_500_000));
+        // A segment handed over early (ahead of the playhead) is no freeze.
+        f.play(8_000_000, 1_000_000);
+        assert_eq!(f.until(9_000_000), (3_500_000, 2_500_000));
     }
 
     #[test]

@@ -205,6 +205,7 @@ struct Slot {
     left_at: Option<Instant>,
     final_stats: Option<(NodeStats, u64)>,
     uploaded_bytes: u64,
+    freezes: metrics::Freezes,
 }
 
 /// The part of a slot read for events about other nodes.
@@ -465,6 +466,7 @@ impl Sim {
             left_at: None,
             final_stats: None,
             uploaded_bytes: 0,
+            freezes: metrics::Freezes::default(),
         });
         ix
     }
@@ -1055,6 +1057,9 @@ impl Sim {
                 Output::Play { segment, deadline } => {
                     let lag = deadline.as_micros() as f64 - segment.origin_us as f64;
                     self.lag.add(lag / 1e6);
+                    self.slots[ix as usize]
+                        .freezes
+                        .play(deadline.as_micros(), segment.duration_us as u64);
                 }
                 Output::Missed { seq, .. } => {
                     if self.debug_misses {
@@ -1154,6 +1159,9 @@ impl Sim {
         let mut missed = 0u64;
         let mut never_started = 0usize;
         let mut sessions = 0usize;
+        let mut frozen_us = 0u64;
+        let mut watched_us = 0u64;
+        let mut longest_freezes = Vec::new();
         let mut delivered_bytes = 0f64;
         let mut peer_seconds = 0f64;
         let seg_bytes = self.segment_bytes as f64;
@@ -1181,6 +1189,12 @@ impl Sim {
                     );
                 }
                 late_startups.push(st);
+            }
+            if let Some(t) = stats.first_play_at {
+                let (total, longest) = s.freezes.until(end.as_micros());
+                frozen_us += total;
+                watched_us += end.saturating_since(t).as_micros();
+                longest_freezes.push(longest as f64 / 1e6);
             }
             match stats.first_play_at {
                 Some(t) => startups.push(t.saturating_since(s.joined_at).as_secs_f64()),
@@ -1210,6 +1224,7 @@ impl Sim {
         }
         cis.sort_by(f64::total_cmp);
         startups.sort_by(f64::total_cmp);
+        longest_freezes.sort_by(f64::total_cmp);
         if std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "stats") {
             self.debug_stats();
             late_startups.sort_by(f64::total_cmp);
@@ -1261,6 +1276,17 @@ impl Sim {
             continuity_mean: mean(&cis),
             continuity_p5: quantile(&cis, 0.05),
             continuity_min: cis.first().copied().unwrap_or(0.0),
+            continuity_global: if played + missed > 0 {
+                played as f64 / (played + missed) as f64
+            } else {
+                0.0
+            },
+            stall_ratio: if watched_us > 0 {
+                frozen_us as f64 / watched_us as f64
+            } else {
+                0.0
+            },
+            stall_p95_s: quantile(&longest_freezes, 0.95),
             peers_measured: cis.len(),
             sessions,
             never_started,
