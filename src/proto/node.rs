@@ -2526,7 +2526,11 @@ impl<P: Payload> Node<P> {
         let Some((reference, _)) = self.position_reference() else {
             return map;
         };
-        let at = map.newest().unwrap_or(map.base());
+        // An empty map states no position (a peer that holds nothing yet sends its default
+        // base): nothing to refuse or count, and nothing in it to use.
+        let Some(at) = map.newest() else {
+            return BufferMap::empty(reference);
+        };
         if self.checked_position(Some(at)).is_some() {
             map
         } else {
@@ -4272,6 +4276,20 @@ mod hostile_tests {
             recv(&mut node, now, 1, segment(newest.sub(9 - k)));
         }
         while node.poll_output().is_some() {}
+        assert_eq!(node.stats().positions_refused, 0);
+        // A peer that holds nothing yet sends an empty map at its default base: no position
+        // stated, nothing refused (it was counted, so honest joiners showed as refusals).
+        recv(
+            &mut node,
+            now,
+            2,
+            Message::Ctl(Control::BufferMap {
+                map: BufferMap::empty(Seq(0)),
+                backlog_ms: 0,
+                playing: None,
+                spare: 0,
+            }),
+        );
         assert_eq!(node.stats().positions_refused, 0);
         // A play position half the sequence range back: refused, and no offer is made
         // (before the check, the search for a segment to offer stepped back from our newest
