@@ -623,3 +623,199 @@ fn the_status_page_renders_in_chromium_with_channel_continuity_and_partners() {
     let _ = demo.wait();
     common::remove_tmpdir(&dir);
 }
+
+const ASSET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo.ts");
+
+/// A source of the bundled stream named `name` at `port`, logging to `log`.
+fn asset_source(
+    key: &std::path::Path,
+    name: &str,
+    port: u16,
+    extra: &[&str],
+    log: &std::path::Path,
+) -> Proc {
+    let input = format!("file:{ASSET}?loop");
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "source",
+        "--key",
+        key.to_str().unwrap(),
+        "--name",
+        name,
+        "--input",
+        &input,
+        "--listen",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("source", &args, log)
+}
+
+/// Peers not told the channel's name learn it from the stream, with or without outputs: their
+/// stats, the `players:` log line, `/playlist.m3u` and the metrics' label all say it, and
+/// none says the id's prefix any more.
+#[test]
+fn a_peer_calls_the_channel_by_its_real_name_once_learnt_with_or_without_outputs() {
+    let dir = tmpdir("first-name");
+    let (key, id) = keygen(&dir);
+    let short = &id[..12];
+    let sp = free_port();
+    let _source = asset_source(&key, "news", sp, &[], &dir.join("source.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    let bare_stats = dir.join("bare.json");
+    let seen_stats = dir.join("seen.json");
+    let http = free_port();
+    let boot = format!("127.0.0.1:{sp}");
+    let _bare = Proc::start(
+        "bare peer",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &boot,
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--stats-json",
+            bare_stats.to_str().unwrap(),
+        ],
+        &dir.join("bare.log"),
+    );
+    let seen_log = dir.join("seen.log");
+    let _seen = Proc::start(
+        "peer with outputs",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &boot,
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--stats-json",
+            seen_stats.to_str().unwrap(),
+        ],
+        &seen_log,
+    );
+    for stats in [&bare_stats, &seen_stats] {
+        let s = common::wait_for("segments played", Duration::from_secs(30), || {
+            common::read_json(stats).filter(|s| s["segments_played"].as_u64() >= Some(3))
+        });
+        // Rewritten every 2 s: the next document has seen the played segments' SDT.
+        std::thread::sleep(Duration::from_millis(2500));
+        let s2 = common::read_json(stats).unwrap_or(s);
+        assert_eq!(s2["name"], "news", "{}: {s2}", stats.display());
+    }
+    let (_, m3u) = get(http, "/playlist.m3u", Duration::from_secs(2));
+    assert!(
+        m3u.contains(&format!("http://127.0.0.1:{http}/ch/news.ts")) && !m3u.contains(short),
+        "{m3u}"
+    );
+    let (_, metrics) = get(http, "/metrics", Duration::from_secs(2));
+    assert!(
+        metrics.contains("coolstream_segments_played_total{channel=\"news\",role=\"peer\"}")
+            && !metrics.contains(short),
+        "{metrics}"
+    );
+    let (_, page) = get(http, "/", Duration::from_secs(2));
+    assert!(
+        page.contains("news") && !page.contains(&format!(">{short}")),
+        "{page}"
+    );
+    let log = std::fs::read_to_string(&seen_log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("players: http://127.0.0.1:{http}/ch/news.ts"))),
+        "{log}"
+    );
+    let bare_log = std::fs::read_to_string(dir.join("bare.log")).unwrap();
+    assert!(
+        bare_log.contains("channel name from the stream: news"),
+        "{bare_log}"
+    );
+    common::remove_tmpdir(&dir);
+}
+
+/// A peer starved by a source that uploads far less than one copy of the stream: startup
+/// and lag are absent until a segment has played by its deadline, and then plausible (lag no
+/// more than the time the peer has run plus the start buffer, not growing with wall time
+/// while nothing new arrives); continuity says the starvation.
+#[test]
+fn a_starved_peer_reports_plausible_startup_and_lag() {
+    let dir = tmpdir("first-starved");
+    let (key, id) = keygen(&dir);
+    let sp = free_port();
+    let slog = dir.join("source.log");
+    // The bundled stream runs at about 410 kbit/s: 300 kbit/s is three quarters of one copy.
+    let _source = asset_source(&key, "tiny", sp, &["--upload-kbps", "300"], &slog);
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = dir.join("peer.json");
+    let mut peer = Proc::start(
+        "starved peer",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &format!("127.0.0.1:{sp}"),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir.join("peer.log"),
+    );
+    let mut samples = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(40) {
+        std::thread::sleep(Duration::from_secs(4));
+        if let Some(s) = common::read_json(&stats) {
+            eprintln!(
+                "starved sample: played {} missed {} startup {} lag {} uptime {} ci {}",
+                s["segments_played"],
+                s["segments_missed"],
+                s["startup_s"],
+                s["lag_s"],
+                s["uptime_s"],
+                s["continuity"]
+            );
+            samples.push(s);
+        }
+    }
+    assert!(samples.len() >= 5, "{samples:?}");
+    let mut played_before = 0;
+    for s in &samples {
+        let played = s["segments_played"].as_u64().unwrap();
+        // A counter: a stall does not take back what was counted played.
+        assert!(
+            played >= played_before,
+            "{played} after {played_before}: {s}"
+        );
+        played_before = played;
+        let uptime = s["uptime_s"].as_f64().unwrap();
+        if played == 0 {
+            assert!(s["startup_s"].is_null() && s["lag_s"].is_null(), "{s}");
+            continue;
+        }
+        let startup = s["startup_s"].as_f64().unwrap_or_else(|| panic!("{s}"));
+        let lag = s["lag_s"].as_f64().unwrap_or_else(|| panic!("{s}"));
+        assert!(startup > 0.0 && startup < uptime, "{s}");
+        // The start buffer is a few segments behind the edge; beyond that, lag only grows
+        // as far as the edge moves on while the picture waits, never past the time run.
+        assert!(lag >= 0.0 && lag < uptime + 5.0, "{s}");
+        let ci = s["continuity"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&ci), "{s}");
+    }
+    let last = samples.last().unwrap();
+    eprintln!("starved peer: {last}");
+    assert!(
+        last["continuity"].as_f64().unwrap() < 0.95,
+        "three quarters of one copy cannot feed a peer: {last}"
+    );
+    let t = Instant::now();
+    assert_eq!(peer.stop(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    common::remove_tmpdir(&dir);
+}
