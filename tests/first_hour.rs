@@ -819,3 +819,189 @@ fn a_starved_peer_reports_plausible_startup_and_lag() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     common::remove_tmpdir(&dir);
 }
+
+/// `run --stats-json FILE`, like `peer`'s: one JSON document rewritten every 2 s with every
+/// configured channel (the tuned one playing, the other on standby) and the outputs, as
+/// `ctl stats` answers them.
+#[test]
+fn run_writes_every_channels_figures_to_its_stats_json() {
+    let dir = tmpdir("first-runstats");
+    let (key, id) = keygen(&dir);
+    let sp = free_port();
+    let _source = asset_source(&key, "news", sp, &[], &dir.join("source.log"));
+    let quiet = dir.join("quiet");
+    std::fs::create_dir_all(&quiet).unwrap();
+    let (_, other) = keygen(&quiet);
+    let sock = dir.join("ctl.sock");
+    let stats = dir.join("box.json");
+    let config = dir.join("box.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "control_socket = \"{}\"\nlisten = \"127.0.0.1:0\"\n\
+             [outputs]\nhttp = \"127.0.0.1:{}\"\n\
+             [[channel]]\nname = \"news\"\nid = \"{id}\"\nbootstrap = [\"127.0.0.1:{sp}\"]\n\
+             [[channel]]\nname = \"quiet\"\nid = \"{other}\"\nbootstrap = [\"127.0.0.1:{}\"]\n",
+            sock.display(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut run = Proc::start(
+        "run",
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir.join("run.log"),
+    );
+    let s = common::wait_for("the tuned channel playing", Duration::from_secs(30), || {
+        common::read_json(&stats)
+            .filter(|s| s["channels"][0]["segments_played"].as_u64() >= Some(3))
+    });
+    let chans = s["channels"].as_array().unwrap();
+    assert_eq!(chans.len(), 2, "{s}");
+    assert_eq!(chans[0]["name"], "news", "{s}");
+    assert_eq!(chans[0]["tuned"], true, "{s}");
+    assert_eq!(chans[0]["state"], "playing", "{s}");
+    assert!(chans[0]["continuity"].as_f64().unwrap() > 0.9, "{s}");
+    assert_eq!(chans[1]["name"], "quiet", "{s}");
+    assert_eq!(chans[1]["tuned"], false, "{s}");
+    assert!(s["outputs"].is_array() && s.get("ok").is_none(), "{s}");
+    // Rewritten while it runs: uptime moves on.
+    let up = chans[0]["uptime_s"].as_f64().unwrap();
+    let later = common::wait_for("a newer document", Duration::from_secs(6), || {
+        common::read_json(&stats).filter(|s| {
+            s["channels"][0]["uptime_s"]
+                .as_f64()
+                .is_some_and(|u| u > up)
+        })
+    });
+    assert!(later["channels"][0]["segments_played"].as_u64() >= Some(3));
+    assert_eq!(run.stop(), Some(0));
+    common::remove_tmpdir(&dir);
+}
+
+/// An MPTS input (two programs made by ffmpeg, named `alpha` and `beta` in its SDT): a peer's
+/// players see both programs, the first under the channel's name and the second under its
+/// own, as ffprobe lists them from the peer's HTTP output.
+#[test]
+fn every_program_of_an_mpts_keeps_a_service_name_players_see() {
+    common::require_ffmpeg();
+    let dir = tmpdir("first-mpts");
+    let (key, id) = keygen(&dir);
+    let ts = dir.join("two.ts");
+    let made = Command::new("ffmpeg")
+        .args([
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "smptebars=size=320x240:rate=25",
+            "-t",
+            "6",
+            "-map",
+            "0:v",
+            "-map",
+            "1:v",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-b:v",
+            "300k",
+            "-program",
+            "program_num=1:title=alpha:st=0",
+            "-program",
+            "program_num=2:title=beta:st=1",
+            "-f",
+            "mpegts",
+        ])
+        .arg(&ts)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let services = |path: &std::path::Path| -> Vec<String> {
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "program=program_num:program_tags=service_name",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(path)
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim_end_matches(',').to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(services(&ts), vec!["1,alpha", "2,beta"]);
+    let sp = free_port();
+    let _source = Proc::start(
+        "source",
+        &[
+            "source",
+            "--key",
+            key.to_str().unwrap(),
+            "--name",
+            "news",
+            "--input",
+            &format!("file:{}?loop", ts.display()),
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+        ],
+        &dir.join("source.log"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let http = free_port();
+    let stats = dir.join("peer.json");
+    let _peer = Proc::start(
+        "peer",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &format!("127.0.0.1:{sp}"),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir.join("peer.log"),
+    );
+    common::wait_for("segments played", Duration::from_secs(30), || {
+        common::read_json(&stats).filter(|s| s["segments_played"].as_u64() >= Some(3))
+    });
+    let (head, body) = common::http_get(http, "/ch/news.ts", Duration::from_secs(4), 4 << 20);
+    assert!(head.contains("200"), "{head}");
+    let got = dir.join("got.ts");
+    std::fs::write(&got, &body).unwrap();
+    assert_eq!(
+        services(&got),
+        vec!["1,news", "2,beta"],
+        "{} bytes",
+        body.len()
+    );
+    common::remove_tmpdir(&dir);
+}

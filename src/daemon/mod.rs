@@ -14,6 +14,7 @@
 pub mod actor;
 pub mod boxd;
 pub mod clock;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod guard;
 pub mod keys;
