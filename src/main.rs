@@ -2,6 +2,7 @@
 
 use coolstream::config::{BoxConfig, DEFAULT_CONTROL_SOCKET};
 use coolstream::control::Request;
+#[cfg(feature = "sim")]
 use coolstream::daemon::demo::{run_demo, DemoOptions};
 use coolstream::daemon::keys::ChannelKey;
 use coolstream::daemon::roles::{run_peer, run_source, PeerArgs, SourceArgs};
@@ -9,6 +10,7 @@ use coolstream::daemon::{shutdown_signal, DaemonError, DEFAULT_UPLOAD_KBPS};
 use coolstream::media::input::InputSpec;
 use coolstream::output::udp::UdpOut;
 use coolstream::proto::wire::ChannelId;
+#[cfg(feature = "sim")]
 use coolstream::sim::{Scenario, Sim, SimConfig};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ commands:
   ctl      talk to a running `coolstream run` (status, channels, zap, stats)
   demo     a source and a few peers on loopback, with a URL to open in a player
   sim      the deterministic swarm simulator
+           (demo and sim: not in the boxes' build, which leaves out the `sim` feature)
   help     `coolstream help COMMAND` (or `COMMAND --help`) prints that command's options
   version  `coolstream --version`
 
@@ -92,6 +95,7 @@ limits; flags override it. Without a file: no channels, HTTP on 127.0.0.1:8080.
   --upload-kbps N        upload cap, kbit/s
   --ring-bytes N         the tuned channel's segment store, bytes
   --tune NAME            the channel played at start (default: the first)
+  --stats-json FILE      write every channel's figures here every 2 s (as `ctl stats`)
 ";
 
 const USAGE_CTL: &str = "\
@@ -195,6 +199,8 @@ impl Flags {
         Ok(())
     }
 
+    // Only `sim` and `demo` have switches.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     fn switch(&self, name: &str) -> bool {
         self.pairs.iter().any(|(n, _)| n == name)
     }
@@ -210,6 +216,7 @@ impl Flags {
     }
 }
 
+#[cfg(feature = "sim")]
 /// `0.5:0.4,1:0.3,...`: upload multiples of the stream rate and their shares of peers.
 fn parse_mix(s: &str) -> Result<Vec<(f64, f64)>, UsageError> {
     let bad = || UsageError(format!("--upload-mix: '{s}' is not a list of FACTOR:SHARE"));
@@ -226,6 +233,7 @@ fn parse_mix(s: &str) -> Result<Vec<(f64, f64)>, UsageError> {
     Ok(mix)
 }
 
+#[cfg(feature = "sim")]
 fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
     let f = Flags::parse(args, &["json"])?;
     f.check_known(&[
@@ -561,6 +569,7 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
     daemon_result(rt.block_on(run_peer(args, shutdown_signal())))
 }
 
+#[cfg(feature = "sim")]
 fn cmd_demo(args: &[String]) -> Result<ExitCode, UsageError> {
     let f = Flags::parse(args, &["json"])?;
     f.check_known(&["peers", "seconds", "json"])?;
@@ -611,7 +620,7 @@ fn cmd_demo(args: &[String]) -> Result<ExitCode, UsageError> {
 
 fn cmd_run(args: &[String]) -> Result<ExitCode, UsageError> {
     let f = Flags::parse(args, &[])?;
-    let mut known = vec!["config"];
+    let mut known = vec!["config", "stats-json"];
     known.extend_from_slice(BoxConfig::FLAGS);
     f.check_known(&known)?;
     let loaded = match optional_path(&f, "config")? {
@@ -628,8 +637,9 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, UsageError> {
             return Ok(ExitCode::from(2));
         }
     };
+    let stats_json = optional_path(&f, "stats-json")?;
     for (name, value) in &f.pairs {
-        if name == "config" {
+        if name == "config" || name == "stats-json" {
             continue;
         }
         let Some(value) = value else {
@@ -646,6 +656,7 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, UsageError> {
     daemon_result(rt.block_on(coolstream::daemon::boxd::run_box(
         cfg,
         notify,
+        stats_json,
         shutdown_signal(),
     )))
 }
@@ -720,6 +731,7 @@ fn cmd_ctl(args: &[String]) -> Result<ExitCode, UsageError> {
 /// layout changes, never what is simulated. Setting `COOLSTREAM_SIM_SMALL_PAGES` turns it off.
 /// Only on x86_64, where simulations of that size run: an ARM binary run by qemu-user (as the
 /// cross tests do) would be run again without qemu's sysroot, and fail to start.
+#[cfg(feature = "sim")]
 fn sim_on_huge_pages() {
     #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
     {
@@ -746,6 +758,17 @@ fn sim_on_huge_pages() {
     }
 }
 
+/// `sim` and `demo` in a build without the `sim` feature (the boxes' build): said plainly.
+#[cfg(not(feature = "sim"))]
+fn left_out(cmd: &str) -> Result<ExitCode, UsageError> {
+    eprintln!(
+        "coolstream {cmd}: this build leaves out the simulator and the demo (a box build, made \
+         without the `sim` feature); run `coolstream {cmd}` from a desktop build \
+         (`cargo build --release`)"
+    );
+    Ok(ExitCode::from(2))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
@@ -765,14 +788,18 @@ fn main() -> ExitCode {
         coolstream::daemon::logging::init(log::LevelFilter::Info);
     }
     let result = match cmd.as_str() {
+        #[cfg(feature = "sim")]
         "sim" => {
             sim_on_huge_pages();
             cmd_sim(rest)
         }
+        #[cfg(feature = "sim")]
+        "demo" => cmd_demo(rest),
+        #[cfg(not(feature = "sim"))]
+        "sim" | "demo" => left_out(cmd),
         "keygen" => cmd_keygen(rest),
         "source" => cmd_source(rest),
         "peer" => cmd_peer(rest),
-        "demo" => cmd_demo(rest),
         "run" => cmd_run(rest),
         "ctl" => cmd_ctl(rest),
         "--version" | "-V" | "version" => {

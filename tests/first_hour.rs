@@ -623,3 +623,385 @@ fn the_status_page_renders_in_chromium_with_channel_continuity_and_partners() {
     let _ = demo.wait();
     common::remove_tmpdir(&dir);
 }
+
+const ASSET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo.ts");
+
+/// A source of the bundled stream named `name` at `port`, logging to `log`.
+fn asset_source(
+    key: &std::path::Path,
+    name: &str,
+    port: u16,
+    extra: &[&str],
+    log: &std::path::Path,
+) -> Proc {
+    let input = format!("file:{ASSET}?loop");
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "source",
+        "--key",
+        key.to_str().unwrap(),
+        "--name",
+        name,
+        "--input",
+        &input,
+        "--listen",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("source", &args, log)
+}
+
+/// Peers not told the channel's name learn it from the stream, with or without outputs: their
+/// stats, the `players:` log line, `/playlist.m3u` and the metrics' label all say it, and
+/// none says the id's prefix any more.
+#[test]
+fn a_peer_calls_the_channel_by_its_real_name_once_learnt_with_or_without_outputs() {
+    let dir = tmpdir("first-name");
+    let (key, id) = keygen(&dir);
+    let short = &id[..12];
+    let sp = free_port();
+    let _source = asset_source(&key, "news", sp, &[], &dir.join("source.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    let bare_stats = dir.join("bare.json");
+    let seen_stats = dir.join("seen.json");
+    let http = free_port();
+    let boot = format!("127.0.0.1:{sp}");
+    let _bare = Proc::start(
+        "bare peer",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &boot,
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--stats-json",
+            bare_stats.to_str().unwrap(),
+        ],
+        &dir.join("bare.log"),
+    );
+    let seen_log = dir.join("seen.log");
+    let _seen = Proc::start(
+        "peer with outputs",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &boot,
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--stats-json",
+            seen_stats.to_str().unwrap(),
+        ],
+        &seen_log,
+    );
+    for stats in [&bare_stats, &seen_stats] {
+        let s = common::wait_for("segments played", Duration::from_secs(30), || {
+            common::read_json(stats).filter(|s| s["segments_played"].as_u64() >= Some(3))
+        });
+        // Rewritten every 2 s: the next document has seen the played segments' SDT.
+        std::thread::sleep(Duration::from_millis(2500));
+        let s2 = common::read_json(stats).unwrap_or(s);
+        assert_eq!(s2["name"], "news", "{}: {s2}", stats.display());
+    }
+    let (_, m3u) = get(http, "/playlist.m3u", Duration::from_secs(2));
+    assert!(
+        m3u.contains(&format!("http://127.0.0.1:{http}/ch/news.ts")) && !m3u.contains(short),
+        "{m3u}"
+    );
+    let (_, metrics) = get(http, "/metrics", Duration::from_secs(2));
+    assert!(
+        metrics.contains("coolstream_segments_played_total{channel=\"news\",role=\"peer\"}")
+            && !metrics.contains(short),
+        "{metrics}"
+    );
+    let (_, page) = get(http, "/", Duration::from_secs(2));
+    assert!(
+        page.contains("news") && !page.contains(&format!(">{short}")),
+        "{page}"
+    );
+    let log = std::fs::read_to_string(&seen_log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("players: http://127.0.0.1:{http}/ch/news.ts"))),
+        "{log}"
+    );
+    let bare_log = std::fs::read_to_string(dir.join("bare.log")).unwrap();
+    assert!(
+        bare_log.contains("channel name from the stream: news"),
+        "{bare_log}"
+    );
+    common::remove_tmpdir(&dir);
+}
+
+/// A peer starved by a source that uploads far less than one copy of the stream: startup
+/// and lag are absent until a segment has played by its deadline, and then plausible (lag no
+/// more than the time the peer has run plus the start buffer, not growing with wall time
+/// while nothing new arrives); continuity says the starvation.
+#[test]
+fn a_starved_peer_reports_plausible_startup_and_lag() {
+    let dir = tmpdir("first-starved");
+    let (key, id) = keygen(&dir);
+    let sp = free_port();
+    let slog = dir.join("source.log");
+    // The bundled stream runs at about 410 kbit/s: 300 kbit/s is three quarters of one copy.
+    let _source = asset_source(&key, "tiny", sp, &["--upload-kbps", "300"], &slog);
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = dir.join("peer.json");
+    let mut peer = Proc::start(
+        "starved peer",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &format!("127.0.0.1:{sp}"),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir.join("peer.log"),
+    );
+    let mut samples = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(40) {
+        std::thread::sleep(Duration::from_secs(4));
+        if let Some(s) = common::read_json(&stats) {
+            eprintln!(
+                "starved sample: played {} missed {} startup {} lag {} uptime {} ci {}",
+                s["segments_played"],
+                s["segments_missed"],
+                s["startup_s"],
+                s["lag_s"],
+                s["uptime_s"],
+                s["continuity"]
+            );
+            samples.push(s);
+        }
+    }
+    assert!(samples.len() >= 5, "{samples:?}");
+    let mut played_before = 0;
+    for s in &samples {
+        let played = s["segments_played"].as_u64().unwrap();
+        // A counter: a stall does not take back what was counted played.
+        assert!(
+            played >= played_before,
+            "{played} after {played_before}: {s}"
+        );
+        played_before = played;
+        let uptime = s["uptime_s"].as_f64().unwrap();
+        if played == 0 {
+            assert!(s["startup_s"].is_null() && s["lag_s"].is_null(), "{s}");
+            continue;
+        }
+        let startup = s["startup_s"].as_f64().unwrap_or_else(|| panic!("{s}"));
+        let lag = s["lag_s"].as_f64().unwrap_or_else(|| panic!("{s}"));
+        assert!(startup > 0.0 && startup < uptime, "{s}");
+        // The start buffer is a few segments behind the edge; beyond that, lag only grows
+        // as far as the edge moves on while the picture waits, never past the time run.
+        assert!(lag >= 0.0 && lag < uptime + 5.0, "{s}");
+        let ci = s["continuity"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&ci), "{s}");
+    }
+    let last = samples.last().unwrap();
+    eprintln!("starved peer: {last}");
+    assert!(
+        last["continuity"].as_f64().unwrap() < 0.95,
+        "three quarters of one copy cannot feed a peer: {last}"
+    );
+    let t = Instant::now();
+    assert_eq!(peer.stop(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    common::remove_tmpdir(&dir);
+}
+
+/// `run --stats-json FILE`, like `peer`'s: one JSON document rewritten every 2 s with every
+/// configured channel (the tuned one playing, the other on standby) and the outputs, as
+/// `ctl stats` answers them.
+#[test]
+fn run_writes_every_channels_figures_to_its_stats_json() {
+    let dir = tmpdir("first-runstats");
+    let (key, id) = keygen(&dir);
+    let sp = free_port();
+    let _source = asset_source(&key, "news", sp, &[], &dir.join("source.log"));
+    let quiet = dir.join("quiet");
+    std::fs::create_dir_all(&quiet).unwrap();
+    let (_, other) = keygen(&quiet);
+    let sock = dir.join("ctl.sock");
+    let stats = dir.join("box.json");
+    let config = dir.join("box.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "control_socket = \"{}\"\nlisten = \"127.0.0.1:0\"\n\
+             [outputs]\nhttp = \"127.0.0.1:{}\"\n\
+             [[channel]]\nname = \"news\"\nid = \"{id}\"\nbootstrap = [\"127.0.0.1:{sp}\"]\n\
+             [[channel]]\nname = \"quiet\"\nid = \"{other}\"\nbootstrap = [\"127.0.0.1:{}\"]\n",
+            sock.display(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut run = Proc::start(
+        "run",
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir.join("run.log"),
+    );
+    let s = common::wait_for("the tuned channel playing", Duration::from_secs(30), || {
+        common::read_json(&stats)
+            .filter(|s| s["channels"][0]["segments_played"].as_u64() >= Some(3))
+    });
+    let chans = s["channels"].as_array().unwrap();
+    assert_eq!(chans.len(), 2, "{s}");
+    assert_eq!(chans[0]["name"], "news", "{s}");
+    assert_eq!(chans[0]["tuned"], true, "{s}");
+    assert_eq!(chans[0]["state"], "playing", "{s}");
+    assert!(chans[0]["continuity"].as_f64().unwrap() > 0.9, "{s}");
+    assert_eq!(chans[1]["name"], "quiet", "{s}");
+    assert_eq!(chans[1]["tuned"], false, "{s}");
+    assert!(s["outputs"].is_array() && s.get("ok").is_none(), "{s}");
+    // Rewritten while it runs: uptime moves on.
+    let up = chans[0]["uptime_s"].as_f64().unwrap();
+    let later = common::wait_for("a newer document", Duration::from_secs(6), || {
+        common::read_json(&stats).filter(|s| {
+            s["channels"][0]["uptime_s"]
+                .as_f64()
+                .is_some_and(|u| u > up)
+        })
+    });
+    assert!(later["channels"][0]["segments_played"].as_u64() >= Some(3));
+    assert_eq!(run.stop(), Some(0));
+    common::remove_tmpdir(&dir);
+}
+
+/// An MPTS input (two programs made by ffmpeg, named `alpha` and `beta` in its SDT): a peer's
+/// players see both programs, the first under the channel's name and the second under its
+/// own, as ffprobe lists them from the peer's HTTP output.
+#[test]
+fn every_program_of_an_mpts_keeps_a_service_name_players_see() {
+    common::require_ffmpeg();
+    let dir = tmpdir("first-mpts");
+    let (key, id) = keygen(&dir);
+    let ts = dir.join("two.ts");
+    let made = Command::new("ffmpeg")
+        .args([
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "smptebars=size=320x240:rate=25",
+            "-t",
+            "6",
+            "-map",
+            "0:v",
+            "-map",
+            "1:v",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-b:v",
+            "300k",
+            "-program",
+            "program_num=1:title=alpha:st=0",
+            "-program",
+            "program_num=2:title=beta:st=1",
+            "-f",
+            "mpegts",
+        ])
+        .arg(&ts)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let services = |path: &std::path::Path| -> Vec<String> {
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "program=program_num:program_tags=service_name",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(path)
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim_end_matches(',').to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(services(&ts), vec!["1,alpha", "2,beta"]);
+    let sp = free_port();
+    let _source = Proc::start(
+        "source",
+        &[
+            "source",
+            "--key",
+            key.to_str().unwrap(),
+            "--name",
+            "news",
+            "--input",
+            &format!("file:{}?loop", ts.display()),
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+        ],
+        &dir.join("source.log"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let http = free_port();
+    let stats = dir.join("peer.json");
+    let _peer = Proc::start(
+        "peer",
+        &[
+            "peer",
+            "--channel",
+            &id,
+            "--bootstrap",
+            &format!("127.0.0.1:{sp}"),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        &dir.join("peer.log"),
+    );
+    common::wait_for("segments played", Duration::from_secs(30), || {
+        common::read_json(&stats).filter(|s| s["segments_played"].as_u64() >= Some(3))
+    });
+    let (head, body) = common::http_get(http, "/ch/news.ts", Duration::from_secs(4), 4 << 20);
+    assert!(head.contains("200"), "{head}");
+    let got = dir.join("got.ts");
+    std::fs::write(&got, &body).unwrap();
+    assert_eq!(
+        services(&got),
+        vec!["1,news", "2,beta"],
+        "{} bytes",
+        body.len()
+    );
+    common::remove_tmpdir(&dir);
+}

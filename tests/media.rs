@@ -551,10 +551,8 @@ fn a_udp_output_changes_channel_cleanly() {
     // The bundled demo stream cut into segments: channel A plays it, channel B too.
     let mut seg = Segmenter::new(1000, CutRule::RandomAccess);
     let mut cuts = Vec::new();
-    for (i, p) in coolstream::daemon::demo::DEMO_TS
-        .chunks_exact(PACKET)
-        .enumerate()
-    {
+    let demo: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo.ts"));
+    for (i, p) in demo.chunks_exact(PACKET).enumerate() {
         if let Some(c) = seg.push(p.try_into().unwrap(), i as u64) {
             cuts.push(c);
         }

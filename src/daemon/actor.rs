@@ -64,8 +64,17 @@ pub(super) struct Actor {
     next_seq: Seq,
     ingested: u64,
     segment_log: Option<std::fs::File>,
-    lag_s: Option<f64>,
+    /// The latest segment handed to the player: its playout deadline and the source's ingest
+    /// time (µs since the epoch); with `edge`, the lag.
+    last_play: Option<(crate::proto::Instant, u64)>,
+    /// The live edge as this peer knows it: the newest segment received (by ingest time), and
+    /// when it arrived here (wall µs). Only verified segments count.
+    edge: Option<(u64, u64)>,
+    /// The most segments reported played so far.
+    played_high: std::sync::atomic::AtomicU64,
     name: String,
+    /// Whether `name` is still to be learnt from the stream (the SDT of each played segment).
+    learn_name: bool,
     stats_json: Option<std::path::PathBuf>,
     report: Option<watch::Sender<NodeReport>>,
     started: std::time::Instant,
@@ -134,8 +143,11 @@ impl Actor {
             next_seq,
             ingested: 0,
             segment_log: opts.segment_log.take(),
-            lag_s: None,
+            last_play: None,
+            edge: None,
+            played_high: std::sync::atomic::AtomicU64::new(0),
             name: opts.name.clone(),
+            learn_name: opts.learn_name,
             stats_json: opts.stats_json.clone(),
             report: opts.report.take(),
             started: std::time::Instant::now(),
@@ -340,6 +352,10 @@ impl Actor {
                 }
             }
             LinkEvent::Received { link, msg, _permit } => {
+                // The link verified the segment's signature: its ingest time is the source's.
+                if let crate::proto::Message::Segment(seg) = &msg {
+                    self.note_edge(seg.origin_us);
+                }
                 if let (Some(w), crate::proto::Message::Ctl(c)) = (&self.warm, &msg) {
                     super::warm::lock(w).observe(c, std::time::Instant::now());
                 }
@@ -562,12 +578,12 @@ impl Actor {
             }
             Output::Close { link } => self.close_link(link),
             Output::Play { segment, deadline } => {
-                // Lag: the source's ingest wall time to this segment's playout wall time.
-                let now = self.clock.now();
-                let ahead = deadline.as_micros() as i128 - now.as_micros() as i128;
-                let play_wall = wall_us() as i128 + ahead;
-                self.lag_s = Some((play_wall - segment.origin_us as i128) as f64 / 1e6);
+                self.note_edge(segment.origin_us);
+                self.last_play = Some((deadline, segment.origin_us));
                 self.measure_rate(segment.payload.data.len(), segment.duration_us);
+                if self.learn_name {
+                    self.learn_name(&segment.payload.data);
+                }
                 if let Some(log) = self.play_log.as_mut() {
                     let d = &segment.payload.data;
                     let hex: String = sha256(d).iter().map(|b| format!("{b:02x}")).collect();
@@ -639,6 +655,41 @@ impl Actor {
         }
     }
 
+    /// A segment of ingest time `origin_us` is here now: the live edge moves on if it is newer.
+    fn note_edge(&mut self, origin_us: u64) {
+        if self.edge.is_none_or(|(o, _)| origin_us > o) {
+            self.edge = Some((origin_us, wall_us()));
+        }
+    }
+
+    /// How far behind the live edge this peer knows the picture is, in seconds: from the
+    /// ingest time of the segment playing now to the arrival here of the newest segment
+    /// received (its transit from the source included). Segments handed to the player play
+    /// back to back, so the one playing now is the latest handed, less what is still ahead
+    /// of its deadline. A stalled picture with nothing newer arriving does not add lag: it
+    /// grows only as far as the edge moves on.
+    fn lag(&self, now: crate::proto::Instant) -> Option<f64> {
+        let (deadline, origin) = self.last_play?;
+        let (_, arrived) = self.edge?;
+        let ahead = deadline.saturating_since(now).as_micros() as i128;
+        let playing = origin as i128 - ahead;
+        Some((arrived as i128 - playing) as f64 / 1e6)
+    }
+
+    /// The channel's name from a played segment's SDT, for a peer not told it: its stats (and
+    /// so `ctl`, metrics and the status page) say the name players know, with or without
+    /// outputs. The feed, if any, learns the same name from the same segments.
+    fn learn_name(&mut self, data: &[u8]) {
+        if let Some(n) = crate::output::stream_name(data) {
+            if n != self.name {
+                if self.feed.is_none() {
+                    log::info!("channel name from the stream: {n}");
+                }
+                self.name = n;
+            }
+        }
+    }
+
     /// Counts a played segment towards the stream's rate; once a few seconds are in, a cap
     /// below one copy of the stream is a warning (this node cannot even relay what it plays).
     fn measure_rate(&mut self, bytes: usize, duration_us: u32) {
@@ -666,19 +717,29 @@ impl Actor {
         let up = Counters::get(&c.upload_bytes);
         let down = Counters::get(&c.download_bytes);
         let payload = Counters::get(&c.payload_up) + Counters::get(&c.payload_down);
-        let due = s.played.saturating_sub(self.node.segments_ahead(now));
+        // Handed segments still ahead of their deadline are not counted yet; the estimate of
+        // how many are ahead can step back after a stall (a segment stalled for is counted
+        // missed, not played, yet moves the deadline on), so the count is kept from ever
+        // going down: it is a counter to its readers (`coolstream_segments_played_total`).
+        let due = s
+            .played
+            .saturating_sub(self.node.segments_ahead(now))
+            .max(self.played_high.load(std::sync::atomic::Ordering::Relaxed));
+        self.played_high
+            .store(due, std::sync::atomic::Ordering::Relaxed);
         let continuity = match (self.role, s.first_play_at) {
             (Role::Source, _) => 1.0,
             (_, None) => 0.0,
             (_, Some(_)) if due + s.missed == 0 => 1.0,
             _ => due as f64 / (due + s.missed) as f64,
         };
-        // Startup is reported once the first segment's deadline has come (it is then played
-        // or missed): a startup beside zero segments played read as nonsense.
+        // Startup and lag are reported once a segment has played by its deadline: beside
+        // zero segments played they read as nonsense.
         let startup_s = match (s.joined_at, s.first_play_at) {
-            (Some(j), Some(p)) if due + s.missed > 0 => Some(p.saturating_since(j).as_secs_f64()),
+            (Some(j), Some(p)) if due > 0 => Some(p.saturating_since(j).as_secs_f64()),
             _ => None,
         };
+        let lag_s = self.lag(now).filter(|_| due > 0);
         let players = self.feed.as_ref().map_or(0, |f| f.subscribers());
         NodeReport {
             role: match self.role {
@@ -686,14 +747,10 @@ impl Actor {
                 Role::Peer => "peer".into(),
             },
             channel: self.node.config().channel.to_hex(),
-            // The feed learns the channel's real name from the stream (peers without --name).
-            name: self
-                .feed
-                .as_ref()
-                .map_or_else(|| self.name.clone(), |f| f.name()),
+            name: self.name.clone(),
             continuity,
             startup_s,
-            lag_s: self.lag_s,
+            lag_s,
             partners: s.partners,
             members: s.members,
             links: self.links.len(),

@@ -230,9 +230,15 @@ pub struct BoxDaemon {
 
 /// Binds what the daemon serves on (control socket, peer port, HTTP port), starts its
 /// channels, tells systemd it is ready, and runs until `shutdown` resolves.
+/// `run --stats-json FILE` rewrites FILE this often (as `peer` and `source` do theirs).
+pub const STATS_JSON_EVERY: Duration = Duration::from_secs(2);
+
+/// The box daemon until `shutdown`; with `stats_json`, every channel's figures (what `ctl
+/// stats` answers, without `ok`) go to that file every [`STATS_JSON_EVERY`] and at exit.
 pub async fn run_box(
     cfg: BoxConfig,
     notify: Notifier,
+    stats_json: Option<std::path::PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let path = cfg.control_socket.clone();
@@ -323,6 +329,7 @@ pub async fn run_box(
     let period = notify.watchdog_interval().map_or(TICK, |w| w.min(TICK));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stats_written: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
@@ -355,16 +362,35 @@ pub async fn run_box(
                     notify.status(&line);
                     d.last_status = line;
                 }
+                if stats_written.is_none_or(|t| t.elapsed() >= STATS_JSON_EVERY) {
+                    stats_written = Some(Instant::now());
+                    d.write_stats(stats_json.as_deref());
+                }
             }
         }
     }
     notify.stopping();
     log::info!("stopping");
+    d.write_stats(stats_json.as_deref());
     d.stop_all().await;
     Ok(())
 }
 
 impl BoxDaemon {
+    /// Every channel's figures to `path` (atomically), as `ctl stats` answers them.
+    fn write_stats(&mut self, path: Option<&std::path::Path>) {
+        let Some(p) = path else {
+            return;
+        };
+        let mut doc = self.answer(Request::Stats);
+        if let Some(o) = doc.as_object_mut() {
+            o.remove("ok");
+        }
+        if let Err(e) = super::stats::write_json(p, &doc) {
+            log::warn!("cannot write {}: {e}", p.display());
+        }
+    }
+
     /// Starts slot `i`'s node as the tuned one, on fresh outputs.
     fn start_tuned(&mut self, i: usize) {
         let report = watch::channel(NodeReport::default());

@@ -14,6 +14,7 @@
 pub mod actor;
 pub mod boxd;
 pub mod clock;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod guard;
 pub mod keys;
@@ -118,6 +119,8 @@ pub struct NodeOptions {
     pub channel: ChannelId,
     /// Shown in stats and used for `/ch/NAME.ts`.
     pub name: String,
+    /// `name` is provisional (a peer not told it): the stream's SDT names the channel.
+    pub learn_name: bool,
     /// Where to dial into the swarm (peers only).
     pub bootstrap: Vec<SocketAddr>,
     pub upload_kbps: u64,
@@ -168,6 +171,7 @@ impl NodeOptions {
             role,
             channel,
             name: String::new(),
+            learn_name: false,
             bootstrap: Vec::new(),
             upload_kbps: DEFAULT_UPLOAD_KBPS,
             stream_kbps: DEFAULT_STREAM_KBPS,

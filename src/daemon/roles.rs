@@ -56,6 +56,7 @@ fn start_http(
     let listener = bind_listener(addr)?;
     let bound = listener.local_addr().map_or(addr, |a| a);
     for f in channels.list() {
+        f.served_at(bound);
         log::info!("players: http://{bound}/ch/{}.ts", f.name());
     }
     let status: http::StatusFn = Arc::new(move || match &status {
@@ -258,6 +259,7 @@ pub async fn run_peer(
     });
     let mut opts = NodeOptions::new(Role::Peer, args.channel);
     opts.name = name;
+    opts.learn_name = args.name.is_none();
     opts.bootstrap = args.bootstrap;
     opts.reserve_memory = true;
     opts.outputs = Some(describe);

@@ -535,7 +535,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_demo_stream_is_cut_into_paced_entry_point_segments() {
         let (tx, mut rx) = mpsc::channel(INGEST_TEST_QUEUE);
-        let input = open(&InputSpec::Memory(crate::daemon::demo::DEMO_TS)).unwrap();
+        let input = open(&InputSpec::Memory(include_bytes!("../../assets/demo.ts"))).unwrap();
         let task = tokio::spawn(run(input, 1000, None, "demo", tx));
         let t0 = std::time::Instant::now();
         let mut cuts = Vec::new();

@@ -4,8 +4,9 @@
 //! and span packets), the MPEG-2 CRC-32 every section ends with (a section whose CRC fails is
 //! dropped and counted, never parsed), and the three tables the project reads or writes:
 //! the PAT (program → PMT PID), the PMT (elementary streams and their types, the PCR PID) and
-//! the SDT's service name, which a source writes so that peers learn the channel's name from
-//! the signed stream itself.
+//! the SDT's service names: a source writes one naming its channel (so that peers learn the
+//! name from the signed stream itself) and, for an input of several programs (an MPTS), every
+//! other program under the name the input's SDT gave it.
 
 use super::ts::{self, PACKET, SYNC};
 
@@ -28,6 +29,9 @@ pub const MAX_SECTION_PACKETS: usize = (MAX_SECTION + 1).div_ceil(PAYLOAD);
 pub const MAX_STREAMS: usize = 32;
 /// Longest service name written or read.
 pub const MAX_NAME: usize = 64;
+/// Services read from one SDT section, and programs named in the SDT a source writes, at most
+/// (an MPTS carries a handful; more are ignored, not an error).
+pub const MAX_SERVICES: usize = 16;
 
 /// Stream types (ISO/IEC 13818-1 table 2-34) the segmenter knows keyframes of.
 pub const STREAM_H264: u8 = 0x1b;
@@ -330,57 +334,93 @@ pub fn parse_pmt(sec: &[u8]) -> Option<Pmt> {
 
 /// The first service name in an SDT (actual) section (service descriptor, tag 0x48).
 pub fn parse_sdt_name(sec: &[u8]) -> Option<String> {
+    parse_sdt_services(sec).into_iter().next().map(|(_, n)| n)
+}
+
+/// Every service of an SDT (actual) section that has a service descriptor with a readable
+/// name: `(service_id, name)` in table order, at most [`MAX_SERVICES`], names of at most
+/// [`MAX_NAME`] bytes (longer ones, and names that are not UTF-8, are skipped).
+pub fn parse_sdt_services(sec: &[u8]) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
     if sec.first() != Some(&TABLE_SDT_ACTUAL) || sec.len() < 15 {
-        return None;
+        return out;
     }
     let end = sec.len() - 4;
     let mut i = 11;
-    while i + 5 <= end {
+    while i + 5 <= end && out.len() < MAX_SERVICES {
+        let service_id = u16::from_be_bytes([sec[i], sec[i + 1]]);
         let loop_len = u16::from_be_bytes([sec[i + 3] & 0x0f, sec[i + 4]]) as usize;
         let dend = (i + 5 + loop_len).min(end);
         let mut d = i + 5;
         while d + 2 <= dend {
             let (tag, len) = (sec[d], sec[d + 1] as usize);
-            let body = sec.get(d + 2..d + 2 + len)?;
-            if tag == 0x48 && body.len() >= 2 {
-                let plen = body[1] as usize;
-                let nlen = *body.get(2 + plen)? as usize;
-                let name = body.get(3 + plen..3 + plen + nlen)?;
-                // Names are ASCII here; a leading character-table byte (< 0x20) is skipped.
-                let name = match name.first() {
-                    Some(&b) if b < 0x20 => &name[1..],
-                    _ => name,
-                };
-                return std::str::from_utf8(name).ok().map(str::to_string);
+            let Some(body) = sec.get(d + 2..(d + 2 + len).min(dend)) else {
+                break;
+            };
+            if tag == 0x48 {
+                if let Some(name) = service_name(body) {
+                    out.push((service_id, name));
+                }
+                break;
             }
             d += 2 + len;
         }
         i = dend;
     }
-    None
+    out
+}
+
+/// The service name in a service descriptor's body (type, provider, name).
+fn service_name(body: &[u8]) -> Option<String> {
+    let plen = *body.get(1)? as usize;
+    let nlen = *body.get(2 + plen)? as usize;
+    let name = body.get(3 + plen..3 + plen + nlen)?;
+    // A leading character-table byte (< 0x20) is skipped; the rest must be UTF-8.
+    let name = match name.first() {
+        Some(&b) if b < 0x20 => &name[1..],
+        _ => name,
+    };
+    (name.len() <= MAX_NAME)
+        .then(|| std::str::from_utf8(name).ok().map(str::to_string))
+        .flatten()
 }
 
 /// One SDT packet (PID 0x11, table 0x42, version `version`) naming one digital-TV service
 /// `service_id` of transport stream `ts_id`. The name is cut at [`MAX_NAME`] bytes.
 pub fn sdt_packet(ts_id: u16, service_id: u16, name: &str, version: u8) -> [u8; PACKET] {
-    let name = &name.as_bytes()[..name.len().min(MAX_NAME)];
-    let provider = b"coolstream";
-    let mut desc = vec![0x48, 0, 0x01, provider.len() as u8];
-    desc.extend_from_slice(provider);
-    desc.push(name.len() as u8);
-    desc.extend_from_slice(name);
-    desc[1] = (desc.len() - 2) as u8;
+    sdt_packet_services(ts_id, &[(service_id, name)], version)
+}
+
+/// One SDT packet naming `services` (`(service_id, name)`, names cut at [`MAX_NAME`] bytes):
+/// the first with provider `coolstream` (the channel a source names), the others with no
+/// provider. Services that do not fit in the one packet after the first are left out (with
+/// names of 10 characters, 7 fit).
+pub fn sdt_packet_services(ts_id: u16, services: &[(u16, &str)], version: u8) -> [u8; PACKET] {
     let mut sec = vec![TABLE_SDT_ACTUAL, 0, 0];
     sec.extend_from_slice(&ts_id.to_be_bytes());
     sec.push(0xc1 | ((version & 0x1f) << 1));
     sec.extend_from_slice(&[0, 0]); // section 0 of 0
     sec.extend_from_slice(&[0xff, 0x01, 0xff]); // original network id 0xff01, reserved
-    sec.extend_from_slice(&service_id.to_be_bytes());
-    sec.push(0xfc); // no EIT
-    let loop_len = desc.len() as u16;
-    sec.push(0x80 | (loop_len >> 8) as u8); // running, not scrambled
-    sec.push(loop_len as u8);
-    sec.extend_from_slice(&desc);
+                                                // Pointer field and CRC around the section, in one packet's payload.
+    let room = PAYLOAD - 1 - 4;
+    for (k, (service_id, name)) in services.iter().take(MAX_SERVICES).enumerate() {
+        let name = &name.as_bytes()[..name.len().min(MAX_NAME)];
+        let provider: &[u8] = if k == 0 { b"coolstream" } else { b"" };
+        let mut desc = vec![0x48, 0, 0x01, provider.len() as u8];
+        desc.extend_from_slice(provider);
+        desc.push(name.len() as u8);
+        desc.extend_from_slice(name);
+        desc[1] = (desc.len() - 2) as u8;
+        if k > 0 && sec.len() + 5 + desc.len() > room {
+            continue;
+        }
+        sec.extend_from_slice(&service_id.to_be_bytes());
+        sec.push(0xfc); // no EIT
+        let loop_len = desc.len() as u16;
+        sec.push(0x80 | (loop_len >> 8) as u8); // running, not scrambled
+        sec.push(loop_len as u8);
+        sec.extend_from_slice(&desc);
+    }
     let len = sec.len() - 3 + 4;
     sec[1] = 0xf0 | (len >> 8) as u8;
     sec[2] = len as u8;
@@ -436,6 +476,20 @@ mod tests {
         let mut names = Vec::new();
         Sections::new().push(&sdt, |s| names.push(parse_sdt_name(s)));
         assert_eq!(names, vec![Some("news".to_string())]);
+        // Several services (an MPTS): all read back in order, the ones that do not fit left
+        // out of the one packet.
+        let long = "x".repeat(MAX_NAME);
+        let sdt = sdt_packet_services(7, &[(1, "news"), (2, "sport"), (3, &long), (4, &long)], 3);
+        let mut services = Vec::new();
+        Sections::new().push(&sdt, |s| services = parse_sdt_services(s));
+        assert_eq!(
+            services,
+            vec![
+                (1, "news".to_string()),
+                (2, "sport".to_string()),
+                (3, long.clone())
+            ]
+        );
         // One flipped bit: the CRC fails, nothing is parsed, the error is counted.
         let mut bad = pat;
         bad[12] ^= 1;

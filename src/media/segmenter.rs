@@ -21,7 +21,9 @@
 //! sections: a PMT listing a dozen audio and subtitle tracks spans several packets) and, on a
 //! source that names its channel, an SDT with that name (the input's own SDT is dropped), so
 //! that peers learn the name from the signed stream. A segment that starts with those tables
-//! and a keyframe is an *entry point*.
+//! and a keyframe is an *entry point*. The segmenter follows the PAT's first program; the
+//! others of an MPTS pass through as they are, and our SDT names each of them as the input's
+//! SDT did (the channel's name goes to the first), so a player lists every program by name.
 //!
 //! **Table counters.** The copies keep the PAT's and PMT's continuity counters consistent over
 //! the segments as cut: a one-packet copy identical to the last packet on its PID repeats that
@@ -122,6 +124,12 @@ pub struct Segmenter {
     service_name: Option<String>,
     sdt: Option<[u8; PACKET]>,
     sdt_cc: u8,
+    sdt_version: u8,
+    /// The PAT's programs (at most [`psi::MAX_SERVICES`]), and the names the input's SDT
+    /// (CRC-checked) gave them: our SDT names the programs after the first by these.
+    programs: Vec<u16>,
+    input_sdt: Sections,
+    input_names: Vec<(u16, String)>,
     /// An access unit whose keyframe scan has not answered: its packets, from the PES start.
     pending: Vec<u8>,
     scan: Option<RapScan>,
@@ -166,6 +174,10 @@ impl Segmenter {
             service_name: None,
             sdt: None,
             sdt_cc: 0,
+            sdt_version: 0,
+            programs: Vec::new(),
+            input_sdt: Sections::new(),
+            input_names: Vec::new(),
             pending: Vec::new(),
             scan: None,
             pending_at_us: 0,
@@ -239,25 +251,35 @@ impl Segmenter {
                 if !psi::crc_checked(sec) {
                     return;
                 }
-                if let Some(&(prog, pmt)) = psi::parse_pat(sec).as_deref().and_then(<[_]>::first) {
+                let Some(all) = psi::parse_pat(sec) else {
+                    return;
+                };
+                if let Some(&(prog, pmt)) = all.first() {
                     copy.set(sec);
-                    found = Some((u16::from_be_bytes([sec[3], sec[4]]), prog, pmt));
+                    let programs = all.iter().map(|&(p, _)| p).take(psi::MAX_SERVICES);
+                    found = Some((
+                        u16::from_be_bytes([sec[3], sec[4]]),
+                        prog,
+                        pmt,
+                        programs.collect::<Vec<u16>>(),
+                    ));
                 }
             });
-            if let Some((ts_id, prog, pmt)) = found {
+            if let Some((ts_id, prog, pmt, programs)) = found {
                 if self.pmt_pid != Some(pmt) {
                     self.pmt_pid = Some(pmt);
                     self.pmt.clear();
                     self.pmt_out = TableOut::default();
                     self.pmt_sections = Sections::new();
                 }
-                if (ts_id, prog) != (self.ts_id, self.program) || self.sdt.is_none() {
+                if (ts_id, prog) != (self.ts_id, self.program)
+                    || programs != self.programs
+                    || self.sdt.is_none()
+                {
                     self.ts_id = ts_id;
                     self.program = prog;
-                    self.sdt = self
-                        .service_name
-                        .as_deref()
-                        .map(|n| psi::sdt_packet(ts_id, prog, n, 0));
+                    self.programs = programs;
+                    self.write_sdt();
                 }
             }
         } else if Some(pid) == self.pmt_pid {
@@ -285,6 +307,45 @@ impl Segmenter {
         }
     }
 
+    /// Reads the input's SDT (CRC-checked) for the names of its programs; our SDT is written
+    /// again when they change.
+    fn note_input_sdt(&mut self, p: &[u8; PACKET]) {
+        let mut names = None;
+        self.input_sdt.push(p, |sec| {
+            if psi::crc_checked(sec) {
+                names = Some(psi::parse_sdt_services(sec));
+            }
+        });
+        if let Some(n) = names.filter(|n| *n != self.input_names) {
+            self.input_names = n;
+            if self.sdt.is_some() {
+                self.write_sdt();
+            }
+        }
+    }
+
+    /// Our SDT: the channel's name on the program followed, then every other program of the
+    /// PAT the input's SDT named, under that name. A new version when it changes.
+    fn write_sdt(&mut self) {
+        let Some(channel) = self.service_name.as_deref() else {
+            return;
+        };
+        let mut services = vec![(self.program, channel)];
+        for &prog in self.programs.iter().filter(|&&p| p != self.program) {
+            if let Some((_, n)) = self.input_names.iter().find(|(id, _)| *id == prog) {
+                services.push((prog, n.as_str()));
+            }
+        }
+        let mut packet = psi::sdt_packet_services(self.ts_id, &services, self.sdt_version);
+        if let Some(old) = &self.sdt {
+            if old[4..] != packet[4..] {
+                self.sdt_version = (self.sdt_version + 1) & 0x1f;
+                packet = psi::sdt_packet_services(self.ts_id, &services, self.sdt_version);
+            }
+        }
+        self.sdt = Some(packet);
+    }
+
     /// Adds one aligned packet that arrived at `arrival_us` (any monotonic µs); returns the
     /// segment it completed, if any. One packet completes one segment at most: where it would
     /// end two (an undecided access unit resolved with a cut, then a second cut for the same
@@ -293,7 +354,9 @@ impl Segmenter {
     pub fn push(&mut self, p: &[u8; PACKET], arrival_us: u64) -> Option<Cut> {
         let pid = ts::pid(p);
         if pid == psi::SDT_PID && self.service_name.is_some() {
-            return None; // ours replaces it
+            // Ours replaces it, with the names it gives the other programs.
+            self.note_input_sdt(p);
+            return None;
         }
         self.cut_this_packet = false;
         let jumped = self.advance_clock(p, arrival_us);

@@ -74,6 +74,8 @@ pub struct Feed {
     published: AtomicU32,
     /// Items published, for the watchdog's view of whether outputs have work to do.
     items: AtomicU64,
+    /// The HTTP output's address, once it listens.
+    http: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Feed {
@@ -103,6 +105,7 @@ impl Feed {
             drop_every: AtomicU32::new(0),
             published: AtomicU32::new(0),
             items: AtomicU64::new(0),
+            http: Mutex::new(None),
         })
     }
 
@@ -158,24 +161,25 @@ impl Feed {
 
     /// Takes the service name from an SDT at the segment's head (the source writes one).
     fn learn_name(&self, data: &[u8]) {
-        for p in data.chunks_exact(PACKET).take(NAME_SEARCH_PACKETS) {
-            if ts::pid(p) != psi::SDT_PID {
-                continue;
-            }
-            let Ok(p) = <&[u8; PACKET]>::try_from(p) else {
-                continue;
-            };
-            let mut found = None;
-            psi::Sections::new().push(p, |sec| found = psi::parse_sdt_name(sec));
-            if let Some(n) = found.filter(|n| valid_name(n)) {
-                let mut name = self.name.write().unwrap_or_else(|e| e.into_inner());
-                if *name != n {
-                    log::info!("channel name from the stream: {n} (players: /ch/{n}.ts)");
-                    *name = n;
-                }
-            }
+        let Some(n) = stream_name(data) else {
             return;
+        };
+        let mut name = self.name.write().unwrap_or_else(|e| e.into_inner());
+        if *name != n {
+            // The players' line again, with the name they now ask for.
+            match *self.http.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(a) => {
+                    log::info!("channel name from the stream: {n}; players: http://{a}/ch/{n}.ts")
+                }
+                None => log::info!("channel name from the stream: {n}"),
+            }
+            *name = n;
         }
+    }
+
+    /// Where this feed's HTTP output listens, for the log line that names the players' URL.
+    pub fn served_at(&self, addr: std::net::SocketAddr) {
+        *self.http.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
     }
 
     /// A new subscriber: the played segments from its start point on (to send at once), and
@@ -212,6 +216,21 @@ impl Feed {
 }
 
 /// A channel name as players may type it: letters, digits, '-', '_' and '.'.
+/// The channel's service name, from an SDT among the first packets of a segment (the source's
+/// segmenter writes one after the PAT and PMT copies), if it is a valid channel name.
+pub fn stream_name(data: &[u8]) -> Option<String> {
+    for p in data.chunks_exact(PACKET).take(NAME_SEARCH_PACKETS) {
+        if ts::pid(p) != psi::SDT_PID {
+            continue;
+        }
+        let p = <&[u8; PACKET]>::try_from(p).ok()?;
+        let mut found = None;
+        psi::Sections::new().push(p, |sec| found = psi::parse_sdt_name(sec));
+        return found.filter(|n| valid_name(n));
+    }
+    None
+}
+
 pub fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= psi::MAX_NAME
