@@ -30,7 +30,7 @@
 //! Byte counters are shared atomics, read by the stats writer.
 
 use super::guard::{Handshake, HELLO_DEADLINE};
-use super::keys::Verifier;
+use super::keys::{Verifier, VerifyError};
 use super::LinkEvent;
 use crate::proto::wire::{
     decode_body, encode, frame_len, Control, SharedBody, WireError, FRAME_PREFIX_LEN,
@@ -124,8 +124,8 @@ pub enum LinkError {
     Io(std::io::Error),
     /// A frame broke the wire rules.
     Wire(crate::proto::wire::WireError),
-    /// A segment's signature did not verify.
-    BadSignature,
+    /// A segment's manifest or one of its pieces did not verify.
+    Unverified(VerifyError),
     /// A frame body did not arrive in time.
     Slow,
     /// An accepted connection's first frame was not a hello, or not within [`HELLO_DEADLINE`].
@@ -134,11 +134,14 @@ pub enum LinkError {
 
 impl LinkError {
     /// The other side sent a segment that is not the source's as it signed it (a bad
-    /// signature, another channel's, or a length that disagrees with its head): it is banned.
+    /// manifest or signature, another channel's, a piece that does not match its hash, or a
+    /// length that disagrees with its head): it is banned.
     pub fn is_pollution(&self) -> bool {
         matches!(
             self,
-            LinkError::BadSignature | LinkError::Wire(WireError::BadSegmentLength { .. })
+            LinkError::Unverified(_)
+                | LinkError::Wire(WireError::BadSegmentLength { .. })
+                | LinkError::Wire(WireError::BadManifest)
         )
     }
 }
@@ -149,7 +152,7 @@ impl std::fmt::Display for LinkError {
             LinkError::Eof => write!(f, "closed by peer"),
             LinkError::Io(e) => write!(f, "{e}"),
             LinkError::Wire(e) => write!(f, "{e}"),
-            LinkError::BadSignature => write!(f, "segment failed signature check"),
+            LinkError::Unverified(e) => write!(f, "segment failed verification: {e:?}"),
             LinkError::Slow => write!(f, "frame body too slow"),
             LinkError::NoHello => write!(f, "no hello in time"),
         }
@@ -515,7 +518,7 @@ async fn read_whole<R: AsyncRead + Unpin>(
     Ok((msg, permit))
 }
 
-/// Decodes a frame body and verifies a segment's signature.
+/// Decodes a frame body and verifies a segment: its manifest's signature, then each piece.
 fn decode_verified(
     body: &[u8],
     verifier: &Verifier,
@@ -523,9 +526,7 @@ fn decode_verified(
 ) -> Result<Message<SharedBody>, LinkError> {
     let msg = decode_body(body).map_err(LinkError::Wire)?;
     if let Message::Segment(seg) = &msg {
-        if !verifier.verify(seg) {
-            return Err(LinkError::BadSignature);
-        }
+        verifier.check(seg).map_err(LinkError::Unverified)?;
         Counters::add(&counters.payload_down, seg.payload.data.len() as u64);
     }
     Ok(msg)
@@ -742,8 +743,30 @@ mod tests {
         let mut rd = &b[..];
         assert!(matches!(
             read_frame(&mut rd, &v, &budget(), &c).await,
-            Err(LinkError::BadSignature)
+            Err(LinkError::Unverified(VerifyError::Signature))
         ));
+        // A piece changed on the way: refused, naming the piece; a sender of either is banned.
+        let seg = key.sign_segment(Seq(4), 10, 1, 0, vec![0x47; 40_000]);
+        let mut body = (*seg.payload).clone();
+        body.data[20_000] ^= 1;
+        let bad = crate::proto::Segment {
+            payload: Arc::new(body),
+            ..seg
+        };
+        let mut b = Vec::new();
+        encode(&Message::Segment(bad), &mut b).unwrap();
+        let mut rd = &b[..];
+        let e = read_frame(&mut rd, &v, &budget(), &c).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LinkError::Unverified(VerifyError::Piece(
+                    crate::proto::manifest::PieceError::BadHash { index: 1 }
+                ))
+            ),
+            "{e:?}"
+        );
+        assert!(e.is_pollution());
         // A truncated frame is an end, not a panic.
         let mut rd = &bytes[..bytes.len() - 3];
         let _ = read_frame(&mut rd, &v, &budget(), &c).await.unwrap();
