@@ -32,9 +32,10 @@
 use super::guard::{Handshake, HELLO_DEADLINE};
 use super::keys::{Verifier, VerifyError};
 use super::LinkEvent;
+use crate::proto::manifest::piece_range;
 use crate::proto::wire::{
-    decode_body, encode, frame_len, Control, SharedBody, WireError, FRAME_PREFIX_LEN,
-    MAX_CONTROL_LEN, MAX_FRAME_LEN,
+    decode_body, encode, frame_len, segment_head, Control, Manifest, SharedBody, WireError,
+    FRAME_PREFIX_LEN, MAX_CONTROL_LEN, MAX_FRAME_LEN,
 };
 use crate::proto::{LinkId, Message, PeerAddr};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -334,6 +335,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 struct Bulk {
     body: Vec<u8>,
     filled: usize,
+    /// Its manifest once its head is in and its signature checked, where the media starts in
+    /// the body, and how many pieces have been checked against it.
+    checked: Option<(Manifest, usize, usize)>,
     /// Bytes of its records so far, counted as downloaded once it is whole (as a whole
     /// frame's are once read: a transfer cut short counts for neither side).
     wire_bytes: u64,
@@ -407,6 +411,7 @@ impl LinkReader {
                     self.bulk = Some(Bulk {
                         body: vec![0u8; len],
                         filled: 0,
+                        checked: None,
                         wire_bytes: FRAME_PREFIX_LEN as u64,
                         _permit: permit,
                         deadline,
@@ -431,18 +436,29 @@ impl LinkReader {
                     }
                     b.filled += n;
                     b.wire_bytes += (FRAME_PREFIX_LEN + n) as u64;
+                    // Each piece is checked as soon as it is in, and the manifest before any:
+                    // a bad one ends the link without waiting for the rest, and no whole
+                    // segment's hashing lands on the event loop at once when the last byte
+                    // comes (see docs/SECURITY.md, "What it costs").
+                    check_arrived(b, verifier)?;
                     if b.filled == b.body.len() {
                         let Some(Bulk {
                             body,
                             _permit,
                             wire_bytes,
+                            checked,
                             ..
                         }) = self.bulk.take()
                         else {
                             unreachable!("checked above");
                         };
                         Counters::add(&counters.download_bytes, wire_bytes);
-                        let msg = decode_verified(&body, verifier, counters)?;
+                        let msg = match checked {
+                            Some((m, _, done)) if done == m.piece_count() => {
+                                decode_checked(&body, counters)?
+                            }
+                            _ => decode_verified(&body, verifier, counters)?,
+                        };
                         return Ok((msg, _permit));
                     }
                 }
@@ -516,6 +532,44 @@ async fn read_whole<R: AsyncRead + Unpin>(
     Counters::add(&counters.download_bytes, (FRAME_PREFIX_LEN + len) as u64);
     let msg = decode_verified(&body, verifier, counters)?;
     Ok((msg, permit))
+}
+
+/// Checks what has arrived of a segment frame: its manifest once its head is in, then every
+/// piece that is in whole.
+fn check_arrived(b: &mut Bulk, verifier: &Verifier) -> Result<(), LinkError> {
+    if b.checked.is_none() {
+        if let Some((m, at)) = segment_head(&b.body[..b.filled]).map_err(LinkError::Wire)? {
+            if at + m.len as usize != b.body.len() {
+                return Err(LinkError::Wire(WireError::BadSegmentLength {
+                    declared: m.len,
+                    actual: b.body.len().saturating_sub(at),
+                }));
+            }
+            verifier.check_manifest(&m).map_err(LinkError::Unverified)?;
+            b.checked = Some((m, at, 0));
+        }
+    }
+    if let Some((m, at, done)) = b.checked.as_mut() {
+        while *done < m.piece_count() {
+            let r = piece_range(m.len, *done);
+            if *at + r.end > b.filled {
+                break;
+            }
+            m.check_piece(*done, &b.body[*at + r.start..*at + r.end])
+                .map_err(|e| LinkError::Unverified(VerifyError::Piece(e)))?;
+            *done += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a segment frame body whose manifest and pieces were checked as they arrived.
+fn decode_checked(body: &[u8], counters: &Counters) -> Result<Message<SharedBody>, LinkError> {
+    let msg = decode_body(body).map_err(LinkError::Wire)?;
+    if let Message::Segment(seg) = &msg {
+        Counters::add(&counters.payload_down, seg.payload.data.len() as u64);
+    }
+    Ok(msg)
 }
 
 /// Decodes a frame body and verifies a segment: its manifest's signature, then each piece.
@@ -667,8 +721,9 @@ async fn report_down<W>(
 mod tests {
     use super::*;
     use crate::daemon::keys::ChannelKey;
+    use crate::proto::manifest::{PieceError, PIECE_SIZE};
     use crate::proto::wire::{Control, MAX_CONTROL_LEN};
-    use crate::proto::Seq;
+    use crate::proto::{Segment, Seq};
 
     fn budget() -> Arc<Semaphore> {
         Arc::new(Semaphore::new(BODY_BUDGET_KIB))
@@ -885,6 +940,66 @@ mod tests {
         drop(permit);
         assert_eq!(b.available_permits(), BODY_BUDGET_KIB);
         assert_eq!(Counters::get(&c.download_bytes), bytes.len() as u64);
+    }
+
+    /// A segment in records: a forged manifest is refused on its first record and a bad piece
+    /// on the record that completes it, before the rest of the body has come.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bad_manifest_or_piece_ends_the_link_before_the_body_is_whole() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let seg = key.sign_segment(Seq(7), 0, 1, 0, vec![0x47; 6 * PIECE_SIZE]);
+        // Records of the body, the first `cut` of them only (the sender never sends the rest).
+        let records = |seg: &Segment<SharedBody>, cut: usize| {
+            let mut whole = Vec::new();
+            encode(&Message::Segment(seg.clone()), &mut whole).unwrap();
+            let body = &whole[FRAME_PREFIX_LEN..];
+            let mut bytes = record(BULK_BEGIN, body.len() as u32).to_vec();
+            for piece in body.chunks(WRITE_CHUNK).take(cut) {
+                bytes.extend_from_slice(&record(BULK_PIECE, piece.len() as u32));
+                bytes.extend_from_slice(piece);
+            }
+            bytes
+        };
+        let read = |bytes: Vec<u8>| {
+            let v = v.clone();
+            async move {
+                let mut rd = &bytes[..];
+                let mut r = LinkReader::default();
+                r.next(&mut rd, MAX_FRAME_LEN, &v, &budget(), &Counters::default())
+                    .await
+                    .map(|(m, _)| m)
+            }
+        };
+        let mut forged = (*seg.payload).clone();
+        forged.signature[0][3] ^= 1;
+        let forged = Segment {
+            payload: Arc::new(forged),
+            ..seg.clone()
+        };
+        let e = read(records(&forged, 1)).await.unwrap_err();
+        assert!(
+            matches!(e, LinkError::Unverified(VerifyError::Signature)),
+            "{e:?}"
+        );
+        assert!(e.is_pollution());
+        let mut bad = (*seg.payload).clone();
+        bad.data[PIECE_SIZE + 9] ^= 1;
+        let bad = Segment {
+            payload: Arc::new(bad),
+            ..seg.clone()
+        };
+        // Piece 1 is whole once the third record is in (the head shifts the media).
+        let e = read(records(&bad, 3)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LinkError::Unverified(VerifyError::Piece(PieceError::BadHash { index: 1 }))
+            ),
+            "{e:?}"
+        );
+        // The honest segment, all records: whole and equal.
+        assert_eq!(read(records(&seg, 7)).await.unwrap(), Message::Segment(seg));
     }
 
     #[tokio::test(flavor = "current_thread")]

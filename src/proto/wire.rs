@@ -559,6 +559,27 @@ pub fn decode_body(body: &[u8]) -> Result<Message<SharedBody>, WireError> {
     }
 }
 
+/// A segment frame's manifest from the first bytes of its body, and the bytes it takes:
+/// `Ok(None)` while they do not hold it whole (or the frame is not a segment). Lets a driver
+/// check the manifest, and then each piece, while the rest of the body is still arriving.
+pub fn segment_head(prefix: &[u8]) -> Result<Option<(Manifest, usize)>, WireError> {
+    match postcard::take_from_bytes::<FrameHead>(prefix) {
+        Ok((FrameHead::Segment(h), rest)) => {
+            if h.len > MAX_SEGMENT_BYTES {
+                return Err(WireError::BadSegmentLength {
+                    declared: h.len,
+                    actual: rest.len(),
+                });
+            }
+            h.validate().map_err(|_| WireError::BadManifest)?;
+            Ok(Some((h, prefix.len() - rest.len())))
+        }
+        Ok((FrameHead::Ctl(_), _)) => Ok(None),
+        Err(postcard::Error::DeserializeUnexpectedEnd) => Ok(None),
+        Err(_) => Err(WireError::Malformed),
+    }
+}
+
 /// Incremental frame reader over a byte stream, for drivers that read in chunks.
 /// Holds at most one frame's worth of bytes; a prefix over the cap is an error at once.
 pub struct FrameReader {
