@@ -10,9 +10,9 @@
 //! - A source killed for 10 s and restarted with the same key: players stay connected and the
 //!   swarm plays again soon after it is back on air.
 //! - In memory, the daemon's link reader: a forged manifest, a bad piece, a manifest whose
-//!   hash count disagrees with its length or claims billions of pieces: each refused as
-//!   pollution (its sender banned), the bad manifest before its body, the bad piece on the
-//!   record that completes it.
+//!   hash count disagrees with its length or claims 2^28 pieces: each refused as pollution
+//!   (its sender banned), the bad manifest before its body, the bad piece on the record that
+//!   completes it.
 //! - In memory, the core: a polluter banned by id and address; a partner that requests far
 //!   more than it could play throttled; a partner that advertises what it never delivers
 //!   replaced.
@@ -1239,8 +1239,9 @@ fn bad_manifests_and_pieces_are_refused_as_pollution_before_the_segment_is_whole
         b.hashes.pop();
     });
     refused(read(records(&short, 7)), "short hash list");
-    // A whole frame whose manifest claims 2^28 hashes: postcard runs out of body long before,
-    // and serde reserves at most 1 MiB for a list whatever its claim; a framing error.
+    // A manifest that claims 2^28 hashes: as a whole frame, postcard runs out of body long
+    // before (serde reserves at most 1 MiB for a list whatever its claim), a framing error; in
+    // records, its head does not end within a manifest's longest: refused on the first record.
     let mut huge = Vec::new();
     encode(&Message::Segment(seg.clone()), &mut huge).unwrap();
     let head = FRAME_PREFIX_LEN + 1; // frame prefix, frame kind
@@ -1252,8 +1253,13 @@ fn bad_manifests_and_pieces_are_refused_as_pollution_before_the_segment_is_whole
     huge.splice(at..at + 1, [0x80, 0x80, 0x80, 0x80, 0x01]);
     let len = (huge.len() - FRAME_PREFIX_LEN) as u32;
     huge[..FRAME_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
-    let e = read(huge).expect_err("a hash list of 2^28 entries");
+    let e = read(huge.clone()).expect_err("a hash list of 2^28 entries");
     assert!(matches!(e, LinkError::Wire(_)), "{e:?}");
+    let body = &huge[FRAME_PREFIX_LEN..];
+    let mut first = (BULK_BEGIN | body.len() as u32).to_be_bytes().to_vec();
+    first.extend_from_slice(&(BULK_PIECE | WRITE_CHUNK as u32).to_be_bytes());
+    first.extend_from_slice(&body[..WRITE_CHUNK]);
+    refused(read(first), "a head longer than any manifest");
     // The honest segment, whole: accepted as it was signed.
     assert_eq!(
         read(records(&seg, 7)).unwrap(),

@@ -32,10 +32,10 @@
 use super::guard::{Handshake, HELLO_DEADLINE};
 use super::keys::{Verifier, VerifyError};
 use super::LinkEvent;
-use crate::proto::manifest::piece_range;
+use crate::proto::manifest::{piece_range, MAX_MANIFEST_LEN};
 use crate::proto::wire::{
-    decode_body, encode, frame_len, segment_head, Control, Manifest, SharedBody, WireError,
-    FRAME_PREFIX_LEN, MAX_CONTROL_LEN, MAX_FRAME_LEN,
+    decode_body, encode, frame_kind, frame_len, segment_head, Control, FrameKind, Manifest,
+    SharedBody, WireError, FRAME_PREFIX_LEN, MAX_CONTROL_LEN, MAX_FRAME_LEN,
 };
 use crate::proto::{LinkId, Message, PeerAddr};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -538,7 +538,17 @@ async fn read_whole<R: AsyncRead + Unpin>(
 /// piece that is in whole.
 fn check_arrived(b: &mut Bulk, verifier: &Verifier) -> Result<(), LinkError> {
     if b.checked.is_none() {
-        if let Some((m, at)) = segment_head(&b.body[..b.filled]).map_err(LinkError::Wire)? {
+        // Only segments go out in records; and a head is re-read from its start as records
+        // come, so one that does not end within a manifest's longest is refused rather than
+        // read again and again (a claimed hash list longer than the frame would be).
+        if frame_kind(b.body[0]) != Some(FrameKind::Segment) {
+            return Err(LinkError::Wire(WireError::Malformed));
+        }
+        let head = segment_head(&b.body[..b.filled]).map_err(LinkError::Wire)?;
+        if head.is_none() && b.filled >= MAX_MANIFEST_LEN.min(b.body.len()) {
+            return Err(LinkError::Wire(WireError::BadManifest));
+        }
+        if let Some((m, at)) = head {
             if at + m.len as usize != b.body.len() {
                 return Err(LinkError::Wire(WireError::BadSegmentLength {
                     declared: m.len,

@@ -35,6 +35,10 @@ pub const PIECE_SIZE: usize = 16 * 1024;
 pub const PIECE_HASH_LEN: usize = 16;
 /// Most pieces a segment may have: the largest segment cut at [`PIECE_SIZE`].
 pub const MAX_PIECES: usize = (MAX_SEGMENT_BYTES as usize).div_ceil(PIECE_SIZE);
+/// Most bytes a manifest takes in postcard: its fixed fields at their longest varints (32), the
+/// hash count's varint (3) and signature (64), and [`MAX_PIECES`] hashes. A segment head still
+/// incomplete after this many bytes is not a manifest, whatever its hash count claims.
+pub const MAX_MANIFEST_LEN: usize = 32 + 3 + MAX_PIECES * PIECE_HASH_LEN + 64;
 /// Domain separation for what the source signs.
 pub const SIGNING_DOMAIN: &[u8] = b"coolstream-manifest-v1";
 
@@ -362,5 +366,9 @@ mod tests {
             let b = postcard::to_allocvec(&full).unwrap().len();
             assert_eq!(b - a, hashes_encoded_len(n), "{n}");
         }
+        let mut m = Manifest::for_data(Seq(u32::MAX), u64::MAX, u32::MAX, u8::MAX, &[]);
+        m.len = MAX_SEGMENT_BYTES;
+        m.hashes = vec![[0xff; PIECE_HASH_LEN]; MAX_PIECES];
+        assert!(postcard::to_allocvec(&m).unwrap().len() <= MAX_MANIFEST_LEN);
     }
 }
