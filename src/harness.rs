@@ -26,6 +26,7 @@ pub type Check = fn(&[u8]);
 /// The fuzz targets, by name (a directory under `fuzz/corpus/` each).
 pub const TARGETS: &[(&str, Check)] = &[
     ("wire_frame", wire_frame),
+    ("segment_manifest", segment_manifest),
     ("node_input", node_input),
     ("node_partners", node_partners),
     ("ts_segmenter", ts_segmenter),
@@ -40,6 +41,47 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("nat_soap", nat_soap),
     ("nat_pcp", nat_pcp),
 ];
+
+/// A segment manifest (postcard) followed by bytes taken as its pieces: decoding never panics
+/// and allocates no more than the input holds; a manifest that decodes is checked for bounds
+/// before its hashes are read and its signature checked; each piece is checked against its hash whatever the index or length a peer claims, and a
+/// piece passes only if its bytes hash to the manifest's entry.
+pub fn segment_manifest(data: &[u8]) {
+    use crate::proto::manifest::{piece_hash, piece_range, Manifest, MAX_PIECES, PIECE_SIZE};
+    let Ok((m, rest)) = postcard::take_from_bytes::<Manifest>(data) else {
+        return;
+    };
+    // Each hash took 16 bytes of input: the list is bounded by what was sent.
+    assert!(m.hashes.len() * 16 <= data.len());
+    let v = Verifier::new(ChannelId(HARNESS_CHANNEL));
+    if m.validate().is_err() {
+        assert!(m.hashes.len() != m.piece_count() || m.len > MAX_SEGMENT_BYTES);
+        assert!(v.check_manifest(&m).is_err());
+        return;
+    }
+    assert!(m.piece_count() <= MAX_PIECES);
+    // Only a manifest signed with the harness key (committed seeds) verifies.
+    let _ = v.check_manifest(&m);
+    // The rest as pieces: each at the index its first byte names, of the length it has.
+    let mut at = rest;
+    while let Some((&first, tail)) = at.split_first() {
+        let index = first as usize % (m.piece_count() + 2);
+        let take = tail.len().min(PIECE_SIZE);
+        let (piece, next) = tail.split_at(take);
+        let ok = m.check_piece(index, piece).is_ok();
+        let fits = index < m.piece_count() && piece_range(m.len, index).len() == piece.len();
+        assert_eq!(
+            ok,
+            fits && piece_hash(piece) == m.hashes[index],
+            "piece {index} of {m:?}"
+        );
+        at = next;
+    }
+    let whole_ok = m.check_all(rest).is_ok();
+    if whole_ok {
+        assert_eq!(rest.len(), m.len as usize);
+    }
+}
 
 /// One frame body: decodes without panicking; what decodes re-encodes to a frame that decodes
 /// to the same message; the incremental reader agrees with the one-shot decoder.
@@ -410,13 +452,9 @@ pub fn node_partners_run(data: &[u8]) -> usize {
                 }
             }
             12 => {
-                let seq = pos(&mut c);
-                said[k as usize].push(seq);
-                let len = c.u16();
-                Input::SegmentStarted {
-                    link,
-                    segment: segment(seq, len),
-                }
+                // The driver found a bad manifest or piece from this partner.
+                link_of[k as usize] = None;
+                Input::Polluted { link }
             }
             13 => Input::Sent { link },
             14 => {
@@ -747,5 +785,68 @@ mod tests {
             ChannelKey::from_seed([1; 32]).channel(),
             ChannelId(HARNESS_CHANNEL)
         );
+    }
+}
+
+#[cfg(test)]
+mod manifest_seeds {
+    use crate::daemon::keys::ChannelKey;
+    use crate::proto::manifest::PIECE_SIZE;
+    use crate::proto::Seq;
+
+    /// Writes the committed seeds of `segment_manifest` (run by hand with `--ignored`): a
+    /// manifest signed with the harness key and its pieces, the same with a piece altered,
+    /// one hash short, and a length over the cap.
+    #[test]
+    #[ignore]
+    fn write_segment_manifest_seeds() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/segment_manifest");
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = ChannelKey::from_seed([1; 32]);
+        assert_eq!(key.channel().0, super::HARNESS_CHANNEL);
+        let data: Vec<u8> = (0..2 * PIECE_SIZE + 300).map(|i| (i % 251) as u8).collect();
+        let seg = key.sign_segment(Seq(7), 1_000, 1_000_000, 1, data.clone());
+        let m = seg.header();
+        let framed = |m: &crate::proto::wire::Manifest, pieces: &[(u8, &[u8])]| {
+            let mut out = postcard::to_allocvec(m).unwrap();
+            for (i, p) in pieces {
+                out.push(*i);
+                out.extend_from_slice(p);
+            }
+            out
+        };
+        let pieces: Vec<(u8, &[u8])> = (0..3)
+            .map(|i| {
+                let r = crate::proto::manifest::piece_range(m.len, i);
+                (i as u8, &data[r])
+            })
+            .collect();
+        std::fs::write(dir.join("signed_pieces"), framed(&m, &pieces)).unwrap();
+        let mut bad = data[PIECE_SIZE..2 * PIECE_SIZE].to_vec();
+        bad[9] ^= 1;
+        std::fs::write(dir.join("bad_piece"), framed(&m, &[(1, &bad)])).unwrap();
+        let mut short = m.clone();
+        short.hashes.pop();
+        std::fs::write(dir.join("hash_short"), framed(&short, &[])).unwrap();
+        let mut huge = m.clone();
+        huge.len = u32::MAX;
+        std::fs::write(dir.join("len_over_cap"), framed(&huge, &[])).unwrap();
+        // The wire corpus's segment frames, in this format.
+        let wire = dir.parent().unwrap().join("wire_frame");
+        let mut f = Vec::new();
+        crate::proto::wire::encode(&crate::proto::Message::Segment(seg.clone()), &mut f).unwrap();
+        std::fs::write(wire.join("segment"), &f[4..]).unwrap();
+        let last = f.len() - 1;
+        f[last] ^= 1;
+        std::fs::write(wire.join("segment_altered"), &f[4..]).unwrap();
+        std::fs::write(
+            dir.join("empty"),
+            framed(
+                &crate::proto::wire::Manifest::for_data(Seq(0), 0, 0, 0, &[]),
+                &[(0, b"x")],
+            ),
+        )
+        .unwrap();
     }
 }

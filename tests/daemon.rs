@@ -252,6 +252,7 @@ fn strangers_are_refused_wrong_channel_and_forged_segments_cost_the_link() {
         duration_us: 1_000_000,
         flags: 0,
         payload: Arc::new(SegmentBody {
+            hashes: vec![[1; 16]],
             signature: [[3; 32]; 2],
             data: vec![0x47; 188 * 4],
         }),

@@ -3,12 +3,16 @@
 //! - A hostile client (a 4 GiB length prefix, random bytes, a thousand connections, a slow
 //!   reader, valid hellos followed by garbage) against a peer that serves honest partners:
 //!   they keep playing, and the peer's resident memory does not grow.
-//! - Polluters: 3 of 16 peers alter every segment they upload (substituted bytes, forged
-//!   signatures, valid framing). No altered byte is played anywhere (each peer's play log is
+//! - Polluters: 3 of 16 peers alter every segment they upload (bytes changed under the signed
+//!   manifest, forged manifest signatures, manifests a piece hash short; valid framing). No altered byte is played anywhere (each peer's play log is
 //!   compared digest by digest with the source's segment log), and the polluters are banned.
 //! - Chaos: 32 peers, a fifth killed with SIGKILL at once; the survivors keep playing.
 //! - A source killed for 10 s and restarted with the same key: players stay connected and the
 //!   swarm plays again soon after it is back on air.
+//! - In memory, the daemon's link reader: a forged manifest, a bad piece, a manifest whose
+//!   hash count disagrees with its length or claims 2^28 pieces: each refused as pollution
+//!   (its sender banned), the bad manifest before its body, the bad piece on the record that
+//!   completes it.
 //! - In memory, the core: a polluter banned by id and address; a partner that requests far
 //!   more than it could play throttled; a partner that advertises what it never delivers
 //!   replaced.
@@ -1146,6 +1150,121 @@ fn start_source_now(dir: &Path, key: &Path, port: u16) -> Proc {
         &dir.join("source2.log"),
         &[],
     )
+}
+
+// ----- bad manifests and pieces at the link reader, in memory -----
+
+#[test]
+fn bad_manifests_and_pieces_are_refused_as_pollution_before_the_segment_is_whole() {
+    use coolstream::daemon::keys::{ChannelKey, Verifier, VerifyError};
+    use coolstream::daemon::link::{
+        Counters, LinkError, LinkReader, BODY_BUDGET_KIB, BULK_BEGIN, BULK_PIECE, WRITE_CHUNK,
+    };
+    use coolstream::proto::manifest::{PieceError, PIECE_SIZE};
+    use coolstream::proto::wire::{Segment, SegmentBody};
+    use coolstream::proto::Seq;
+    use std::sync::Arc;
+
+    let key = ChannelKey::from_seed([4; 32]);
+    let verifier = Verifier::new(key.channel());
+    let seg = key.sign_segment(Seq(11), 5, 1_000_000, 1, vec![0x47; 6 * PIECE_SIZE]);
+    let with = |f: &dyn Fn(&mut SegmentBody)| {
+        let mut b = (*seg.payload).clone();
+        f(&mut b);
+        Segment {
+            payload: Arc::new(b),
+            ..seg.clone()
+        }
+    };
+    // The first `records` records of a segment frame, as a polluter's writer would send them.
+    let records = |s: &Segment<SharedBody>, records: usize| {
+        let mut whole = Vec::new();
+        encode(&Message::Segment(s.clone()), &mut whole).unwrap();
+        let body = &whole[FRAME_PREFIX_LEN..];
+        let mut out = (BULK_BEGIN | body.len() as u32).to_be_bytes().to_vec();
+        for r in body.chunks(WRITE_CHUNK).take(records) {
+            out.extend_from_slice(&(BULK_PIECE | r.len() as u32).to_be_bytes());
+            out.extend_from_slice(r);
+        }
+        out
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let read = |bytes: Vec<u8>| {
+        rt.block_on(async {
+            let budget = Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_KIB));
+            let mut rd = &bytes[..];
+            LinkReader::default()
+                .next(
+                    &mut rd,
+                    MAX_FRAME_LEN,
+                    &verifier,
+                    &budget,
+                    &Counters::default(),
+                )
+                .await
+                .map(|(m, _)| m)
+        })
+    };
+    let refused = |e: Result<Message<SharedBody>, LinkError>, what: &str| {
+        let e = e.expect_err(what);
+        assert!(e.is_pollution(), "{what}: {e:?} does not ban");
+        e
+    };
+    // A forged signature: refused on the first record, the other six never sent.
+    let forged = with(&|b| b.signature[1][0] ^= 1);
+    let e = refused(read(records(&forged, 1)), "forged manifest");
+    assert!(
+        matches!(e, LinkError::Unverified(VerifyError::Signature)),
+        "{e:?}"
+    );
+    // One byte of piece 4: refused once the record completing it is in (the sixth of seven).
+    let bad = with(&|b| b.data[4 * PIECE_SIZE + 100] ^= 1);
+    assert!(
+        read(records(&bad, 5)).is_err(),
+        "the sender stopped: the link ends"
+    );
+    let e = refused(read(records(&bad, 6)), "bad piece");
+    assert!(
+        matches!(
+            e,
+            LinkError::Unverified(VerifyError::Piece(PieceError::BadHash { index: 4 }))
+        ),
+        "{e:?}"
+    );
+    // A manifest a hash short, and one that claims a hash list of 2^28 entries.
+    let short = with(&|b| {
+        b.hashes.pop();
+    });
+    refused(read(records(&short, 7)), "short hash list");
+    // A manifest that claims 2^28 hashes: as a whole frame, postcard runs out of body long
+    // before (serde reserves at most 1 MiB for a list whatever its claim), a framing error; in
+    // records, its head does not end within a manifest's longest: refused on the first record.
+    let mut huge = Vec::new();
+    encode(&Message::Segment(seg.clone()), &mut huge).unwrap();
+    let head = FRAME_PREFIX_LEN + 1; // frame prefix, frame kind
+    let fixed = postcard::to_allocvec(&(11u32, 5u64, 1_000_000u32, 1u8, 6 * PIECE_SIZE as u32))
+        .unwrap()
+        .len();
+    let at = head + fixed;
+    assert_eq!(huge[at], 6, "the hash count");
+    huge.splice(at..at + 1, [0x80, 0x80, 0x80, 0x80, 0x01]);
+    let len = (huge.len() - FRAME_PREFIX_LEN) as u32;
+    huge[..FRAME_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+    let e = read(huge.clone()).expect_err("a hash list of 2^28 entries");
+    assert!(matches!(e, LinkError::Wire(_)), "{e:?}");
+    let body = &huge[FRAME_PREFIX_LEN..];
+    let mut first = (BULK_BEGIN | body.len() as u32).to_be_bytes().to_vec();
+    first.extend_from_slice(&(BULK_PIECE | WRITE_CHUNK as u32).to_be_bytes());
+    first.extend_from_slice(&body[..WRITE_CHUNK]);
+    refused(read(first), "a head longer than any manifest");
+    // The honest segment, whole: accepted as it was signed.
+    assert_eq!(
+        read(records(&seg, 7)).unwrap(),
+        Message::Segment(seg.clone())
+    );
 }
 
 // ----- the core's ban, in memory -----

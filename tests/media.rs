@@ -572,6 +572,7 @@ fn a_udp_output_changes_channel_cleanly() {
                 duration_us: c.duration_us,
                 flags: flags::ENTRY_POINT,
                 payload: Arc::new(SegmentBody {
+                    hashes: Vec::new(),
                     signature: [[0; 32]; 2],
                     data: c.data.clone(),
                 }),

@@ -93,10 +93,13 @@ fn sequence_numbers_wrap_without_a_stall() {
 }
 
 /// The core's figures at small scale (100 peers, churn, 180 s, seed 1), asserted near what
-/// this deterministic run gives on the commit that set them (continuity mean 0.977, p5 0.909,
-/// startup p50 1.62 s and p95 3.55 s, overhead 0.0033): a change that costs a percent of
-/// continuity or a tenth of a second of startup fails here and has to say why. The goals
-/// (continuity 0.99, p5 0.97, startup p50 1.5 s, p95 3 s; docs/SIMULATION.md) are not met yet.
+/// this deterministic run gives on the commit that set them (continuity mean 0.977, p5 0.900,
+/// startup p50 1.63 s and p95 3.37 s, overhead 0.0042): a change that costs a percent of
+/// continuity or a tenth of a second of startup fails here and has to say why. Segments are
+/// forwarded only once whole and checked (0.977 / 0.909 / 1.62 s / 3.55 s / 0.0033 while the
+/// simulator let a relay forward a segment still arriving, which no driver did); the overhead
+/// grew by the manifest's piece hashes. The goals (continuity 0.99, p5 0.97, startup p50 1.0 s,
+/// p95 2.5 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
     let s = Sim::new(config(100, Scenario::Churn, 180.0, 1)).run();
@@ -107,9 +110,9 @@ fn small_churn_swarm_figures() {
     eprintln!("{figures}");
     assert!(s.continuity_mean >= 0.97, "{figures}");
     assert!(s.continuity_p5 >= 0.89, "{figures}");
-    assert!(s.startup_p50_s <= 1.8, "{figures}");
-    assert!(s.startup_p95_s <= 3.9, "{figures}");
-    assert!(s.overhead <= 0.005, "{figures}");
+    assert!(s.startup_p50_s <= 1.75, "{figures}");
+    assert!(s.startup_p95_s <= 3.6, "{figures}");
+    assert!(s.overhead <= 0.0046, "{figures}");
     assert!(
         s.never_started == 0,
         "{} sessions never played",
@@ -136,15 +139,15 @@ fn the_source_of_a_small_churn_swarm_uploads_about_two_copies() {
 }
 
 /// A flash crowd: 200 peers join within 10 s of the start. Their startup (join to first
-/// segment played) at the 95th percentile stays within the 5 s: measured 4.43 / 3.92 /
-/// 4.21 s for seeds 1-3 (the first arrivals partner with each other before anyone holds a
-/// segment, and a start fed by peers waits until it is two durations old).
+/// segment played) at the 95th percentile stays within 4.5 s: measured 4.18 / 3.94 / 3.53 s for
+/// seeds 1-3 (the first arrivals partner with each other before anyone holds a segment, and a
+/// start fed by peers waits until it is two durations old).
 #[test]
-fn a_flash_crowd_of_200_starts_within_5_s() {
+fn a_flash_crowd_of_200_starts_within_4_5_s() {
     for seed in 1..=3 {
         let s = Sim::new(config(200, Scenario::Flash, 60.0, seed)).run();
         assert!(
-            s.startup_p95_s <= 5.0,
+            s.startup_p95_s <= 4.5,
             "seed {seed}: startup p95 {:.2} s (p50 {:.2} s)",
             s.startup_p95_s,
             s.startup_p50_s

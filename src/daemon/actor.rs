@@ -822,20 +822,25 @@ async fn sleep_opt(t: Option<tokio::time::Instant>) {
 }
 
 /// The test hook behind [`super::NodeOptions::pollute`]: a segment as a polluter would send
-/// it. Odd segments keep their signature over substituted bytes, even ones carry the right
-/// bytes under a forged signature; both keep valid framing.
+/// it, with valid framing: by `seq % 3`, bytes altered in some pieces under the signed
+/// manifest (bad pieces), the right bytes under a forged signature (a bad manifest), or a
+/// manifest one piece hash short (out of bounds).
 fn polluted(msg: crate::proto::Message<SharedBody>) -> crate::proto::Message<SharedBody> {
     use crate::proto::wire::SegmentBody;
     use crate::proto::Message;
     match msg {
         Message::Segment(mut seg) => {
             let mut body = SegmentBody::clone(&seg.payload);
-            if seg.seq.0 % 2 == 1 {
-                for b in body.data.iter_mut().skip(188).step_by(997) {
-                    *b ^= 0x5a;
+            match seg.seq.0 % 3 {
+                0 => {
+                    for b in body.data.iter_mut().skip(188).step_by(997) {
+                        *b ^= 0x5a;
+                    }
                 }
-            } else {
-                body.signature[1][7] ^= 1;
+                1 => body.signature[1][7] ^= 1,
+                _ => {
+                    body.hashes.pop();
+                }
             }
             seg.payload = Arc::new(body);
             Message::Segment(seg)
@@ -897,14 +902,9 @@ async fn accept_loop(
 /// A late segment's whereabouts, for the log.
 fn late_cause_text(cause: LateCause) -> String {
     match cause {
-        LateCause::InFlight {
-            asked,
-            arriving,
-            holders,
-        } => format!(
-            "asked {:.1} s ago, {}, {holders} partner(s) hold it",
+        LateCause::InFlight { asked, holders } => format!(
+            "asked {:.1} s ago, {holders} partner(s) hold it",
             asked.as_secs_f64(),
-            if arriving { "arriving" } else { "not started" }
         ),
         LateCause::Unrequested { holders } => {
             format!("not asked for; {holders} partner(s) hold it")

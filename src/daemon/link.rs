@@ -30,11 +30,12 @@
 //! Byte counters are shared atomics, read by the stats writer.
 
 use super::guard::{Handshake, HELLO_DEADLINE};
-use super::keys::Verifier;
+use super::keys::{Verifier, VerifyError};
 use super::LinkEvent;
+use crate::proto::manifest::{piece_range, MAX_MANIFEST_LEN};
 use crate::proto::wire::{
-    decode_body, encode, frame_len, Control, SharedBody, WireError, FRAME_PREFIX_LEN,
-    MAX_CONTROL_LEN, MAX_FRAME_LEN,
+    decode_body, encode, frame_kind, frame_len, segment_head, Control, FrameKind, Manifest,
+    SharedBody, WireError, FRAME_PREFIX_LEN, MAX_CONTROL_LEN, MAX_FRAME_LEN,
 };
 use crate::proto::{LinkId, Message, PeerAddr};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -124,8 +125,8 @@ pub enum LinkError {
     Io(std::io::Error),
     /// A frame broke the wire rules.
     Wire(crate::proto::wire::WireError),
-    /// A segment's signature did not verify.
-    BadSignature,
+    /// A segment's manifest or one of its pieces did not verify.
+    Unverified(VerifyError),
     /// A frame body did not arrive in time.
     Slow,
     /// An accepted connection's first frame was not a hello, or not within [`HELLO_DEADLINE`].
@@ -134,11 +135,14 @@ pub enum LinkError {
 
 impl LinkError {
     /// The other side sent a segment that is not the source's as it signed it (a bad
-    /// signature, another channel's, or a length that disagrees with its head): it is banned.
+    /// manifest or signature, another channel's, a piece that does not match its hash, or a
+    /// length that disagrees with its head): it is banned.
     pub fn is_pollution(&self) -> bool {
         matches!(
             self,
-            LinkError::BadSignature | LinkError::Wire(WireError::BadSegmentLength { .. })
+            LinkError::Unverified(_)
+                | LinkError::Wire(WireError::BadSegmentLength { .. })
+                | LinkError::Wire(WireError::BadManifest)
         )
     }
 }
@@ -149,7 +153,7 @@ impl std::fmt::Display for LinkError {
             LinkError::Eof => write!(f, "closed by peer"),
             LinkError::Io(e) => write!(f, "{e}"),
             LinkError::Wire(e) => write!(f, "{e}"),
-            LinkError::BadSignature => write!(f, "segment failed signature check"),
+            LinkError::Unverified(e) => write!(f, "segment failed verification: {e:?}"),
             LinkError::Slow => write!(f, "frame body too slow"),
             LinkError::NoHello => write!(f, "no hello in time"),
         }
@@ -331,6 +335,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 struct Bulk {
     body: Vec<u8>,
     filled: usize,
+    /// Its manifest once its head is in and its signature checked, where the media starts in
+    /// the body, and how many pieces have been checked against it.
+    checked: Option<(Manifest, usize, usize)>,
     /// Bytes of its records so far, counted as downloaded once it is whole (as a whole
     /// frame's are once read: a transfer cut short counts for neither side).
     wire_bytes: u64,
@@ -404,6 +411,7 @@ impl LinkReader {
                     self.bulk = Some(Bulk {
                         body: vec![0u8; len],
                         filled: 0,
+                        checked: None,
                         wire_bytes: FRAME_PREFIX_LEN as u64,
                         _permit: permit,
                         deadline,
@@ -428,18 +436,29 @@ impl LinkReader {
                     }
                     b.filled += n;
                     b.wire_bytes += (FRAME_PREFIX_LEN + n) as u64;
+                    // Each piece is checked as soon as it is in, and the manifest before any:
+                    // a bad one ends the link without waiting for the rest, and no whole
+                    // segment's hashing lands on the event loop at once when the last byte
+                    // comes (see docs/SECURITY.md, "What it costs").
+                    check_arrived(b, verifier)?;
                     if b.filled == b.body.len() {
                         let Some(Bulk {
                             body,
                             _permit,
                             wire_bytes,
+                            checked,
                             ..
                         }) = self.bulk.take()
                         else {
                             unreachable!("checked above");
                         };
                         Counters::add(&counters.download_bytes, wire_bytes);
-                        let msg = decode_verified(&body, verifier, counters)?;
+                        let msg = match checked {
+                            Some((m, _, done)) if done == m.piece_count() => {
+                                decode_checked(&body, counters)?
+                            }
+                            _ => decode_verified(&body, verifier, counters)?,
+                        };
                         return Ok((msg, _permit));
                     }
                 }
@@ -515,7 +534,55 @@ async fn read_whole<R: AsyncRead + Unpin>(
     Ok((msg, permit))
 }
 
-/// Decodes a frame body and verifies a segment's signature.
+/// Checks what has arrived of a segment frame: its manifest once its head is in, then every
+/// piece that is in whole.
+fn check_arrived(b: &mut Bulk, verifier: &Verifier) -> Result<(), LinkError> {
+    if b.checked.is_none() {
+        // Only segments go out in records; and a head is re-read from its start as records
+        // come, so one that does not end within a manifest's longest is refused rather than
+        // read again and again (a claimed hash list longer than the frame would be).
+        if frame_kind(b.body[0]) != Some(FrameKind::Segment) {
+            return Err(LinkError::Wire(WireError::Malformed));
+        }
+        let head = segment_head(&b.body[..b.filled]).map_err(LinkError::Wire)?;
+        if head.is_none() && b.filled >= MAX_MANIFEST_LEN.min(b.body.len()) {
+            return Err(LinkError::Wire(WireError::BadManifest));
+        }
+        if let Some((m, at)) = head {
+            if at + m.len as usize != b.body.len() {
+                return Err(LinkError::Wire(WireError::BadSegmentLength {
+                    declared: m.len,
+                    actual: b.body.len().saturating_sub(at),
+                }));
+            }
+            verifier.check_manifest(&m).map_err(LinkError::Unverified)?;
+            b.checked = Some((m, at, 0));
+        }
+    }
+    if let Some((m, at, done)) = b.checked.as_mut() {
+        while *done < m.piece_count() {
+            let r = piece_range(m.len, *done);
+            if *at + r.end > b.filled {
+                break;
+            }
+            m.check_piece(*done, &b.body[*at + r.start..*at + r.end])
+                .map_err(|e| LinkError::Unverified(VerifyError::Piece(e)))?;
+            *done += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a segment frame body whose manifest and pieces were checked as they arrived.
+fn decode_checked(body: &[u8], counters: &Counters) -> Result<Message<SharedBody>, LinkError> {
+    let msg = decode_body(body).map_err(LinkError::Wire)?;
+    if let Message::Segment(seg) = &msg {
+        Counters::add(&counters.payload_down, seg.payload.data.len() as u64);
+    }
+    Ok(msg)
+}
+
+/// Decodes a frame body and verifies a segment: its manifest's signature, then each piece.
 fn decode_verified(
     body: &[u8],
     verifier: &Verifier,
@@ -523,9 +590,7 @@ fn decode_verified(
 ) -> Result<Message<SharedBody>, LinkError> {
     let msg = decode_body(body).map_err(LinkError::Wire)?;
     if let Message::Segment(seg) = &msg {
-        if !verifier.verify(seg) {
-            return Err(LinkError::BadSignature);
-        }
+        verifier.check(seg).map_err(LinkError::Unverified)?;
         Counters::add(&counters.payload_down, seg.payload.data.len() as u64);
     }
     Ok(msg)
@@ -666,8 +731,9 @@ async fn report_down<W>(
 mod tests {
     use super::*;
     use crate::daemon::keys::ChannelKey;
+    use crate::proto::manifest::{PieceError, PIECE_SIZE};
     use crate::proto::wire::{Control, MAX_CONTROL_LEN};
-    use crate::proto::Seq;
+    use crate::proto::{Segment, Seq};
 
     fn budget() -> Arc<Semaphore> {
         Arc::new(Semaphore::new(BODY_BUDGET_KIB))
@@ -742,8 +808,30 @@ mod tests {
         let mut rd = &b[..];
         assert!(matches!(
             read_frame(&mut rd, &v, &budget(), &c).await,
-            Err(LinkError::BadSignature)
+            Err(LinkError::Unverified(VerifyError::Signature))
         ));
+        // A piece changed on the way: refused, naming the piece; a sender of either is banned.
+        let seg = key.sign_segment(Seq(4), 10, 1, 0, vec![0x47; 40_000]);
+        let mut body = (*seg.payload).clone();
+        body.data[20_000] ^= 1;
+        let bad = crate::proto::Segment {
+            payload: Arc::new(body),
+            ..seg
+        };
+        let mut b = Vec::new();
+        encode(&Message::Segment(bad), &mut b).unwrap();
+        let mut rd = &b[..];
+        let e = read_frame(&mut rd, &v, &budget(), &c).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LinkError::Unverified(VerifyError::Piece(
+                    crate::proto::manifest::PieceError::BadHash { index: 1 }
+                ))
+            ),
+            "{e:?}"
+        );
+        assert!(e.is_pollution());
         // A truncated frame is an end, not a panic.
         let mut rd = &bytes[..bytes.len() - 3];
         let _ = read_frame(&mut rd, &v, &budget(), &c).await.unwrap();
@@ -862,6 +950,66 @@ mod tests {
         drop(permit);
         assert_eq!(b.available_permits(), BODY_BUDGET_KIB);
         assert_eq!(Counters::get(&c.download_bytes), bytes.len() as u64);
+    }
+
+    /// A segment in records: a forged manifest is refused on its first record and a bad piece
+    /// on the record that completes it, before the rest of the body has come.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bad_manifest_or_piece_ends_the_link_before_the_body_is_whole() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let seg = key.sign_segment(Seq(7), 0, 1, 0, vec![0x47; 6 * PIECE_SIZE]);
+        // Records of the body, the first `cut` of them only (the sender never sends the rest).
+        let records = |seg: &Segment<SharedBody>, cut: usize| {
+            let mut whole = Vec::new();
+            encode(&Message::Segment(seg.clone()), &mut whole).unwrap();
+            let body = &whole[FRAME_PREFIX_LEN..];
+            let mut bytes = record(BULK_BEGIN, body.len() as u32).to_vec();
+            for piece in body.chunks(WRITE_CHUNK).take(cut) {
+                bytes.extend_from_slice(&record(BULK_PIECE, piece.len() as u32));
+                bytes.extend_from_slice(piece);
+            }
+            bytes
+        };
+        let read = |bytes: Vec<u8>| {
+            let v = v.clone();
+            async move {
+                let mut rd = &bytes[..];
+                let mut r = LinkReader::default();
+                r.next(&mut rd, MAX_FRAME_LEN, &v, &budget(), &Counters::default())
+                    .await
+                    .map(|(m, _)| m)
+            }
+        };
+        let mut forged = (*seg.payload).clone();
+        forged.signature[0][3] ^= 1;
+        let forged = Segment {
+            payload: Arc::new(forged),
+            ..seg.clone()
+        };
+        let e = read(records(&forged, 1)).await.unwrap_err();
+        assert!(
+            matches!(e, LinkError::Unverified(VerifyError::Signature)),
+            "{e:?}"
+        );
+        assert!(e.is_pollution());
+        let mut bad = (*seg.payload).clone();
+        bad.data[PIECE_SIZE + 9] ^= 1;
+        let bad = Segment {
+            payload: Arc::new(bad),
+            ..seg.clone()
+        };
+        // Piece 1 is whole once the third record is in (the head shifts the media).
+        let e = read(records(&bad, 3)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LinkError::Unverified(VerifyError::Piece(PieceError::BadHash { index: 1 }))
+            ),
+            "{e:?}"
+        );
+        // The honest segment, all records: whole and equal.
+        assert_eq!(read(records(&seg, 7)).await.unwrap(), Message::Segment(seg));
     }
 
     #[tokio::test(flavor = "current_thread")]

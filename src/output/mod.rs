@@ -333,6 +333,7 @@ mod tests {
                 duration_us: 1,
                 flags: if entry { flags::ENTRY_POINT } else { 0 },
                 payload: Arc::new(SegmentBody {
+                    hashes: Vec::new(),
                     signature: [[0; 32]; 2],
                     data: vec![seq as u8],
                 }),
@@ -395,6 +396,7 @@ mod tests {
         let mut item = seg(1, true, Instant::now());
         if let FeedItem::Segment { seg, .. } = &mut item {
             seg.payload = Arc::new(SegmentBody {
+                hashes: Vec::new(),
                 signature: [[0; 32]; 2],
                 data,
             });

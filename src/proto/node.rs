@@ -75,12 +75,9 @@ pub enum Input<P> {
     DialFailed { remote: PeerAddr },
     /// The link closed from the other side or failed.
     LinkDown { link: LinkId },
-    /// A message arrived whole (and, for a segment, verified by the driver).
+    /// A message arrived whole (and, for a segment, its manifest and every piece verified by
+    /// the driver).
     Received { link: LinkId, msg: Message<P> },
-    /// A segment's head arrived on this link and its bytes are streaming in: the node may
-    /// announce it and forward it at once (the driver streams what has arrived, chunk by
-    /// verified chunk). `Received` with the whole segment follows, or the link goes down.
-    SegmentStarted { link: LinkId, segment: Segment<P> },
     /// A segment sent on this link has left: the node may start its next upload.
     Sent { link: LinkId },
     /// The source's segmenter produced a segment (source only).
@@ -127,13 +124,8 @@ pub enum Output<P> {
 /// tell a slow supplier from a starved swarm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LateCause {
-    /// Requested `asked` ago from a partner (`holders` partners advertised it); `arriving`:
-    /// its first bytes had come.
-    InFlight {
-        asked: Duration,
-        arriving: bool,
-        holders: u8,
-    },
+    /// Requested `asked` ago from a partner (`holders` partners advertised it).
+    InFlight { asked: Duration, holders: u8 },
     /// `holders` partners advertised it and we had not asked: no supplier had a free slot or
     /// could deliver in time.
     Unrequested { holders: u8 },
@@ -253,7 +245,6 @@ struct QuietMark {
     from: Seq,
     links: usize,
     requests: usize,
-    incoming: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -346,8 +337,6 @@ const START_AGE_FED_BY_PEERS: u64 = 2;
 const GAP_PROBE: u32 = 3;
 /// Offers an idle supplier has out at once.
 const MAX_OFFERS: usize = 1;
-/// Segments at most arriving at once (cut-through forwarding keeps a handle to each).
-const MAX_INCOMING: usize = 32;
 /// An upload the driver has not reported done this long after it should have is forgotten
 /// (its link stalled or the data it was forwarding never came).
 const UPLOAD_STUCK: Duration = Duration::from_secs(10);
@@ -471,8 +460,6 @@ pub struct Node<P> {
     last_origin: Option<(Seq, u64)>,
     /// Offers made and not yet answered: link, segment, when.
     offers: Vec<(LinkId, Seq, Instant)>,
-    /// Segments arriving now (head seen, bytes streaming), forwardable before they complete.
-    incoming: Vec<(LinkId, Segment<P>)>,
     scratch_wants: Vec<Want>,
     scratch_suppliers: Vec<Supplier>,
     scratch_links: Vec<usize>,
@@ -541,7 +528,6 @@ impl<P: Payload> Node<P> {
             arrival_delays: [0; 32],
             arrival_count: 0,
             last_origin: None,
-            incoming: Vec::new(),
             scratch_wants: Vec::new(),
             scratch_suppliers: Vec::new(),
             scratch_links: Vec::new(),
@@ -700,7 +686,6 @@ impl<P: Payload> Node<P> {
                 cfg.concurrent_uploads,
             ),
             ("offers", self.offers.len(), MAX_OFFERS),
-            ("incoming", self.incoming.len(), MAX_INCOMING),
             ("refusals", self.refusals.len(), REFUSAL_MEMORY),
             ("mcache", self.mcache.len(), cfg.mcache_capacity),
             (
@@ -865,14 +850,6 @@ impl<P: Payload> Node<P> {
                 if let Some(i) = self.link_index(link) {
                     self.links[i].last_recv = self.now;
                     self.on_message(i, msg);
-                }
-            }
-            Input::SegmentStarted { link, segment } => {
-                if let Some(i) = self.link_index(link) {
-                    self.links[i].last_recv = self.now;
-                    if self.links[i].peer.is_some() {
-                        self.on_segment_started(i, segment);
-                    }
                 }
             }
             Input::Sent { link } => {
@@ -1104,14 +1081,12 @@ impl<P: Payload> Node<P> {
     fn remove_link(&mut self, i: usize) {
         let l = self.links.swap_remove(i);
         self.link_ids.swap_remove(i);
-        // What it was sending us is no longer arriving: it may be wanted again.
         self.quiet = None;
         let id = l.id;
         let had_requests = self.requests.iter().any(|r| r.link == id);
         self.requests.retain(|r| r.link != id);
         self.uploads.retain(|u| u.link != id);
         self.offers.retain(|o| o.0 != id);
-        self.incoming.retain(|(l, _)| *l != id);
         let was_uploading = self.active_uploads.iter().any(|(k, _, _)| *k == id);
         if was_uploading && self.cfg.role == Role::Source {
             // A copy cut short seeds nobody: the segment may go out again.
@@ -1768,7 +1743,8 @@ impl<P: Payload> Node<P> {
         let pulls_queued = self.uploads.iter().filter(|u| !u.push).count();
         let deadline = self.now + Duration::from_millis(deadline_ms as u64);
         let xfer = Duration::for_bytes(
-            self.sendable(seq)
+            self.store
+                .get(seq)
                 .map_or(self.last_segment_bytes, |s| s.payload.len() as u64),
             self.cfg.upload_bytes_per_s,
         );
@@ -1818,7 +1794,7 @@ impl<P: Payload> Node<P> {
         });
         let reasons = [
             !is_partner,
-            self.sendable(seq).is_none(),
+            !self.store.has(seq),
             self.cfg.role == Role::Source && self.seeded_enough(seq),
             queued_here >= self.cfg.upload_queue_per_partner || throttled,
             self.is_ending(link),
@@ -1956,7 +1932,7 @@ impl<P: Payload> Node<P> {
                     .as_ref()
                     .is_some_and(|p| !p.map.has(u.seq) && p.child_of != 0);
                 let over = self.cfg.role == Role::Source && self.seeded_enough(u.seq);
-                if !wanted || over || self.sendable(u.seq).is_none() {
+                if !wanted || over || !self.store.has(u.seq) {
                     continue;
                 }
             }
@@ -1981,7 +1957,7 @@ impl<P: Payload> Node<P> {
                         .store
                         .newest()
                         .is_some_and(|n| u.seq.dist_to(n) >= self.cfg.source_fresh_window as i32));
-            let seg = match self.sendable(u.seq) {
+            let seg = match self.store.get(u.seq) {
                 Some(s) if !too_late && !over_copies => s.clone(),
                 _ => {
                     self.stats.busy_sent += 1;
@@ -2171,35 +2147,6 @@ impl<P: Payload> Node<P> {
         }
     }
 
-    /// A segment we can send: held, or arriving now (cut-through).
-    fn sendable(&self, seq: Seq) -> Option<&Segment<P>> {
-        self.store.get(seq).or_else(|| {
-            self.incoming
-                .iter()
-                .find(|(_, s)| s.seq == seq)
-                .map(|(_, s)| s)
-        })
-    }
-
-    fn is_incoming(&self, seq: Seq) -> bool {
-        self.incoming.iter().any(|(_, s)| s.seq == seq)
-    }
-
-    /// The head of a segment arrived: announce it and forward it while it streams in.
-    fn on_segment_started(&mut self, i: usize, seg: Segment<P>) {
-        let seq = seg.seq;
-        if self.store.has(seq) || self.is_incoming(seq) || self.incoming.len() >= MAX_INCOMING {
-            return;
-        }
-        let link = self.links[i].id;
-        if let Some(p) = self.links[i].partner.as_mut() {
-            p.map.set(seq);
-        }
-        self.incoming.push((link, seg));
-        self.push_to_children(seq);
-        self.announce(seq, Some(link));
-    }
-
     fn on_segment(&mut self, i: usize, seg: Segment<P>) {
         let link = self.links[i].id;
         let seq = seg.seq;
@@ -2222,23 +2169,14 @@ impl<P: Payload> Node<P> {
         self.stats.segments_received += 1;
         self.last_segment_bytes = seg.payload.len() as u64;
         self.note_arrival(seg.origin_us, seq);
-        let announced = match self.incoming.iter().position(|(_, s)| s.seq == seq) {
-            Some(k) => {
-                self.incoming.swap_remove(k);
-                true
-            }
-            None => false,
-        };
         let fresh = self.store.newest().is_none_or(|n| seq.is_after(n));
         match self.store.insert(seg) {
             Inserted::New => {
                 if fresh {
                     self.last_fresh = self.now;
                 }
-                if !announced {
-                    self.push_to_children(seq);
-                    self.announce(seq, Some(link));
-                }
+                self.push_to_children(seq);
+                self.announce(seq, Some(link));
                 self.drain_playout();
             }
             Inserted::Duplicate | Inserted::TooOld => self.stats.duplicates += 1,
@@ -2477,7 +2415,6 @@ impl<P: Payload> Node<P> {
         if let Some(r) = self.requests.iter().find(|r| r.seq == seq) {
             LateCause::InFlight {
                 asked: self.now.saturating_since(r.sent_at),
-                arriving: self.is_incoming(seq),
                 holders,
             }
         } else if holders > 0 {
@@ -2835,7 +2772,6 @@ impl<P: Payload> Node<P> {
             from,
             links: self.links.len(),
             requests: self.requests.len(),
-            incoming: self.incoming.len(),
         };
         if self.quiet == Some(mark) {
             return true;
@@ -2898,9 +2834,6 @@ impl<P: Payload> Node<P> {
                 };
                 for r in &self.requests {
                     mark(r.seq);
-                }
-                for (_, sg) in &self.incoming {
-                    mark(sg.seq);
                 }
                 // What each supplier holds from `at` on (bit b of a want's holders: supplier b).
                 held.clear();
@@ -3031,7 +2964,6 @@ impl<P: Payload> Node<P> {
         from.dist_to(seq) >= 0
             && !self.store.has(seq)
             && !self.requests.iter().any(|r| r.seq == seq)
-            && !self.is_incoming(seq)
     }
 
     // ----- substream push -----
@@ -3555,8 +3487,7 @@ impl<P: Payload> Node<P> {
         };
         let busy = self.requests.iter().any(|r| r.link == id)
             || self.uploads.iter().any(|u| u.link == id)
-            || self.active_uploads.iter().any(|a| a.0 == id)
-            || self.incoming.iter().any(|(l, _)| *l == id);
+            || self.active_uploads.iter().any(|a| a.0 == id);
         if !busy || self.now.saturating_since(since) >= ENDING_GRACE {
             self.ending = None;
             self.close(j, ByeReason::Refined);

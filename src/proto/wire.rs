@@ -10,6 +10,8 @@
 //! [`wire_len`] bytes, which is computed from the same postcard encoding.
 
 use super::buffer_map::BufferMap;
+pub use super::manifest::Manifest;
+use super::manifest::{hashes_encoded_len, piece_count, PieceHash};
 use super::seq::Seq;
 use core::fmt;
 use serde::{Deserialize, Serialize};
@@ -272,8 +274,10 @@ pub trait Payload: Clone + fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The source's signature over the segment head and the digest of its bytes.
+    /// The source's signature over the segment's manifest.
     fn signature(&self) -> Signature;
+    /// The manifest's piece hashes (the simulator's handle has none: it never checks).
+    fn piece_hashes(&self) -> &[PieceHash];
 }
 
 /// A numbered piece of the live stream.
@@ -289,27 +293,26 @@ pub struct Segment<P> {
 }
 
 impl<P: Payload> Segment<P> {
-    pub fn header(&self) -> SegmentHeader {
-        SegmentHeader {
+    /// The segment's manifest: its head on the wire.
+    pub fn header(&self) -> Manifest {
+        Manifest {
+            hashes: self.payload.piece_hashes().to_vec(),
+            ..self.bare_header()
+        }
+    }
+
+    /// The manifest without its hash list (sizes are computed from it without a copy).
+    fn bare_header(&self) -> Manifest {
+        Manifest {
             seq: self.seq,
             origin_us: self.origin_us,
             duration_us: self.duration_us,
             flags: self.flags,
             len: self.payload.len(),
+            hashes: Vec::new(),
             signature: self.payload.signature(),
         }
     }
-}
-
-/// A segment's head on the wire (its bytes follow).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct SegmentHeader {
-    pub seq: Seq,
-    pub origin_us: u64,
-    pub duration_us: u32,
-    pub flags: u8,
-    pub len: u32,
-    pub signature: Signature,
 }
 
 /// A message between two nodes.
@@ -323,14 +326,14 @@ pub enum Message<P> {
 #[derive(Serialize)]
 enum FrameHeadRef<'a> {
     Ctl(&'a Control),
-    Segment(&'a SegmentHeader),
+    Segment(&'a Manifest),
 }
 
 /// The postcard-encoded part of a frame (owned form, decoded).
 #[derive(Deserialize, Debug)]
 enum FrameHead {
     Ctl(Control),
-    Segment(SegmentHeader),
+    Segment(Manifest),
 }
 
 /// What a frame carries, told by its first body byte (postcard's variant index of the
@@ -373,6 +376,8 @@ pub enum WireError {
     BadSegmentLength { declared: u32, actual: usize },
     /// A list longer than its cap, or a field out of range.
     Invalid(&'static str),
+    /// A segment manifest out of bounds (its hash count disagrees with its length).
+    BadManifest,
 }
 
 impl fmt::Display for WireError {
@@ -385,6 +390,7 @@ impl fmt::Display for WireError {
                 write!(f, "segment declares {declared} bytes but carries {actual}")
             }
             WireError::Invalid(what) => write!(f, "invalid message: {what}"),
+            WireError::BadManifest => write!(f, "segment manifest out of bounds"),
         }
     }
 }
@@ -409,9 +415,11 @@ impl Control {
     }
 }
 
-/// Segment bytes as the daemon holds them: signature and media, allocated once and shared.
+/// Segment bytes as the daemon holds them: the manifest's hashes and signature and the media,
+/// allocated once and shared.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SegmentBody {
+    pub hashes: Vec<PieceHash>,
     pub signature: Signature,
     pub data: Vec<u8>,
 }
@@ -432,13 +440,17 @@ impl Payload for SharedBody {
     fn signature(&self) -> Signature {
         self.signature
     }
+    fn piece_hashes(&self) -> &[PieceHash] {
+        &self.hashes
+    }
 }
 
 fn head_len<P: Payload>(msg: &Message<P>) -> usize {
     let r = match msg {
         Message::Ctl(c) => postcard::experimental::serialized_size(&FrameHeadRef::Ctl(c)),
         Message::Segment(s) => {
-            postcard::experimental::serialized_size(&FrameHeadRef::Segment(&s.header()))
+            postcard::experimental::serialized_size(&FrameHeadRef::Segment(&s.bare_header()))
+                .map(|n| n + hashes_encoded_len(piece_count(s.payload.len())))
         }
     };
     // Serializing into a size counter cannot fail for these types (no maps of unknown length).
@@ -529,17 +541,42 @@ pub fn decode_body(body: &[u8]) -> Result<Message<SharedBody>, WireError> {
                     actual: rest.len(),
                 });
             }
+            // The hash list's length is bounded by the frame (16 bytes each); its count must
+            // match the length before anything is checked against it.
+            h.validate().map_err(|_| WireError::BadManifest)?;
             Ok(Message::Segment(Segment {
                 seq: h.seq,
                 origin_us: h.origin_us,
                 duration_us: h.duration_us,
                 flags: h.flags,
                 payload: Arc::new(SegmentBody {
+                    hashes: h.hashes,
                     signature: h.signature,
                     data: rest.to_vec(),
                 }),
             }))
         }
+    }
+}
+
+/// A segment frame's manifest from the first bytes of its body, and the bytes it takes:
+/// `Ok(None)` while they do not hold it whole (or the frame is not a segment). Lets a driver
+/// check the manifest, and then each piece, while the rest of the body is still arriving.
+pub fn segment_head(prefix: &[u8]) -> Result<Option<(Manifest, usize)>, WireError> {
+    match postcard::take_from_bytes::<FrameHead>(prefix) {
+        Ok((FrameHead::Segment(h), rest)) => {
+            if h.len > MAX_SEGMENT_BYTES {
+                return Err(WireError::BadSegmentLength {
+                    declared: h.len,
+                    actual: rest.len(),
+                });
+            }
+            h.validate().map_err(|_| WireError::BadManifest)?;
+            Ok(Some((h, prefix.len() - rest.len())))
+        }
+        Ok((FrameHead::Ctl(_), _)) => Ok(None),
+        Err(postcard::Error::DeserializeUnexpectedEnd) => Ok(None),
+        Err(_) => Err(WireError::Malformed),
     }
 }
 
@@ -600,6 +637,9 @@ impl Payload for SimPayload {
     }
     fn signature(&self) -> Signature {
         [[0; 32]; 2]
+    }
+    fn piece_hashes(&self) -> &[PieceHash] {
+        &[]
     }
 }
 
@@ -668,11 +708,44 @@ mod tests {
                 duration_us: 1_000_000,
                 flags: flags::ENTRY_POINT,
                 payload: Arc::new(SegmentBody {
+                    hashes: vec![[3; 16]],
                     signature: [[1; 32], [2; 32]],
                     data: (0..5000u32).map(|i| i as u8).collect(),
                 }),
             }),
+            Message::Segment(Segment {
+                seq: Seq(10),
+                origin_us: 123_456_789,
+                duration_us: 1_000_000,
+                flags: 0,
+                payload: Arc::new(SegmentBody {
+                    hashes: vec![[4; 16]; 3],
+                    signature: [[1; 32], [2; 32]],
+                    data: (0..40_000u32).map(|i| i as u8).collect(),
+                }),
+            }),
         ]
+    }
+
+    #[test]
+    fn a_manifest_whose_hash_count_disagrees_with_its_length_is_refused() {
+        let seg = Segment {
+            seq: Seq(1),
+            origin_us: 0,
+            duration_us: 1,
+            flags: 0,
+            payload: Arc::new(SegmentBody {
+                hashes: vec![[0; 16]; 2],
+                signature: [[0; 32]; 2],
+                data: vec![0; 40_000],
+            }),
+        };
+        let mut out = Vec::new();
+        encode(&Message::Segment(seg), &mut out).unwrap();
+        assert_eq!(
+            decode_body(&out[FRAME_PREFIX_LEN..]),
+            Err(WireError::BadManifest)
+        );
     }
 
     #[test]

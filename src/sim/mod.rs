@@ -40,11 +40,6 @@ pub const MIN_DEADLINES: u64 = 10;
 const PREFETCH_AHEAD: usize = 8;
 /// Port every simulated node listens on.
 const SIM_PORT: u16 = 7000;
-/// Bytes of a segment a forwarder sends after it has the whole segment: the last chunk
-/// (chunks are verified one by one, so a relay forwards each as soon as it has it).
-const CHUNK_BYTES: u64 = 16 * 1024;
-/// A forward whose data never arrives is dropped after this long.
-const PARKED_MAX: Duration = Duration::from_secs(20);
 /// How long a dial to a vanished host waits before failing (a crashed box answers nothing).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -134,12 +129,6 @@ enum Ev {
         to: u32,
         link: LinkId,
     },
-    /// A segment's head reached `to`: it may forward the segment while the rest streams in.
-    HeadArrive {
-        to: u32,
-        link: LinkId,
-        segment: Segment<SimPayload>,
-    },
     Wake {
         node: u32,
     },
@@ -161,10 +150,9 @@ impl Ev {
     /// The simulated link the event travels on, if any.
     fn link(&self) -> Option<LinkId> {
         match self {
-            Ev::Deliver { link, .. }
-            | Ev::LinkUp { link, .. }
-            | Ev::LinkDown { link, .. }
-            | Ev::HeadArrive { link, .. } => Some(*link),
+            Ev::Deliver { link, .. } | Ev::LinkUp { link, .. } | Ev::LinkDown { link, .. } => {
+                Some(*link)
+            }
             _ => None,
         }
     }
@@ -176,7 +164,6 @@ impl Ev {
             Ev::DialFailed { to, .. } => (3, *to),
             Ev::LinkDown { to, .. } => (4, *to),
             Ev::Wake { node } => (5, *node),
-            Ev::HeadArrive { to, .. } => (10, *to),
             Ev::UplinkDone { node, .. } => (6, *node),
             Ev::Ingest => (7, 0),
             Ev::Join { node } => (8, *node),
@@ -667,7 +654,6 @@ impl Sim {
             Ev::Deliver { to, link, mut msg } => {
                 let ok = self.alive(to) && self.links.get(&link.0).is_some_and(|l| l.open_at(to));
                 if ok {
-                    let mut completed = None;
                     if let Message::Segment(seg) = &mut msg {
                         let d = self.now.as_micros() as f64 - seg.origin_us as f64;
                         self.arrival.add(d / 1e6);
@@ -683,12 +669,8 @@ impl Sim {
                                 seg.payload.hops
                             );
                         }
-                        completed = Some(seg.seq);
                     }
                     self.input(to, Input::Received { link, msg });
-                    if let Some(seq) = completed {
-                        self.release_forwards(to, seq);
-                    }
                 }
             }
             Ev::LinkUp {
@@ -744,17 +726,6 @@ impl Sim {
                     self.input(to, Input::LinkDown { link });
                 }
             }
-            Ev::HeadArrive {
-                to,
-                link,
-                mut segment,
-            } => {
-                let ok = self.alive(to) && self.links.get(&link.0).is_some_and(|l| l.open_at(to));
-                if ok {
-                    segment.payload.hops += 1;
-                    self.input(to, Input::SegmentStarted { link, segment });
-                }
-            }
             Ev::Wake { node } => {
                 let alive = self.hot[node as usize].life == Life::Alive;
                 let s = &mut self.slots[node as usize];
@@ -779,18 +750,6 @@ impl Sim {
                     let open = self.links.get(&f.link.0).is_some_and(|l| l.open_at(node));
                     if !open {
                         continue;
-                    }
-                    // Cut-through: the last bytes cannot leave before the sender has them.
-                    if let Message::Segment(seg) = &f.msg {
-                        let held = self.slots[node as usize]
-                            .node
-                            .as_ref()
-                            .is_some_and(|n| n.store().has(seg.seq));
-                        if !held {
-                            let now = self.now;
-                            self.slots[node as usize].uplink.park(now, f, CHUNK_BYTES);
-                            continue;
-                        }
                     }
                     let delay = self.path_delay(f.link, node, f.to, wire_len(&f.msg) as u64);
                     let at = self
@@ -895,19 +854,6 @@ impl Sim {
         self.drain(ix);
     }
 
-    /// Node `ix` now holds `seq` whole: transfers of it waiting for their last bytes go.
-    fn release_forwards(&mut self, ix: u32, seq: Seq) {
-        let now = self.now;
-        let released = self.slots[ix as usize].uplink.unpark(
-            now,
-            PARKED_MAX,
-            |m| matches!(m, Message::Segment(s) if s.seq == seq),
-        );
-        if released {
-            self.arm_uplink(ix);
-        }
-    }
-
     fn arm_uplink(&mut self, ix: u32) {
         let s = &mut self.slots[ix as usize];
         if let Some(t) = s.uplink.next_completion() {
@@ -979,14 +925,6 @@ impl Sim {
                             let payload = s.payload.len as u64;
                             self.payload_bytes += payload;
                             self.control_bytes += bytes - payload;
-                            // The head arrives a latency after the first bytes leave.
-                            let head_at = self.now + self.link_one_way(link, ix, to);
-                            let head_at = self
-                                .links
-                                .get_mut(&link.0)
-                                .map_or(head_at, |l| l.in_order(ix, head_at));
-                            let segment = s.clone();
-                            self.push(head_at, Ev::HeadArrive { to, link, segment });
                             let cap = self.hot[to as usize].down;
                             let prio = s.origin_us;
                             if self.trace_seq == Some(s.seq.0) {

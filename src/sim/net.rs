@@ -69,9 +69,6 @@ pub struct Flow<M> {
 pub struct Uplink<M> {
     bytes_per_s: f64,
     flows: Vec<Flow<M>>,
-    /// Transfers whose last bytes wait for the sender to receive them (cut-through), and
-    /// since when.
-    parked: Vec<(Flow<M>, Instant)>,
     last: Instant,
     /// Each flow's rate (see [`Uplink::rates`]), valid while `rates_valid`.
     rate_buf: Vec<f64>,
@@ -86,7 +83,6 @@ impl<M> Uplink<M> {
         Uplink {
             bytes_per_s: bytes_per_s as f64,
             flows: Vec::new(),
-            parked: Vec::new(),
             last: Instant::ZERO,
             rate_buf: Vec::new(),
             rates_valid: false,
@@ -182,7 +178,6 @@ impl<M> Uplink<M> {
     /// Drops the transfers on `link` (it closed).
     pub fn cancel(&mut self, now: Instant, link: LinkId) {
         self.advance(now);
-        self.parked.retain(|(f, _)| f.link != link);
         let before = self.flows.len();
         self.flows.retain(|f| f.link != link);
         if self.flows.len() != before {
@@ -195,7 +190,6 @@ impl<M> Uplink<M> {
     pub fn clear(&mut self) {
         self.rates_valid = false;
         self.flows.clear();
-        self.parked.clear();
         self.version += 1;
     }
 
@@ -237,37 +231,6 @@ impl<M> Uplink<M> {
 
     pub fn busy(&self) -> bool {
         !self.flows.is_empty()
-    }
-
-    /// Holds a finished transfer back until the data it forwards has arrived: its last
-    /// `tail` bytes go once [`Uplink::unpark`] releases it.
-    pub fn park(&mut self, now: Instant, mut f: Flow<M>, tail: u64) {
-        f.remaining = tail as f64;
-        self.parked.push((f, now));
-    }
-
-    /// Releases parked transfers for which `ready` holds; forgets any parked longer than
-    /// `max_wait` (their data never came). True if any were released.
-    pub fn unpark(&mut self, now: Instant, max_wait: Duration, ready: impl Fn(&M) -> bool) -> bool {
-        self.advance(now);
-        self.parked
-            .retain(|(_, since)| now.saturating_since(*since) <= max_wait);
-        let mut released = false;
-        let mut k = 0;
-        while k < self.parked.len() {
-            if ready(&self.parked[k].0.msg) {
-                let (f, _) = self.parked.swap_remove(k);
-                self.rates_valid = false;
-                self.flows.push(f);
-                released = true;
-            } else {
-                k += 1;
-            }
-        }
-        if released {
-            self.version += 1;
-        }
-        released
     }
 }
 
