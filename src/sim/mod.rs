@@ -193,6 +193,9 @@ struct Slot {
     final_stats: Option<(NodeStats, u64)>,
     uploaded_bytes: u64,
     freezes: metrics::Freezes,
+    /// The transfers coming to this node (sender, link), which share its downlink; entries
+    /// whose transfer ended are dropped at the next [`World::share_downlink`].
+    incoming: Vec<(u32, LinkId)>,
 }
 
 /// The part of a slot read for events about other nodes.
@@ -336,6 +339,8 @@ pub struct Sim {
     trace_seq: Option<u32>,
     trace_got: HashMap<u32, Instant, IdBuild>,
     flowbuf: Vec<net::Flow<Message<SimPayload>>>,
+    /// Scratch for sharing a downlink (net::share_downlink).
+    share_buf: (Vec<u64>, Vec<usize>, Vec<u64>),
 }
 
 fn addr_of(ix: u32) -> PeerAddr {
@@ -398,6 +403,7 @@ impl Sim {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             flowbuf: Vec::new(),
+            share_buf: Default::default(),
             cfg,
         };
         // The source is node 0, live from the start.
@@ -454,6 +460,7 @@ impl Sim {
             final_stats: None,
             uploaded_bytes: 0,
             freezes: metrics::Freezes::default(),
+            incoming: Vec::new(),
         });
         ix
     }
@@ -717,11 +724,13 @@ impl Sim {
                     return;
                 }
                 l.close_at(to);
+                let other = l.other(to);
                 if !l.a_open && !l.b_open {
                     self.links.remove(&link.0);
                 }
                 if self.alive(to) {
                     self.slots[to as usize].uplink.cancel(self.now, link);
+                    self.share_downlink(other);
                     self.arm_uplink(to);
                     self.input(to, Input::LinkDown { link });
                 }
@@ -747,6 +756,7 @@ impl Sim {
                     .uplink
                     .take_completed(self.now, &mut done);
                 for f in done.drain(..) {
+                    self.share_downlink(f.to);
                     let open = self.links.get(&f.link.0).is_some_and(|l| l.open_at(node));
                     if !open {
                         continue;
@@ -829,8 +839,37 @@ impl Sim {
         }
         self.hot[ix as usize].life = if crash { Life::Crashed } else { Life::Left };
         s.left_at = Some(now);
+        let receivers: Vec<u32> = s.uplink.receivers().collect();
         s.uplink.clear();
         s.armed = None;
+        for r in receivers {
+            self.share_downlink(r);
+        }
+    }
+
+    /// Shares node `rx`'s downlink among the transfers coming to it (net::share_downlink)
+    /// and re-arms the senders whose transfers' rates moved.
+    fn share_downlink(&mut self, rx: u32) {
+        let mut incoming = std::mem::take(&mut self.slots[rx as usize].incoming);
+        let slots = &self.slots;
+        incoming.retain(|&(from, link)| slots[from as usize].uplink.has_flow(link));
+        if !incoming.is_empty() {
+            let (mut demands, mut order, mut caps) = std::mem::take(&mut self.share_buf);
+            demands.clear();
+            demands.extend(
+                incoming
+                    .iter()
+                    .map(|&(from, _)| self.slots[from as usize].uplink.capacity()),
+            );
+            net::share_downlink(self.hot[rx as usize].down, &demands, &mut order, &mut caps);
+            for (&(from, link), &cap) in incoming.iter().zip(&caps) {
+                if self.slots[from as usize].uplink.set_cap(self.now, link, cap) {
+                    self.arm_uplink(from);
+                }
+            }
+            self.share_buf = (demands, order, caps);
+        }
+        self.slots[rx as usize].incoming = incoming;
     }
 
     /// The one-way delay from `from` to `to` over `link` (read from the link while it is
@@ -945,6 +984,11 @@ impl Sim {
                             self.slots[ix as usize]
                                 .uplink
                                 .start(self.now, link, to, bytes, cap, prio, msg);
+                            let incoming = &mut self.slots[to as usize].incoming;
+                            if !incoming.contains(&(ix, link)) {
+                                incoming.push((ix, link));
+                            }
+                            self.share_downlink(to);
                             uplink_changed = true;
                         }
                         Message::Ctl(c) => {
@@ -952,12 +996,15 @@ impl Sim {
                                 self.src_ctl[ctl_kind(c)] += bytes;
                             }
                             self.control_bytes += bytes;
-                            let ser = Duration::for_bytes(bytes, self.slots[ix as usize].up);
-                            let delay = self.path_delay(link, ix, to, bytes) + ser;
+                            // Out on the sender's uplink among its segments (net::Uplink).
+                            let out = self.slots[ix as usize]
+                                .uplink
+                                .send_control(self.now, link, bytes);
+                            let at = out + self.path_delay(link, ix, to, bytes);
                             let at = self
                                 .links
                                 .get_mut(&link.0)
-                                .map_or(self.now + delay, |l| l.in_order(ix, self.now + delay));
+                                .map_or(at, |l| l.in_order(ix, at));
                             self.push(at, Ev::Deliver { to, link, msg });
                         }
                     }
@@ -990,6 +1037,7 @@ impl Sim {
                         self.push(at, Ev::LinkDown { to: other, link });
                     }
                     self.slots[ix as usize].uplink.cancel(self.now, link);
+                    self.share_downlink(other);
                     uplink_changed = true;
                 }
                 Output::Play { segment, deadline } => {

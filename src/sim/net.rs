@@ -4,8 +4,13 @@
 //! Latency comes from random coordinates in a unit square: one-way delay is 5 ms plus up to
 //! 145 ms by distance, so round trips span 10-300 ms. Segment transfers are serialized at the
 //! uploader: concurrent transfers share its capacity equally (processor sharing, as TCP flows
-//! on one bottleneck uplink roughly do), each also capped by the receiver's download rate.
-//! Control messages are small and go out at once (the daemon sends them ahead of queued media).
+//! on one bottleneck uplink roughly do), each also capped by its share of the receiver's
+//! downlink: a receiver's download capacity is shared by every transfer coming to it
+//! ([`share_downlink`]: max-min fair, each sender's uplink its most).
+//! Control messages share the uplink with segments as the daemon's writer sends them: they go
+//! ahead of media but only between [`RECORD`]-byte records of a segment in progress on their
+//! own link, one after another, and the time they take on the uplink is taken from the
+//! segments in progress (see [`Uplink::send_control`]).
 //! Optional packet loss costs each lost packet a retransmission round trip.
 
 use crate::proto::rng::Rng;
@@ -17,6 +22,10 @@ const PACKET_PAYLOAD: u64 = 1448;
 /// Base one-way delay, and the most distance adds.
 const BASE_ONE_WAY_US: f64 = 5_000.0;
 const SPAN_ONE_WAY_US: f64 = 145_000.0;
+/// The record a segment goes out in: the daemon's writer sends a segment in records of this
+/// many bytes and lets control frames queued meanwhile out only between them (its
+/// `WRITE_CHUNK`).
+pub const RECORD: u64 = 16 * 1024;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Place {
@@ -52,6 +61,30 @@ pub fn loss_delay(rng: &mut Rng, loss: f64, bytes: u64, rtt: Duration) -> Durati
     rtt.mul(lost)
 }
 
+/// Splits a receiver's downlink of `down` bytes/s among the transfers coming to it, which
+/// their senders' uplinks limit to `demands` bytes/s each: max-min fair (a transfer its sender
+/// holds below an equal share leaves the rest to the others), as TCP flows converging on one
+/// bottleneck downlink roughly share it. `caps[i]` is transfer i's most.
+pub fn share_downlink(down: u64, demands: &[u64], order: &mut Vec<usize>, caps: &mut Vec<u64>) {
+    caps.clear();
+    caps.resize(demands.len(), 0);
+    order.clear();
+    order.extend(0..demands.len());
+    order.sort_by_key(|&i| (demands[i], i));
+    let mut left = down;
+    for (k, &i) in order.iter().enumerate() {
+        let share = left / (demands.len() - k) as u64;
+        if demands[i] <= share {
+            // Held below its share by its sender: its cap does not bind.
+            caps[i] = demands[i].max(share);
+            left -= demands[i];
+        } else {
+            caps[i] = share;
+            left -= share;
+        }
+    }
+}
+
 /// One transfer on an uplink.
 #[derive(Debug)]
 pub struct Flow<M> {
@@ -74,6 +107,11 @@ pub struct Uplink<M> {
     rate_buf: Vec<f64>,
     rates_valid: bool,
     order_buf: Vec<usize>,
+    /// When the control messages handed to the uplink so far are all out.
+    ctl_until: Instant,
+    /// Uplink time (seconds) control messages took while segments were in progress, not yet
+    /// taken from those segments: it is taken from the next `advance` before they move.
+    ctl_debt: f64,
     /// Bumped whenever the set of flows changes, so stale completion events are ignored.
     pub version: u64,
 }
@@ -87,6 +125,8 @@ impl<M> Uplink<M> {
             rate_buf: Vec::new(),
             rates_valid: false,
             order_buf: Vec::new(),
+            ctl_until: Instant::ZERO,
+            ctl_debt: 0.0,
             version: 0,
         }
     }
@@ -139,9 +179,16 @@ impl<M> Uplink<M> {
 
     /// Moves every flow forward to `now`.
     fn advance(&mut self, now: Instant) {
-        let dt = now.saturating_since(self.last).as_secs_f64();
+        let mut dt = now.saturating_since(self.last).as_secs_f64();
         self.last = now;
         if dt == 0.0 || self.flows.is_empty() {
+            return;
+        }
+        // Control messages had the uplink first.
+        let paused = dt.min(self.ctl_debt);
+        self.ctl_debt -= paused;
+        dt -= paused;
+        if dt == 0.0 {
             return;
         }
         self.rates();
@@ -163,6 +210,10 @@ impl<M> Uplink<M> {
         msg: M,
     ) {
         self.advance(now);
+        if self.flows.is_empty() {
+            // Control messages still going out hold the idle uplink they started on.
+            self.ctl_debt = self.ctl_until.saturating_since(now).as_secs_f64();
+        }
         self.rates_valid = false;
         self.flows.push(Flow {
             link,
@@ -173,6 +224,69 @@ impl<M> Uplink<M> {
             msg,
         });
         self.version += 1;
+    }
+
+    /// Sends a control message of `bytes` on `link` and says when its last byte leaves.
+    ///
+    /// As the daemon's writer does: a control message waits for the record of a segment in
+    /// progress on its own link to end (not for the whole segment), then goes ahead of media;
+    /// control messages leave in the order they were sent; and the uplink time they take is
+    /// taken from the segments in progress, which finish that much later. (The completion
+    /// event already queued then fires early, finds nothing done and is queued again.)
+    pub fn send_control(&mut self, now: Instant, link: LinkId, bytes: u64) -> Instant {
+        self.advance(now);
+        let ser = bytes as f64 / self.bytes_per_s.max(1.0);
+        let mut start = self.ctl_until.max(now);
+        if !self.flows.is_empty() {
+            self.rates();
+            // The record in progress on this link ends first (records are counted from a
+            // segment's end here; the daemon counts from its start: the same wait on average).
+            let record_left = self
+                .flows
+                .iter()
+                .zip(&self.rate_buf)
+                .filter(|(f, r)| f.link == link && **r > 0.0)
+                .map(|(f, r)| (f.remaining.max(0.0) % RECORD as f64) / r)
+                .fold(0.0, f64::max);
+            let record_end = now + Duration::from_micros((record_left * 1e6).ceil() as u64);
+            start = start.max(record_end);
+            self.ctl_debt += ser;
+        }
+        let done = start + Duration::from_micros((ser * 1e6).ceil() as u64);
+        self.ctl_until = done;
+        done
+    }
+
+    /// Sets the receiver's cap of the transfer on `link` (its share of the receiver's
+    /// downlink); says whether it changed.
+    pub fn set_cap(&mut self, now: Instant, link: LinkId, cap: u64) -> bool {
+        let cap = cap as f64;
+        let Some(k) = self.flows.iter().position(|f| f.link == link) else {
+            return false;
+        };
+        if self.flows[k].cap == cap {
+            return false;
+        }
+        self.advance(now);
+        self.flows[k].cap = cap;
+        self.rates_valid = false;
+        self.version += 1;
+        true
+    }
+
+    /// Whether a transfer is in progress on `link`.
+    pub fn has_flow(&self, link: LinkId) -> bool {
+        self.flows.iter().any(|f| f.link == link)
+    }
+
+    /// The uplink's capacity, bytes/s.
+    pub fn capacity(&self) -> u64 {
+        self.bytes_per_s as u64
+    }
+
+    /// The receivers of the transfers in progress.
+    pub fn receivers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.flows.iter().map(|f| f.to)
     }
 
     /// Drops the transfers on `link` (it closed).
@@ -189,6 +303,7 @@ impl<M> Uplink<M> {
     /// Drops every transfer (the node is gone).
     pub fn clear(&mut self) {
         self.rates_valid = false;
+        self.ctl_debt = 0.0;
         self.flows.clear();
         self.version += 1;
     }
@@ -196,12 +311,13 @@ impl<M> Uplink<M> {
     /// When the next transfer completes, if any.
     pub fn next_completion(&mut self) -> Option<Instant> {
         self.rates();
+        let debt = self.ctl_debt;
         self.flows
             .iter()
             .zip(self.rate_buf.iter().copied())
             .filter(|(_, r)| *r > 0.0)
             .map(|(f, r)| {
-                let secs = f.remaining.max(0.0) / r;
+                let secs = debt + f.remaining.max(0.0) / r;
                 self.last + Duration::from_micros((secs * 1e6).ceil() as u64)
             })
             .min()
@@ -285,6 +401,48 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].msg, 2);
         assert_eq!(up.next_completion(), Some(t0 + Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn a_downlink_is_shared_max_min() {
+        let (mut order, mut caps) = (Vec::new(), Vec::new());
+        // Two fast senders share 1,000 equally.
+        share_downlink(1_000, &[800, 800], &mut order, &mut caps);
+        assert_eq!(caps, [500, 500]);
+        // A slow sender takes what it can; the fast one gets the rest.
+        share_downlink(1_000, &[800, 100], &mut order, &mut caps);
+        assert_eq!(caps, [900, 500]);
+        // Nothing binds when the sum fits.
+        share_downlink(1_000, &[300, 400], &mut order, &mut caps);
+        assert!(caps[0] >= 300 && caps[1] >= 400, "{caps:?}");
+    }
+
+    #[test]
+    fn control_waits_for_the_record_on_its_link_and_delays_the_segment() {
+        // 16,384 B/s: one record a second.
+        let mut up: Uplink<u8> = Uplink::new(RECORD);
+        let t0 = Instant::ZERO;
+        up.start(t0, LinkId(1), 1, 4 * RECORD, u64::MAX, 0, 1);
+        assert_eq!(up.next_completion(), Some(t0 + Duration::from_secs(4)));
+        // Half a record in, a control message on another link goes at once...
+        let t1 = t0 + Duration::from_millis(500);
+        let out = up.send_control(t1, LinkId(2), RECORD / 4);
+        assert_eq!(out, t1 + Duration::from_millis(250));
+        // ...one on the segment's own link waits for the record to end, and for the first.
+        let out = up.send_control(t1, LinkId(1), RECORD / 4);
+        assert_eq!(out, t0 + Duration::from_millis(1250));
+        // The segment finishes later by the control messages' uplink time.
+        assert_eq!(up.next_completion(), Some(t0 + Duration::from_millis(4500)));
+        // On an idle uplink, control goes out at once, one message after another.
+        let mut idle: Uplink<u8> = Uplink::new(RECORD);
+        assert_eq!(
+            idle.send_control(t0, LinkId(1), RECORD),
+            t0 + Duration::from_secs(1)
+        );
+        assert_eq!(
+            idle.send_control(t0, LinkId(2), RECORD),
+            t0 + Duration::from_secs(2)
+        );
     }
 
     #[test]
