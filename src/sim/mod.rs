@@ -863,7 +863,10 @@ impl Sim {
             );
             net::share_downlink(self.hot[rx as usize].down, &demands, &mut order, &mut caps);
             for (&(from, link), &cap) in incoming.iter().zip(&caps) {
-                if self.slots[from as usize].uplink.set_cap(self.now, link, cap) {
+                if self.slots[from as usize]
+                    .uplink
+                    .set_cap(self.now, link, cap)
+                {
                     self.arm_uplink(from);
                 }
             }
@@ -964,7 +967,9 @@ impl Sim {
                             let payload = s.payload.len as u64;
                             self.payload_bytes += payload;
                             self.control_bytes += bytes - payload;
-                            let cap = self.hot[to as usize].down;
+                            // Its share of the receiver's downlink is set just below; alone,
+                            // it is the downlink or this uplink, whichever is less.
+                            let cap = self.hot[to as usize].down.min(self.slots[ix as usize].up);
                             let prio = s.origin_us;
                             if self.trace_seq == Some(s.seq.0) {
                                 let had = self

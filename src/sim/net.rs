@@ -64,7 +64,9 @@ pub fn loss_delay(rng: &mut Rng, loss: f64, bytes: u64, rtt: Duration) -> Durati
 /// Splits a receiver's downlink of `down` bytes/s among the transfers coming to it, which
 /// their senders' uplinks limit to `demands` bytes/s each: max-min fair (a transfer its sender
 /// holds below an equal share leaves the rest to the others), as TCP flows converging on one
-/// bottleneck downlink roughly share it. `caps[i]` is transfer i's most.
+/// bottleneck downlink roughly share it. `caps[i]` is transfer i's most, never above its
+/// demand (a higher cap would not bind, and keeping it there leaves it unchanged while the
+/// downlink has room, so the sender's uplink needs no new completion event).
 pub fn share_downlink(down: u64, demands: &[u64], order: &mut Vec<usize>, caps: &mut Vec<u64>) {
     caps.clear();
     caps.resize(demands.len(), 0);
@@ -75,8 +77,8 @@ pub fn share_downlink(down: u64, demands: &[u64], order: &mut Vec<usize>, caps: 
     for (k, &i) in order.iter().enumerate() {
         let share = left / (demands.len() - k) as u64;
         if demands[i] <= share {
-            // Held below its share by its sender: its cap does not bind.
-            caps[i] = demands[i].max(share);
+            // Held below its share by its sender: the rest goes to the others.
+            caps[i] = demands[i];
             left -= demands[i];
         } else {
             caps[i] = share;
@@ -410,11 +412,14 @@ mod tests {
         share_downlink(1_000, &[800, 800], &mut order, &mut caps);
         assert_eq!(caps, [500, 500]);
         // A slow sender takes what it can; the fast one gets the rest.
-        share_downlink(1_000, &[800, 100], &mut order, &mut caps);
-        assert_eq!(caps, [900, 500]);
+        share_downlink(1_000, &[950, 100], &mut order, &mut caps);
+        assert_eq!(caps, [900, 100]);
         // Nothing binds when the sum fits.
         share_downlink(1_000, &[300, 400], &mut order, &mut caps);
-        assert!(caps[0] >= 300 && caps[1] >= 400, "{caps:?}");
+        assert_eq!(caps, [300, 400]);
+        // Three fast senders into one downlink.
+        share_downlink(900, &[400, 400, 400], &mut order, &mut caps);
+        assert_eq!(caps, [300, 300, 300]);
     }
 
     #[test]
