@@ -93,12 +93,13 @@ fn sequence_numbers_wrap_without_a_stall() {
 }
 
 /// The core's figures at small scale (100 peers, churn, 180 s, seed 1), asserted near what
-/// this deterministic run gives on the commit that set them (continuity mean 0.977, p5 0.900,
-/// startup p50 1.63 s and p95 3.37 s, overhead 0.0042): a change that costs a percent of
-/// continuity or a tenth of a second of startup fails here and has to say why. Segments are
-/// forwarded only once whole and checked (0.977 / 0.909 / 1.62 s / 3.55 s / 0.0033 while the
-/// simulator let a relay forward a segment still arriving, which no driver did); the overhead
-/// grew by the manifest's piece hashes. The goals (continuity 0.99, p5 0.97, startup p50 1.0 s,
+/// this deterministic run gives on the commit that set them (continuity mean 0.9785, p5
+/// 0.921, startup p50 1.78 s and p95 3.71 s, overhead 0.0043): a change that costs a percent
+/// of continuity or a tenth of a second of startup fails here and has to say why. Control
+/// messages share the sender's uplink with segments as in the daemon (waiting for the 16 KiB
+/// record on their link): startup moved from 1.71 / 3.46 s when they travelled free, the
+/// partners' answers to a joiner waiting behind records on slow uplinks. Segments are
+/// forwarded only once whole and checked; the overhead includes the manifest's piece hashes. The goals (continuity 0.99, p5 0.97, startup p50 1.0 s,
 /// p95 2.5 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
@@ -108,10 +109,10 @@ fn small_churn_swarm_figures() {
         s.continuity_mean, s.continuity_p5, s.startup_p50_s, s.startup_p95_s, s.overhead
     );
     eprintln!("{figures}");
-    assert!(s.continuity_mean >= 0.97, "{figures}");
-    assert!(s.continuity_p5 >= 0.89, "{figures}");
-    assert!(s.startup_p50_s <= 1.75, "{figures}");
-    assert!(s.startup_p95_s <= 3.6, "{figures}");
+    assert!(s.continuity_mean >= 0.975, "{figures}");
+    assert!(s.continuity_p5 >= 0.91, "{figures}");
+    assert!(s.startup_p50_s <= 1.85, "{figures}");
+    assert!(s.startup_p95_s <= 3.85, "{figures}");
     assert!(s.overhead <= 0.0046, "{figures}");
     assert!(
         s.never_started == 0,
@@ -139,15 +140,16 @@ fn the_source_of_a_small_churn_swarm_uploads_about_two_copies() {
 }
 
 /// A flash crowd: 200 peers join within 10 s of the start. Their startup (join to first
-/// segment played) at the 95th percentile stays within 4.5 s: measured 4.18 / 3.94 / 3.53 s for
+/// segment played) at the 95th percentile stays within 4.9 s: measured 4.68 / 4.01 / 3.48 s for
 /// seeds 1-3 (the first arrivals partner with each other before anyone holds a segment, and a
-/// start fed by peers waits until it is two durations old).
+/// start fed by peers waits until it is two durations old). Control messages travelling free
+/// on the uplink gave 4.18 / 3.94 / 3.49 s; the daemon sends them between a segment's records.
 #[test]
-fn a_flash_crowd_of_200_starts_within_4_5_s() {
+fn a_flash_crowd_of_200_starts_within_4_9_s() {
     for seed in 1..=3 {
         let s = Sim::new(config(200, Scenario::Flash, 60.0, seed)).run();
         assert!(
-            s.startup_p95_s <= 4.5,
+            s.startup_p95_s <= 4.9,
             "seed {seed}: startup p95 {:.2} s (p50 {:.2} s)",
             s.startup_p95_s,
             s.startup_p50_s
