@@ -63,7 +63,7 @@ pub struct SimConfig {
     pub crash_fraction: f64,
     /// The source's upload budget, in stream rates (its link has `SOURCE_UPLOAD_FACTOR`).
     pub source_budget: f64,
-    /// Download capacity of a peer, in stream rates.
+    /// Download capacity of a peer, in stream rates, shared by every transfer coming to it.
     pub download_factor: f64,
     /// First segment number (to test the u32 wrap).
     pub start_seq: u32,
