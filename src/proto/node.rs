@@ -2464,9 +2464,13 @@ impl<P: Payload> Node<P> {
             return map;
         };
         // An empty map states no position (a peer that holds nothing yet sends its default
-        // base): nothing to refuse or count, and nothing in it to use.
+        // base): kept where its base is near ours, else moved to ours, and never counted.
         let Some(at) = map.newest() else {
-            return BufferMap::empty(reference);
+            return if near(map.base(), reference) {
+                map
+            } else {
+                BufferMap::empty(reference)
+            };
         };
         if self.checked_position(Some(at)).is_some() {
             map
