@@ -164,9 +164,10 @@ impl MCache {
         }
     }
 
-    /// Forgets every record at `addr` (a dial to it failed; we may not know its id).
+    /// Forgets every record at `addr`, its advertised or its v6 address (a dial to it
+    /// failed; we may not know its id).
     pub fn forget_addr(&mut self, addr: super::wire::PeerAddr) {
-        self.retain(|r| r.entry.addr != addr);
+        self.retain(|r| r.entry.addr != addr && r.entry.v6 != Some(addr));
     }
 
     /// Forgets every record that `via` passed on to us (it was banned: what it said about the
@@ -292,6 +293,8 @@ mod tests {
             num_partners: 1,
             max_partners: 8,
             ttl_s: ttl,
+            reach: crate::proto::wire::Reach::Unknown,
+            v6: None,
         }
     }
 
