@@ -104,6 +104,10 @@ pub enum Input<P> {
     /// An accepted connection's first frame was a `DialBackProof` with this nonce (the driver
     /// closed that connection; it is no link).
     DialBackProof { nonce: u64 },
+    /// Optional: how an `Output::DialBack` went (`connected`: the connect succeeded and the
+    /// proof was written; false: refused or timed out). The node marks the asker's record
+    /// (the source and deputies hand out dialable records first).
+    DialBackDone { nonce: u64, connected: bool },
 }
 
 /// Something the node asks of its driver.
@@ -948,6 +952,7 @@ impl<P: Payload> Node<P> {
             Input::DialBackProof { nonce } => {
                 self.reach.on_proof(nonce);
             }
+            Input::DialBackDone { nonce, connected } => self.on_dial_back_done(nonce, connected),
         }
         self.finish();
     }
@@ -1106,6 +1111,8 @@ impl<P: Payload> Node<P> {
             self.send(i, Control::Hello(self.hello()));
             match purpose {
                 Purpose::Bootstrap => {
+                    // First: its answer comes before the redirect that may end the link.
+                    self.ask_dial_back(i);
                     self.send(i, Control::Join);
                     self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::REDIRECT | awaiting::PARTNER;
@@ -1616,8 +1623,10 @@ impl<P: Payload> Node<P> {
         // Newcomers become known to later joiners through the origin.
         if let Some(old) = self.mcache.get(peer.id) {
             rec.seq = old.seq;
+            rec.reach = old.reach;
+            rec.v6 = old.v6;
         }
-        self.mcache.learn(rec, now);
+        self.learn_joiner(rec);
         self.send(i, Control::Redirect { deputy, members });
     }
 

@@ -76,8 +76,8 @@ pub struct ReachStats {
 }
 
 /// How long a dial-back may take before the asker counts itself unreachable: the driver's
-/// connect timeout (3 s) and a round trip or two.
-pub const DIAL_BACK_WAIT: Duration = Duration::from_secs(5);
+/// connect timeout (3 s) and a round trip and a half of 300 ms.
+pub const DIAL_BACK_WAIT: Duration = Duration::from_millis(3500);
 /// An unreachable (or unproven) node asks again this often: a router may have been fixed, a
 /// mapping made by hand.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(300);
@@ -87,8 +87,9 @@ pub const ASK_AGAIN_AFTER: Duration = Duration::from_secs(2);
 /// Period of every budget below.
 pub const BUDGET_PERIOD: Duration = Duration::from_secs(10);
 /// Dial-backs a node carries out for others per period: a source answering a joining crowd
-/// proves 2 a second, each a TCP connect and one 14-byte frame.
-pub const DIAL_BACKS_PER_PERIOD: u32 = 20;
+/// proves 10 a second, each a TCP connect and one 14-byte frame. Each asks for its own link
+/// (a connection and a hello): a dial-back costs the asker as much as the answerer.
+pub const DIAL_BACKS_PER_PERIOD: u32 = 100;
 /// Dial-back requests answered per link per period (one is all an honest asker needs).
 pub const DIAL_BACKS_PER_LINK: u32 = 1;
 /// Introductions (pairs) a node makes per period.
@@ -102,7 +103,7 @@ pub const INTRO_REQUEST_FANOUT: usize = 2;
 /// Introduction requests an introducer holds (from different peers) while it waits for a
 /// second one to pair with; one older than [`SEEKER_FRESH`] is stale.
 pub const MAX_SEEKERS: usize = 16;
-pub const SEEKER_FRESH: Duration = Duration::from_secs(12);
+pub const SEEKER_FRESH: Duration = Duration::from_secs(6);
 /// Pairs introduced lately, remembered so as not to introduce them again.
 pub const MAX_RECENT_PAIRS: usize = 64;
 pub const REINTRODUCE_AFTER: Duration = Duration::from_secs(120);
@@ -110,14 +111,25 @@ pub const REINTRODUCE_AFTER: Duration = Duration::from_secs(120);
 /// both introductions have arrived, whatever the jitter.
 pub const PUNCH_MARGIN: Duration = Duration::from_millis(250);
 
+/// A dial-back asked for.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    nonce: u64,
+    link: LinkId,
+    at: Instant,
+    /// The answer said a dial-back is on its way: only then does a silence mean we cannot
+    /// be dialled.
+    dialing: bool,
+}
+
 /// A node's own reachability, and the dial-back it is waiting for.
 #[derive(Clone, Debug)]
 pub struct ReachState {
     status: ReachStatus,
     /// The driver's word (a port mapping, configuration): a dial-back does not overrule it.
     from_driver: bool,
-    /// The dial-back we wait for: nonce, the link asked, when.
-    pending: Option<(u64, LinkId, Instant)>,
+    /// The dial-back we wait for.
+    pending: Option<Pending>,
     /// No dial-back is asked before this (after a refusal, an answer, a timeout).
     next_ask: Instant,
     next_intro_request: Instant,
@@ -195,7 +207,12 @@ impl ReachState {
 
     /// Starts a dial-back on `link`; the caller sends `DialBackRequest { nonce, port }`.
     pub fn ask(&mut self, now: Instant, link: LinkId, nonce: u64) {
-        self.pending = Some((nonce, link, now));
+        self.pending = Some(Pending {
+            nonce,
+            link,
+            at: now,
+            dialing: false,
+        });
         self.stats.dial_backs_asked += 1;
         // Asked again at the recheck, whatever the outcome (a timeout sets it too).
         self.next_ask = now + RECHECK_EVERY;
@@ -203,12 +220,13 @@ impl ReachState {
 
     /// The answer to our request on `link`.
     pub fn on_answer(&mut self, now: Instant, link: LinkId, observed: PeerAddr, dialing: bool) {
-        let Some((_, asked, _)) = self.pending else {
+        let Some(p) = self.pending.as_mut() else {
             return;
         };
-        if asked != link {
+        if p.link != link {
             return;
         }
+        p.dialing = dialing;
         self.status.observed = Some(observed);
         if self.status.external.is_none() || self.status.via != Some(ReachVia::PortMapping) {
             self.status.external = Some(observed);
@@ -222,7 +240,7 @@ impl ReachState {
     /// A dial-back proof arrived; true if it was the one we wait for (we are reachable).
     pub fn on_proof(&mut self, nonce: u64) -> bool {
         match self.pending {
-            Some((n, _, _)) if n == nonce => {
+            Some(p) if p.nonce == nonce => {
                 self.pending = None;
                 self.stats.dial_backs_proved += 1;
                 if !self.from_driver {
@@ -236,25 +254,32 @@ impl ReachState {
     }
 
     /// The link a pending dial-back was asked on went down before it was answered: ask
-    /// another.
+    /// another (one already on its way is still waited for).
     pub fn on_link_down(&mut self, now: Instant, link: LinkId) {
-        if self.pending.is_some_and(|(_, l, _)| l == link) {
+        if self.pending.is_some_and(|p| p.link == link && !p.dialing) {
             self.pending = None;
             self.next_ask = now;
         }
     }
 
-    /// Time passes: a dial-back not proved within [`DIAL_BACK_WAIT`] makes us unreachable.
+    /// Time passes: a dial-back on its way and not proved within [`DIAL_BACK_WAIT`] makes us
+    /// unreachable; a request never answered is asked again elsewhere.
     pub fn tick(&mut self, now: Instant) {
-        if let Some((_, _, at)) = self.pending {
-            if now.saturating_since(at) >= DIAL_BACK_WAIT {
-                self.pending = None;
-                self.stats.dial_backs_timed_out += 1;
-                if !self.from_driver {
-                    self.status.reachable = Some(false);
-                    self.status.via = Some(ReachVia::DialBack);
-                }
-            }
+        let Some(p) = self.pending else {
+            return;
+        };
+        if now.saturating_since(p.at) < DIAL_BACK_WAIT {
+            return;
+        }
+        self.pending = None;
+        if !p.dialing {
+            self.next_ask = now + ASK_AGAIN_AFTER;
+            return;
+        }
+        self.stats.dial_backs_timed_out += 1;
+        if !self.from_driver {
+            self.status.reachable = Some(false);
+            self.status.via = Some(ReachVia::DialBack);
         }
     }
 
@@ -272,6 +297,15 @@ impl ReachState {
     }
 }
 
+/// A dial-back we carried out.
+#[derive(Clone, Copy, Debug)]
+struct Dialled {
+    nonce: u64,
+    id: PeerId,
+    at: Instant,
+    held: Option<MemberEntry>,
+}
+
 /// What a node does for others, bounded: dial-backs and introductions.
 #[derive(Clone, Debug)]
 pub struct Introducer {
@@ -280,6 +314,10 @@ pub struct Introducer {
     answered: Vec<(LinkId, Instant)>,
     made: Budget,
     taken: Budget,
+    /// Dial-backs we carried out and whose outcome the driver may report: nonce, asker,
+    /// when, and the asker's record held back until the outcome says how to hand it out.
+    /// At most [`DIAL_BACKS_PER_PERIOD`].
+    dialled: Vec<Dialled>,
     /// Introduction requests waiting for a partner to pair with: link, peer, when.
     seekers: Vec<(LinkId, PeerId, Instant)>,
     /// Pairs introduced lately (smaller id first), and when.
@@ -291,11 +329,59 @@ impl Introducer {
         Introducer {
             dial_backs: Budget::new(now),
             answered: Vec::new(),
+            dialled: Vec::new(),
             made: Budget::new(now),
             taken: Budget::new(now),
             seekers: Vec::new(),
             recent: Vec::new(),
         }
+    }
+
+    /// Remembers a dial-back to `id` under `nonce`, for its outcome.
+    pub fn dialled(&mut self, now: Instant, nonce: u64, id: PeerId) {
+        if self.dialled.len() >= DIAL_BACKS_PER_PERIOD as usize {
+            self.dialled.remove(0);
+        }
+        self.dialled.push(Dialled {
+            nonce,
+            id,
+            at: now,
+            held: None,
+        });
+    }
+
+    /// Holds `rec` (a joiner's record, of unknown reach) until the dial-back to its member
+    /// tells whether it can be dialled; gives it back if no dial-back to it is under way.
+    pub fn hold(&mut self, rec: MemberEntry) -> Result<(), MemberEntry> {
+        match self.dialled.iter_mut().find(|d| d.id == rec.id) {
+            Some(d) => {
+                d.held = Some(rec);
+                Ok(())
+            }
+            None => Err(rec),
+        }
+    }
+
+    /// A dial-back of ours with `nonce` is done: the peer it went to, and the record held
+    /// for it (once).
+    pub fn dial_back_done(&mut self, nonce: u64) -> Option<(PeerId, Option<MemberEntry>)> {
+        let k = self.dialled.iter().position(|d| d.nonce == nonce)?;
+        let d = self.dialled.swap_remove(k);
+        Some((d.id, d.held))
+    }
+
+    /// Dial-backs whose outcome the driver did not report within [`DIAL_BACK_WAIT`] (a
+    /// driver that does not say): the records held for them, to be learned as they are.
+    pub fn unreported(&mut self, now: Instant) -> Vec<MemberEntry> {
+        let mut out = Vec::new();
+        self.dialled.retain(|d| {
+            let keep = now.saturating_since(d.at) < DIAL_BACK_WAIT;
+            if !keep {
+                out.extend(d.held);
+            }
+            keep
+        });
+        out
     }
 
     /// Whether to carry out a dial-back for a request on `link`: one per link and
@@ -417,13 +503,15 @@ mod tests {
 
         let mut r = ReachState::new(at(0));
         r.ask(at(0), LinkId(1), 5);
-        r.tick(at(4_999));
+        r.on_answer(at(40), LinkId(1), PeerAddr::V4([198, 51, 100, 2], 7000), true);
+        r.on_link_down(at(50), LinkId(1));
+        r.tick(at(0) + (DIAL_BACK_WAIT - Duration::from_millis(1)));
         assert_eq!(r.reach(), Reach::Unknown);
-        r.tick(at(5_000));
+        r.tick(at(0) + DIAL_BACK_WAIT);
         assert_eq!(r.reach(), Reach::Unreachable);
         assert_eq!(r.stats.dial_backs_timed_out, 1);
         assert!(!r.wants_dial_back(at(6_000)));
-        assert!(r.wants_dial_back(at(5_000) + RECHECK_EVERY));
+        assert!(r.wants_dial_back(at(0) + RECHECK_EVERY));
     }
 
     #[test]
@@ -441,6 +529,16 @@ mod tests {
         assert!(r.wants_dial_back(at(50) + ASK_AGAIN_AFTER));
         r.tick(at(60_000));
         assert_eq!(r.reach(), Reach::Unknown, "no timeout for a refusal");
+        // Never answered: asked again, not counted unreachable.
+        r.ask(at(60_000), LinkId(5), 10);
+        r.tick(at(60_000) + DIAL_BACK_WAIT);
+        assert_eq!(r.reach(), Reach::Unknown);
+        assert!(r.wants_dial_back(at(60_000) + DIAL_BACK_WAIT + ASK_AGAIN_AFTER));
+        // The link goes before the answer: asked again at once.
+        let mut r = ReachState::new(at(0));
+        r.ask(at(0), LinkId(1), 11);
+        r.on_link_down(at(10), LinkId(1));
+        assert!(r.wants_dial_back(at(10)));
     }
 
     #[test]
@@ -484,7 +582,7 @@ mod tests {
             "one per link per period"
         );
         let mut done = 1;
-        for k in 2..100 {
+        for k in 2..1000 {
             if i.may_dial_back(at(2), LinkId(k)) {
                 done += 1;
             }
@@ -493,6 +591,36 @@ mod tests {
         assert!(i.answered.len() <= DIAL_BACKS_PER_PERIOD as usize);
         let later = at(0) + BUDGET_PERIOD;
         assert!(i.may_dial_back(later, LinkId(1)), "the next period");
+    }
+
+    #[test]
+    fn a_joiners_record_waits_for_its_dial_back() {
+        let mut i = Introducer::new(at(0));
+        let rec = MemberEntry {
+            id: PeerId(4),
+            addr: PeerAddr::V4([203, 0, 113, 4], 7000),
+            seq: 0,
+            num_partners: 0,
+            max_partners: 8,
+            ttl_s: 60,
+            reach: Reach::Unknown,
+            v6: None,
+        };
+        assert!(i.hold(rec).is_err(), "no dial-back to it: learned at once");
+        i.dialled(at(0), 99, PeerId(4));
+        assert!(i.hold(rec).is_ok());
+        assert_eq!(i.dial_back_done(98), None);
+        assert_eq!(i.dial_back_done(99), Some((PeerId(4), Some(rec))));
+        assert_eq!(i.dial_back_done(99), None, "once");
+        // Unreported: given back after the wait.
+        i.dialled(at(0), 7, PeerId(4));
+        i.hold(rec).unwrap();
+        assert!(i.unreported(at(100)).is_empty());
+        assert_eq!(i.unreported(at(0) + DIAL_BACK_WAIT), vec![rec]);
+        for k in 0..1000 {
+            i.dialled(at(1), k, PeerId(k));
+        }
+        assert!(i.dialled.len() <= DIAL_BACKS_PER_PERIOD as usize);
     }
 
     #[test]

@@ -175,6 +175,12 @@ enum Ev {
         to: u32,
         nonce: u64,
     },
+    /// How `to`'s dial-back went (its driver saw the connect succeed or fail).
+    DialBackDone {
+        to: u32,
+        nonce: u64,
+        connected: bool,
+    },
     /// `from`'s punch toward `to` waited long enough for the other side's.
     PunchExpire {
         from: u32,
@@ -207,6 +213,7 @@ impl Ev {
             Ev::Join { node } => (8, *node),
             Ev::Leave { node, .. } => (9, *node),
             Ev::Proof { to, .. } => (11, *to),
+            Ev::DialBackDone { to, .. } => (13, *to),
             Ev::PunchExpire { from, .. } => (12, *from),
         }
     }
@@ -757,6 +764,15 @@ impl Sim {
                 }
             }
             Ev::PunchExpire { from, to } => self.nat_punch_expire(from, to),
+            Ev::DialBackDone {
+                to,
+                nonce,
+                connected,
+            } => {
+                if self.alive(to) {
+                    self.input(to, Input::DialBackDone { nonce, connected });
+                }
+            }
             Ev::DialFailed { to, remote } => {
                 if self.debug_misses && self.alive(to) {
                     eprintln!("dialfail {}", self.debug_who(to));
@@ -1231,6 +1247,9 @@ impl Sim {
                     );
                 }
                 late_startups.push(st);
+            }
+            if std::env::var("NATC_TMP").is_ok() {
+                eprintln!("TMP {} {} {:?} {:?} {} {} {}", ix, self.nat.dialable(ix as u32), stats.first_play_at.map(|t| t.saturating_since(s.joined_at).as_secs_f64()), s.joined_at.as_secs_f64(), stats.played.saturating_sub(ahead), stats.missed, s.up_factor);
             }
             match stats.first_play_at {
                 Some(t) => startups.push(t.saturating_since(s.joined_at).as_secs_f64()),

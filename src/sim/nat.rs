@@ -9,8 +9,8 @@
 //! punchable routers (or one behind a punchable router and one that can be dialled) that
 //! start a punch toward each other within [`PUNCH_WINDOW`] get one link, both sides told it
 //! is outbound; any other punch fails after the connect timeout. The source is never behind a
-//! NAT. Only what the daemon's driver produces goes in: `LinkUp`, `DialFailed` and
-//! `DialBackProof`.
+//! NAT. Only what the daemon's driver produces goes in: `LinkUp`, `DialFailed`,
+//! `DialBackProof` and `DialBackDone`.
 
 use super::{addr_of, index_of, Ev, Sim, SimLink, CONNECT_TIMEOUT};
 use crate::proto::rng::Rng;
@@ -113,12 +113,30 @@ impl Sim {
         else {
             return;
         };
-        if !self.alive(to) || !self.nat.dialable(to) {
+        let one_way = self.one_way(from, to);
+        if !self.nat.dialable(to) || !self.alive(to) {
+            // A NAT drops the SYN (a connect timeout); a vanished process is refused.
+            let at = if self.nat.dialable(to) {
+                self.now + one_way.mul(2)
+            } else {
+                self.now + CONNECT_TIMEOUT
+            };
+            let ev = Ev::DialBackDone {
+                to: from,
+                nonce,
+                connected: false,
+            };
+            self.push(at, ev);
             return;
         }
         self.nat.dial_backs_arrived += 1;
-        let one_way = self.one_way(from, to);
         self.push(self.now + one_way.mul(3), Ev::Proof { to, nonce });
+        let ev = Ev::DialBackDone {
+            to: from,
+            nonce,
+            connected: true,
+        };
+        self.push(self.now + one_way.mul(2), ev);
     }
 
     /// `Output::Punch`: meets the other side's punch toward us, or waits for it.

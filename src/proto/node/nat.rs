@@ -6,7 +6,7 @@
 use super::{Link, Node, PendingDial, Purpose};
 use crate::proto::reach::{dialable, hand_out_rank, punch_delays, INTRO_REQUEST_FANOUT};
 use crate::proto::time::Duration;
-use crate::proto::wire::{ByeReason, Control, MemberEntry, Payload, PeerAddr, PeerId, Role};
+use crate::proto::wire::{ByeReason, Control, MemberEntry, Payload, PeerAddr, PeerId, Reach, Role};
 use crate::proto::{LinkId, Output};
 
 /// Ranks of [`hand_out_rank`], best first.
@@ -51,6 +51,9 @@ impl<P: Payload> Node<P> {
             && self.introducer.may_dial_back(now, link);
         if dialing {
             self.reach.stats.dial_backs_done += 1;
+            if let Some(p) = self.links[i].peer {
+                self.introducer.dialled(now, nonce, p.id);
+            }
             self.out.push_back(Output::DialBack { remote, nonce });
         } else {
             self.reach.stats.dial_backs_refused += 1;
@@ -145,21 +148,20 @@ impl<P: Payload> Node<P> {
     pub(super) fn reach_tick(&mut self) {
         let now = self.now;
         self.reach.tick(now);
+        for rec in self.introducer.unreported(now) {
+            self.mcache.learn(rec, now);
+        }
         if !self.joined {
             return;
         }
-        if self.cfg.dial_back && self.reach.wants_dial_back(now) {
+        if self.reach.wants_dial_back(now) {
             // A partner, a peer rather than the source when there is one (the source answers
             // every newcomer's join already).
             let pick = self
                 .pick_partner(|l| l.peer.is_some_and(|p| p.role == Role::Peer))
                 .or_else(|| self.pick_partner(|_| true));
             if let Some(j) = pick {
-                let nonce = self.rng.next_u64();
-                let link = self.links[j].id;
-                self.reach.ask(now, link, nonce);
-                let port = self.reach.advertised_port(self.cfg.listen_port);
-                self.send(j, Control::DialBackRequest { nonce, port });
+                self.ask_dial_back(j);
             }
         }
         let partners = self.partner_count();
@@ -180,6 +182,48 @@ impl<P: Payload> Node<P> {
             for j in asked {
                 self.send(j, Control::IntroRequest);
             }
+        }
+    }
+
+    /// Asks link `i` for a dial-back if we want one (the driver carries them out, nothing
+    /// settled our reachability, none is pending).
+    pub(super) fn ask_dial_back(&mut self, i: usize) {
+        if !self.cfg.dial_back || !self.reach.wants_dial_back(self.now) {
+            return;
+        }
+        let nonce = self.rng.next_u64();
+        let link = self.links[i].id;
+        self.reach.ask(self.now, link, nonce);
+        let port = self.reach.advertised_port(self.cfg.listen_port);
+        self.send(i, Control::DialBackRequest { nonce, port });
+    }
+
+    /// The driver tells how a dial-back of ours went: the asker's record says so.
+    pub(super) fn on_dial_back_done(&mut self, nonce: u64, connected: bool) {
+        if let Some((id, held)) = self.introducer.dial_back_done(nonce) {
+            let reach = if connected {
+                Reach::Reachable
+            } else {
+                Reach::Unreachable
+            };
+            match held {
+                Some(mut rec) => {
+                    rec.reach = reach;
+                    self.mcache.learn(rec, self.now);
+                }
+                None => self.mcache.set_reach(id, reach),
+            }
+        }
+    }
+
+    /// The origin learns a joiner's record, once the dial-back it asked for (if it asked us)
+    /// tells whether it can be dialled: a record of unknown reach handed to a newcomer costs
+    /// it a connect timeout when the member is behind a NAT.
+    pub(super) fn learn_joiner(&mut self, rec: MemberEntry) {
+        if rec.reach != Reach::Unknown {
+            self.mcache.learn(rec, self.now);
+        } else if let Err(rec) = self.introducer.hold(rec) {
+            self.mcache.learn(rec, self.now);
         }
     }
 
