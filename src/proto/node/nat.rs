@@ -172,10 +172,7 @@ impl<P: Payload> Node<P> {
                 .wants_introductions(now, partners, self.partner_goal())
         {
             let mut asked: Vec<usize> = (0..self.links.len())
-                .filter(|&j| {
-                    let l = &self.links[j];
-                    l.partner.is_some() && l.peer.is_some_and(|p| p.role == Role::Peer)
-                })
+                .filter(|&j| self.links[j].partner.is_some())
                 .collect();
             self.rng.shuffle(&mut asked);
             asked.truncate(INTRO_REQUEST_FANOUT);
