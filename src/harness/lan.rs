@@ -7,7 +7,7 @@
 
 use crate::proto::wire::{ChannelId, Role, SimPayload};
 use crate::proto::{
-    Command, Config, Duration, Input, Instant, LinkId, Message, Node, Output, PeerAddr, PeerId,
+    Command, Config, Duration, Input, Instant, LinkId, Node, Output, PeerAddr, PeerId,
 };
 use std::collections::{BTreeMap, BinaryHeap};
 
