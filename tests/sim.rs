@@ -5,12 +5,15 @@
 
 use coolstream::sim::{Scenario, Sim, SimConfig};
 
+/// Every peer can be dialled here (the figures below are of the mesh itself); swarms behind
+/// home routers are `swarms_behind_nats`.
 fn config(peers: usize, scenario: Scenario, duration_s: f64, seed: u64) -> SimConfig {
     SimConfig {
         peers,
         scenario,
         duration_s,
         seed,
+        nat_fraction: 0.0,
         ..SimConfig::default()
     }
 }
