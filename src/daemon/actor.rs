@@ -20,6 +20,7 @@ use crate::proto::{Command, Input, LateCause, LinkId, Node, Output, PeerId, Role
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -92,6 +93,10 @@ pub(super) struct Actor {
     upload_warning: Option<String>,
     /// When a segment late for want of any holder was last a warning.
     unheld_warned: Option<std::time::Instant>,
+    /// The port mapping of our listener, when one is kept.
+    nat: Option<watch::Receiver<crate::nat::Status>>,
+    /// What the last dial-back said: whether peers can dial us.
+    dialled_back: Option<bool>,
 }
 
 /// Segments played before the stream's rate is judged against the upload cap.
@@ -153,6 +158,8 @@ impl Actor {
             played_us: 0,
             upload_warning: None,
             unheld_warned: None,
+            nat: opts.nat.take(),
+            dialled_back: None,
             node,
         }
     }
@@ -680,6 +687,13 @@ impl Actor {
             _ => None,
         };
         let players = self.feed.as_ref().map_or(0, |f| f.subscribers());
+        let nat = self.nat.as_ref().map_or_else(Default::default, |rx| {
+            super::reach::NatFigures::of(&rx.borrow(), tokio::time::Instant::now())
+        });
+        // A dial-back decides; a mapping the router holds is taken at its word until then.
+        let reachable = self
+            .dialled_back
+            .or(nat.external_addr.is_some().then_some(true));
         NodeReport {
             role: match self.role {
                 Role::Source => "source".into(),
@@ -730,6 +744,11 @@ impl Actor {
             stream_kbps: (self.played_us > 0)
                 .then(|| self.played_bytes as f64 * 8.0 * 1000.0 / self.played_us as f64),
             upload_warning: self.upload_warning.clone(),
+            reachable,
+            external_addr: nat.external_addr,
+            nat_method: nat.nat_method,
+            nat_lease_s: nat.nat_lease_s,
+            nat_error: nat.nat_error,
             diag: Diagnostics {
                 requests_sent: s.requests_sent,
                 segments_received: s.segments_received,
@@ -803,6 +822,9 @@ async fn accept_loop(
         };
         match listener.accept().await {
             Ok((stream, addr)) => {
+                // A dual-stack listener shows IPv4 peers as ::ffff:a.b.c.d: the door, the bans
+                // and the core see them as the IPv4 addresses they are.
+                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
                 backoff = Duration::from_millis(10);
                 let (admitted, handshake) = match guard.admit(addr.ip(), std::time::Instant::now())
                 {

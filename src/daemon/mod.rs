@@ -21,6 +21,7 @@ pub mod link;
 pub mod logging;
 pub mod memory;
 pub mod notify;
+pub mod reach;
 pub mod roles;
 pub mod stats;
 pub mod warm;
@@ -156,6 +157,8 @@ pub struct NodeOptions {
     pub warm: Option<warm::SharedView>,
     /// This node's outputs for its stats (`outputs`), given its players.
     pub outputs: Option<stats::OutputsFn>,
+    /// The port mapping of this node's listener ([`reach::PortMapping::status`]).
+    pub nat: Option<watch::Receiver<crate::nat::Status>>,
 }
 
 /// Environment variable that makes a node corrupt the segments it uploads, for tests of the
@@ -185,6 +188,7 @@ impl NodeOptions {
             body_budget: None,
             partners: None,
             warm: None,
+            nat: None,
         }
     }
 }
@@ -315,14 +319,40 @@ pub async fn shutdown_signal() {
 }
 
 /// Binds a TCP listener for peers, with address reuse so a restarted node gets its port back.
+/// `[::]` listens on IPv6 and IPv4 both (IPV6_V6ONLY off, whatever the system's default); on a
+/// system without IPv6 it falls back to `0.0.0.0` on the same port.
 pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
     let err = |e| DaemonError::Io(format!("cannot listen on {addr}"), e);
-    let domain = socket2::Domain::for_address(addr);
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .map_err(err)?;
-    s.set_reuse_address(true).map_err(err)?;
-    s.set_nonblocking(true).map_err(err)?;
-    s.bind(&addr.into()).map_err(err)?;
-    s.listen(128).map_err(err)?;
+    let dual = matches!(addr.ip(), std::net::IpAddr::V6(v6) if v6.is_unspecified());
+    let s = match bind_socket(addr, dual) {
+        Err(e) if dual && no_ipv6(&e) => {
+            let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            log::info!("no IPv6 on this system: listening on {v4}");
+            bind_socket(v4, false)
+        }
+        r => r,
+    }
+    .map_err(err)?;
     TcpListener::from_std(std::net::TcpListener::from(s)).map_err(err)
+}
+
+fn bind_socket(addr: SocketAddr, dual: bool) -> std::io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if dual {
+        s.set_only_v6(false)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s)
+}
+
+/// Whether a socket error says the system has no IPv6 (a kernel built without it, or with it
+/// disabled).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    const EADDRNOTAVAIL: i32 = 99;
+    matches!(e.raw_os_error(), Some(EAFNOSUPPORT | EADDRNOTAVAIL))
 }

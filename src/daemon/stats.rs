@@ -64,6 +64,19 @@ pub struct NodeReport {
     pub stream_kbps: Option<f64>,
     /// Set when this node's upload cap is below one copy of the stream.
     pub upload_warning: Option<String>,
+    /// Whether other peers can dial this node: true once a peer dialled it back through its
+    /// advertised address, or while the home router keeps a port mapping for it; false once
+    /// a dial-back failed; null while unknown.
+    pub reachable: Option<bool>,
+    /// The router's external address and port that reach this node's listener, while a port
+    /// mapping holds.
+    pub external_addr: Option<String>,
+    /// How the mapping was made: `upnp`, `pcp` or `natpmp`; `none` without one.
+    pub nat_method: String,
+    /// Whole seconds left of the mapping's lease (renewed at half).
+    pub nat_lease_s: Option<u64>,
+    /// Why there is no mapping (`port mapping is off`, the router's answer ...).
+    pub nat_error: Option<String>,
     /// Scheduler and supplier diagnostics from the core, the simulator's names (see
     /// `proto::node::NodeStats`): what this node asked for and how it went, and why it said
     /// busy.
