@@ -432,6 +432,8 @@ pub fn node_partners_run(data: &[u8]) -> usize {
                             num_partners: 1,
                             max_partners: 8,
                             ttl_s: 60,
+                            reach: crate::proto::Reach::Unknown,
+                            v6: None,
                         })
                         .collect();
                     ctl(Control::Members(entries))

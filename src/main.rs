@@ -141,6 +141,9 @@ The deterministic simulator: a whole swarm on one virtual clock.
   --session-mean SECS    mean session length (churn)
   --crash-fraction F     share of departures that are crashes
   --start-seq N          first segment number
+  --nat-fraction F       share of peers behind a NAT nobody can dial (default 0.6)
+  --punch on|off         undialable peers meet by hole punching (default on)
+  --punchable F          share of NATs a hole punch gets through (default 0.8)
   --set KEY=VALUE,..     core settings (see docs/SIMULATION.md)
   --json                 the summary as one JSON object on stdout
 ";
@@ -246,6 +249,9 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
         "session-mean",
         "crash-fraction",
         "start-seq",
+        "nat-fraction",
+        "punch",
+        "punchable",
         "set",
         "json",
     ])?;
@@ -273,6 +279,13 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
         mean_session_s: f.get("session-mean", d.mean_session_s)?,
         crash_fraction: f.get("crash-fraction", d.crash_fraction)?,
         start_seq: f.get("start-seq", d.start_seq)?,
+        nat_fraction: f.get("nat-fraction", d.nat_fraction)?,
+        punch: match f.get("punch", String::from("on"))?.as_str() {
+            "on" => true,
+            "off" => false,
+            other => return Err(UsageError(format!("--punch: '{other}' is not on or off"))),
+        },
+        punchable: f.get("punchable", d.punchable)?,
         progress: true,
         ..d
     };
@@ -313,6 +326,11 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
     }
     if !(0.0..0.5).contains(&cfg.loss) {
         return Err(UsageError("--loss must be in [0, 0.5)".into()));
+    }
+    if !(0.0..=1.0).contains(&cfg.nat_fraction) || !(0.0..=1.0).contains(&cfg.punchable) {
+        return Err(UsageError(
+            "--nat-fraction and --punchable must be in [0, 1]".into(),
+        ));
     }
     if !(0.0..=1.0).contains(&cfg.crash_fraction) || cfg.mean_session_s <= 0.0 {
         return Err(UsageError(

@@ -612,6 +612,9 @@ impl Actor {
                     log::info!("{text}");
                 }
             }
+            // Dial-backs and punches are asked for only when the node's config says the driver
+            // carries them out (`dial_back`, `hole_punch`), which this driver does not yet.
+            Output::DialBack { .. } | Output::Punch { .. } => {}
             Output::Missed { seq, .. } => {
                 log::info!("segment {} missed its deadline: skipped", seq.0);
                 if let Some(feed) = &self.feed {
