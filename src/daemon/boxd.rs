@@ -257,7 +257,10 @@ pub async fn run_box(
         plan.frames / 1024
     );
     let to_std = |l: TcpListener, what: String| l.into_std().map_err(|e| DaemonError::Io(what, e));
-    let peer_listener = to_std(bind_listener(cfg.listen)?, format!("listen {}", cfg.listen))?;
+    let peer_listener = to_std(
+        super::bind_peer_listener(cfg.listen)?,
+        format!("listen {}", cfg.listen),
+    )?;
     let mapping = super::reach::PortMapping::start(
         cfg.nat,
         peer_listener.local_addr().unwrap_or(cfg.listen),

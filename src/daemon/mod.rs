@@ -51,6 +51,9 @@ pub const EVENT_QUEUE: usize = 1024;
 pub const INGEST_QUEUE: usize = 16;
 /// A TCP connect that has not completed by then has failed.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Dial-backs one node carries out at once for peers that asked (the core's own budget
+/// allows a few per second; past this many in flight, one is refused).
+pub const MAX_DIAL_BACKS: usize = 8;
 /// Segments a source cuts before it opens its port: a peer that came earlier would find
 /// nothing to start from. One is enough: a peer that joins a channel with little history
 /// holds its first play back as if the history were there (the core's `choose_start`), so a
@@ -91,6 +94,17 @@ pub enum LinkEvent {
     Down {
         link: LinkId,
         why: LinkError,
+    },
+    /// An accepted connection's first frame was a dial-back proof: the peer we asked dialled
+    /// us through the address we gossip. The reader has ended; the connection is closed.
+    Proof {
+        link: LinkId,
+        nonce: u64,
+    },
+    /// A dial-back we carried out for a peer: whether it connected and wrote the proof.
+    DialBackDone {
+        nonce: u64,
+        connected: bool,
     },
 }
 
@@ -197,6 +211,10 @@ impl NodeOptions {
 pub fn node_config(opts: &NodeOptions, listen_port: u16) -> Config {
     let mut c = Config::new(opts.channel, opts.role, opts.stream_kbps.max(8) * 1000 / 8);
     c.listen_port = listen_port;
+    // This driver carries out dial-backs and hole punches (the actor's `Output::DialBack` and
+    // `Output::Punch`).
+    c.dial_back = true;
+    c.hole_punch = true;
     c.upload_bytes_per_s = opts.upload_kbps.max(8) * 1000 / 8;
     c.segment_duration = crate::proto::Duration::from_millis(opts.segment_ms.max(100));
     if let Some(b) = opts.store_bytes {
@@ -322,13 +340,23 @@ pub async fn shutdown_signal() {
 /// `[::]` listens on IPv6 and IPv4 both (IPV6_V6ONLY off, whatever the system's default); on a
 /// system without IPv6 it falls back to `0.0.0.0` on the same port.
 pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    bind_with(addr, false)
+}
+
+/// [`bind_listener`] for a peer port, with SO_REUSEPORT too: a hole punch dials out from the
+/// port peers know ([`reach::punch`]), on a socket bound beside this one.
+pub fn bind_peer_listener(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    bind_with(addr, true)
+}
+
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, DaemonError> {
     let err = |e| DaemonError::Io(format!("cannot listen on {addr}"), e);
     let dual = matches!(addr.ip(), std::net::IpAddr::V6(v6) if v6.is_unspecified());
-    let s = match bind_socket(addr, dual) {
+    let s = match bind_socket(addr, dual, reuse_port) {
         Err(e) if dual && no_ipv6(&e) => {
             let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
             log::info!("no IPv6 on this system: listening on {v4}");
-            bind_socket(v4, false)
+            bind_socket(v4, false, reuse_port)
         }
         r => r,
     }
@@ -336,13 +364,14 @@ pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
     TcpListener::from_std(std::net::TcpListener::from(s)).map_err(err)
 }
 
-fn bind_socket(addr: SocketAddr, dual: bool) -> std::io::Result<socket2::Socket> {
+fn bind_socket(addr: SocketAddr, dual: bool, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if dual {
         s.set_only_v6(false)?;
     }
     s.set_reuse_address(true)?;
+    s.set_reuse_port(reuse_port)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(128)?;

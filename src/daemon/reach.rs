@@ -9,8 +9,10 @@
 //! the router, so that the process still ends within a second of SIGTERM.
 
 use crate::nat;
+use crate::proto::wire::{encode, Control, Message};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -133,6 +135,135 @@ pub fn mapped_address(listen: SocketAddr) -> Option<SocketAddr> {
     }
 }
 
+/// A dial-back a node carries out for a peer that asked: connect to the address it gave (the
+/// IP its link comes from), write one proof frame carrying its nonce, close. Whether the
+/// connection was made and the frame written within [`super::DIAL_TIMEOUT`].
+pub async fn prove(remote: SocketAddr, nonce: u64) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let mut frame = Vec::with_capacity(32);
+    let proof = Message::Ctl(Control::DialBackProof { nonce });
+    if encode(&proof, &mut frame).is_err() {
+        return false;
+    }
+    let go = async {
+        let mut s = TcpStream::connect(remote).await?;
+        s.write_all(&frame).await?;
+        s.shutdown().await
+    };
+    matches!(
+        tokio::time::timeout(super::DIAL_TIMEOUT, go).await,
+        Ok(Ok(()))
+    )
+}
+
+/// How long a hole punch keeps trying after its agreed moment. Each side's first SYN may be
+/// dropped by the other's router (no state yet for it); the retransmission a second later
+/// passes, so two seconds leave room for one, as measured between masquerading routers.
+pub const PUNCH_WINDOW: Duration = Duration::from_millis(2500);
+/// Pause between punch attempts that failed at once (a reset): a little jitter breaks the
+/// lock-step of two sides that reset each other.
+const PUNCH_RETRY_MS: (u64, u64) = (20, 100);
+
+/// A TCP simultaneous open toward `remote` at `at`: a socket bound to our own listen port
+/// (SO_REUSEADDR and SO_REUSEPORT, as the listener has them), so that the router's
+/// translation of it is the address our introducer handed out, connecting until
+/// [`PUNCH_WINDOW`] after `at`. The stream is then a link like any dialled one.
+pub async fn punch(
+    remote: SocketAddr,
+    listen_port: u16,
+    at: tokio::time::Instant,
+) -> std::io::Result<TcpStream> {
+    tokio::time::sleep_until(at).await;
+    let deadline = at + PUNCH_WINDOW;
+    let mut last = std::io::Error::new(std::io::ErrorKind::TimedOut, "punch timed out");
+    while tokio::time::Instant::now() < deadline {
+        let socket = tokio::net::TcpSocket::from_std_stream(punch_socket(remote, listen_port)?);
+        match tokio::time::timeout_at(deadline, socket.connect(remote)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => last = e,
+            Err(_) => break,
+        }
+        let (lo, hi) = PUNCH_RETRY_MS;
+        let pause = lo + super::random_u64() % (hi - lo);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    Err(last)
+}
+
+fn punch_socket(remote: SocketAddr, port: u16) -> std::io::Result<std::net::TcpStream> {
+    let local: SocketAddr = match remote {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, port).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+    };
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(remote),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if remote.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&local.into())?;
+    Ok(s.into())
+}
+
+/// The box's global IPv6 address (2000::/3, not tentative, deprecated or failed), a stable one
+/// before a temporary one, from the kernel's list of this network namespace's addresses.
+/// IPv6 at home is routed: peers that have it too dial this address, with no mapping.
+pub fn global_ipv6() -> Option<std::net::Ipv6Addr> {
+    use std::io::Read;
+    for path in ["/proc/thread-self/net/if_inet6", "/proc/net/if_inet6"] {
+        let Ok(f) = std::fs::File::open(path) else {
+            continue;
+        };
+        let mut text = String::new();
+        // A line per address; a box has a handful.
+        if f.take(IF_INET6_MAX).read_to_string(&mut text).is_ok() {
+            return parse_if_inet6(&text);
+        }
+    }
+    None
+}
+
+/// The most of `/proc/net/if_inet6` read (a line is 55 bytes or so: hundreds of addresses).
+const IF_INET6_MAX: u64 = 32 * 1024;
+
+/// The best global address in `/proc/net/if_inet6`'s text (address, ifindex, prefix length,
+/// scope, flags, name: hexadecimal).
+pub fn parse_if_inet6(text: &str) -> Option<std::net::Ipv6Addr> {
+    const TEMPORARY: u32 = 0x01;
+    const DADFAILED: u32 = 0x08;
+    const DEPRECATED: u32 = 0x20;
+    const TENTATIVE: u32 = 0x40;
+    let mut best: Option<(bool, std::net::Ipv6Addr)> = None;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().take(6).collect();
+        let (Some(hex), Some(scope), Some(flags)) = (f.first(), f.get(3), f.get(4)) else {
+            continue;
+        };
+        let (Ok(bits), Ok(scope), Ok(flags)) = (
+            u128::from_str_radix(hex, 16),
+            u32::from_str_radix(scope, 16),
+            u32::from_str_radix(flags, 16),
+        ) else {
+            continue;
+        };
+        let ip = std::net::Ipv6Addr::from(bits);
+        let global = scope == 0 && (ip.segments()[0] & 0xe000) == 0x2000;
+        if hex.len() != 32 || !global || flags & (DADFAILED | DEPRECATED | TENTATIVE) != 0 {
+            continue;
+        }
+        let stable = flags & TEMPORARY == 0;
+        if best.is_none_or(|(s, _)| stable && !s) {
+            best = Some((stable, ip));
+        }
+    }
+    best.map(|(_, ip)| ip)
+}
+
 /// The port-mapping figures of a node's stats (docs/INTERFACE.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NatFigures {
@@ -163,6 +294,27 @@ impl NatFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_global_ipv6_address_is_a_stable_usable_one() {
+        let t = "fe800000000000000000000000000001 02 40 20 80     eth0\n\
+                 00000000000000000000000000000001 01 80 10 80       lo\n\
+                 fd000000000000000000000000000005 02 40 00 80     eth0\n\
+                 20010db8000100000000000000000077 02 40 00 01     eth0\n\
+                 20010db8000100000000000000000010 02 40 00 80     eth0\n\
+                 20010db8000100000000000000000099 02 40 00 40     eth0\n";
+        assert_eq!(parse_if_inet6(t), Some("2001:db8:1::10".parse().unwrap()));
+        // Only a temporary one: taken. Link-local, loopback, ULA, tentative: never.
+        assert_eq!(
+            parse_if_inet6(&t.lines().take(4).collect::<Vec<_>>().join("\n")),
+            Some("2001:db8:1::77".parse().unwrap())
+        );
+        assert_eq!(
+            parse_if_inet6(&t.lines().take(3).collect::<Vec<_>>().join("\n")),
+            None
+        );
+        assert_eq!(parse_if_inet6("garbage\n\n zz 1 2 3"), None);
+    }
 
     #[test]
     fn the_router_maps_the_ipv4_side_of_a_listener() {

@@ -276,7 +276,7 @@ pub async fn run_peer(
     opts.stats_json = args.stats_json;
     opts.feed = feed;
     opts.report = Some(report_tx);
-    let listener = bind_listener(args.listen)?;
+    let listener = super::bind_peer_listener(args.listen)?;
     let local = listener
         .local_addr()
         .map_err(|e| DaemonError::Io("listener address".into(), e))?;

@@ -77,10 +77,30 @@ pub struct NodeReport {
     pub nat_lease_s: Option<u64>,
     /// Why there is no mapping (`port mapping is off`, the router's answer ...).
     pub nat_error: Option<String>,
+    /// The global IPv6 address and port this node gossips (peers with IPv6 dial it).
+    pub ipv6_addr: Option<String>,
+    /// Dial-backs and hole punches, as the core counts them.
+    pub reach: ReachFigures,
     /// Scheduler and supplier diagnostics from the core, the simulator's names (see
     /// `proto::node::NodeStats`): what this node asked for and how it went, and why it said
     /// busy.
     pub diag: Diagnostics,
+}
+
+/// Reachability work (`proto::reach::ReachStats`): dial-backs asked for, that proved this
+/// node reachable, that timed out; done for others, refused; introductions made and acted
+/// on; hole punches started, and those that became a link.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReachFigures {
+    pub dial_backs_asked: u64,
+    pub dial_backs_proved: u64,
+    pub dial_backs_timed_out: u64,
+    pub dial_backs_done: u64,
+    pub dial_backs_refused: u64,
+    pub introductions_made: u64,
+    pub introductions_taken: u64,
+    pub punches: u64,
+    pub punches_linked: u64,
 }
 
 /// The core's counters behind continuity: for comparing a real swarm with the simulator.

@@ -375,9 +375,15 @@ mod tests {
         let mut gone = e(1, 2, 30);
         gone.reach = Reach::Unreachable;
         assert!(!m.learn(gone, t));
-        assert!(m.get(PeerId(1)).is_none(), "a newer undialable record drops the old");
+        assert!(
+            m.get(PeerId(1)).is_none(),
+            "a newer undialable record drops the old"
+        );
         let mut v6 = gone;
-        v6.v6 = Some(PeerAddr::V6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 7000));
+        v6.v6 = Some(PeerAddr::V6(
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            7000,
+        ));
         assert!(m.learn(v6, t), "an IPv6 address can still be dialled");
         assert!(m.learn(e(2, 1, 30), t));
         m.set_reach(PeerId(2), Reach::Reachable);

@@ -503,7 +503,12 @@ mod tests {
 
         let mut r = ReachState::new(at(0));
         r.ask(at(0), LinkId(1), 5);
-        r.on_answer(at(40), LinkId(1), PeerAddr::V4([198, 51, 100, 2], 7000), true);
+        r.on_answer(
+            at(40),
+            LinkId(1),
+            PeerAddr::V4([198, 51, 100, 2], 7000),
+            true,
+        );
         r.on_link_down(at(50), LinkId(1));
         r.tick(at(0) + (DIAL_BACK_WAIT - Duration::from_millis(1)));
         assert_eq!(r.reach(), Reach::Unknown);

@@ -1249,7 +1249,18 @@ impl Sim {
                 late_startups.push(st);
             }
             if std::env::var("NATC_TMP").is_ok() {
-                eprintln!("TMP {} {} {:?} {:?} {} {} {}", ix, self.nat.dialable(ix as u32), stats.first_play_at.map(|t| t.saturating_since(s.joined_at).as_secs_f64()), s.joined_at.as_secs_f64(), stats.played.saturating_sub(ahead), stats.missed, s.up_factor);
+                eprintln!(
+                    "TMP {} {} {:?} {:?} {} {} {}",
+                    ix,
+                    self.nat.dialable(ix as u32),
+                    stats
+                        .first_play_at
+                        .map(|t| t.saturating_since(s.joined_at).as_secs_f64()),
+                    s.joined_at.as_secs_f64(),
+                    stats.played.saturating_sub(ahead),
+                    stats.missed,
+                    s.up_factor
+                );
             }
             match stats.first_play_at {
                 Some(t) => startups.push(t.saturating_since(s.joined_at).as_secs_f64()),
