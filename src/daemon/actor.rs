@@ -725,6 +725,17 @@ impl Actor {
                 });
             }
             Output::Punch { remote, at } => match self.permits.clone().try_acquire_owned() {
+                // A peer behind our own router: its address is our router's, which does not
+                // loop back to the LAN (no hairpin), so the punch cannot meet it.
+                _ if self
+                    .node
+                    .reachability()
+                    .observed
+                    .is_some_and(|o| o.same_ip(&remote)) =>
+                {
+                    log::debug!("hole punch to {remote:?}: behind our own router, not tried");
+                    self.deferred.push_back(Input::DialFailed { remote });
+                }
                 Ok(permit) => {
                     let events = self.events_tx.clone();
                     let at = self.clock.to_tokio(at);
