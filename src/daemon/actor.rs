@@ -103,6 +103,8 @@ pub(super) struct Actor {
     nat_told: Option<Option<std::net::SocketAddr>>,
     /// Dial-backs in flight for peers that asked, at most [`MAX_DIAL_BACKS`].
     dial_backs: Arc<Semaphore>,
+    /// Hole punches this driver tried, and those that connected.
+    punched: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 /// Segments played before the stream's rate is judged against the upload cap.
@@ -168,6 +170,7 @@ impl Actor {
             nat: opts.nat.take(),
             nat_told: None,
             dial_backs: Arc::new(Semaphore::new(MAX_DIAL_BACKS)),
+            punched: Arc::default(),
             node,
         }
     }
@@ -740,10 +743,15 @@ impl Actor {
                     let events = self.events_tx.clone();
                     let at = self.clock.to_tokio(at);
                     let port = self.node.config().listen_port;
+                    let punched = self.punched.clone();
                     tokio::spawn(async move {
                         let result = reach::punch(to_socket_addr(remote), port, at).await;
+                        Counters::add(&punched[0], 1);
                         match &result {
-                            Ok(_) => log::info!("hole punch to {remote:?}: connected"),
+                            Ok(_) => {
+                                Counters::add(&punched[1], 1);
+                                log::info!("hole punch to {remote:?}: connected");
+                            }
                             Err(e) => log::info!("hole punch to {remote:?} failed: {e}"),
                         }
                         let _ = events
@@ -900,6 +908,8 @@ impl Actor {
                 introductions_taken: rs.introductions_taken,
                 punches: rs.punches,
                 punches_linked: rs.punches_linked,
+                punches_tried: Counters::get(&self.punched[0]),
+                punches_connected: Counters::get(&self.punched[1]),
             },
             nat_method: nat.nat_method,
             nat_lease_s: nat.nat_lease_s,

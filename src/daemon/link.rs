@@ -111,7 +111,7 @@ impl Counters {
     pub fn get(v: &AtomicU64) -> u64 {
         v.load(Ordering::Relaxed)
     }
-    fn add(v: &AtomicU64, n: u64) {
+    pub fn add(v: &AtomicU64, n: u64) {
         v.fetch_add(n, Ordering::Relaxed);
     }
 }

@@ -89,7 +89,9 @@ pub struct NodeReport {
 
 /// Reachability work (`proto::reach::ReachStats`): dial-backs asked for, that proved this
 /// node reachable, that timed out; done for others, refused; introductions made and acted
-/// on; hole punches started, and those that became a link.
+/// on; hole punches the core asked for, and those that became a link; punches this driver
+/// tried (the core's, less those toward a peer behind our own router), and those that
+/// connected.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReachFigures {
     pub dial_backs_asked: u64,
@@ -101,6 +103,8 @@ pub struct ReachFigures {
     pub introductions_taken: u64,
     pub punches: u64,
     pub punches_linked: u64,
+    pub punches_tried: u64,
+    pub punches_connected: u64,
 }
 
 /// The core's counters behind continuity: for comparing a real swarm with the simulator.
