@@ -10,6 +10,8 @@
 //! `tests/fuzz_corpus.rs` replays the committed corpus through the same functions on stable
 //! Rust, so a crash once found stays fixed.
 
+pub mod lan;
+
 use crate::daemon::keys::Verifier;
 use crate::media::psi;
 use crate::media::segmenter::{CutRule, Segmenter};

@@ -18,7 +18,7 @@ use super::wire::{MemberEntry, PeerId, Reach};
 pub const MAX_TTL_S: u16 = 300;
 /// Odds of a partner candidate whose record says how it can be dialled against one whose
 /// record does not know yet ([`MCache::pick_candidate`]).
-pub const REACH_KNOWN_ODDS: u64 = 4;
+pub const REACH_KNOWN_ODDS: u64 = 16;
 
 #[derive(Clone, Debug)]
 struct Record {

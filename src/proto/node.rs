@@ -1304,7 +1304,7 @@ impl<P: Payload> Node<P> {
                 self.learn_all(i, &entries);
                 self.links[i].awaiting &= !awaiting::MEMBERS;
                 self.close_if_done(i);
-                if self.partner_count() < self.cfg.partner_target() {
+                if self.partner_count() < self.partner_goal() {
                     self.maintain_partners();
                 }
             }
@@ -3544,7 +3544,10 @@ impl<P: Payload> Node<P> {
         partners.truncate(self.cfg.gossip_fanout);
         for j in partners {
             let to = self.links[j].peer.map(|p| p.id);
-            let mut entries = vec![self.own_record()];
+            let mut entries = Vec::with_capacity(self.cfg.gossip_entries);
+            if self.advertises_itself() {
+                entries.push(self.own_record());
+            }
             let extra = self.cfg.gossip_entries.saturating_sub(1);
             entries.extend(
                 self.mcache
@@ -3576,7 +3579,7 @@ impl<P: Payload> Node<P> {
             return;
         }
         let count = self.partner_count();
-        if count > self.cfg.partner_target() {
+        if count > self.partner_goal() {
             // Drop the worst partner that has had a fair chance (never the source).
             let now = self.now;
             let worst = self
@@ -3598,7 +3601,7 @@ impl<P: Payload> Node<P> {
             if let (Some(j), None) = (worst, self.ending) {
                 self.end_partnership(j);
             }
-        } else if count == self.cfg.partner_target() {
+        } else if count == self.partner_goal() {
             // Try someone new; the next round drops whoever scores worst.
             self.dial_candidate();
         }
@@ -3652,9 +3655,15 @@ impl<P: Payload> Node<P> {
             .iter()
             .filter(|l| l.partner.is_none() && l.awaiting & awaiting::PARTNER != 0)
             .count()
-            + self.pending_dials.len();
+            + self
+                .pending_dials
+                .iter()
+                .filter(|d| !matches!(d.purpose, Purpose::Punch { .. }))
+                .count();
+        // A punch is a chance, not an attempt that holds a place: candidates are still
+        // dialled meanwhile.
         let have = self.partner_count() + attempts;
-        for _ in have..self.cfg.partner_target() {
+        for _ in have..self.partner_goal() {
             if !self.dial_candidate() {
                 break;
             }

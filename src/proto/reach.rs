@@ -76,7 +76,9 @@ pub struct ReachStats {
 }
 
 /// How long a dial-back may take before the asker counts itself unreachable: the driver's
-/// connect timeout (3 s) and a round trip and a half of 300 ms.
+/// connect timeout (3 s) and a round trip and a half of 300 ms. (2 s, which a SYN lost once
+/// still meets, marked undialable peers sooner and cost the flash crowd of 300 churn peers
+/// 0.016 of continuity on seeds 1 and 2: they sought more partners while the swarm formed.)
 pub const DIAL_BACK_WAIT: Duration = Duration::from_millis(3500);
 /// An unreachable (or unproven) node asks again this often: a router may have been fixed, a
 /// mapping made by hand.

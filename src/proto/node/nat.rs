@@ -107,7 +107,7 @@ impl<P: Payload> Node<P> {
             || self.links[i].partner.is_none()
             || id == self.id
             || self.reach.status().reachable == Some(true)
-            || self.partner_count() >= self.cfg.partner_target()
+            || self.partner_count() >= self.partner_goal()
             || self.linked_to(id, addr)
             || self.bans.id_banned(id, now)
             || self.bans.addr_banned(addr, now)
@@ -169,13 +169,10 @@ impl<P: Payload> Node<P> {
             && self.cfg.hole_punch
             && self
                 .reach
-                .wants_introductions(now, partners, self.cfg.partner_target())
+                .wants_introductions(now, partners, self.partner_goal())
         {
             let mut asked: Vec<usize> = (0..self.links.len())
-                .filter(|&j| {
-                    let l = &self.links[j];
-                    l.partner.is_some() && l.peer.is_some_and(|p| p.role == Role::Peer)
-                })
+                .filter(|&j| self.links[j].partner.is_some())
                 .collect();
             self.rng.shuffle(&mut asked);
             asked.truncate(INTRO_REQUEST_FANOUT);
@@ -183,6 +180,25 @@ impl<P: Payload> Node<P> {
                 self.send(j, Control::IntroRequest);
             }
         }
+    }
+
+    /// Partners we look for. A node nobody can dial gets no partners but those it finds: it
+    /// looks for as many as it would accept (a dialable node's inbound partners bring it
+    /// there), or it would hold fewer suppliers than its neighbours.
+    pub(super) fn partner_goal(&self) -> usize {
+        let target = self.cfg.partner_target();
+        if self.reach.reach() == Reach::Unreachable && self.reach.v6().is_none() {
+            target.max(self.cfg.accept_limit())
+        } else {
+            target
+        }
+    }
+
+    /// Whether gossip carries our own record: not while a dial-back is still to tell whether
+    /// we can be dialled (a record of unknown reach costs whoever dials it a connect timeout
+    /// if we cannot).
+    pub(super) fn advertises_itself(&self) -> bool {
+        !self.cfg.dial_back || self.reach.reach() != Reach::Unknown
     }
 
     /// Asks link `i` for a dial-back if we want one (the driver carries them out, nothing
