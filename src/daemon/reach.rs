@@ -333,6 +333,30 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn a_dial_back_writes_one_proof_frame_that_the_reader_decodes() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = l.local_addr().unwrap();
+        let (proved, accepted) = tokio::join!(prove(at, 0x1234_5678_9abc), l.accept());
+        assert!(proved);
+        let (mut s, _) = accepted.unwrap();
+        let verifier = crate::daemon::keys::Verifier::new(crate::proto::ChannelId([7; 32]));
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+        let counters = crate::daemon::link::Counters::default();
+        let (msg, _) = crate::daemon::link::read_frame(&mut s, &verifier, &budget, &counters)
+            .await
+            .unwrap();
+        assert!(matches!(
+            msg,
+            Message::Ctl(Control::DialBackProof {
+                nonce: 0x1234_5678_9abc
+            })
+        ));
+        // Nothing listens: no proof, within the dial timeout.
+        drop(l);
+        assert!(!prove(at, 1).await);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn off_and_ipv6_only_listeners_ask_nothing_and_say_why() {
         let m = PortMapping::start(nat::Method::Off, "[::]:7000".parse().unwrap(), NAT_LEASE);
         let s = m.status().borrow().clone();
