@@ -101,6 +101,9 @@ pub fn node_input(data: &[u8]) {
     let channel = ChannelId(HARNESS_CHANNEL);
     let mut cfg = Config::new(channel, Role::Peer, 96_000);
     cfg.listen_port = 7000;
+    // The reachability handlers run too (dial-back requests, introductions).
+    cfg.dial_back = true;
+    cfg.hole_punch = true;
     let mut now = Instant::ZERO;
     let mut node: Node<SharedBody> = Node::new(cfg.clone(), PeerId(1), 7, now);
     let link = LinkId(1);

@@ -5,12 +5,15 @@
 
 use coolstream::sim::{Scenario, Sim, SimConfig};
 
+/// Every peer can be dialled here (the figures below are of the mesh itself); swarms behind
+/// home routers are `swarms_behind_nats`.
 fn config(peers: usize, scenario: Scenario, duration_s: f64, seed: u64) -> SimConfig {
     SimConfig {
         peers,
         scenario,
         duration_s,
         seed,
+        nat_fraction: 0.0,
         ..SimConfig::default()
     }
 }
@@ -93,10 +96,13 @@ fn sequence_numbers_wrap_without_a_stall() {
 }
 
 /// The core's figures at small scale (100 peers, churn, 180 s, seed 1), asserted near what
-/// this deterministic run gives on the commit that set them (continuity mean 0.977, p5 0.909,
-/// startup p50 1.62 s and p95 3.55 s, overhead 0.0033): a change that costs a percent of
-/// continuity or a tenth of a second of startup fails here and has to say why. The goals
-/// (continuity 0.99, p5 0.97, startup p50 1.5 s, p95 3 s; docs/SIMULATION.md) are not met yet.
+/// this deterministic run gives on the commit that set them (continuity mean 0.968, p5 0.882,
+/// startup p50 1.95 s and p95 4.24 s, overhead 0.0034): a change that costs a percent of
+/// continuity or a tenth of a second of startup fails here and has to say why. (Before
+/// joiners asked the origin for a dial-back and the origin held their records until it
+/// answered: 0.977, 0.909, 1.62 s, 3.55 s; over seeds 1-3 the means moved 0.974 -> 0.971,
+/// startup p50 1.85 -> 1.88 s, p95 3.72 -> 4.14 s.) The goals (continuity 0.99, p5 0.97,
+/// startup p50 1.5 s, p95 3 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
     let s = Sim::new(config(100, Scenario::Churn, 180.0, 1)).run();
@@ -105,10 +111,10 @@ fn small_churn_swarm_figures() {
         s.continuity_mean, s.continuity_p5, s.startup_p50_s, s.startup_p95_s, s.overhead
     );
     eprintln!("{figures}");
-    assert!(s.continuity_mean >= 0.97, "{figures}");
-    assert!(s.continuity_p5 >= 0.89, "{figures}");
-    assert!(s.startup_p50_s <= 1.8, "{figures}");
-    assert!(s.startup_p95_s <= 3.9, "{figures}");
+    assert!(s.continuity_mean >= 0.96, "{figures}");
+    assert!(s.continuity_p5 >= 0.87, "{figures}");
+    assert!(s.startup_p50_s <= 2.05, "{figures}");
+    assert!(s.startup_p95_s <= 4.35, "{figures}");
     assert!(s.overhead <= 0.005, "{figures}");
     assert!(
         s.never_started == 0,
@@ -176,4 +182,48 @@ fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
     }
     let mean = sum / 6.0;
     assert!(mean >= 0.998, "continuity mean over seeds 1-6 {mean:.4}");
+}
+
+/// The same swarm with 60 % of the peers behind NATs nobody can dial (the simulator's
+/// default), as measured on the commit that set this: with hole punching continuity 0.953
+/// (p5 0.831), startup p50 3.22 s, 45 % of the live peers found reachable (the draw), every
+/// one of them found out, 39 % of punches linked; without it continuity falls to 0.827: two
+/// undialable peers never meet, and the dialable ones cannot take them all.
+#[test]
+fn swarms_behind_nats() {
+    let nat = |punch| {
+        Sim::new(SimConfig {
+            nat_fraction: 0.6,
+            punch,
+            ..config(100, Scenario::Churn, 180.0, 1)
+        })
+        .run()
+    };
+    let s = nat(true);
+    let figures = format!(
+        "continuity {:.4} p5 {:.4}, startup p50 {:.2} s, reachable {:.3} (known {:.3}), \
+         punches {} linked {:.3}",
+        s.continuity_mean,
+        s.continuity_p5,
+        s.startup_p50_s,
+        s.reachable_fraction,
+        s.reach_known_fraction,
+        s.punches,
+        s.punch_success
+    );
+    eprintln!("{figures}");
+    assert!(s.continuity_mean >= 0.945, "{figures}");
+    assert!(s.continuity_p5 >= 0.82, "{figures}");
+    assert!(s.startup_p50_s <= 3.4, "{figures}");
+    assert!((0.35..=0.55).contains(&s.reachable_fraction), "{figures}");
+    assert!(s.reach_known_fraction >= 0.97, "{figures}");
+    assert!(s.punches > 1000 && s.punch_success >= 0.33, "{figures}");
+    let off = nat(false);
+    assert_eq!(off.punches, 0);
+    assert!(
+        off.continuity_mean <= s.continuity_mean - 0.08,
+        "without punching {:.4}, with {:.4}",
+        off.continuity_mean,
+        s.continuity_mean
+    );
 }

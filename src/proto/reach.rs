@@ -95,11 +95,11 @@ pub const DIAL_BACKS_PER_PERIOD: u32 = 100;
 /// Dial-back requests answered per link per period (one is all an honest asker needs).
 pub const DIAL_BACKS_PER_LINK: u32 = 1;
 /// Introductions (pairs) a node makes per period.
-pub const INTRODUCTIONS_PER_PERIOD: u32 = 8;
+pub const INTRODUCTIONS_PER_PERIOD: u32 = 16;
 /// Introductions a node acts on per period (each starts a punch).
-pub const INTRODUCTIONS_TAKEN_PER_PERIOD: u32 = 4;
+pub const INTRODUCTIONS_TAKEN_PER_PERIOD: u32 = 8;
 /// An undialable node that wants partners asks for introductions this often.
-pub const INTRO_REQUEST_EVERY: Duration = Duration::from_secs(5);
+pub const INTRO_REQUEST_EVERY: Duration = Duration::from_secs(2);
 /// Partners asked per round of introduction requests.
 pub const INTRO_REQUEST_FANOUT: usize = 2;
 /// Introduction requests an introducer holds (from different peers) while it waits for a

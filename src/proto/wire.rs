@@ -908,6 +908,49 @@ mod tests {
     }
 
     #[test]
+    fn reachability_fields_are_checked_when_decoded() {
+        let refused = |c: Control| {
+            let mut out = Vec::new();
+            encode(&Message::Ctl(c), &mut out).unwrap();
+            decode_body(&out[FRAME_PREFIX_LEN..])
+        };
+        let mut e = entry(1);
+        e.v6 = Some(PeerAddr::V6(
+            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            7000,
+        ));
+        assert_eq!(
+            refused(Control::Members(vec![entry(2), e])),
+            Err(WireError::Invalid(
+                "member v6 address not global IPv6 unicast"
+            ))
+        );
+        e.v6 = Some(PeerAddr::V4([203, 0, 113, 1], 7000));
+        assert!(refused(Control::PartnerReject(vec![e])).is_err());
+        let mut deputy = entry(3);
+        deputy.addr = deputy.addr.with_port(0);
+        assert_eq!(
+            refused(Control::Redirect {
+                deputy: Some(deputy),
+                members: vec![]
+            }),
+            Err(WireError::Invalid("member address without a port"))
+        );
+        assert!(refused(Control::DialBackRequest { nonce: 1, port: 0 }).is_err());
+        let introduce = |delay_ms, port| Control::Introduce {
+            id: PeerId(4),
+            addr: PeerAddr::V4([203, 0, 113, 4], port),
+            delay_ms,
+        };
+        assert_eq!(
+            refused(introduce(MAX_PUNCH_DELAY_MS + 1, 7000)),
+            Err(WireError::Invalid("introduction delay over its cap"))
+        );
+        assert!(refused(introduce(100, 0)).is_err());
+        assert!(refused(introduce(MAX_PUNCH_DELAY_MS, 7000)).is_ok());
+    }
+
+    #[test]
     fn channel_hex_round_trips() {
         let c = ChannelId([0xab; 32]);
         assert_eq!(ChannelId::from_hex(&c.to_hex()), Some(c));

@@ -865,16 +865,6 @@ impl Sim {
                 self.arm_uplink(node);
             }
             Ev::Ingest => {
-                if std::env::var("NATC_TMP").is_ok() {
-                    let mut h = [[0u32; 8]; 2];
-                    for (ix, sl) in self.slots.iter().enumerate().skip(1) {
-                        if let Some(n) = sl.node.as_ref() {
-                            let p = n.stats().partners.min(7);
-                            h[self.nat.dialable(ix as u32) as usize][p] += 1;
-                        }
-                    }
-                    eprintln!("TMPH {:?}", h);
-                }
                 if self.debug_node.is_some() || std::env::var("COOLSTREAM_SIM_DEBUG").is_ok() {
                     self.sample_idle();
                 }
@@ -1257,40 +1247,6 @@ impl Sim {
                     );
                 }
                 late_startups.push(st);
-            }
-            if std::env::var("NATC_TMP").is_ok() {
-                eprintln!(
-                    "TMP {} {} {:?} {:?} {} {} {}",
-                    ix,
-                    self.nat.dialable(ix as u32),
-                    stats
-                        .first_play_at
-                        .map(|t| t.saturating_since(s.joined_at).as_secs_f64()),
-                    s.joined_at.as_secs_f64(),
-                    stats.played.saturating_sub(ahead),
-                    stats.missed,
-                    s.up_factor
-                );
-                if let Some(n) = s.node.as_ref() {
-                    eprintln!(
-                        "TMPP {} {} {}",
-                        self.nat.dialable(ix as u32),
-                        n.stats().partners,
-                        s.up_factor
-                    );
-                }
-                eprintln!(
-                    "TMPS {} {} {} {} {} {} {} {} {}",
-                    self.nat.dialable(ix as u32),
-                    stats.missed,
-                    stats.missed_in_flight,
-                    stats.missed_unrequested,
-                    stats.stalls,
-                    stats.request_timeouts,
-                    stats.busy_received,
-                    stats.requests_sent,
-                    stats.uploads
-                );
             }
             match stats.first_play_at {
                 Some(t) => startups.push(t.saturating_since(s.joined_at).as_secs_f64()),

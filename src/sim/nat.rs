@@ -177,14 +177,6 @@ impl Sim {
                     },
                 );
             } else {
-                if std::env::var("NATC_TMP").is_ok() {
-                    eprintln!(
-                        "TMPF close {close} {} {} alive {}",
-                        self.nat.punchable(from),
-                        self.nat.punchable(to),
-                        self.alive(to)
-                    );
-                }
                 self.push(at + CONNECT_TIMEOUT, Ev::DialFailed { to: from, remote });
                 self.push(
                     their_at + CONNECT_TIMEOUT,
@@ -233,9 +225,6 @@ impl Sim {
     /// A punch whose other side never came fails (its connect timed out).
     pub(super) fn nat_punch_expire(&mut self, from: u32, to: u32) {
         if let Some((at, remote)) = self.nat.waiting.remove(&(from, to)) {
-            if std::env::var("NATC_TMP").is_ok() {
-                eprintln!("TMPF expire dialable {}", self.nat.dialable(to));
-            }
             let fail = (at + CONNECT_TIMEOUT).max(self.now);
             self.push(fail, Ev::DialFailed { to: from, remote });
         }

@@ -268,3 +268,119 @@ impl<P: Payload> Node<P> {
         self.close(i, ByeReason::Protocol);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::proto::wire::{
+        Control, Hello, Message, PeerAddr, PeerId, Role, SimPayload, MAGIC, VERSION,
+    };
+    use crate::proto::{ChannelId, Config, Input, Instant, LinkId, Node, Output};
+
+    fn node() -> Node<SimPayload> {
+        let mut cfg = Config::new(ChannelId([1; 32]), Role::Peer, 96_000);
+        cfg.listen_port = 7000;
+        cfg.dial_back = true;
+        cfg.hole_punch = true;
+        Node::new(cfg, PeerId(1), 3, Instant::ZERO)
+    }
+
+    /// An inbound link from `ip` that has said hello (and asked to partner, if `partner`).
+    fn link(n: &mut Node<SimPayload>, k: u64, ip: [u8; 4], partner: bool) {
+        let link = LinkId(k);
+        let remote = PeerAddr::V4(ip, 40_000);
+        n.handle_input(
+            Instant::ZERO,
+            Input::LinkUp {
+                link,
+                remote,
+                outbound: false,
+            },
+        );
+        let hello = Control::Hello(Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel: ChannelId([1; 32]),
+            peer_id: PeerId(100 + k),
+            listen_port: 7000,
+            role: Role::Peer,
+            upload_kbps: 768,
+        });
+        let mut msgs = vec![hello];
+        if partner {
+            msgs.push(Control::PartnerRequest { partners: 1 });
+        }
+        for c in msgs {
+            let msg = Message::Ctl(c);
+            n.handle_input(Instant::ZERO, Input::Received { link, msg });
+        }
+        while n.poll_output().is_some() {}
+    }
+
+    fn outputs(n: &mut Node<SimPayload>) -> Vec<Output<SimPayload>> {
+        std::iter::from_fn(|| n.poll_output()).collect()
+    }
+
+    #[test]
+    fn a_dial_back_goes_only_to_the_ip_the_request_came_from_and_once_per_link() {
+        let mut n = node();
+        link(&mut n, 1, [198, 51, 100, 9], false);
+        let ask = |n: &mut Node<SimPayload>, nonce| {
+            let msg = Message::Ctl(Control::DialBackRequest { nonce, port: 7100 });
+            n.handle_input(
+                Instant::ZERO,
+                Input::Received {
+                    link: LinkId(1),
+                    msg,
+                },
+            );
+            outputs(n)
+        };
+        let out = ask(&mut n, 5);
+        assert!(out.iter().any(|o| matches!(o,
+            Output::DialBack { remote, nonce: 5 } if *remote == PeerAddr::V4([198, 51, 100, 9], 7100))));
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Send { msg: Message::Ctl(Control::DialBackAnswer { dialing: true, observed }), .. }
+                if observed.same_ip(&PeerAddr::V4([198, 51, 100, 9], 0)))));
+        // Again on the same link: answered, not dialled.
+        let out = ask(&mut n, 6);
+        assert!(!out.iter().any(|o| matches!(o, Output::DialBack { .. })));
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Send {
+                msg: Message::Ctl(Control::DialBackAnswer { dialing: false, .. }),
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn an_introduction_from_a_non_partner_or_of_ourselves_is_dropped() {
+        let mut n = node();
+        link(&mut n, 1, [198, 51, 100, 9], false);
+        link(&mut n, 2, [198, 51, 100, 10], true);
+        let introduce = |n: &mut Node<SimPayload>, link, id| {
+            let msg = Message::Ctl(Control::Introduce {
+                id: PeerId(id),
+                addr: PeerAddr::V4([203, 0, 113, 7], 7000),
+                delay_ms: 300,
+            });
+            n.handle_input(
+                Instant::ZERO,
+                Input::Received {
+                    link: LinkId(link),
+                    msg,
+                },
+            );
+            outputs(n)
+                .into_iter()
+                .filter(|o| matches!(o, Output::Punch { .. }))
+                .count()
+        };
+        // Our reach is unknown, not reachable: a partner's introduction is acted on...
+        assert_eq!(introduce(&mut n, 1, 77), 0, "not a partner");
+        assert_eq!(introduce(&mut n, 2, 1), 0, "ourselves");
+        assert_eq!(introduce(&mut n, 2, 77), 1);
+        // ...once: the punch is under way.
+        assert_eq!(introduce(&mut n, 2, 77), 0);
+    }
+}
