@@ -8,7 +8,10 @@
 //! ```toml
 //! log_level = "info"                        # error, warn, info, debug, trace
 //! control_socket = "/run/coolstream/control.sock"
-//! listen = "0.0.0.0:7000"                   # peers reach the tuned channel here (port 0: any)
+//! listen = "[::]:7000"                      # peers reach the tuned channel here (port 0: any;
+//!                                           # [::] is IPv6 and IPv4 both)
+//! nat = "auto"                              # ask the home router to forward `listen`'s port:
+//!                                           # auto, upnp, pcp, natpmp or off
 //! tune = "news"                             # played at start (default: the first channel)
 //!
 //! [outputs]
@@ -35,6 +38,7 @@
 //! refused at the key that breaks it ([`check_memory`]).
 
 use crate::daemon::memory::{MemoryPlan, DEFAULT_MEMORY_LIMIT, MEMORY_LIMIT_RANGE};
+use crate::nat::Method as NatMethod;
 use crate::output::http::MAX_HTTP_CLIENTS;
 use crate::output::udp::UdpOut;
 use crate::proto::config::PARTNER_CEILING;
@@ -120,6 +124,8 @@ pub struct BoxConfig {
     pub log_level: LogLevel,
     pub control_socket: PathBuf,
     pub listen: SocketAddr,
+    /// How the box asks its home router to forward `listen`'s port (`nat`; docs/NAT.md).
+    pub nat: NatMethod,
     pub tune: Option<String>,
     pub http: Option<SocketAddr>,
     pub udp: Option<UdpOut>,
@@ -139,7 +145,8 @@ impl Default for BoxConfig {
         BoxConfig {
             log_level: LogLevel::Info,
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
-            listen: "0.0.0.0:0".parse().expect("a literal address"),
+            listen: "[::]:0".parse().expect("a literal address"),
+            nat: NatMethod::Auto,
             tune: None,
             http: Some("127.0.0.1:8080".parse().expect("a literal address")),
             udp: None,
@@ -182,6 +189,7 @@ struct FileConfig {
     log_level: Option<Level>,
     control_socket: Option<SocketPath>,
     listen: Option<Addr>,
+    nat: Option<Nat>,
     tune: Option<toml::Spanned<String>>,
     #[serde(default)]
     outputs: FileOutputs,
@@ -246,6 +254,16 @@ impl TryFrom<String> for Addr {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         parse_socket_addr(&s).map(Addr)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Nat(NatMethod);
+impl TryFrom<String> for Nat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map(Nat)
     }
 }
 
@@ -687,6 +705,7 @@ impl BoxConfig {
             log_level: file.log_level.map_or(d.log_level, |l| l.0),
             control_socket: file.control_socket.map_or(d.control_socket, |p| p.0),
             listen: file.listen.map_or(d.listen, |a| a.0),
+            nat: file.nat.map_or(d.nat, |n| n.0),
             tune: None,
             http: file.outputs.http.map_or(d.http, |a| a.0),
             udp: file.outputs.udp.and_then(|u| u.0),
@@ -775,6 +794,7 @@ impl BoxConfig {
             "control-socket" => self.control_socket = check_socket_path(value).map_err(bad)?,
             "log-level" => self.log_level = LogLevel::parse(value).map_err(bad)?,
             "listen" => self.listen = parse_socket_addr(value).map_err(bad)?,
+            "nat" => self.nat = value.parse().map_err(bad)?,
             "http" if value.is_empty() => self.http = None,
             "http" => self.http = Some(parse_socket_addr(value).map_err(bad)?),
             "udp-out" if value.is_empty() => self.udp = None,
@@ -817,6 +837,7 @@ impl BoxConfig {
         "control-socket",
         "log-level",
         "listen",
+        "nat",
         "http",
         "udp-out",
         "upload-kbps",
@@ -851,6 +872,7 @@ mod tests {
 log_level = "debug"
 control_socket = "/run/cs/ctl.sock"
 listen = "0.0.0.0:7000"
+nat = "pcp"
 tune = "sport"
 
 [outputs]
@@ -880,6 +902,7 @@ bootstrap = ["[2001:db8::1]:7000"]
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.control_socket, PathBuf::from("/run/cs/ctl.sock"));
         assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.nat, NatMethod::Pcp);
         assert_eq!(c.http.unwrap().port(), 9000);
         assert!(c.udp.as_ref().unwrap().rtp);
         assert_eq!(
@@ -920,6 +943,11 @@ bootstrap = ["[2001:db8::1]:7000"]
             ("[outputs]\nhttp = \"localhost\"\n", 2, "expected IP:PORT"),
             ("[outputs]\nudp = \"tcp://1.2.3.4:5\"\n", 2, "udp://"),
             ("control_socket = \"relative.sock\"\n", 1, "absolute path"),
+            (
+                "listen = \"[::]:7000\"\nnat = \"yes\"\n",
+                2,
+                "nat must be auto, upnp, pcp, natpmp or off, not \"yes\"",
+            ),
             (
                 &format!("[[channel]]\nname = \"a b\"\nid = \"{ID}\"\nbootstrap = [\"h:1\"]\n"),
                 2,
@@ -1043,6 +1071,13 @@ bootstrap = ["[2001:db8::1]:7000"]
         assert!(c.set_flag("upload-kbps", "1").is_err());
         assert!(c.set_flag("control-socket", "x.sock").is_err());
         assert!(c.set_flag("udp-out", "udp://nonsense").is_err());
+        c.set_flag("nat", "off").unwrap();
+        assert_eq!(c.nat, NatMethod::Off);
+        let e = c.set_flag("nat", "UPnP").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--nat: nat must be auto, upnp, pcp, natpmp or off, not \"UPnP\""
+        );
         assert_eq!(c.tune.as_deref(), Some("a"));
     }
 

@@ -10,6 +10,8 @@
 //! `tests/fuzz_corpus.rs` replays the committed corpus through the same functions on stable
 //! Rust, so a crash once found stays fixed.
 
+pub mod lan;
+
 use crate::daemon::keys::Verifier;
 use crate::media::psi;
 use crate::media::segmenter::{CutRule, Segmenter};
@@ -141,6 +143,9 @@ pub fn node_input(data: &[u8]) {
     let channel = ChannelId(HARNESS_CHANNEL);
     let mut cfg = Config::new(channel, Role::Peer, 96_000);
     cfg.listen_port = 7000;
+    // The reachability handlers run too (dial-back requests, introductions).
+    cfg.dial_back = true;
+    cfg.hole_punch = true;
     let mut now = Instant::ZERO;
     let mut node: Node<SharedBody> = Node::new(cfg.clone(), PeerId(1), 7, now);
     let link = LinkId(1);
@@ -470,6 +475,8 @@ pub fn node_partners_run(data: &[u8]) -> usize {
                             num_partners: 1,
                             max_partners: 8,
                             ttl_s: 60,
+                            reach: crate::proto::Reach::Unknown,
+                            v6: None,
                         })
                         .collect();
                     ctl(Control::Members(entries))

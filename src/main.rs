@@ -70,12 +70,15 @@ Joins a channel through its bootstrap nodes (the source, or any peer) and plays 
 
   --channel ID         the channel id (64 hex characters, from `coolstream keygen`)
   --bootstrap ADDRS    where to join, HOST:PORT, comma-separated
-  --listen ADDR        where other peers connect (default: any port)
+  --listen ADDR        where other peers connect (default [::]:0: any port, IPv6
+                       and IPv4)
   --name NAME          the name players ask for (default: learnt from the stream)
   --http ADDR          serve players here: /ch/NAME.ts, /playlist.m3u, /, /metrics
   --udp-out URL        send the stream to udp://HOST:PORT or rtp://HOST:PORT
                        [?ttl=N&iface=ADDR] (a hardware decoder, multicast or unicast)
   --upload-kbps N      upload cap, kbit/s (default 3000)
+  --nat METHOD         ask the home router to forward the listen port: auto, upnp,
+                       pcp, natpmp or off (default auto)
   --stats-json FILE    write the node's figures here every 2 s
 ";
 
@@ -90,6 +93,8 @@ limits; flags override it. Without a file: no channels, HTTP on 127.0.0.1:8080.
                          (default /run/coolstream/control.sock)
   --log-level LEVEL      error, warn, info, debug or trace
   --listen ADDR          where peers reach the tuned channel
+  --nat METHOD           ask the home router to forward the listen port: auto, upnp,
+                         pcp, natpmp or off
   --http ADDR            players' HTTP output (\"\" for none)
   --udp-out URL          udp://HOST:PORT or rtp://HOST:PORT[?ttl=N&iface=ADDR] (\"\" for none)
   --upload-kbps N        upload cap, kbit/s
@@ -140,6 +145,9 @@ The deterministic simulator: a whole swarm on one virtual clock.
   --session-mean SECS    mean session length (churn)
   --crash-fraction F     share of departures that are crashes
   --start-seq N          first segment number
+  --nat-fraction F       share of peers behind a NAT nobody can dial (default 0.6)
+  --punch on|off         undialable peers meet by hole punching (default on)
+  --punchable F          share of NATs a hole punch gets through (default 0.8)
   --set KEY=VALUE,..     core settings (see docs/SIMULATION.md)
   --json                 the summary as one JSON object on stdout
 ";
@@ -249,6 +257,9 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
         "session-mean",
         "crash-fraction",
         "start-seq",
+        "nat-fraction",
+        "punch",
+        "punchable",
         "set",
         "json",
     ])?;
@@ -276,6 +287,13 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
         mean_session_s: f.get("session-mean", d.mean_session_s)?,
         crash_fraction: f.get("crash-fraction", d.crash_fraction)?,
         start_seq: f.get("start-seq", d.start_seq)?,
+        nat_fraction: f.get("nat-fraction", d.nat_fraction)?,
+        punch: match f.get("punch", String::from("on"))?.as_str() {
+            "on" => true,
+            "off" => false,
+            other => return Err(UsageError(format!("--punch: '{other}' is not on or off"))),
+        },
+        punchable: f.get("punchable", d.punchable)?,
         progress: true,
         ..d
     };
@@ -316,6 +334,11 @@ fn cmd_sim(args: &[String]) -> Result<ExitCode, UsageError> {
     }
     if !(0.0..0.5).contains(&cfg.loss) {
         return Err(UsageError("--loss must be in [0, 0.5)".into()));
+    }
+    if !(0.0..=1.0).contains(&cfg.nat_fraction) || !(0.0..=1.0).contains(&cfg.punchable) {
+        return Err(UsageError(
+            "--nat-fraction and --punchable must be in [0, 1]".into(),
+        ));
     }
     if !(0.0..=1.0).contains(&cfg.crash_fraction) || cfg.mean_session_s <= 0.0 {
         return Err(UsageError(
@@ -515,6 +538,8 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
         "stats-json",
         "drop-every",
         "play-log",
+        "nat",
+        "nat-lease-s",
     ])?;
     let channel = ChannelId::from_hex(&required(&f, "channel")?)
         .ok_or_else(|| UsageError("--channel: expected 64 hex characters".into()))?;
@@ -526,14 +551,8 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
         bootstrap.push(parse_addr("bootstrap", a.trim())?);
     }
     let listen = match f.get::<String>("listen", String::new())? {
-        s if s.is_empty() => {
-            // Any port, on the bootstrap's address family.
-            if bootstrap.first().is_some_and(|a| a.is_ipv6()) {
-                "[::]:0".parse().expect("a literal address")
-            } else {
-                "0.0.0.0:0".parse().expect("a literal address")
-            }
-        }
+        // Any port, IPv6 and IPv4 both.
+        s if s.is_empty() => "[::]:0".parse().expect("a literal address"),
         s => parse_addr("listen", &s)?,
     };
     let http = match f.get::<String>("http", String::new())? {
@@ -564,6 +583,16 @@ fn cmd_peer(args: &[String]) -> Result<ExitCode, UsageError> {
         stats_json: optional_path(&f, "stats-json")?,
         report: None,
         play_log: optional_path(&f, "play-log")?,
+        nat: f
+            .get::<String>("nat", "auto".into())?
+            .parse()
+            .map_err(|e| UsageError(format!("--nat: {e}")))?,
+        // For tests (not in the usage text): a lease shorter than the run, to see it renewed.
+        nat_lease: match f.get::<u64>("nat-lease-s", 0)? {
+            0 => coolstream::daemon::reach::NAT_LEASE,
+            s if s <= 86_400 => std::time::Duration::from_secs(s),
+            _ => return Err(UsageError("--nat-lease-s must be at most 86400".into())),
+        },
     };
     let rt = runtime()?;
     daemon_result(rt.block_on(run_peer(args, shutdown_signal())))

@@ -1318,6 +1318,8 @@ fn the_core_bans_a_polluter_by_id_and_address_and_drops_what_it_taught() {
             num_partners: 0,
             max_partners: 8,
             ttl_s: 60,
+            reach: coolstream::proto::Reach::Unknown,
+            v6: None,
         })
         .collect();
     node.handle_input(

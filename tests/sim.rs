@@ -5,12 +5,15 @@
 
 use coolstream::sim::{Scenario, Sim, SimConfig};
 
+/// Every peer can be dialled here (the figures below are of the mesh itself); swarms behind
+/// home routers are `swarms_behind_nats`.
 fn config(peers: usize, scenario: Scenario, duration_s: f64, seed: u64) -> SimConfig {
     SimConfig {
         peers,
         scenario,
         duration_s,
         seed,
+        nat_fraction: 0.0,
         ..SimConfig::default()
     }
 }
@@ -92,15 +95,17 @@ fn sequence_numbers_wrap_without_a_stall() {
     );
 }
 
-/// The core's figures at small scale (100 peers, churn, 180 s, seed 1), asserted near what
-/// this deterministic run gives on the commit that set them (continuity mean 0.9785, p5
-/// 0.921, startup p50 1.78 s and p95 3.71 s, overhead 0.0043): a change that costs a percent
-/// of continuity or a tenth of a second of startup fails here and has to say why. Control
-/// messages share the sender's uplink with segments as in the daemon (waiting for the 16 KiB
-/// record on their link): startup moved from 1.71 / 3.46 s when they travelled free, the
-/// partners' answers to a joiner waiting behind records on slow uplinks. Segments are
-/// forwarded only once whole and checked; the overhead includes the manifest's piece hashes. The goals (continuity 0.99, p5 0.97, startup p50 1.0 s,
-/// p95 2.5 s; docs/SIMULATION.md) are not met yet.
+/// The core's figures at small scale (100 peers, churn, 180 s, seed 1, every peer dialable),
+/// asserted near what this deterministic run gives on the commit that set them (continuity mean
+/// 0.976, p5 0.926, startup p50 1.84 s and p95 3.81 s, overhead 0.0044): a change that costs a
+/// percent of continuity or a tenth of a second of startup fails here and has to say why.
+/// History: 0.977 / 0.909 / 1.62 s / 3.55 s / 0.0033 while the simulator let a relay forward a
+/// segment still arriving (no driver did); segments forwarded only whole and checked, with the
+/// manifests' piece hashes: 0.977 / 0.900 / 1.63 / 3.37 / 0.0042; joiners then waited for the
+/// origin's dial-back before it handed out their records (startup p50 +0.2 s); control messages
+/// then shared the sender's uplink with segments, as in the daemon (startup p95 -0.25 s with
+/// the dial-back wait, +0.25 s without it). The goals (continuity 0.99, p5 0.97, startup p50
+/// 1.0 s, p95 2.5 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
     let s = Sim::new(config(100, Scenario::Churn, 180.0, 1)).run();
@@ -109,11 +114,11 @@ fn small_churn_swarm_figures() {
         s.continuity_mean, s.continuity_p5, s.startup_p50_s, s.startup_p95_s, s.overhead
     );
     eprintln!("{figures}");
-    assert!(s.continuity_mean >= 0.975, "{figures}");
-    assert!(s.continuity_p5 >= 0.91, "{figures}");
-    assert!(s.startup_p50_s <= 1.85, "{figures}");
-    assert!(s.startup_p95_s <= 3.85, "{figures}");
-    assert!(s.overhead <= 0.0046, "{figures}");
+    assert!(s.continuity_mean >= 0.973, "{figures}");
+    assert!(s.continuity_p5 >= 0.915, "{figures}");
+    assert!(s.startup_p50_s <= 1.93, "{figures}");
+    assert!(s.startup_p95_s <= 3.95, "{figures}");
+    assert!(s.overhead <= 0.0047, "{figures}");
     assert!(
         s.never_started == 0,
         "{} sessions never played",
@@ -181,4 +186,49 @@ fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
     }
     let mean = sum / 6.0;
     assert!(mean >= 0.998, "continuity mean over seeds 1-6 {mean:.4}");
+}
+
+/// The same swarm with 60 % of the peers behind NATs nobody can dial (the simulator's
+/// default), as measured on the commit that set this: with hole punching continuity 0.962
+/// (p5 0.889), startup p50 3.25 s, 45 % of the live peers found reachable (the draw), every
+/// one of them found out, 41 % of punches linked (0.953, 0.831, 3.22 s, 39 % before control
+/// messages shared the uplink); without it continuity falls to 0.827: two
+/// undialable peers never meet, and the dialable ones cannot take them all.
+#[test]
+fn swarms_behind_nats() {
+    let nat = |punch| {
+        Sim::new(SimConfig {
+            nat_fraction: 0.6,
+            punch,
+            ..config(100, Scenario::Churn, 180.0, 1)
+        })
+        .run()
+    };
+    let s = nat(true);
+    let figures = format!(
+        "continuity {:.4} p5 {:.4}, startup p50 {:.2} s, reachable {:.3} (known {:.3}), \
+         punches {} linked {:.3}",
+        s.continuity_mean,
+        s.continuity_p5,
+        s.startup_p50_s,
+        s.reachable_fraction,
+        s.reach_known_fraction,
+        s.punches,
+        s.punch_success
+    );
+    eprintln!("{figures}");
+    assert!(s.continuity_mean >= 0.955, "{figures}");
+    assert!(s.continuity_p5 >= 0.87, "{figures}");
+    assert!(s.startup_p50_s <= 3.4, "{figures}");
+    assert!((0.35..=0.55).contains(&s.reachable_fraction), "{figures}");
+    assert!(s.reach_known_fraction >= 0.97, "{figures}");
+    assert!(s.punches > 1000 && s.punch_success >= 0.33, "{figures}");
+    let off = nat(false);
+    assert_eq!(off.punches, 0);
+    assert!(
+        off.continuity_mean <= s.continuity_mean - 0.08,
+        "without punching {:.4}, with {:.4}",
+        off.continuity_mean,
+        s.continuity_mean
+    );
 }

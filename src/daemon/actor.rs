@@ -11,15 +11,18 @@ use super::clock::{wall_us, Clock};
 use super::guard::{Admitted, Guard, Handshake};
 use super::keys::{sha256, ChannelKey, Verifier};
 use super::link::{self, to_peer_addr, to_socket_addr, Counters, LinkError};
+use super::reach;
 use super::stats::{write_json, Diagnostics, NodeReport};
-use super::{LinkEvent, NodeOptions, DIAL_TIMEOUT, EVENT_QUEUE, MAX_LINKS};
+use super::{LinkEvent, NodeOptions, DIAL_TIMEOUT, EVENT_QUEUE, MAX_DIAL_BACKS, MAX_LINKS};
 use crate::media::segmenter::Cut;
 use crate::output::{Feed, FeedItem};
+use crate::proto::reach::ReachVia;
 use crate::proto::wire::{flags, SharedBody};
 use crate::proto::{Command, Input, LateCause, LinkId, Node, Output, PeerId, Role, Seq};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -101,6 +104,16 @@ pub(super) struct Actor {
     upload_warning: Option<String>,
     /// When a segment late for want of any holder was last a warning.
     unheld_warned: Option<std::time::Instant>,
+    /// The port mapping of our listener, when one is kept.
+    nat: Option<watch::Receiver<crate::nat::Status>>,
+    /// Whether the mapping's status can still change (its task runs).
+    nat_live: bool,
+    /// The external address last told to the core (`Input::Reachability`).
+    nat_told: Option<Option<std::net::SocketAddr>>,
+    /// Dial-backs in flight for peers that asked, at most [`MAX_DIAL_BACKS`].
+    dial_backs: Arc<Semaphore>,
+    /// Hole punches this driver tried, and those that connected.
+    punched: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 /// Segments played before the stream's rate is judged against the upload cap.
@@ -165,6 +178,11 @@ impl Actor {
             played_us: 0,
             upload_warning: None,
             unheld_warned: None,
+            nat_live: opts.nat.is_some(),
+            nat: opts.nat.take(),
+            nat_told: None,
+            dial_backs: Arc::new(Semaphore::new(MAX_DIAL_BACKS)),
+            punched: Arc::default(),
             node,
         }
     }
@@ -190,6 +208,11 @@ impl Actor {
         mut ingest: Option<mpsc::Receiver<Cut>>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<NodeReport, super::DaemonError> {
+        let listen_ip = match &listen {
+            Listen::Now(l) => l.local_addr().ok().map(|a| a.ip()),
+            Listen::AfterPreroll(a) => Some(a.ip()),
+        };
+        self.tell_reachability(listen_ip);
         match listen {
             Listen::Now(l) => self.start_accepting(l),
             Listen::AfterPreroll(a) => self.listen_later = Some(a),
@@ -224,6 +247,10 @@ impl Actor {
                     ticks += 1;
                     self.housekeeping(ticks % 2 == 0);
                 }
+                changed = nat_changed(&mut self.nat, self.nat_live) => {
+                    self.nat_live = changed;
+                    self.tell_mapping();
+                }
             }
             // A busy event queue must not starve the core's timers.
             if let Some(t) = self.node.poll_timeout() {
@@ -246,6 +273,69 @@ impl Actor {
             Some(e) => Err(e),
             None => Ok(report),
         }
+    }
+
+    /// What the driver knows of this node's reachability, told to the core at start: a source
+    /// is dialled by definition (peers join through it); a dual-stack or IPv6 listener's
+    /// global IPv6 address, when the box has one; the port mapping, if one is made already.
+    fn tell_reachability(&mut self, listen_ip: Option<std::net::IpAddr>) {
+        let now = self.clock.now();
+        if self.role == Role::Source {
+            self.node.handle_input(
+                now,
+                Input::Reachability {
+                    reachable: Some(true),
+                    external: None,
+                    v6: None,
+                    via: ReachVia::Config,
+                },
+            );
+        }
+        let v6 = match listen_ip {
+            Some(std::net::IpAddr::V6(ip)) if ip.is_unspecified() => reach::global_ipv6(),
+            Some(std::net::IpAddr::V6(ip)) if (ip.segments()[0] & 0xe000) == 0x2000 => Some(ip),
+            _ => None,
+        };
+        if let Some(ip) = v6 {
+            let port = self.node.config().listen_port;
+            log::info!("IPv6: peers with IPv6 dial [{ip}]:{port}");
+            self.node.handle_input(
+                now,
+                Input::Reachability {
+                    reachable: None,
+                    external: None,
+                    v6: Some(crate::proto::PeerAddr::V6(ip.octets(), port)),
+                    via: ReachVia::Config,
+                },
+            );
+        }
+        self.tell_mapping();
+        self.drain();
+    }
+
+    /// Tells the core what the port mapping says now, when it changed: a mapping makes us
+    /// dialable at the router's address; a lost one leaves it to a dial-back.
+    fn tell_mapping(&mut self) {
+        let Some(rx) = self.nat.as_mut() else {
+            return;
+        };
+        let external = rx.borrow_and_update().external;
+        if self.nat_told == Some(external) {
+            return;
+        }
+        self.nat_told = Some(external);
+        if let Some(e) = external {
+            log::info!("port mapping: peers dial this node at {e}");
+        }
+        self.node.handle_input(
+            self.clock.now(),
+            Input::Reachability {
+                reachable: external.map(|_| true),
+                external: external.map(to_peer_addr),
+                v6: None,
+                via: ReachVia::PortMapping,
+            },
+        );
     }
 
     fn start_accepting(&mut self, listener: TcpListener) {
@@ -362,6 +452,20 @@ impl Actor {
                 if self.links.contains_key(&link) {
                     self.node.handle_input(now, Input::Received { link, msg });
                 }
+            }
+            LinkEvent::Proof { link, nonce } => {
+                // The connection carried nothing else: it is gone for the core too.
+                if let Some(h) = self.links.remove(&link) {
+                    h.reader.abort();
+                    h.writer.abort();
+                    self.node.handle_input(now, Input::LinkDown { link });
+                }
+                self.node
+                    .handle_input(self.clock.now(), Input::DialBackProof { nonce });
+            }
+            LinkEvent::DialBackDone { nonce, connected } => {
+                self.node
+                    .handle_input(now, Input::DialBackDone { nonce, connected });
             }
             LinkEvent::Sent { link } => {
                 if self.links.contains_key(&link) {
@@ -621,6 +725,62 @@ impl Actor {
                     log::info!("{text}");
                 }
             }
+            Output::DialBack { remote, nonce } => {
+                let Ok(permit) = self.dial_backs.clone().try_acquire_owned() else {
+                    log::debug!("dial-back to {remote:?} refused: {MAX_DIAL_BACKS} in flight");
+                    self.deferred.push_back(Input::DialBackDone {
+                        nonce,
+                        connected: false,
+                    });
+                    return;
+                };
+                let events = self.events_tx.clone();
+                tokio::spawn(async move {
+                    let connected = reach::prove(to_socket_addr(remote), nonce).await;
+                    drop(permit);
+                    let _ = events
+                        .send(LinkEvent::DialBackDone { nonce, connected })
+                        .await;
+                });
+            }
+            Output::Punch { remote, at } => match self.permits.clone().try_acquire_owned() {
+                // A peer behind our own router: its address is our router's, which does not
+                // loop back to the LAN (no hairpin), so the punch cannot meet it.
+                _ if self
+                    .node
+                    .reachability()
+                    .observed
+                    .is_some_and(|o| o.same_ip(&remote)) =>
+                {
+                    log::debug!("hole punch to {remote:?}: behind our own router, not tried");
+                    self.deferred.push_back(Input::DialFailed { remote });
+                }
+                Ok(permit) => {
+                    let events = self.events_tx.clone();
+                    let at = self.clock.to_tokio(at);
+                    let port = self.node.config().listen_port;
+                    let punched = self.punched.clone();
+                    tokio::spawn(async move {
+                        let result = reach::punch(to_socket_addr(remote), port, at).await;
+                        Counters::add(&punched[0], 1);
+                        match &result {
+                            Ok(_) => {
+                                Counters::add(&punched[1], 1);
+                                log::info!("hole punch to {remote:?}: connected");
+                            }
+                            Err(e) => log::info!("hole punch to {remote:?} failed: {e}"),
+                        }
+                        let _ = events
+                            .send(LinkEvent::Dialed {
+                                remote,
+                                result,
+                                permit,
+                            })
+                            .await;
+                    });
+                }
+                Err(_) => self.deferred.push_back(Input::DialFailed { remote }),
+            },
             Output::Missed { seq, .. } => {
                 log::info!("segment {} missed its deadline: skipped", seq.0);
                 if let Some(feed) = &self.feed {
@@ -741,6 +901,11 @@ impl Actor {
         };
         let lag_s = self.lag(now).filter(|_| due > 0);
         let players = self.feed.as_ref().map_or(0, |f| f.subscribers());
+        let nat = self.nat.as_ref().map_or_else(Default::default, |rx| {
+            super::reach::NatFigures::of(&rx.borrow(), tokio::time::Instant::now())
+        });
+        let reach = self.node.reachability();
+        let rs = self.node.reach_stats();
         NodeReport {
             role: match self.role {
                 Role::Source => "source".into(),
@@ -787,6 +952,25 @@ impl Actor {
             stream_kbps: (self.played_us > 0)
                 .then(|| self.played_bytes as f64 * 8.0 * 1000.0 / self.played_us as f64),
             upload_warning: self.upload_warning.clone(),
+            reachable: reach.reachable,
+            external_addr: nat.external_addr,
+            ipv6_addr: reach.v6.map(|a| to_socket_addr(a).to_string()),
+            reach: super::stats::ReachFigures {
+                dial_backs_asked: rs.dial_backs_asked,
+                dial_backs_proved: rs.dial_backs_proved,
+                dial_backs_timed_out: rs.dial_backs_timed_out,
+                dial_backs_done: rs.dial_backs_done,
+                dial_backs_refused: rs.dial_backs_refused,
+                introductions_made: rs.introductions_made,
+                introductions_taken: rs.introductions_taken,
+                punches: rs.punches,
+                punches_linked: rs.punches_linked,
+                punches_tried: Counters::get(&self.punched[0]),
+                punches_connected: Counters::get(&self.punched[1]),
+            },
+            nat_method: nat.nat_method,
+            nat_lease_s: nat.nat_lease_s,
+            nat_error: nat.nat_error,
             diag: Diagnostics {
                 requests_sent: s.requests_sent,
                 segments_received: s.segments_received,
@@ -811,6 +995,15 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the mapping's status changes (true), or its task has ended (false); never
+/// while `live` is false.
+async fn nat_changed(rx: &mut Option<watch::Receiver<crate::nat::Status>>, live: bool) -> bool {
+    match rx {
+        Some(r) if live => r.changed().await.is_ok(),
+        _ => std::future::pending().await,
     }
 }
 
@@ -865,6 +1058,9 @@ async fn accept_loop(
         };
         match listener.accept().await {
             Ok((stream, addr)) => {
+                // A dual-stack listener shows IPv4 peers as ::ffff:a.b.c.d: the door, the bans
+                // and the core see them as the IPv4 addresses they are.
+                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
                 backoff = Duration::from_millis(10);
                 let (admitted, handshake) = match guard.admit(addr.ip(), std::time::Instant::now())
                 {

@@ -216,6 +216,8 @@ pub struct BoxDaemon {
     tuned: Option<usize>,
     /// The tuned channel's peer port (`listen`), bound once.
     peer_listener: std::net::TcpListener,
+    /// The home router's forward of the peer port, kept as long as the port is open.
+    mapping: Option<super::reach::PortMapping>,
     outputs: Outputs,
     feed: Option<Arc<Feed>>,
     leaving: Vec<NodeTask>,
@@ -261,7 +263,15 @@ pub async fn run_box(
         plan.frames / 1024
     );
     let to_std = |l: TcpListener, what: String| l.into_std().map_err(|e| DaemonError::Io(what, e));
-    let peer_listener = to_std(bind_listener(cfg.listen)?, format!("listen {}", cfg.listen))?;
+    let peer_listener = to_std(
+        super::bind_peer_listener(cfg.listen)?,
+        format!("listen {}", cfg.listen),
+    )?;
+    let mapping = super::reach::PortMapping::start(
+        cfg.nat,
+        peer_listener.local_addr().unwrap_or(cfg.listen),
+        super::reach::NAT_LEASE,
+    );
     let http = match cfg.http {
         Some(a) => Some(to_std(bind_listener(a)?, format!("http {a}"))?),
         None => None,
@@ -286,6 +296,7 @@ pub async fn run_box(
             .collect(),
         tuned: None,
         peer_listener,
+        mapping: Some(mapping),
         outputs: Outputs {
             http,
             udp: cfg.udp.clone(),
@@ -431,6 +442,7 @@ impl BoxDaemon {
         opts.partners = Some((TUNED_PARTNERS.min(max), max));
         opts.feed = self.feed.clone();
         opts.report = Some(report_tx);
+        opts.nat = self.mapping.as_ref().map(|m| m.status());
         slot.report = report_rx;
         let warm_addrs: Vec<SocketAddr> = warm::lock(&slot.view)
             .fresh(std::time::Instant::now(), WARM_DIALS)
@@ -558,6 +570,8 @@ impl BoxDaemon {
     }
 
     async fn stop_all(&mut self) {
+        // The router's forward is deleted while the nodes leave (both bounded).
+        let mapping = self.mapping.take().map(|m| tokio::spawn(m.finish()));
         for i in 0..self.slots.len() {
             self.stop_node(i);
             self.stop_standby(i);
@@ -569,6 +583,9 @@ impl BoxDaemon {
             if tokio::time::timeout_at(until, t).await.is_err() {
                 abort.abort();
             }
+        }
+        if let Some(m) = mapping {
+            let _ = m.await;
         }
     }
 
@@ -634,6 +651,18 @@ impl BoxDaemon {
                     v["lag_s"] = r.lag_s.into();
                     v["problem"] = r.problem.clone().into();
                 }
+                // The mapping belongs to the peer port, tuned channel or not.
+                let nat = self.mapping.as_ref().map_or_else(Default::default, |m| {
+                    super::reach::NatFigures::of(&m.status().borrow(), tokio::time::Instant::now())
+                });
+                let tuned = self
+                    .tuned
+                    .and_then(|i| self.slots[i].report.borrow().reachable);
+                v["reachable"] = tuned.or(nat.external_addr.is_some().then_some(true)).into();
+                v["external_addr"] = nat.external_addr.into();
+                v["nat_method"] = nat.nat_method.into();
+                v["nat_lease_s"] = nat.nat_lease_s.into();
+                v["nat_error"] = nat.nat_error.into();
                 v["outputs"] = self.outputs.to_json(self.tuned_players());
                 v
             }

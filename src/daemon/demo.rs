@@ -130,6 +130,9 @@ pub async fn run_demo(
                 stats_json: None,
                 report: Some(tx),
                 play_log: None,
+                // Loopback: no router to ask.
+                nat: crate::nat::Method::Off,
+                nat_lease: crate::daemon::reach::NAT_LEASE,
             },
             stop(stop_rx.clone()),
         )));

@@ -112,7 +112,7 @@ impl Counters {
     pub fn get(v: &AtomicU64) -> u64 {
         v.load(Ordering::Relaxed)
     }
-    fn add(v: &AtomicU64, n: u64) {
+    pub fn add(v: &AtomicU64, n: u64) {
         v.fetch_add(n, Ordering::Relaxed);
     }
 }
@@ -286,6 +286,17 @@ pub async fn reader<R: AsyncRead + Unpin>(
                     if matches!(msg, Message::Ctl(Control::Hello(_))) {
                         hello_seen = true;
                         handshake = None;
+                    } else if let (Some(_), Message::Ctl(Control::DialBackProof { nonce })) =
+                        (&handshake, &msg)
+                    {
+                        // A dial-back's proof instead of a hello: the connection's only frame.
+                        let _ = events
+                            .send(LinkEvent::Proof {
+                                link,
+                                nonce: *nonce,
+                            })
+                            .await;
+                        return;
                     } else if handshake.is_some() {
                         break LinkError::NoHello;
                     }

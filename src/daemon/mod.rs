@@ -22,6 +22,7 @@ pub mod link;
 pub mod logging;
 pub mod memory;
 pub mod notify;
+pub mod reach;
 pub mod roles;
 pub mod stats;
 pub mod warm;
@@ -51,6 +52,9 @@ pub const EVENT_QUEUE: usize = 1024;
 pub const INGEST_QUEUE: usize = 16;
 /// A TCP connect that has not completed by then has failed.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Dial-backs one node carries out at once for peers that asked (the core's own budget
+/// allows a few per second; past this many in flight, one is refused).
+pub const MAX_DIAL_BACKS: usize = 8;
 /// Segments a source cuts before it opens its port: a peer that came earlier would find
 /// nothing to start from. One is enough: a peer that joins a channel with little history
 /// holds its first play back as if the history were there (the core's `choose_start`), so a
@@ -91,6 +95,17 @@ pub enum LinkEvent {
     Down {
         link: LinkId,
         why: LinkError,
+    },
+    /// An accepted connection's first frame was a dial-back proof: the peer we asked dialled
+    /// us through the address we gossip. The reader has ended; the connection is closed.
+    Proof {
+        link: LinkId,
+        nonce: u64,
+    },
+    /// A dial-back we carried out for a peer: whether it connected and wrote the proof.
+    DialBackDone {
+        nonce: u64,
+        connected: bool,
     },
 }
 
@@ -159,6 +174,8 @@ pub struct NodeOptions {
     pub warm: Option<warm::SharedView>,
     /// This node's outputs for its stats (`outputs`), given its players.
     pub outputs: Option<stats::OutputsFn>,
+    /// The port mapping of this node's listener ([`reach::PortMapping::status`]).
+    pub nat: Option<watch::Receiver<crate::nat::Status>>,
 }
 
 /// Environment variable that makes a node corrupt the segments it uploads, for tests of the
@@ -189,6 +206,7 @@ impl NodeOptions {
             body_budget: None,
             partners: None,
             warm: None,
+            nat: None,
         }
     }
 }
@@ -197,6 +215,10 @@ impl NodeOptions {
 pub fn node_config(opts: &NodeOptions, listen_port: u16) -> Config {
     let mut c = Config::new(opts.channel, opts.role, opts.stream_kbps.max(8) * 1000 / 8);
     c.listen_port = listen_port;
+    // This driver carries out dial-backs and hole punches (the actor's `Output::DialBack` and
+    // `Output::Punch`).
+    c.dial_back = true;
+    c.hole_punch = true;
     c.upload_bytes_per_s = opts.upload_kbps.max(8) * 1000 / 8;
     c.segment_duration = crate::proto::Duration::from_millis(opts.segment_ms.max(100));
     if let Some(b) = opts.store_bytes {
@@ -319,14 +341,51 @@ pub async fn shutdown_signal() {
 }
 
 /// Binds a TCP listener for peers, with address reuse so a restarted node gets its port back.
+/// `[::]` listens on IPv6 and IPv4 both (IPV6_V6ONLY off, whatever the system's default); on a
+/// system without IPv6 it falls back to `0.0.0.0` on the same port.
 pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    bind_with(addr, false)
+}
+
+/// [`bind_listener`] for a peer port, with SO_REUSEPORT too: a hole punch dials out from the
+/// port peers know ([`reach::punch`]), on a socket bound beside this one.
+pub fn bind_peer_listener(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    bind_with(addr, true)
+}
+
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, DaemonError> {
     let err = |e| DaemonError::Io(format!("cannot listen on {addr}"), e);
-    let domain = socket2::Domain::for_address(addr);
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .map_err(err)?;
-    s.set_reuse_address(true).map_err(err)?;
-    s.set_nonblocking(true).map_err(err)?;
-    s.bind(&addr.into()).map_err(err)?;
-    s.listen(128).map_err(err)?;
+    let dual = matches!(addr.ip(), std::net::IpAddr::V6(v6) if v6.is_unspecified());
+    let s = match bind_socket(addr, dual, reuse_port) {
+        Err(e) if dual && no_ipv6(&e) => {
+            let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            log::info!("no IPv6 on this system: listening on {v4}");
+            bind_socket(v4, false, reuse_port)
+        }
+        r => r,
+    }
+    .map_err(err)?;
     TcpListener::from_std(std::net::TcpListener::from(s)).map_err(err)
+}
+
+fn bind_socket(addr: SocketAddr, dual: bool, reuse_port: bool) -> std::io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if dual {
+        s.set_only_v6(false)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(reuse_port)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s)
+}
+
+/// Whether a socket error says the system has no IPv6 (a kernel built without it, or with it
+/// disabled).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    const EADDRNOTAVAIL: i32 = 99;
+    matches!(e.raw_os_error(), Some(EAFNOSUPPORT | EADDRNOTAVAIL))
 }

@@ -2,8 +2,9 @@
 //! peer (the swarm, and the player outputs), each with its outputs wired to the actor.
 
 use super::keys::ChannelKey;
+use super::reach::PortMapping;
 use super::stats::NodeReport;
-use super::{bind_listener, run_node, DaemonError, NodeOptions, INGEST_QUEUE};
+use super::{bind_listener, run_node, run_peer_on, DaemonError, NodeOptions, INGEST_QUEUE};
 use crate::media::input::{self, InputSpec};
 use crate::output::udp::UdpOut;
 use crate::output::{http, udp, Channels, Feed};
@@ -44,6 +45,10 @@ pub struct PeerArgs {
     pub report: Option<watch::Sender<NodeReport>>,
     /// One line per played segment (`seq len sha256`).
     pub play_log: Option<PathBuf>,
+    /// How to ask the home router to forward the listener's port.
+    pub nat: crate::nat::Method,
+    /// The lease asked of the router ([`super::reach::NAT_LEASE`] unless a test asks less).
+    pub nat_lease: std::time::Duration,
 }
 
 /// Binds the HTTP output and serves `channels` on it; the task ends when the handle is
@@ -273,7 +278,21 @@ pub async fn run_peer(
     opts.stats_json = args.stats_json;
     opts.feed = feed;
     opts.report = Some(report_tx);
-    let r = run_node(opts, args.listen, None, shutdown).await;
+    let listener = super::bind_peer_listener(args.listen)?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| DaemonError::Io("listener address".into(), e))?;
+    // The mapping lives as long as the listener; its deletion starts with the shutdown, while
+    // the node leaves its swarm, and is bounded.
+    let mut mapping = PortMapping::start(args.nat, local, args.nat_lease);
+    opts.nat = Some(mapping.status());
+    let stop_mapping = mapping.stopper();
+    let r = run_peer_on(opts, listener, async move {
+        shutdown.await;
+        drop(stop_mapping);
+    })
+    .await;
+    mapping.finish().await;
     for t in tasks {
         t.abort();
     }

@@ -64,10 +64,47 @@ pub struct NodeReport {
     pub stream_kbps: Option<f64>,
     /// Set when this node's upload cap is below one copy of the stream.
     pub upload_warning: Option<String>,
+    /// Whether other peers can dial this node: true once a peer dialled it back through its
+    /// advertised address, or while the home router keeps a port mapping for it; false once
+    /// a dial-back failed; null while unknown.
+    pub reachable: Option<bool>,
+    /// The router's external address and port that reach this node's listener, while a port
+    /// mapping holds.
+    pub external_addr: Option<String>,
+    /// How the mapping was made: `upnp`, `pcp` or `natpmp`; `none` without one.
+    pub nat_method: String,
+    /// Whole seconds left of the mapping's lease (renewed at half).
+    pub nat_lease_s: Option<u64>,
+    /// Why there is no mapping (`port mapping is off`, the router's answer ...).
+    pub nat_error: Option<String>,
+    /// The global IPv6 address and port this node gossips (peers with IPv6 dial it).
+    pub ipv6_addr: Option<String>,
+    /// Dial-backs and hole punches, as the core counts them.
+    pub reach: ReachFigures,
     /// Scheduler and supplier diagnostics from the core, the simulator's names (see
     /// `proto::node::NodeStats`): what this node asked for and how it went, and why it said
     /// busy.
     pub diag: Diagnostics,
+}
+
+/// Reachability work (`proto::reach::ReachStats`): dial-backs asked for, that proved this
+/// node reachable, that timed out; done for others, refused; introductions made and acted
+/// on; hole punches the core asked for, and those that became a link; punches this driver
+/// tried (the core's, less those toward a peer behind our own router), and those that
+/// connected.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReachFigures {
+    pub dial_backs_asked: u64,
+    pub dial_backs_proved: u64,
+    pub dial_backs_timed_out: u64,
+    pub dial_backs_done: u64,
+    pub dial_backs_refused: u64,
+    pub introductions_made: u64,
+    pub introductions_taken: u64,
+    pub punches: u64,
+    pub punches_linked: u64,
+    pub punches_tried: u64,
+    pub punches_connected: u64,
 }
 
 /// The core's counters behind continuity: for comparing a real swarm with the simulator.

@@ -168,6 +168,8 @@ pub async fn probe(
                         num_partners: 0,
                         max_partners: 0,
                         ttl_s: 60,
+                        reach: crate::proto::Reach::Unknown,
+                        v6: None,
                     });
                 }
             }
@@ -241,6 +243,8 @@ mod tests {
             num_partners: 0,
             max_partners: 8,
             ttl_s: 60,
+            reach: crate::proto::Reach::Unknown,
+            v6: None,
         }
     }
 

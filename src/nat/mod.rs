@@ -156,6 +156,9 @@ pub struct Options {
     pub pcp_tries: u32,
     /// How many other external ports are tried when the router says ours is taken.
     pub port_retries: u32,
+    /// How long [`keep`] waits for the router to delete the mapping on the way out (a
+    /// daemon that must stop within a second gives it less than the default).
+    pub remove_deadline: Duration,
 }
 
 impl Default for Options {
@@ -168,6 +171,7 @@ impl Default for Options {
             pmp_tries: 4,
             pcp_tries: 2,
             port_retries: 3,
+            remove_deadline: REMOVE_DEADLINE,
         }
     }
 }
@@ -650,7 +654,8 @@ impl Status {
 /// The first wait before trying again after a failure; it doubles up to [`RETRY_MAX`].
 pub const RETRY_FIRST: Duration = Duration::from_secs(30);
 pub const RETRY_MAX: Duration = Duration::from_secs(600);
-/// How long a clean exit waits for the router to delete the mapping.
+/// How long a clean exit waits for the router to delete the mapping, by default
+/// ([`Options::remove_deadline`]).
 pub const REMOVE_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Keeps a mapping of `internal` for as long as `shutdown` has not resolved: maps, renews at
@@ -717,10 +722,11 @@ pub async fn keep(
         }
     }
     if let Some(m) = mapping {
-        match tokio::time::timeout(REMOVE_DEADLINE, m.remove()).await {
+        let deadline = opts.remove_deadline;
+        match tokio::time::timeout(deadline, m.remove()).await {
             Ok(Ok(())) => log::info!("port mapping removed"),
             Ok(Err(e)) => log::info!("port mapping not removed: {e}"),
-            Err(_) => log::info!("port mapping not removed: no answer within {REMOVE_DEADLINE:?}"),
+            Err(_) => log::info!("port mapping not removed: no answer within {deadline:?}"),
         }
     }
     status.send_replace(Status::default());

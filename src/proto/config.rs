@@ -122,6 +122,14 @@ pub struct Config {
     /// A partner whose requests time out this often in a refinement period while it
     /// delivers nothing advertises what it does not send: it is dropped and replaced.
     pub liar_timeouts: u32,
+    /// The driver carries out `Output::DialBack` and reports `Input::DialBackProof`: the
+    /// node asks partners to dial it back when its driver has not said whether it can be
+    /// dialled, and dials back for others. Off: neither (a driver that cannot would leave
+    /// every asker thinking itself undialable).
+    pub dial_back: bool,
+    /// The driver carries out `Output::Punch` (TCP simultaneous open): an undialable node
+    /// asks partners for introductions and acts on them. Any node introduces others.
+    pub hole_punch: bool,
 }
 
 /// Longest period a `*_ms` setting takes (a day).
@@ -239,6 +247,8 @@ impl Config {
             max_learned_per_peer: 48,
             max_request_rate: 4.0,
             liar_timeouts: 3,
+            dial_back: false,
+            hole_punch: false,
         }
     }
 }
@@ -284,6 +294,8 @@ impl Config {
         "max_learned_per_peer",
         "max_request_rate",
         "liar_timeouts",
+        "dial_back",
+        "hole_punch",
     ];
 
     /// Sets one knob by name from text (the simulator's `--set`, experiments, sweeps).
@@ -349,6 +361,8 @@ impl Config {
             "max_learned_per_peer" => self.max_learned_per_peer = num(key, value)?,
             "max_request_rate" => self.max_request_rate = num(key, value)?,
             "liar_timeouts" => self.liar_timeouts = num(key, value)?,
+            "dial_back" => self.dial_back = num::<u8>(key, value)? != 0,
+            "hole_punch" => self.hole_punch = num::<u8>(key, value)? != 0,
             _ => {
                 return Err(SettingError(format!(
                     "unknown setting '{key}' (known: {})",

@@ -6,14 +6,19 @@
 //! by the leaver, or on its behalf by a partner that saw it crash) leaves a tombstone until the
 //! record would have expired, so the same departure is neither re-learned from stale gossip nor
 //! forwarded twice. The table never holds more than its capacity: when full, the record closest
-//! to expiry makes room.
+//! to expiry makes room. It holds only members that can be dialled: a record that says its
+//! member cannot be (no IPv6 address either) replaces nothing and is not kept, since every use
+//! of the table (partner candidates, redirects, a deputy's sample) ends in a dial.
 
 use super::rng::Rng;
 use super::time::{Duration, Instant};
-use super::wire::{MemberEntry, PeerId};
+use super::wire::{MemberEntry, PeerId, Reach};
 
 /// Longest TTL we honour from a record, whatever the sender claims.
 pub const MAX_TTL_S: u16 = 300;
+/// Odds of a partner candidate whose record says how it can be dialled against one whose
+/// record does not know yet ([`MCache::pick_candidate`]).
+pub const REACH_KNOWN_ODDS: u64 = 16;
 
 #[derive(Clone, Debug)]
 struct Record {
@@ -35,6 +40,11 @@ pub struct MCache {
     ids: Vec<PeerId>,
     /// `evict_key(&records[i])`, kept in step with `records` likewise.
     keys: Vec<u64>,
+}
+
+/// A record nobody can dial: unreachable, and no IPv6 address to try instead.
+fn undialable(e: &MemberEntry) -> bool {
+    e.reach == Reach::Unreachable && e.v6.is_none()
 }
 
 /// Eviction order as one number: tombstones first, then the record closest to expiry
@@ -93,6 +103,16 @@ impl MCache {
             return false;
         }
         entry.ttl_s = entry.ttl_s.min(MAX_TTL_S);
+        if undialable(&entry) {
+            // What we held of it is out of date: it can no longer be dialled.
+            if let Some(i) = self.find(entry.id) {
+                let r = &self.records[i];
+                if !r.departed && entry.seq >= r.entry.seq {
+                    self.swap_remove(i);
+                }
+            }
+            return false;
+        }
         let expires = now + Duration::from_secs(entry.ttl_s as u64);
         if let Some(i) = self.find(entry.id) {
             let r = &mut self.records[i];
@@ -135,6 +155,20 @@ impl MCache {
         true
     }
 
+    /// Sets what we found out ourselves about `id`'s reachability (we dialled it back): an
+    /// undialable member's record goes.
+    pub fn set_reach(&mut self, id: PeerId, reach: Reach) {
+        if let Some(i) = self.find(id) {
+            if self.records[i].departed {
+                return;
+            }
+            self.records[i].entry.reach = reach;
+            if undialable(&self.records[i].entry) {
+                self.swap_remove(i);
+            }
+        }
+    }
+
     /// Records that `id` left. Returns true if this is news (the caller forwards it then).
     pub fn depart(&mut self, id: PeerId, seq: u32, now: Instant) -> bool {
         if id == self.me {
@@ -164,9 +198,10 @@ impl MCache {
         }
     }
 
-    /// Forgets every record at `addr` (a dial to it failed; we may not know its id).
+    /// Forgets every record at `addr`, its advertised or its v6 address (a dial to it
+    /// failed; we may not know its id).
     pub fn forget_addr(&mut self, addr: super::wire::PeerAddr) {
-        self.retain(|r| r.entry.addr != addr);
+        self.retain(|r| r.entry.addr != addr && r.entry.v6 != Some(addr));
     }
 
     /// Forgets every record that `via` passed on to us (it was banned: what it said about the
@@ -239,12 +274,20 @@ impl MCache {
     ) -> Option<MemberEntry> {
         // Members that have been around a while (their record's counter grows each gossip
         // round) hold more of the stream and are settled: a newcomer does better with them.
+        // A member that has not found out whether it can be dialled may sit behind a NAT
+        // (a dial to it then costs the connect timeout): members known to be dialable go
+        // first, REACH_KNOWN_ODDS to one.
         let weight = |e: &MemberEntry| {
             let settled = 1 + e.seq.min(6) as u64;
-            if e.num_partners < e.max_partners {
+            let w = if e.num_partners < e.max_partners {
                 e.max_partners.max(1) as u64 * settled
             } else {
                 settled
+            };
+            if e.reach == Reach::Unknown {
+                w
+            } else {
+                w * REACH_KNOWN_ODDS
             }
         };
         // One pass: the filter may be costly (the caller's checks against its links), so
@@ -292,6 +335,8 @@ mod tests {
             num_partners: 1,
             max_partners: 8,
             ttl_s: ttl,
+            reach: Reach::Unknown,
+            v6: None,
         }
     }
 
@@ -320,6 +365,33 @@ mod tests {
             m.get(PeerId(7)).is_some(),
             "its own record is not passed on"
         );
+    }
+
+    #[test]
+    fn undialable_members_are_not_kept() {
+        let mut m = MCache::new(8, PeerId(0));
+        let t = Instant::ZERO;
+        assert!(m.learn(e(1, 1, 30), t));
+        let mut gone = e(1, 2, 30);
+        gone.reach = Reach::Unreachable;
+        assert!(!m.learn(gone, t));
+        assert!(
+            m.get(PeerId(1)).is_none(),
+            "a newer undialable record drops the old"
+        );
+        let mut v6 = gone;
+        v6.v6 = Some(PeerAddr::V6(
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            7000,
+        ));
+        assert!(m.learn(v6, t), "an IPv6 address can still be dialled");
+        assert!(m.learn(e(2, 1, 30), t));
+        m.set_reach(PeerId(2), Reach::Reachable);
+        assert_eq!(m.get(PeerId(2)).unwrap().reach, Reach::Reachable);
+        m.set_reach(PeerId(2), Reach::Unreachable);
+        assert!(m.get(PeerId(2)).is_none());
+        m.forget_addr(v6.v6.unwrap());
+        assert!(m.get(PeerId(1)).is_none(), "forgotten by its v6 address");
     }
 
     #[test]

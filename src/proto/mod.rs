@@ -12,6 +12,7 @@ pub mod membership;
 pub mod node;
 pub mod partners;
 pub mod prefetch;
+pub mod reach;
 pub mod rng;
 pub mod scheduler;
 pub mod seq;
@@ -22,6 +23,7 @@ pub mod wire;
 
 pub use config::Config;
 pub use node::{Command, CommandError, Input, LateCause, LinkId, Node, NodeStats, Output};
+pub use reach::{ReachStats, ReachStatus, ReachVia};
 pub use seq::Seq;
 pub use time::{Duration, Instant};
-pub use wire::{ChannelId, Message, Payload, PeerAddr, PeerId, Role, Segment};
+pub use wire::{ChannelId, Message, Payload, PeerAddr, PeerId, Reach, Role, Segment};

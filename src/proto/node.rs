@@ -45,6 +45,7 @@ use super::buffer_map::BufferMap;
 use super::config::Config;
 use super::membership::MCache;
 use super::partners::Partner;
+use super::reach::{dialable, Introducer, ReachState, ReachStats, ReachStatus, ReachVia};
 use super::rng::Rng;
 use super::scheduler::{self, Pick, Supplier, Want};
 use super::seq::Seq;
@@ -52,10 +53,12 @@ use super::store::{Inserted, Store};
 use super::time::{Duration, Instant};
 use super::timer::{Timer, TimerTable};
 use super::wire::{
-    ByeReason, Control, Hello, MemberEntry, Message, Payload, PeerAddr, PeerId, Role, Segment,
-    MAGIC, MAX_ENTRIES_PER_MESSAGE, VERSION,
+    ByeReason, Control, Hello, MemberEntry, Message, Payload, PeerAddr, PeerId, Reach, Role,
+    Segment, MAGIC, MAX_ENTRIES_PER_MESSAGE, VERSION,
 };
 use std::collections::VecDeque;
+
+mod nat;
 
 /// A link (a TCP connection in the daemon), named by the driver. Unique per node.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -85,6 +88,23 @@ pub enum Input<P> {
     /// A segment from this link failed the driver's verification (signature, channel or
     /// length): its sender is banned and the link closed.
     Polluted { link: LinkId },
+    /// What the driver knows of the node's reachability: a port mapping's result
+    /// (`reachable: Some(true)`, `external`: the router's address and port), the operator's
+    /// word, the box's global IPv6 address (`v6`). `None` leaves a field as it was; without a
+    /// word on `reachable` the node asks a partner for a dial-back (see `proto::reach`).
+    Reachability {
+        reachable: Option<bool>,
+        external: Option<PeerAddr>,
+        v6: Option<PeerAddr>,
+        via: ReachVia,
+    },
+    /// An accepted connection's first frame was a `DialBackProof` with this nonce (the driver
+    /// closed that connection; it is no link).
+    DialBackProof { nonce: u64 },
+    /// Optional: how an `Output::DialBack` went (`connected`: the connect succeeded and the
+    /// proof was written; false: refused or timed out). The node marks the asker's record
+    /// (the source and deputies hand out dialable records first).
+    DialBackDone { nonce: u64, connected: bool },
 }
 
 /// Something the node asks of its driver.
@@ -117,6 +137,22 @@ pub enum Output<P> {
         seq: Seq,
         pause: Duration,
         cause: LateCause,
+    },
+    /// Connect to `remote` (always the IP a link to the asker comes from), send one
+    /// `Control::DialBackProof { nonce }` frame, close. No link, no answer to the node: the
+    /// asker's driver reports the proof to its node. A failed connect is dropped silently.
+    DialBack {
+        remote: PeerAddr,
+        nonce: u64,
+    },
+    /// Hole punching: at `at`, connect to `remote` from the listen port (SO_REUSEADDR /
+    /// SO_REUSEPORT) while the other side does the same toward us (TCP simultaneous open),
+    /// retrying for a few seconds. Report `LinkUp { remote, outbound: true }` (both sides
+    /// report outbound; the node with the smaller id asks for the partnership) or
+    /// `DialFailed { remote }`.
+    Punch {
+        remote: PeerAddr,
+        at: Instant,
     },
 }
 
@@ -203,6 +239,10 @@ enum Purpose {
     Partner,
     /// Accepted from someone else.
     Inbound,
+    /// A hole punch to a peer a partner introduced (TCP simultaneous open: both sides dial).
+    /// `ask`: this side asks for the partnership (the one with the smaller id); the other
+    /// answers as if it had accepted the link.
+    Punch { ask: bool },
 }
 
 /// Answers a link still owes us.
@@ -471,6 +511,10 @@ pub struct Node<P> {
     bans: Bans,
     /// The last pause: when, and how long.
     last_stall: Option<(Instant, Duration)>,
+    /// Our own reachability and the dial-back we wait for.
+    reach: ReachState,
+    /// Dial-backs and introductions we do for others.
+    introducer: Introducer,
 }
 
 impl<P: Payload> Node<P> {
@@ -536,12 +580,24 @@ impl<P: Payload> Node<P> {
             scratch_others: Vec::new(),
             bans: Bans::default(),
             last_stall: None,
+            reach: ReachState::new(now),
+            introducer: Introducer::new(now),
             cfg,
         }
     }
 
     pub fn id(&self) -> PeerId {
         self.id
+    }
+
+    /// What the node knows of its own reachability (for status and stats).
+    pub fn reachability(&self) -> ReachStatus {
+        self.reach.status()
+    }
+
+    /// Counters of dial-backs, introductions and punches.
+    pub fn reach_stats(&self) -> ReachStats {
+        self.reach.stats
     }
 
     /// Prefetch hint: loads the tables handling an input usually reads first (the node
@@ -864,6 +920,16 @@ impl<P: Payload> Node<P> {
                     self.on_polluted(i);
                 }
             }
+            Input::Reachability {
+                reachable,
+                external,
+                v6,
+                via,
+            } => self.reach.on_driver(reachable, external, v6, via),
+            Input::DialBackProof { nonce } => {
+                self.reach.on_proof(nonce);
+            }
+            Input::DialBackDone { nonce, connected } => self.on_dial_back_done(nonce, connected),
         }
         self.finish();
     }
@@ -1022,6 +1088,8 @@ impl<P: Payload> Node<P> {
             self.send(i, Control::Hello(self.hello()));
             match purpose {
                 Purpose::Bootstrap => {
+                    // First: its answer comes before the redirect that may end the link.
+                    self.ask_dial_back(i);
                     self.send(i, Control::Join);
                     self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::REDIRECT | awaiting::PARTNER;
@@ -1039,6 +1107,7 @@ impl<P: Payload> Node<P> {
                     self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::PARTNER;
                 }
+                Purpose::Punch { ask } => self.on_punched(i, ask),
                 Purpose::Inbound => {}
             }
         }
@@ -1081,6 +1150,8 @@ impl<P: Payload> Node<P> {
     fn remove_link(&mut self, i: usize) {
         let l = self.links.swap_remove(i);
         self.link_ids.swap_remove(i);
+        self.reach_link_gone(l.id);
+        // What it was sending us is no longer arriving: it may be wanted again.
         self.quiet = None;
         let id = l.id;
         let had_requests = self.requests.iter().any(|r| r.link == id);
@@ -1192,8 +1263,9 @@ impl<P: Payload> Node<P> {
                 self.learn_all(i, &members);
                 self.links[i].awaiting &= !awaiting::REDIRECT;
                 if let Some(d) = deputy {
-                    if d.id != self.id && !self.linked_to(d.id, d.addr) {
-                        self.dial(d.addr, Purpose::Deputy);
+                    let to = self.dial_addr(&d);
+                    if let Some(to) = to.filter(|&a| d.id != self.id && !self.linked_to(d.id, a)) {
+                        self.dial(to, Purpose::Deputy);
                     }
                 }
                 self.close_if_done(i);
@@ -1201,19 +1273,14 @@ impl<P: Payload> Node<P> {
             }
             Control::MembersRequest => {
                 let peer = self.links[i].peer.map(|p| p.id);
-                let now = self.now;
-                let sample = self
-                    .mcache
-                    .sample(&mut self.rng, MAX_ENTRIES_PER_MESSAGE, now, |e| {
-                        Some(e.id) != peer
-                    });
+                let sample = self.hand_out(MAX_ENTRIES_PER_MESSAGE, |e| Some(e.id) != peer);
                 self.send(i, Control::Members(sample));
             }
             Control::Members(entries) => {
                 self.learn_all(i, &entries);
                 self.links[i].awaiting &= !awaiting::MEMBERS;
                 self.close_if_done(i);
-                if self.partner_count() < self.cfg.partner_target() {
+                if self.partner_count() < self.partner_goal() {
                     self.maintain_partners();
                 }
             }
@@ -1359,6 +1426,14 @@ impl<P: Payload> Node<P> {
                 }
             }
             Control::KeepAlive => {}
+            Control::DialBackRequest { nonce, port } => self.on_dial_back_request(i, nonce, port),
+            Control::DialBackAnswer { observed, dialing } => {
+                let link = self.links[i].id;
+                self.reach.on_answer(self.now, link, observed, dialing);
+            }
+            Control::DialBackProof { .. } => self.on_misplaced_proof(i),
+            Control::IntroRequest => self.on_intro_request(i),
+            Control::Introduce { id, addr, delay_ms } => self.on_introduce(i, id, addr, delay_ms),
         }
     }
 
@@ -1432,7 +1507,12 @@ impl<P: Payload> Node<P> {
             let mut e = *e;
             if let Some(p) = sender {
                 if p.id == e.id {
-                    e.addr = p.listen;
+                    // The IP the link comes from, the port the member advertises (its
+                    // router may forward another than it listens on).
+                    let port = e.addr.port();
+                    e.addr = p
+                        .listen
+                        .with_port(if port == 0 { p.listen.port() } else { port });
                 }
             }
             if self.bans.id_banned(e.id, self.now) || self.bans.addr_banned(e.addr, self.now) {
@@ -1482,7 +1562,7 @@ impl<P: Payload> Node<P> {
     fn own_record(&self) -> MemberEntry {
         MemberEntry {
             id: self.id,
-            addr: PeerAddr::V4([0; 4], self.cfg.listen_port),
+            addr: PeerAddr::V4([0; 4], self.reach.advertised_port(self.cfg.listen_port)),
             seq: self.member_seq,
             num_partners: self.partner_count().min(u8::MAX as usize) as u8,
             max_partners: self.cfg.accept_limit().min(u8::MAX as usize) as u8,
@@ -1492,6 +1572,8 @@ impl<P: Payload> Node<P> {
                 .as_micros()
                 .div_ceil(1_000_000)
                 .min(u16::MAX as u64) as u16,
+            reach: self.reach.reach(),
+            v6: self.reach.v6(),
         }
     }
 
@@ -1506,19 +1588,21 @@ impl<P: Payload> Node<P> {
             num_partners: 0,
             max_partners: self.cfg.max_partners.min(u8::MAX as usize) as u8,
             ttl_s: self.cfg.member_ttl.as_micros().div_ceil(1_000_000) as u16,
+            reach: Reach::Unknown,
+            v6: None,
         };
         let now = self.now;
-        let members = self
-            .mcache
-            .sample(&mut self.rng, REDIRECT_SAMPLE, now, |e| e.id != peer.id);
-        let deputy = self
-            .mcache
-            .pick_candidate(&mut self.rng, now, |e| e.id != peer.id);
+        let members = self.hand_out(REDIRECT_SAMPLE, |e| e.id != peer.id);
+        let deputy = self.mcache.pick_candidate(&mut self.rng, now, |e| {
+            e.id != peer.id && dialable(e, false).is_some()
+        });
         // Newcomers become known to later joiners through the origin.
         if let Some(old) = self.mcache.get(peer.id) {
             rec.seq = old.seq;
+            rec.reach = old.reach;
+            rec.v6 = old.v6;
         }
-        self.mcache.learn(rec, now);
+        self.learn_joiner(rec);
         self.send(i, Control::Redirect { deputy, members });
     }
 
@@ -1563,8 +1647,7 @@ impl<P: Payload> Node<P> {
             self.send(i, Control::PartnerAccept);
             self.become_partners(i);
         } else {
-            let now = self.now;
-            let sample = self.mcache.sample(&mut self.rng, REJECT_SAMPLE, now, |e| {
+            let sample = self.hand_out(REJECT_SAMPLE, |e| {
                 e.id != peer.id && e.num_partners < e.max_partners
             });
             self.send(i, Control::PartnerReject(sample));
@@ -2464,9 +2547,13 @@ impl<P: Payload> Node<P> {
             return map;
         };
         // An empty map states no position (a peer that holds nothing yet sends its default
-        // base): nothing to refuse or count, and nothing in it to use.
+        // base): kept where its base is near ours, else moved to ours, and never counted.
         let Some(at) = map.newest() else {
-            return BufferMap::empty(reference);
+            return if near(map.base(), reference) {
+                map
+            } else {
+                BufferMap::empty(reference)
+            };
         };
         if self.checked_position(Some(at)).is_some() {
             map
@@ -3342,6 +3429,7 @@ impl<P: Payload> Node<P> {
         }
         self.note_partners_front();
         self.rebootstrap_if_starved();
+        self.reach_tick();
         self.maintain_partners();
         self.check_parents();
         // Time alone (a busy partner's back-off ending, deadlines coming closer) changes
@@ -3397,7 +3485,10 @@ impl<P: Payload> Node<P> {
         partners.truncate(self.cfg.gossip_fanout);
         for j in partners {
             let to = self.links[j].peer.map(|p| p.id);
-            let mut entries = vec![self.own_record()];
+            let mut entries = Vec::with_capacity(self.cfg.gossip_entries);
+            if self.advertises_itself() {
+                entries.push(self.own_record());
+            }
             let extra = self.cfg.gossip_entries.saturating_sub(1);
             entries.extend(
                 self.mcache
@@ -3429,7 +3520,7 @@ impl<P: Payload> Node<P> {
             return;
         }
         let count = self.partner_count();
-        if count > self.cfg.partner_target() {
+        if count > self.partner_goal() {
             // Drop the worst partner that has had a fair chance (never the source).
             let now = self.now;
             let worst = self
@@ -3451,7 +3542,7 @@ impl<P: Payload> Node<P> {
             if let (Some(j), None) = (worst, self.ending) {
                 self.end_partnership(j);
             }
-        } else if count == self.cfg.partner_target() {
+        } else if count == self.partner_goal() {
             // Try someone new; the next round drops whoever scores worst.
             self.dial_candidate();
         }
@@ -3504,9 +3595,15 @@ impl<P: Payload> Node<P> {
             .iter()
             .filter(|l| l.partner.is_none() && l.awaiting & awaiting::PARTNER != 0)
             .count()
-            + self.pending_dials.len();
+            + self
+                .pending_dials
+                .iter()
+                .filter(|d| !matches!(d.purpose, Purpose::Punch { .. }))
+                .count();
+        // A punch is a chance, not an attempt that holds a place: candidates are still
+        // dialled meanwhile.
         let have = self.partner_count() + attempts;
-        for _ in have..self.cfg.partner_target() {
+        for _ in have..self.partner_goal() {
             if !self.dial_candidate() {
                 break;
             }
@@ -3552,11 +3649,14 @@ impl<P: Payload> Node<P> {
         ids.sort_unstable();
         addrs.sort_unstable();
         let me = self.id;
+        let v6 = self.reach.v6().is_some();
         let cand = self.mcache.pick_candidate(&mut self.rng, now, |e| {
-            e.id != me && ids.binary_search(&e.id).is_err() && addrs.binary_search(&e.addr).is_err()
+            e.id != me
+                && ids.binary_search(&e.id).is_err()
+                && dialable(e, v6).is_some_and(|a| addrs.binary_search(&a).is_err())
         });
-        match cand {
-            Some(e) => self.dial(e.addr, Purpose::Partner),
+        match cand.and_then(|e| dialable(&e, v6)) {
+            Some(a) => self.dial(a, Purpose::Partner),
             None => false,
         }
     }

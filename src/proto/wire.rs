@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// First field of every hello: "CoolStream" in spirit, catches a stranger on the port.
 pub const MAGIC: u32 = 0xC0015EA7;
 /// Wire protocol version; a mismatch closes the link with [`ByeReason::Version`].
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest media payload of one segment. 4 MiB holds a 2 s segment at 16 Mbit/s (HD IPTV).
 pub const MAX_SEGMENT_BYTES: u32 = 4 * 1024 * 1024;
 /// Largest frame body: a segment plus its head, with room to spare for the head's fields.
@@ -91,6 +91,19 @@ impl PeerAddr {
             PeerAddr::V6(ip, _) => PeerAddr::V6(ip, port),
         }
     }
+    /// An IPv6 global unicast address (2000::/3) with a nonzero port: what a member may
+    /// advertise as its v6 address.
+    pub fn is_global_v6(&self) -> bool {
+        matches!(*self, PeerAddr::V6(ip, port) if ip[0] & 0xe0 == 0x20 && port != 0)
+    }
+    /// Same address family and IP (ports may differ).
+    pub fn same_ip(&self, other: &PeerAddr) -> bool {
+        match (self, other) {
+            (PeerAddr::V4(a, _), PeerAddr::V4(b, _)) => a == b,
+            (PeerAddr::V6(a, _), PeerAddr::V6(b, _)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Debug for PeerAddr {
@@ -148,6 +161,43 @@ pub struct MemberEntry {
     pub max_partners: u8,
     /// Seconds the record stays valid from when it is received.
     pub ttl_s: u16,
+    /// Whether `addr` accepts connections: what the member found out about itself (a port
+    /// mapping, a dial-back). Nobody dials a member whose record says it cannot be dialled.
+    pub reach: Reach,
+    /// The member's global IPv6 address and port, if it has one: dialled instead of `addr`
+    /// by a node that has IPv6 too (home IPv6 is routed, not translated). Always a
+    /// [`PeerAddr::V6`] ([`MemberEntry::check`]).
+    pub v6: Option<PeerAddr>,
+}
+
+/// Whether a member's advertised address can be dialled.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum Reach {
+    /// Not found out yet (a member that has just joined).
+    #[default]
+    Unknown,
+    /// A dial-back reached it, or its router forwards the port, or it is configured public.
+    Reachable,
+    /// A dial-back did not reach it: it is behind a NAT or firewall that drops what it did
+    /// not ask for. It dials out, and meets others like it by hole punching.
+    Unreachable,
+}
+
+impl MemberEntry {
+    /// Checks what postcard cannot: the port is a port, and `v6` is a global IPv6 unicast
+    /// address (2000::/3) with a port.
+    pub fn check(&self) -> Result<(), WireError> {
+        if self.addr.port() == 0 {
+            return Err(WireError::Invalid("member address without a port"));
+        }
+        match self.v6 {
+            None => Ok(()),
+            Some(a) if a.is_global_v6() => Ok(()),
+            Some(_) => Err(WireError::Invalid(
+                "member v6 address not global IPv6 unicast",
+            )),
+        }
+    }
 }
 
 /// Why a link was closed by the other side.
@@ -256,7 +306,44 @@ pub enum Control {
         backlog_ms: u16,
     },
     KeepAlive,
+    /// "Dial me back": a node that does not know whether it can be dialled asks a partner
+    /// to connect to the address the link comes from, at `port` (its listen port, or the port
+    /// its router forwards), and to send [`Control::DialBackProof`] with `nonce` as that
+    /// connection's only frame. Answered with [`Control::DialBackAnswer`].
+    DialBackRequest {
+        nonce: u64,
+        port: u16,
+    },
+    /// The answer to a dial-back request: the address the link comes from as the answerer
+    /// sees it (the asker's external address, as STUN tells it), and whether a dial-back is
+    /// on its way (false: the answerer's budget is spent; ask someone else).
+    DialBackAnswer {
+        observed: PeerAddr,
+        dialing: bool,
+    },
+    /// The first and only frame of a dial-back connection, instead of a hello: the nonce of
+    /// the request it answers. The listener reports it and closes the connection.
+    DialBackProof {
+        nonce: u64,
+    },
+    /// "I cannot be dialled and want partners: introduce me to a partner of yours who cannot
+    /// either." Sent to partners by a node whose reachability is [`Reach::Unreachable`].
+    IntroRequest,
+    /// A common partner introduces two undialable peers to each other: `id` listens at
+    /// `addr` (its external address as the introducer sees it, with its listen port). Both
+    /// dial each other at the same moment, `delay_ms` after this arrives (TCP simultaneous
+    /// open through both NATs).
+    Introduce {
+        id: PeerId,
+        addr: PeerAddr,
+        delay_ms: u16,
+    },
 }
+
+/// Longest wait an introduction may ask for before the punch (an introducer adds the longer
+/// of its two links' one-way delays and a margin to the shorter: a second covers 300 ms
+/// round trips with room).
+pub const MAX_PUNCH_DELAY_MS: u16 = 2000;
 
 /// Segment flags.
 pub mod flags {
@@ -399,17 +486,40 @@ impl std::error::Error for WireError {}
 impl Control {
     /// Checks the caps that postcard cannot know about.
     pub fn validate(&self) -> Result<(), WireError> {
-        let n = match self {
-            Control::Redirect { members, .. } => members.len(),
-            Control::Members(v) | Control::PartnerReject(v) => v.len(),
+        let entries: &[MemberEntry] = match self {
+            Control::Redirect { members, deputy } => {
+                if let Some(d) = deputy {
+                    d.check()?;
+                }
+                members
+            }
+            Control::Members(v) | Control::PartnerReject(v) => v,
             Control::BufferMap { map, .. } => {
                 map.validate().map_err(WireError::Invalid)?;
-                0
+                &[]
             }
-            _ => 0,
+            Control::DialBackRequest { port, .. } => {
+                if *port == 0 {
+                    return Err(WireError::Invalid("dial-back request without a port"));
+                }
+                &[]
+            }
+            Control::Introduce { addr, delay_ms, .. } => {
+                if addr.port() == 0 {
+                    return Err(WireError::Invalid("introduction without a port"));
+                }
+                if *delay_ms > MAX_PUNCH_DELAY_MS {
+                    return Err(WireError::Invalid("introduction delay over its cap"));
+                }
+                &[]
+            }
+            _ => &[],
         };
-        if n > MAX_ENTRIES_PER_MESSAGE {
+        if entries.len() > MAX_ENTRIES_PER_MESSAGE {
             return Err(WireError::Invalid("too many membership entries"));
+        }
+        for e in entries {
+            e.check()?;
         }
         Ok(())
     }
@@ -655,6 +765,15 @@ mod tests {
             num_partners: 4,
             max_partners: 8,
             ttl_s: 30,
+            reach: if i % 2 == 0 {
+                Reach::Reachable
+            } else {
+                Reach::Unreachable
+            },
+            v6: (i % 3 == 0).then_some(PeerAddr::V6(
+                [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i as u8],
+                7000,
+            )),
         }
     }
 
@@ -702,6 +821,21 @@ mod tests {
                 deadline_ms: 4000,
             }),
             Message::Ctl(Control::Bye(ByeReason::WrongChannel)),
+            Message::Ctl(Control::DialBackRequest {
+                nonce: 0x0123_4567_89ab_cdef,
+                port: 7000,
+            }),
+            Message::Ctl(Control::DialBackAnswer {
+                observed: PeerAddr::V4([198, 51, 100, 7], 40123),
+                dialing: true,
+            }),
+            Message::Ctl(Control::DialBackProof { nonce: u64::MAX }),
+            Message::Ctl(Control::IntroRequest),
+            Message::Ctl(Control::Introduce {
+                id: PeerId(9),
+                addr: PeerAddr::V4([203, 0, 113, 5], 7000),
+                delay_ms: 850,
+            }),
             Message::Segment(Segment {
                 seq: Seq(9),
                 origin_us: 123_456_789,
@@ -844,6 +978,49 @@ mod tests {
             decode_body(&out[FRAME_PREFIX_LEN..]),
             Err(WireError::Invalid("too many membership entries"))
         );
+    }
+
+    #[test]
+    fn reachability_fields_are_checked_when_decoded() {
+        let refused = |c: Control| {
+            let mut out = Vec::new();
+            encode(&Message::Ctl(c), &mut out).unwrap();
+            decode_body(&out[FRAME_PREFIX_LEN..])
+        };
+        let mut e = entry(1);
+        e.v6 = Some(PeerAddr::V6(
+            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            7000,
+        ));
+        assert_eq!(
+            refused(Control::Members(vec![entry(2), e])),
+            Err(WireError::Invalid(
+                "member v6 address not global IPv6 unicast"
+            ))
+        );
+        e.v6 = Some(PeerAddr::V4([203, 0, 113, 1], 7000));
+        assert!(refused(Control::PartnerReject(vec![e])).is_err());
+        let mut deputy = entry(3);
+        deputy.addr = deputy.addr.with_port(0);
+        assert_eq!(
+            refused(Control::Redirect {
+                deputy: Some(deputy),
+                members: vec![]
+            }),
+            Err(WireError::Invalid("member address without a port"))
+        );
+        assert!(refused(Control::DialBackRequest { nonce: 1, port: 0 }).is_err());
+        let introduce = |delay_ms, port| Control::Introduce {
+            id: PeerId(4),
+            addr: PeerAddr::V4([203, 0, 113, 4], port),
+            delay_ms,
+        };
+        assert_eq!(
+            refused(introduce(MAX_PUNCH_DELAY_MS + 1, 7000)),
+            Err(WireError::Invalid("introduction delay over its cap"))
+        );
+        assert!(refused(introduce(100, 0)).is_err());
+        assert!(refused(introduce(MAX_PUNCH_DELAY_MS, 7000)).is_ok());
     }
 
     #[test]

@@ -154,6 +154,17 @@ pub struct Summary {
     pub events: u64,
     pub wall_s: f64,
     pub trace_hash: String,
+    /// Share of peers behind a NAT that drops unsolicited connections (`--nat-fraction`),
+    /// and whether they punch holes (`--punch`).
+    pub nat_fraction: f64,
+    pub punch: bool,
+    /// Share of the peers alive at the end whose node found out it can be dialled, and of
+    /// those that found out at all (a dial-back answered or timed out).
+    pub reachable_fraction: f64,
+    pub reach_known_fraction: f64,
+    /// Punch attempts (one per side) and the share that became a link.
+    pub punches: u64,
+    pub punch_success: f64,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! next timeout is re-armed with one `Wake` event (a stale one is skipped).
 
 pub mod metrics;
+pub mod nat;
 pub mod net;
 pub mod queue;
 pub mod scenario;
@@ -42,6 +43,11 @@ const PREFETCH_AHEAD: usize = 8;
 const SIM_PORT: u16 = 7000;
 /// How long a dial to a vanished host waits before failing (a crashed box answers nothing).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Share of peers that cannot be dialled, by default: about two thirds of P2P peers sit
+/// behind a NAT or firewall (Tribler measured 64 %); some of those get a port mapped.
+pub const DEFAULT_NAT_FRACTION: f64 = 0.6;
+/// Share of NATs a TCP simultaneous open gets through, by default (docs/SIMULATION.md).
+pub const DEFAULT_PUNCHABLE: f64 = 0.8;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -71,6 +77,12 @@ pub struct SimConfig {
     pub progress: bool,
     /// Node settings applied to every peer (and the source), by [`Config::set`] name.
     pub settings: Vec<(String, String)>,
+    /// Share of peers behind a NAT that drops connections it did not ask for ([`nat`]).
+    pub nat_fraction: f64,
+    /// Peers ask for introductions and punch holes (the nodes' `hole_punch`).
+    pub punch: bool,
+    /// Share of those NATs a simultaneous open gets through.
+    pub punchable: f64,
 }
 
 impl SimConfig {
@@ -104,6 +116,9 @@ impl Default for SimConfig {
             start_seq: 0,
             progress: false,
             settings: Vec::new(),
+            nat_fraction: DEFAULT_NAT_FRACTION,
+            punch: true,
+            punchable: DEFAULT_PUNCHABLE,
         }
     }
 }
@@ -144,6 +159,22 @@ enum Ev {
         node: u32,
         crash: bool,
     },
+    /// A dial-back's proof reached `to`'s listener.
+    Proof {
+        to: u32,
+        nonce: u64,
+    },
+    /// How `to`'s dial-back went (its driver saw the connect succeed or fail).
+    DialBackDone {
+        to: u32,
+        nonce: u64,
+        connected: bool,
+    },
+    /// `from`'s punch toward `to` waited long enough for the other side's.
+    PunchExpire {
+        from: u32,
+        to: u32,
+    },
 }
 
 impl Ev {
@@ -168,6 +199,9 @@ impl Ev {
             Ev::Ingest => (7, 0),
             Ev::Join { node } => (8, *node),
             Ev::Leave { node, .. } => (9, *node),
+            Ev::Proof { to, .. } => (11, *to),
+            Ev::DialBackDone { to, .. } => (13, *to),
+            Ev::PunchExpire { from, .. } => (12, *from),
         }
     }
 }
@@ -323,8 +357,8 @@ pub struct Sim {
     hops: [u64; 32],
     idle_samples: [u64; 4],
     kinds: [u64; 16],
-    ctl_kinds: [u64; 24],
-    src_ctl: [u64; 24],
+    ctl_kinds: [u64; 32],
+    src_ctl: [u64; 32],
     payload_bytes: u64,
     control_bytes: u64,
     events: u64,
@@ -341,6 +375,8 @@ pub struct Sim {
     flowbuf: Vec<net::Flow<Message<SimPayload>>>,
     /// Scratch for sharing a downlink (net::share_downlink).
     share_buf: (Vec<u64>, Vec<usize>, Vec<u64>),
+    /// Who is behind a NAT; punches waiting for their other side.
+    nat: nat::Nat,
 }
 
 fn addr_of(ix: u32) -> PeerAddr {
@@ -387,8 +423,8 @@ impl Sim {
             hops: [0; 32],
             idle_samples: [0; 4],
             kinds: [0; 16],
-            ctl_kinds: [0; 24],
-            src_ctl: [0; 24],
+            ctl_kinds: [0; 32],
+            src_ctl: [0; 32],
             payload_bytes: 0,
             control_bytes: 0,
             events: 0,
@@ -404,6 +440,7 @@ impl Sim {
                 .and_then(|v| v.parse().ok()),
             flowbuf: Vec::new(),
             share_buf: Default::default(),
+            nat: nat::Nat::new(cfg.seed, cfg.nat_fraction, cfg.punchable),
             cfg,
         };
         // The source is node 0, live from the start.
@@ -443,6 +480,7 @@ impl Sim {
             (stream * self.cfg.download_factor) as u64
         };
         let place = Place::random(&mut self.rng);
+        self.nat.add_slot(source);
         self.hot.push(Hot {
             place,
             down,
@@ -474,6 +512,9 @@ impl Sim {
             c.max_partners = c.max_partners.max(c.partners + 3);
         }
         c.segment_duration = Duration::from_secs_f64(self.cfg.segment_s);
+        // The simulated driver dials back (`nat_dial_back`) and punches (`nat_punch`).
+        c.dial_back = true;
+        c.hole_punch = self.cfg.punch;
         for (k, v) in &self.cfg.settings {
             // Checked when the configuration was made (`SimConfig::check_settings`).
             let _ = c.set(k, v);
@@ -707,6 +748,21 @@ impl Sim {
                         outbound,
                     },
                 );
+            }
+            Ev::Proof { to, nonce } => {
+                if self.alive(to) {
+                    self.input(to, Input::DialBackProof { nonce });
+                }
+            }
+            Ev::PunchExpire { from, to } => self.nat_punch_expire(from, to),
+            Ev::DialBackDone {
+                to,
+                nonce,
+                connected,
+            } => {
+                if self.alive(to) {
+                    self.input(to, Input::DialBackDone { nonce, connected });
+                }
             }
             Ev::DialFailed { to, remote } => {
                 if self.debug_misses && self.alive(to) {
@@ -1062,6 +1118,8 @@ impl Sim {
                         eprintln!("late {} seq {} {cause:?}", self.debug_who(ix), seq.0);
                     }
                 }
+                Output::DialBack { remote, nonce } => self.nat_dial_back(ix, remote, nonce),
+                Output::Punch { remote, at } => self.nat_punch(ix, remote, at),
             }
         }
         self.outbuf = outs;
@@ -1089,6 +1147,14 @@ impl Sim {
         };
         let rtt_one_way = self.one_way(from, to);
         let rtt = rtt_one_way.mul(2);
+        if !self.nat.dialable(to) {
+            // The router drops the SYN: the connect times out, whoever is behind it.
+            self.push(
+                self.now + CONNECT_TIMEOUT,
+                Ev::DialFailed { to: from, remote },
+            );
+            return;
+        }
         match self.hot[to as usize].life {
             Life::Alive => {
                 let link = LinkId(self.next_link);
@@ -1247,6 +1313,18 @@ impl Sim {
         } else {
             0.0
         };
+        // Live peers: (found reachable, found out at all, all).
+        let reach_known = self.slots[1..]
+            .iter()
+            .filter_map(|s| s.node.as_ref())
+            .map(|n| n.reachability().reachable)
+            .fold((0usize, 0usize, 0usize), |(r, k, n), x| {
+                (
+                    r + (x == Some(true)) as usize,
+                    k + x.is_some() as usize,
+                    n + 1,
+                )
+            });
         let mean = |v: &[f64]| {
             if v.is_empty() {
                 0.0
@@ -1310,6 +1388,12 @@ impl Sim {
             events: self.events,
             wall_s: 0.0,
             trace_hash: format!("{:016x}", self.trace),
+            nat_fraction: self.cfg.nat_fraction,
+            punch: self.cfg.punch,
+            reachable_fraction: reach_known.0 as f64 / reach_known.2.max(1) as f64,
+            reach_known_fraction: reach_known.1 as f64 / reach_known.2.max(1) as f64,
+            punches: self.nat.punches,
+            punch_success: self.nat.punches_linked as f64 / self.nat.punches.max(1) as f64,
         }
     }
 
@@ -1504,6 +1588,11 @@ fn ctl_kind(c: &crate::proto::wire::Control) -> usize {
         C::Cancel { .. } => 18,
         C::Busy { .. } => 19,
         C::KeepAlive => 20,
+        C::DialBackRequest { .. } => 21,
+        C::DialBackAnswer { .. } => 22,
+        C::DialBackProof { .. } => 23,
+        C::IntroRequest => 24,
+        C::Introduce { .. } => 25,
     }
 }
 

@@ -1,0 +1,386 @@
+//! The node's side of reachability (see `proto::reach`): asking for and carrying out
+//! dial-backs, asking for and making introductions, starting punches, and handing out
+//! membership records by reachability. Kept apart from the data plane in `node.rs`; the
+//! state and its bounds live in `proto::reach`.
+
+use super::{Link, Node, PendingDial, Purpose};
+use crate::proto::reach::{dialable, hand_out_rank, punch_delays, INTRO_REQUEST_FANOUT};
+use crate::proto::time::Duration;
+use crate::proto::wire::{ByeReason, Control, MemberEntry, Payload, PeerAddr, PeerId, Reach, Role};
+use crate::proto::{LinkId, Output};
+
+/// Ranks of [`hand_out_rank`], best first.
+const RANKS: u8 = 4;
+
+impl<P: Payload> Node<P> {
+    /// Up to `n` live records passing `keep`, those that can be dialled first (a redirect, a
+    /// deputy's answer, a rejection's sample): a newcomer dials what it is handed.
+    pub(super) fn hand_out(
+        &mut self,
+        n: usize,
+        mut keep: impl FnMut(&MemberEntry) -> bool,
+    ) -> Vec<MemberEntry> {
+        let now = self.now;
+        let mut v: Vec<MemberEntry> = Vec::with_capacity(n);
+        for rank in 0..RANKS {
+            if v.len() >= n {
+                break;
+            }
+            let more = self.mcache.sample(&mut self.rng, n - v.len(), now, |e| {
+                hand_out_rank(e) == rank && keep(e)
+            });
+            v.extend(more);
+        }
+        v
+    }
+
+    /// The address we would dial `e` at, if we may dial it (see [`dialable`]).
+    pub(super) fn dial_addr(&self, e: &MemberEntry) -> Option<PeerAddr> {
+        dialable(e, self.reach.v6().is_some())
+    }
+
+    /// A dial-back request on link `i`: answer with the address the link comes from and,
+    /// within budget, dial that IP back at `port`.
+    pub(super) fn on_dial_back_request(&mut self, i: usize, nonce: u64, port: u16) {
+        let now = self.now;
+        let link = self.links[i].id;
+        let observed = self.links[i].remote;
+        let remote = observed.with_port(port);
+        let dialing = self.cfg.dial_back
+            && !self.bans.addr_banned(remote, now)
+            && self.introducer.may_dial_back(now, link);
+        if dialing {
+            self.reach.stats.dial_backs_done += 1;
+            if let Some(p) = self.links[i].peer {
+                self.introducer.dialled(now, nonce, p.id);
+            }
+            self.out.push_back(Output::DialBack { remote, nonce });
+        } else {
+            self.reach.stats.dial_backs_refused += 1;
+        }
+        self.send(i, Control::DialBackAnswer { observed, dialing });
+    }
+
+    /// A partner asks for an introduction: pair it with another that asked, if one waits.
+    pub(super) fn on_intro_request(&mut self, i: usize) {
+        let l = &self.links[i];
+        let (Some(peer), true) = (l.peer, l.partner.is_some()) else {
+            return;
+        };
+        if peer.role != Role::Peer {
+            return;
+        }
+        let Some(other) = self.introducer.on_request(self.now, l.id, peer.id) else {
+            return;
+        };
+        let Some(j) = self.link_index(other) else {
+            return;
+        };
+        let (Some(peer_j), true) = (self.links[j].peer, self.links[j].partner.is_some()) else {
+            return;
+        };
+        let (d_i, d_j) = punch_delays(self.links[i].one_way, self.links[j].one_way);
+        self.reach.stats.introductions_made += 1;
+        self.send(
+            i,
+            Control::Introduce {
+                id: peer_j.id,
+                addr: peer_j.listen,
+                delay_ms: d_i,
+            },
+        );
+        self.send(
+            j,
+            Control::Introduce {
+                id: peer.id,
+                addr: peer.listen,
+                delay_ms: d_j,
+            },
+        );
+    }
+
+    /// A partner introduces peer `id` at `addr`: punch toward it at the agreed moment, if we
+    /// want partners, are not linked to it, and the budgets allow.
+    pub(super) fn on_introduce(&mut self, i: usize, id: PeerId, addr: PeerAddr, delay_ms: u16) {
+        let now = self.now;
+        if !self.cfg.hole_punch
+            || self.links[i].partner.is_none()
+            || id == self.id
+            || self.reach.status().reachable == Some(true)
+            || self.partner_count() >= self.partner_goal()
+            || self.linked_to(id, addr)
+            || self.bans.id_banned(id, now)
+            || self.bans.addr_banned(addr, now)
+            || self.pending_dials.len() >= self.cfg.max_pending_dials
+            || self.links.len() + self.pending_dials.len() >= self.cfg.max_links
+            || !self.introducer.may_take(now)
+        {
+            return;
+        }
+        let at = now + Duration::from_millis(delay_ms as u64);
+        self.reach.stats.introductions_taken += 1;
+        self.reach.stats.punches += 1;
+        self.pending_dials.push(PendingDial {
+            addr,
+            purpose: Purpose::Punch { ask: self.id < id },
+            at,
+        });
+        self.out.push_back(Output::Punch { remote: addr, at });
+    }
+
+    /// A punched link is up: the side with the smaller id asks for the partnership.
+    pub(super) fn on_punched(&mut self, i: usize, ask: bool) {
+        self.reach.stats.punches_linked += 1;
+        if ask {
+            let req = self.partner_request();
+            self.send(i, req);
+            self.links[i].awaiting = super::awaiting::PARTNER;
+        }
+    }
+
+    /// A link is going: what reachability work waited on it.
+    pub(super) fn reach_link_gone(&mut self, link: LinkId) {
+        self.reach.on_link_down(self.now, link);
+        self.introducer.on_link_down(link);
+    }
+
+    /// Every tick: a dial-back timed out, one to ask for, introductions to ask for.
+    pub(super) fn reach_tick(&mut self) {
+        let now = self.now;
+        self.reach.tick(now);
+        for rec in self.introducer.unreported(now) {
+            self.mcache.learn(rec, now);
+        }
+        if !self.joined {
+            return;
+        }
+        if self.reach.wants_dial_back(now) {
+            // A partner, a peer rather than the source when there is one (the source answers
+            // every newcomer's join already).
+            let pick = self
+                .pick_partner(|l| l.peer.is_some_and(|p| p.role == Role::Peer))
+                .or_else(|| self.pick_partner(|_| true));
+            if let Some(j) = pick {
+                self.ask_dial_back(j);
+            }
+        }
+        let partners = self.partner_count();
+        if self.cfg.role == Role::Peer
+            && self.cfg.hole_punch
+            && self
+                .reach
+                .wants_introductions(now, partners, self.partner_goal())
+        {
+            let mut asked: Vec<usize> = (0..self.links.len())
+                .filter(|&j| self.links[j].partner.is_some())
+                .collect();
+            self.rng.shuffle(&mut asked);
+            asked.truncate(INTRO_REQUEST_FANOUT);
+            for j in asked {
+                self.send(j, Control::IntroRequest);
+            }
+        }
+    }
+
+    /// Partners we look for. A node nobody can dial gets no partners but those it finds: it
+    /// looks for as many as it would accept (a dialable node's inbound partners bring it
+    /// there), or it would hold fewer suppliers than its neighbours.
+    pub(super) fn partner_goal(&self) -> usize {
+        let target = self.cfg.partner_target();
+        if self.reach.reach() == Reach::Unreachable && self.reach.v6().is_none() {
+            target.max(self.cfg.accept_limit())
+        } else {
+            target
+        }
+    }
+
+    /// Whether gossip carries our own record: not while a dial-back is still to tell whether
+    /// we can be dialled (a record of unknown reach costs whoever dials it a connect timeout
+    /// if we cannot).
+    pub(super) fn advertises_itself(&self) -> bool {
+        !self.cfg.dial_back || self.reach.reach() != Reach::Unknown
+    }
+
+    /// Asks link `i` for a dial-back if we want one (the driver carries them out, nothing
+    /// settled our reachability, none is pending).
+    pub(super) fn ask_dial_back(&mut self, i: usize) {
+        if !self.cfg.dial_back || !self.reach.wants_dial_back(self.now) {
+            return;
+        }
+        let nonce = self.rng.next_u64();
+        let link = self.links[i].id;
+        self.reach.ask(self.now, link, nonce);
+        let port = self.reach.advertised_port(self.cfg.listen_port);
+        self.send(i, Control::DialBackRequest { nonce, port });
+    }
+
+    /// The driver tells how a dial-back of ours went: the asker's record says so.
+    pub(super) fn on_dial_back_done(&mut self, nonce: u64, connected: bool) {
+        if let Some((id, held)) = self.introducer.dial_back_done(nonce) {
+            let reach = if connected {
+                Reach::Reachable
+            } else {
+                Reach::Unreachable
+            };
+            match held {
+                Some(mut rec) => {
+                    rec.reach = reach;
+                    self.mcache.learn(rec, self.now);
+                }
+                None => self.mcache.set_reach(id, reach),
+            }
+        }
+    }
+
+    /// The origin learns a joiner's record, once the dial-back it asked for (if it asked us)
+    /// tells whether it can be dialled: a record of unknown reach handed to a newcomer costs
+    /// it a connect timeout when the member is behind a NAT.
+    pub(super) fn learn_joiner(&mut self, rec: MemberEntry) {
+        if rec.reach != Reach::Unknown {
+            self.mcache.learn(rec, self.now);
+        } else if let Err(rec) = self.introducer.hold(rec) {
+            self.mcache.learn(rec, self.now);
+        }
+    }
+
+    /// A random partner link passing `keep`.
+    fn pick_partner(&mut self, keep: impl Fn(&Link) -> bool) -> Option<usize> {
+        let n = self
+            .links
+            .iter()
+            .filter(|l| l.partner.is_some() && keep(l))
+            .count();
+        if n == 0 {
+            return None;
+        }
+        let k = self.rng.below(n);
+        self.links
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.partner.is_some() && keep(l))
+            .nth(k)
+            .map(|(j, _)| j)
+    }
+
+    /// A dial-back proof arrived on a link instead of on a connection of its own: a protocol
+    /// error.
+    pub(super) fn on_misplaced_proof(&mut self, i: usize) {
+        self.close(i, ByeReason::Protocol);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::proto::wire::{
+        Control, Hello, Message, PeerAddr, PeerId, Role, SimPayload, MAGIC, VERSION,
+    };
+    use crate::proto::{ChannelId, Config, Input, Instant, LinkId, Node, Output};
+
+    fn node() -> Node<SimPayload> {
+        let mut cfg = Config::new(ChannelId([1; 32]), Role::Peer, 96_000);
+        cfg.listen_port = 7000;
+        cfg.dial_back = true;
+        cfg.hole_punch = true;
+        Node::new(cfg, PeerId(1), 3, Instant::ZERO)
+    }
+
+    /// An inbound link from `ip` that has said hello (and asked to partner, if `partner`).
+    fn link(n: &mut Node<SimPayload>, k: u64, ip: [u8; 4], partner: bool) {
+        let link = LinkId(k);
+        let remote = PeerAddr::V4(ip, 40_000);
+        n.handle_input(
+            Instant::ZERO,
+            Input::LinkUp {
+                link,
+                remote,
+                outbound: false,
+            },
+        );
+        let hello = Control::Hello(Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel: ChannelId([1; 32]),
+            peer_id: PeerId(100 + k),
+            listen_port: 7000,
+            role: Role::Peer,
+            upload_kbps: 768,
+        });
+        let mut msgs = vec![hello];
+        if partner {
+            msgs.push(Control::PartnerRequest { partners: 1 });
+        }
+        for c in msgs {
+            let msg = Message::Ctl(c);
+            n.handle_input(Instant::ZERO, Input::Received { link, msg });
+        }
+        while n.poll_output().is_some() {}
+    }
+
+    fn outputs(n: &mut Node<SimPayload>) -> Vec<Output<SimPayload>> {
+        std::iter::from_fn(|| n.poll_output()).collect()
+    }
+
+    #[test]
+    fn a_dial_back_goes_only_to_the_ip_the_request_came_from_and_once_per_link() {
+        let mut n = node();
+        link(&mut n, 1, [198, 51, 100, 9], false);
+        let ask = |n: &mut Node<SimPayload>, nonce| {
+            let msg = Message::Ctl(Control::DialBackRequest { nonce, port: 7100 });
+            n.handle_input(
+                Instant::ZERO,
+                Input::Received {
+                    link: LinkId(1),
+                    msg,
+                },
+            );
+            outputs(n)
+        };
+        let out = ask(&mut n, 5);
+        assert!(out.iter().any(|o| matches!(o,
+            Output::DialBack { remote, nonce: 5 } if *remote == PeerAddr::V4([198, 51, 100, 9], 7100))));
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Send { msg: Message::Ctl(Control::DialBackAnswer { dialing: true, observed }), .. }
+                if observed.same_ip(&PeerAddr::V4([198, 51, 100, 9], 0)))));
+        // Again on the same link: answered, not dialled.
+        let out = ask(&mut n, 6);
+        assert!(!out.iter().any(|o| matches!(o, Output::DialBack { .. })));
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Send {
+                msg: Message::Ctl(Control::DialBackAnswer { dialing: false, .. }),
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn an_introduction_from_a_non_partner_or_of_ourselves_is_dropped() {
+        let mut n = node();
+        link(&mut n, 1, [198, 51, 100, 9], false);
+        link(&mut n, 2, [198, 51, 100, 10], true);
+        let introduce = |n: &mut Node<SimPayload>, link, id| {
+            let msg = Message::Ctl(Control::Introduce {
+                id: PeerId(id),
+                addr: PeerAddr::V4([203, 0, 113, 7], 7000),
+                delay_ms: 300,
+            });
+            n.handle_input(
+                Instant::ZERO,
+                Input::Received {
+                    link: LinkId(link),
+                    msg,
+                },
+            );
+            outputs(n)
+                .into_iter()
+                .filter(|o| matches!(o, Output::Punch { .. }))
+                .count()
+        };
+        // Our reach is unknown, not reachable: a partner's introduction is acted on...
+        assert_eq!(introduce(&mut n, 1, 77), 0, "not a partner");
+        assert_eq!(introduce(&mut n, 2, 1), 0, "ourselves");
+        assert_eq!(introduce(&mut n, 2, 77), 1);
+        // ...once: the punch is under way.
+        assert_eq!(introduce(&mut n, 2, 77), 0);
+    }
+}
