@@ -741,9 +741,19 @@ fn boxes_behind_home_routers_map_punch_pair_over_ipv6_and_play() {
     } else {
         f64::NAN
     };
+    // The same upload against what the source itself ingested over its uptime (the boxes'
+    // stream rate is measured over their own, shorter, playing time), and the copies of each
+    // segment it sent: what its seeding budget governs.
+    let ingested_kbps = f64_of(&src, "payload_bytes") / f64_of(&src["diag"], "uploads")
+        * f64_of(&src, "segments_ingested")
+        * 8.0
+        / 1000.0
+        / f64_of(&src, "uptime_s");
+    let copies = f64_of(&src["diag"], "uploads") / f64_of(&src, "segments_ingested");
     eprintln!(
-        "worst continuity {} {:.4}; source upload {ratio:.2}x the stream ({stream_kbps:.0} kbit/s); hole punches {linked}/{punches} = {rate:.2}",
-        worst.0, worst.1
+        "worst continuity {} {:.4}; source upload {ratio:.2}x the stream ({stream_kbps:.0} kbit/s), {:.2}x its own ingest ({ingested_kbps:.0} kbit/s), {copies:.2} copies a segment; hole punches {linked}/{punches} = {rate:.2}",
+        worst.0, worst.1,
+        f64_of(&src, "upload_bytes") * 8.0 / 1000.0 / f64_of(&src, "uptime_s") / ingested_kbps
     );
     assert!(
         worst.1 >= 0.99,
@@ -751,8 +761,9 @@ fn boxes_behind_home_routers_map_punch_pair_over_ipv6_and_play() {
         worst.0,
         worst.1
     );
-    // Measured 2.03x in three runs (the goal: 2x): the first seconds, when fourteen
-    // peers join at once and most take their first segments from the source, weigh most.
+    // Measured 2.03-2.04x against the boxes' stream rate (the goal: 2x), 2.01x
+    // against the source's own ingest: it sends 2.00 copies a segment, and the rest is its
+    // control frames (0.4 %) and a stream rate measured over the boxes' shorter playing time.
     assert!(ratio <= 2.2, "the source uploaded {ratio:.2}x the stream");
     assert!(
         punches > 0,

@@ -1594,7 +1594,7 @@ impl<P: Payload> Node<P> {
         let now = self.now;
         let members = self.hand_out(REDIRECT_SAMPLE, |e| e.id != peer.id);
         let deputy = self.mcache.pick_candidate(&mut self.rng, now, |e| {
-            e.id != peer.id && dialable(e, false).is_some()
+            e.id != peer.id && dialable(e, false, None).is_some()
         });
         // Newcomers become known to later joiners through the origin.
         if let Some(old) = self.mcache.get(peer.id) {
@@ -3650,12 +3650,13 @@ impl<P: Payload> Node<P> {
         addrs.sort_unstable();
         let me = self.id;
         let v6 = self.reach.v6().is_some();
+        let router = self.reach.router_ip();
         let cand = self.mcache.pick_candidate(&mut self.rng, now, |e| {
             e.id != me
                 && ids.binary_search(&e.id).is_err()
-                && dialable(e, v6).is_some_and(|a| addrs.binary_search(&a).is_err())
+                && dialable(e, v6, router).is_some_and(|a| addrs.binary_search(&a).is_err())
         });
-        match cand.and_then(|e| dialable(&e, v6)) {
+        match cand.and_then(|e| dialable(&e, v6, router)) {
             Some(a) => self.dial(a, Purpose::Partner),
             None => false,
         }

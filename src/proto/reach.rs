@@ -168,6 +168,20 @@ impl ReachState {
         self.status.v6
     }
 
+    /// Our router's external IPv4 address, when we know we sit behind one: it maps a port
+    /// for us, or we cannot be dialled and a partner saw us come from it. A member
+    /// advertised at that IP is behind the same router, and a home router does not loop a
+    /// packet back to its own WAN address ([`dialable`], [`Introducer::on_request`]). A
+    /// node dialled back at its observed address may be a public host (or several nodes on
+    /// one host, loopback): it filters nothing.
+    pub fn router_ip(&self) -> Option<PeerAddr> {
+        let behind =
+            self.status.via == Some(ReachVia::PortMapping) || self.status.reachable == Some(false);
+        self.status
+            .external
+            .filter(|e| behind && matches!(e, PeerAddr::V4(..)))
+    }
+
     /// The port others should dial on our advertised IPv4 address: the router's external
     /// port when it forwards one.
     pub fn advertised_port(&self, listen_port: u16) -> u16 {
@@ -308,6 +322,17 @@ struct Dialled {
     held: Option<MemberEntry>,
 }
 
+/// An introduction request waiting for a second one.
+#[derive(Clone, Copy, Debug)]
+struct Seeker {
+    link: LinkId,
+    id: PeerId,
+    /// Where its link comes from: two seekers at one IP are behind one router, which
+    /// would not loop their punches back to its own address.
+    from: PeerAddr,
+    at: Instant,
+}
+
 /// What a node does for others, bounded: dial-backs and introductions.
 #[derive(Clone, Debug)]
 pub struct Introducer {
@@ -320,8 +345,8 @@ pub struct Introducer {
     /// when, and the asker's record held back until the outcome says how to hand it out.
     /// At most [`DIAL_BACKS_PER_PERIOD`].
     dialled: Vec<Dialled>,
-    /// Introduction requests waiting for a partner to pair with: link, peer, when.
-    seekers: Vec<(LinkId, PeerId, Instant)>,
+    /// Introduction requests waiting for a partner to pair with.
+    seekers: Vec<Seeker>,
     /// Pairs introduced lately (smaller id first), and when.
     recent: Vec<(PeerId, PeerId, Instant)>,
 }
@@ -410,41 +435,53 @@ impl Introducer {
             .take(now, INTRODUCTIONS_TAKEN_PER_PERIOD, BUDGET_PERIOD)
     }
 
-    /// A partner on `link` (peer `id`) asks for an introduction. Returns the link of a
-    /// waiting seeker to introduce it to, if there is one not introduced to it lately and
-    /// the budget allows; otherwise it waits (at most [`MAX_SEEKERS`], the oldest dropped).
-    pub fn on_request(&mut self, now: Instant, link: LinkId, id: PeerId) -> Option<LinkId> {
+    /// A partner on `link` (peer `id`, its link coming from `from`) asks for an
+    /// introduction. Returns the link of a waiting seeker to introduce it to, if there is one
+    /// at another IP, not introduced to it lately, and the budget allows; otherwise it waits
+    /// (at most [`MAX_SEEKERS`], the oldest dropped).
+    pub fn on_request(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        id: PeerId,
+        from: PeerAddr,
+    ) -> Option<LinkId> {
         self.seekers
-            .retain(|s| now.saturating_since(s.2) < SEEKER_FRESH && s.0 != link && s.1 != id);
+            .retain(|s| now.saturating_since(s.at) < SEEKER_FRESH && s.link != link && s.id != id);
         self.recent
             .retain(|r| now.saturating_since(r.2) < REINTRODUCE_AFTER);
         let pair = |a: PeerId, b: PeerId| if a < b { (a, b) } else { (b, a) };
         let recent = &self.recent;
         let found = self.seekers.iter().position(|s| {
-            let (a, b) = pair(s.1, id);
-            !recent.iter().any(|r| r.0 == a && r.1 == b)
+            let (a, b) = pair(s.id, id);
+            !s.from.same_ip(&from) && !recent.iter().any(|r| r.0 == a && r.1 == b)
         });
         if let Some(k) = found {
             if self.made.take(now, INTRODUCTIONS_PER_PERIOD, BUDGET_PERIOD) {
                 let s = self.seekers.remove(k);
-                let (a, b) = pair(s.1, id);
+                let (a, b) = pair(s.id, id);
                 if self.recent.len() >= MAX_RECENT_PAIRS {
                     self.recent.remove(0);
                 }
                 self.recent.push((a, b, now));
-                return Some(s.0);
+                return Some(s.link);
             }
         }
         if self.seekers.len() >= MAX_SEEKERS {
             self.seekers.remove(0);
         }
-        self.seekers.push((link, id, now));
+        self.seekers.push(Seeker {
+            link,
+            id,
+            from,
+            at: now,
+        });
         None
     }
 
     /// Forgets a link's request (it closed).
     pub fn on_link_down(&mut self, link: LinkId) {
-        self.seekers.retain(|s| s.0 != link);
+        self.seekers.retain(|s| s.link != link);
     }
 
     pub fn seekers(&self) -> usize {
@@ -453,11 +490,14 @@ impl Introducer {
 }
 
 /// The address to dial a member at, if it may be dialled: its v6 address when both sides
-/// have IPv6, else its advertised address unless its record says it cannot be dialled.
-pub fn dialable(e: &MemberEntry, own_v6: bool) -> Option<PeerAddr> {
+/// have IPv6, else its advertised address unless its record says it cannot be dialled or
+/// it is at `router_ip`, the external IP of the router we sit behind
+/// ([`ReachState::router_ip`]): our router does not loop a dial back to its own address.
+pub fn dialable(e: &MemberEntry, own_v6: bool, router_ip: Option<PeerAddr>) -> Option<PeerAddr> {
     match (own_v6, e.v6) {
         (true, Some(a)) => Some(a),
         _ if e.reach == Reach::Unreachable => None,
+        _ if router_ip.is_some_and(|r| r.same_ip(&e.addr)) => None,
         _ => Some(e.addr),
     }
 }
@@ -486,6 +526,11 @@ pub fn punch_delays(one_way_a: Duration, one_way_b: Duration) -> (u16, u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A distinct public address per peer number.
+    fn ip(k: u64) -> PeerAddr {
+        PeerAddr::V4([198, 18, (k >> 8) as u8, k as u8], 40_000)
+    }
 
     fn at(ms: u64) -> Instant {
         Instant::ZERO + Duration::from_millis(ms)
@@ -633,32 +678,99 @@ mod tests {
     #[test]
     fn introductions_pair_two_seekers_once_and_stay_bounded() {
         let mut i = Introducer::new(at(0));
-        assert_eq!(i.on_request(at(0), LinkId(1), PeerId(10)), None);
+        assert_eq!(i.on_request(at(0), LinkId(1), PeerId(10), ip(10)), None);
         assert_eq!(
-            i.on_request(at(0), LinkId(1), PeerId(10)),
+            i.on_request(at(0), LinkId(1), PeerId(10), ip(10)),
             None,
             "one seat per peer"
         );
         assert_eq!(i.seekers(), 1);
-        assert_eq!(i.on_request(at(1), LinkId(2), PeerId(20)), Some(LinkId(1)));
+        assert_eq!(
+            i.on_request(at(1), LinkId(2), PeerId(20), ip(20)),
+            Some(LinkId(1))
+        );
         assert_eq!(i.seekers(), 0);
         // The same pair again, soon: not introduced twice.
-        assert_eq!(i.on_request(at(2), LinkId(1), PeerId(10)), None);
-        assert_eq!(i.on_request(at(3), LinkId(2), PeerId(20)), None);
+        assert_eq!(i.on_request(at(2), LinkId(1), PeerId(10), ip(10)), None);
+        assert_eq!(i.on_request(at(3), LinkId(2), PeerId(20), ip(20)), None);
         // Many seekers: the table stays bounded.
         for k in 0..100u64 {
-            let _ = i.on_request(at(4), LinkId(100 + k), PeerId(100 + k));
+            let _ = i.on_request(at(4), LinkId(100 + k), PeerId(100 + k), ip(100 + k));
             assert!(i.seekers() <= MAX_SEEKERS);
         }
         // Introductions per period are bounded.
         let mut j = Introducer::new(at(0));
         let mut made = 0;
         for k in 0..100u64 {
-            if j.on_request(at(5), LinkId(k), PeerId(k)).is_some() {
+            if j.on_request(at(5), LinkId(k), PeerId(k), ip(k)).is_some() {
                 made += 1;
             }
         }
         assert_eq!(made, INTRODUCTIONS_PER_PERIOD);
+    }
+
+    #[test]
+    fn two_seekers_at_one_ip_are_not_introduced_to_each_other() {
+        let mut i = Introducer::new(at(0));
+        let router = PeerAddr::V4([203, 0, 113, 50], 40_001);
+        assert_eq!(i.on_request(at(0), LinkId(1), PeerId(10), router), None);
+        // Behind the same router (another port): waits rather than being paired.
+        let same = router.with_port(40_002);
+        assert_eq!(i.on_request(at(0), LinkId(2), PeerId(20), same), None);
+        assert_eq!(i.seekers(), 2);
+        // A seeker elsewhere is paired with the first of them.
+        assert_eq!(
+            i.on_request(at(1), LinkId(3), PeerId(30), ip(30)),
+            Some(LinkId(1))
+        );
+    }
+
+    #[test]
+    fn a_member_at_our_routers_ip_is_not_dialled_unless_both_have_v6() {
+        let wan = PeerAddr::V4([203, 0, 113, 50], 7001);
+        let mut e = MemberEntry {
+            id: PeerId(1),
+            addr: wan.with_port(7002),
+            seq: 1,
+            num_partners: 0,
+            max_partners: 8,
+            ttl_s: 60,
+            reach: Reach::Reachable,
+            v6: None,
+        };
+        assert_eq!(dialable(&e, false, Some(wan)), None);
+        assert_eq!(dialable(&e, false, None), Some(e.addr));
+        assert_eq!(
+            dialable(&e, false, Some(PeerAddr::V4([203, 0, 113, 51], 7001))),
+            Some(e.addr)
+        );
+        let v6 = PeerAddr::V6(
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            7000,
+        );
+        e.v6 = Some(v6);
+        assert_eq!(dialable(&e, true, Some(wan)), Some(v6));
+        assert_eq!(dialable(&e, false, Some(wan)), None);
+
+        // Which IP counts as our router's: a mapping's, or the observed one of a node that
+        // cannot be dialled; not that of a node proved reachable by a dial-back (a public
+        // host, or several nodes on one host).
+        let mut r = ReachState::new(at(0));
+        assert_eq!(r.router_ip(), None);
+        r.on_driver(Some(true), Some(wan), None, ReachVia::PortMapping);
+        assert_eq!(r.router_ip(), Some(wan));
+        let mut r = ReachState::new(at(0));
+        r.ask(at(0), LinkId(1), 9);
+        r.on_answer(at(0), LinkId(1), wan, true);
+        assert_eq!(r.router_ip(), None, "unknown yet");
+        r.tick(at(0) + DIAL_BACK_WAIT);
+        assert_eq!(r.status().reachable, Some(false));
+        assert_eq!(r.router_ip(), Some(wan));
+        let mut r = ReachState::new(at(0));
+        r.ask(at(0), LinkId(1), 9);
+        r.on_answer(at(0), LinkId(1), wan, true);
+        assert!(r.on_proof(9));
+        assert_eq!(r.router_ip(), None);
     }
 
     #[test]
@@ -677,12 +789,12 @@ mod tests {
             reach: Reach::Unreachable,
             v6: None,
         };
-        assert_eq!(dialable(&e, true), None);
+        assert_eq!(dialable(&e, true, None), None);
         e.v6 = Some(v6);
-        assert_eq!(dialable(&e, false), None);
-        assert_eq!(dialable(&e, true), Some(v6));
+        assert_eq!(dialable(&e, false, None), None);
+        assert_eq!(dialable(&e, true, None), Some(v6));
         e.reach = Reach::Unknown;
-        assert_eq!(dialable(&e, false), Some(e.addr));
+        assert_eq!(dialable(&e, false, None), Some(e.addr));
         assert!(
             hand_out_rank(&e)
                 < hand_out_rank(&MemberEntry {

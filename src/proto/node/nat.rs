@@ -36,7 +36,7 @@ impl<P: Payload> Node<P> {
 
     /// The address we would dial `e` at, if we may dial it (see [`dialable`]).
     pub(super) fn dial_addr(&self, e: &MemberEntry) -> Option<PeerAddr> {
-        dialable(e, self.reach.v6().is_some())
+        dialable(e, self.reach.v6().is_some(), self.reach.router_ip())
     }
 
     /// A dial-back request on link `i`: answer with the address the link comes from and,
@@ -70,7 +70,10 @@ impl<P: Payload> Node<P> {
         if peer.role != Role::Peer {
             return;
         }
-        let Some(other) = self.introducer.on_request(self.now, l.id, peer.id) else {
+        let Some(other) = self
+            .introducer
+            .on_request(self.now, l.id, peer.id, l.remote)
+        else {
             return;
         };
         let Some(j) = self.link_index(other) else {
@@ -109,6 +112,7 @@ impl<P: Payload> Node<P> {
             || self.reach.status().reachable == Some(true)
             || self.partner_count() >= self.partner_goal()
             || self.linked_to(id, addr)
+            || self.reach.router_ip().is_some_and(|r| r.same_ip(&addr))
             || self.bans.id_banned(id, now)
             || self.bans.addr_banned(addr, now)
             || self.pending_dials.len() >= self.cfg.max_pending_dials
@@ -271,8 +275,10 @@ impl<P: Payload> Node<P> {
 
 #[cfg(test)]
 mod tests {
+    use crate::proto::reach::ReachVia;
     use crate::proto::wire::{
-        Control, Hello, Message, PeerAddr, PeerId, Role, SimPayload, MAGIC, VERSION,
+        Control, Hello, MemberEntry, Message, PeerAddr, PeerId, Reach, Role, SimPayload, MAGIC,
+        VERSION,
     };
     use crate::proto::{ChannelId, Config, Input, Instant, LinkId, Node, Output};
 
@@ -382,5 +388,79 @@ mod tests {
         assert_eq!(introduce(&mut n, 2, 77), 1);
         // ...once: the punch is under way.
         assert_eq!(introduce(&mut n, 2, 77), 0);
+    }
+
+    /// A box behind a home router: a member at the router's own IP is behind it too, and the
+    /// router does not loop a packet back to its own address.
+    #[test]
+    fn a_member_behind_our_own_router_is_neither_dialled_nor_punched() {
+        let wan = [203, 0, 113, 50];
+        let mut n = node();
+        n.joined = true;
+        n.handle_input(
+            Instant::ZERO,
+            Input::Reachability {
+                reachable: Some(false),
+                external: Some(PeerAddr::V4(wan, 40_000)),
+                v6: None,
+                via: ReachVia::DialBack,
+            },
+        );
+        link(&mut n, 1, [198, 51, 100, 10], true);
+        let rec = |id, addr| MemberEntry {
+            id: PeerId(id),
+            addr,
+            seq: 1,
+            num_partners: 1,
+            max_partners: 8,
+            ttl_s: 60,
+            reach: Reach::Reachable,
+            v6: None,
+        };
+        let neighbour = PeerAddr::V4(wan, 7002);
+        let elsewhere = PeerAddr::V4([198, 51, 100, 20], 7000);
+        let msg = Message::Ctl(Control::Members(vec![
+            rec(55, neighbour),
+            rec(56, elsewhere),
+        ]));
+        n.handle_input(
+            Instant::ZERO,
+            Input::Received {
+                link: LinkId(1),
+                msg,
+            },
+        );
+        let dials: Vec<PeerAddr> = outputs(&mut n)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Dial { remote } => Some(remote),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dials, vec![elsewhere]);
+
+        let introduce = |n: &mut Node<SimPayload>, id, addr| {
+            let msg = Message::Ctl(Control::Introduce {
+                id: PeerId(id),
+                addr,
+                delay_ms: 300,
+            });
+            n.handle_input(
+                Instant::ZERO,
+                Input::Received {
+                    link: LinkId(1),
+                    msg,
+                },
+            );
+            outputs(n)
+                .into_iter()
+                .filter(|o| matches!(o, Output::Punch { .. }))
+                .count()
+        };
+        assert_eq!(introduce(&mut n, 57, PeerAddr::V4(wan, 7003)), 0);
+        assert_eq!(
+            introduce(&mut n, 58, PeerAddr::V4([198, 51, 100, 30], 7000)),
+            1
+        );
     }
 }
