@@ -21,7 +21,6 @@
 mod common;
 
 use common::{keygen, read_json, BIN};
-use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -417,7 +416,7 @@ impl Net {
             // SAFETY: setns only moves this thread into the namespace the descriptor names.
             let rc = unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            stun(stop, tx)
+            common::stun_responder(PUB4, stop, tx)
         }));
         rx.recv_timeout(Duration::from_secs(5))
             .map_err(|_| "the STUN responder did not start".to_string())??;
@@ -521,41 +520,6 @@ fn spawn_logged(cmd: &[&str], more: &[&std::ffi::OsStr], log: &Path) -> Result<C
         .stderr(f)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", cmd.join(" ")))
-}
-
-/// A minimal RFC 5389 Binding responder (MAPPED-ADDRESS and XOR-MAPPED-ADDRESS), enough for
-/// miniupnpd's check of its external address.
-fn stun(stop: Arc<AtomicBool>, ready: std::sync::mpsc::Sender<Result<(), String>>) {
-    let s = match UdpSocket::bind((PUB4, 3478)) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ready.send(Err(format!("STUN bind: {e}")));
-            return;
-        }
-    };
-    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    ready.send(Ok(())).unwrap();
-    let mut buf = [0u8; 2048];
-    while !stop.load(Ordering::SeqCst) {
-        let Ok((n, SocketAddr::V4(from))) = s.recv_from(&mut buf) else {
-            continue;
-        };
-        if n < 20 || buf[0..2] != [0, 1] {
-            continue;
-        }
-        let ip = from.ip().octets();
-        let port = from.port();
-        let mut out = vec![0x01, 0x01, 0, 24];
-        out.extend_from_slice(&buf[4..20]);
-        out.extend_from_slice(&[0, 1, 0, 8, 0, 1]);
-        out.extend_from_slice(&port.to_be_bytes());
-        out.extend_from_slice(&ip);
-        out.extend_from_slice(&[0, 0x20, 0, 8, 0, 1]);
-        out.extend_from_slice(&(port ^ 0x2112).to_be_bytes());
-        let cookie = [0x21, 0x12, 0xa4, 0x42];
-        out.extend(ip.iter().zip(cookie).map(|(a, c)| a ^ c));
-        let _ = s.send_to(&out, from);
-    }
 }
 
 fn f64_of(v: &serde_json::Value, k: &str) -> f64 {

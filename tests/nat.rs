@@ -13,8 +13,10 @@
 //! `miniupnpd-nftables`, which scripts/test installs; CI runs as root. Without them the tests
 //! fail, saying so: they never pass without having run.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -201,7 +203,9 @@ impl Lab {
         // STUN first: miniupnpd asks at start whether its WAN address is the external one.
         let stop = self.stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        self.threads.push(in_ns(&p, move || stun(stop, ready_tx)));
+        self.threads.push(in_ns(&p, move || {
+            common::stun_responder(PUB, stop, ready_tx)
+        }));
         ready_rx
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| "the STUN responder did not start".to_string())??;
@@ -358,41 +362,6 @@ deny 0-65535 0.0.0.0/0 0-65535
 ",
         dir.display()
     )
-}
-
-/// A minimal RFC 5389 Binding responder (MAPPED-ADDRESS and XOR-MAPPED-ADDRESS), enough for
-/// miniupnpd's check of its external address.
-fn stun(stop: Arc<AtomicBool>, ready: std::sync::mpsc::Sender<Result<(), String>>) {
-    let s = match UdpSocket::bind((PUB, 3478)) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ready.send(Err(format!("STUN bind: {e}")));
-            return;
-        }
-    };
-    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    ready.send(Ok(())).unwrap();
-    let mut buf = [0u8; 2048];
-    while !stop.load(Ordering::SeqCst) {
-        let Ok((n, SocketAddr::V4(from))) = s.recv_from(&mut buf) else {
-            continue;
-        };
-        if n < 20 || buf[0..2] != [0, 1] {
-            continue;
-        }
-        let ip = from.ip().octets();
-        let port = from.port();
-        let mut out = vec![0x01, 0x01, 0, 24];
-        out.extend_from_slice(&buf[4..20]);
-        out.extend_from_slice(&[0, 1, 0, 8, 0, 1]);
-        out.extend_from_slice(&port.to_be_bytes());
-        out.extend_from_slice(&ip);
-        out.extend_from_slice(&[0, 0x20, 0, 8, 0, 1]);
-        out.extend_from_slice(&(port ^ 0x2112).to_be_bytes());
-        let cookie = [0x21, 0x12, 0xa4, 0x42];
-        out.extend(ip.iter().zip(cookie).map(|(a, c)| a ^ c));
-        let _ = s.send_to(&out, from);
-    }
 }
 
 fn wan(port: u16) -> SocketAddr {

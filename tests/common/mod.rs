@@ -239,3 +239,44 @@ pub fn remove_tmpdir(dir: &std::path::Path) {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// A minimal RFC 5389 Binding responder (MAPPED-ADDRESS and XOR-MAPPED-ADDRESS), enough for
+/// miniupnpd's check of its external address; served on `bind`:3478 until `stop`.
+pub fn stun_responder(
+    bind: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::atomic::Ordering;
+    let s = match UdpSocket::bind((bind, 3478)) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(format!("STUN bind: {e}")));
+            return;
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    ready.send(Ok(())).unwrap();
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::SeqCst) {
+        let Ok((n, SocketAddr::V4(from))) = s.recv_from(&mut buf) else {
+            continue;
+        };
+        if n < 20 || buf[0..2] != [0, 1] {
+            continue;
+        }
+        let ip = from.ip().octets();
+        let port = from.port();
+        let mut out = vec![0x01, 0x01, 0, 24];
+        out.extend_from_slice(&buf[4..20]);
+        out.extend_from_slice(&[0, 1, 0, 8, 0, 1]);
+        out.extend_from_slice(&port.to_be_bytes());
+        out.extend_from_slice(&ip);
+        out.extend_from_slice(&[0, 0x20, 0, 8, 0, 1]);
+        out.extend_from_slice(&(port ^ 0x2112).to_be_bytes());
+        let cookie = [0x21, 0x12, 0xa4, 0x42];
+        out.extend(ip.iter().zip(cookie).map(|(a, c)| a ^ c));
+        let _ = s.send_to(&out, from);
+    }
+}
