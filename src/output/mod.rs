@@ -20,6 +20,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod pace;
 pub mod udp;
 
 use crate::media::psi;
