@@ -3,7 +3,9 @@
 //! - `GET /ch/NAME.ts`: `200`, `video/mp2t`, no length. The player starts at the feed's start
 //!   point (see [`super::Feed::subscribe`]), spliced per player ([`crate::media::splice`]):
 //!   - **the catch-up burst**: everything from the start point to the newest played segment
-//!     goes out at once, which fills the player's probe buffer, so it shows a picture fast;
+//!     goes out at once, and what the node plays next too until the player has had
+//!     [`START_BURST`] of stream: that fills the player's probe buffer, so it shows a picture
+//!     fast, even right after a channel change, when the node holds little yet;
 //!   - **then paced by the stream's clock** ([`super::pace`]): each segment the node plays
 //!     next goes out as the PCR places its packets, written every [`WRITE_TICK`], so the
 //!     player gets its frames at the rate they play, not a segment's worth at once and then
@@ -53,6 +55,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_STALL: Duration = Duration::from_secs(10);
 /// A player that falls behind twice within this long cannot keep up and is closed.
 pub const LAG_WINDOW: Duration = Duration::from_secs(30);
+/// Stream time a player gets at once when it starts, as fast as the node has it, before its
+/// bytes are paced: enough for a player to probe the stream and show a picture without
+/// waiting for real time to pass (libavformat's players, ffplay, mpv and Kodi among them,
+/// read 5 s by default), with a second to spare.
+pub const START_BURST: Duration = Duration::from_secs(6);
 /// How often a paced player is written to: everything due goes out in one write. Frames are
 /// 33-40 ms apart at 25-30 fps, so 20 ms keeps each within a frame time of where its PCR
 /// places it, at 50 writes a second per player rather than one per packet.
@@ -353,12 +360,42 @@ async fn stream(mut sock: TcpStream, feed: Arc<Feed>, status: &StatusFn) -> std:
     let mut splicer = Splicer::new();
     let mut buf = Vec::new();
     // The catch-up burst: the player's probe buffer fills at once.
+    let mut burst = Duration::ZERO;
     for item in &start {
-        splice(&mut splicer, item, &mut buf);
+        burst += splice(&mut splicer, item, &mut buf);
         write(&mut sock, &buf).await?;
     }
     drop(start);
+    // A node that has just started (a channel change) holds less than a probe's worth: the
+    // burst goes on with what it plays next, as fast as it comes.
+    while burst < START_BURST {
+        match rx.recv().await {
+            Ok(item) => {
+                burst += splice(&mut splicer, &item, &mut buf);
+                write(&mut sock, &buf).await?;
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => break, // paced from here on
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
     let mut pacer = Pacer::new();
+    let r = paced(&mut sock, &mut rx, &mut splicer, &mut pacer, &mut buf).await;
+    log::debug!(
+        "http player gone: paced segments waited at most {} ms to start, {} catch-ups",
+        pacer.longest_wait.as_millis(),
+        pacer.catch_ups
+    );
+    r
+}
+
+/// The live part of a player's stream: each item as the pacer schedules it.
+async fn paced(
+    sock: &mut TcpStream,
+    rx: &mut broadcast::Receiver<FeedItem>,
+    splicer: &mut Splicer,
+    pacer: &mut Pacer,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
     let mut next_write = Instant::now();
     let mut last_lag: Option<Instant> = None;
     loop {
@@ -368,9 +405,9 @@ async fn stream(mut sock: TcpStream, feed: Arc<Feed>, status: &StatusFn) -> std:
                 let now = Instant::now();
                 match r {
                     Ok(item) => {
-                        let dur = splice(&mut splicer, &item, &mut buf);
+                        let dur = splice(splicer, &item, buf);
                         let caught_up = pacer.catch_ups;
-                        pacer.push(&buf, dur, now);
+                        pacer.push(buf, dur, now);
                         if pacer.catch_ups != caught_up {
                             log::debug!(
                                 "http player more than {:?} behind the feed: caught up",
@@ -386,8 +423,8 @@ async fn stream(mut sock: TcpStream, feed: Arc<Feed>, status: &StatusFn) -> std:
                         log::info!("http player fell {n} segments behind; skipping ahead");
                         last_lag = Some(now);
                         buf.clear();
-                        splicer.gap(&mut buf);
-                        pacer.push(&buf, Duration::ZERO, now);
+                        splicer.gap(buf);
+                        pacer.push(buf, Duration::ZERO, now);
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 }
@@ -395,7 +432,7 @@ async fn stream(mut sock: TcpStream, feed: Arc<Feed>, status: &StatusFn) -> std:
             _ = tokio::time::sleep_until(wake.unwrap_or(next_write).into()), if wake.is_some() => {
                 let now = Instant::now();
                 let n = pacer.ready(now);
-                write(&mut sock, pacer.take(n)).await?;
+                write(sock, pacer.take(n)).await?;
                 next_write = now + WRITE_TICK;
             }
         }

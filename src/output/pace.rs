@@ -52,6 +52,8 @@ pub struct Pacer {
     plan: Vec<Instant>,
     /// Times the schedule was moved earlier to keep within [`MAX_DELAY`].
     pub catch_ups: u64,
+    /// The longest a pushed chunk's start waited for its send time (at most [`MAX_DELAY`]).
+    pub longest_wait: Duration,
 }
 
 impl Default for Pacer {
@@ -69,6 +71,7 @@ impl Pacer {
             due: VecDeque::new(),
             plan: Vec::new(),
             catch_ups: 0,
+            longest_wait: Duration::ZERO,
         }
     }
 
@@ -91,6 +94,7 @@ impl Pacer {
         if wait > MAX_DELAY {
             self.earlier(wait - MAX_DELAY);
         }
+        self.longest_wait = self.longest_wait.max(wait.min(MAX_DELAY));
     }
 
     /// Moves the whole schedule (queued packets and the clock's mapping) earlier by `by`.
@@ -411,6 +415,11 @@ mod tests {
             p.take(n);
         }
         assert_eq!(p.catch_ups, 0);
+        assert!(
+            p.longest_wait < Duration::from_millis(2),
+            "{:?}",
+            p.longest_wait
+        );
         // Then four seconds of stream at once (the node caught up after a late segment):
         // the newest may not wait more than MAX_DELAY, so the oldest are due now.
         let now = t0 + Duration::from_secs(3);
@@ -418,6 +427,7 @@ mod tests {
             p.push(&second(k), Duration::from_secs(1), now);
         }
         assert_eq!(p.catch_ups, 1);
+        assert_eq!(p.longest_wait, MAX_DELAY);
         let newest = p.due(3000).unwrap();
         assert!((ms(newest - now) - ms(MAX_DELAY)).abs() < 0.01);
         // What waited longest goes at once: a second of stream.
