@@ -368,18 +368,35 @@ async fn stream(mut sock: TcpStream, feed: Arc<Feed>, status: &StatusFn) -> std:
     drop(start);
     // A node that has just started (a channel change) holds less than a probe's worth: the
     // burst goes on with what it plays next, as fast as it comes.
+    let mut last_lag = None;
     while burst < START_BURST {
         match rx.recv().await {
             Ok(item) => {
                 burst += splice(&mut splicer, &item, &mut buf);
                 write(&mut sock, &buf).await?;
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => break, // paced from here on
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                // Too slow for the burst: the break is signalled, and paced from here on.
+                log::info!("http player fell {n} segments behind; skipping ahead");
+                last_lag = Some(Instant::now());
+                buf.clear();
+                splicer.gap(&mut buf);
+                write(&mut sock, &buf).await?;
+                break;
+            }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
     let mut pacer = Pacer::new();
-    let r = paced(&mut sock, &mut rx, &mut splicer, &mut pacer, &mut buf).await;
+    let r = paced(
+        &mut sock,
+        &mut rx,
+        &mut splicer,
+        &mut pacer,
+        &mut buf,
+        last_lag,
+    )
+    .await;
     log::debug!(
         "http player gone: paced segments waited at most {} ms to start, {} catch-ups",
         pacer.longest_wait.as_millis(),
@@ -388,16 +405,17 @@ async fn stream(mut sock: TcpStream, feed: Arc<Feed>, status: &StatusFn) -> std:
     r
 }
 
-/// The live part of a player's stream: each item as the pacer schedules it.
+/// The live part of a player's stream: each item as the pacer schedules it. `last_lag`: when
+/// the player last fell behind.
 async fn paced(
     sock: &mut TcpStream,
     rx: &mut broadcast::Receiver<FeedItem>,
     splicer: &mut Splicer,
     pacer: &mut Pacer,
     buf: &mut Vec<u8>,
+    mut last_lag: Option<Instant>,
 ) -> std::io::Result<()> {
     let mut next_write = Instant::now();
-    let mut last_lag: Option<Instant> = None;
     loop {
         let wake = pacer.due(0).map(|d| d.max(next_write));
         tokio::select! {
