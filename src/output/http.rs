@@ -417,7 +417,7 @@ async fn paced(
 ) -> std::io::Result<()> {
     let mut next_write = Instant::now();
     loop {
-        let wake = pacer.due(0).map(|d| d.max(next_write));
+        let wake = pacer.next_ready(Instant::now()).map(|d| d.max(next_write));
         tokio::select! {
             r = rx.recv() => {
                 let now = Instant::now();

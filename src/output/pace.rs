@@ -18,7 +18,9 @@
 //!   [`MAX_DELAY`], the whole schedule moves earlier by the excess, and what that makes due
 //!   goes out at once: the output catches up in a burst instead of drifting further behind
 //!   live with every late segment the feed recovers from.
-//! - **Bounded**: at most [`MAX_PACED_BYTES`] wait beyond what is due; more are due at once.
+//! - **Bounded**: at most [`MAX_PACED_BYTES`] wait beyond what is due; more are ready at once
+//!   ([`Pacer::ready`], [`Pacer::next_ready`]). The UDP output holds one segment at a time
+//!   and sends by each datagram's send time alone.
 
 use crate::media::ts::{self, PACKET, PCR_HZ};
 use crate::proto::wire::MAX_SEGMENT_BYTES;
@@ -128,6 +130,15 @@ impl Pacer {
         let due = self.due.iter().take_while(|d| **d <= now).count();
         let over = self.due.len().saturating_sub(MAX_PACED_BYTES / PACKET);
         due.max(over)
+    }
+
+    /// When the next packets may go: the head's send time, or `now` while more than
+    /// [`MAX_PACED_BYTES`] wait. None when nothing is queued.
+    pub fn next_ready(&self, now: Instant) -> Option<Instant> {
+        if self.due.len() > MAX_PACED_BYTES / PACKET {
+            return Some(now);
+        }
+        self.due.front().copied()
     }
 
     /// How long the last queued packet waits from `now` (zero when nothing waits).
@@ -459,10 +470,17 @@ mod tests {
         for _ in 0..3 {
             p.push(&seg, Duration::from_secs(1), t0);
         }
+        // The excess may go at once, though its clock says later.
+        assert_eq!(p.next_ready(t0), Some(t0));
+        let due_now = (0..p.len())
+            .take_while(|&k| p.due(k).unwrap() <= t0)
+            .count();
         let n = p.ready(t0);
+        assert!(n > due_now, "{n} ready, {due_now} due");
         assert!(n >= p.len() - MAX_PACED_BYTES / PACKET);
         p.take(n);
         assert!(p.pending().len() <= MAX_PACED_BYTES);
+        assert_eq!(p.next_ready(t0), p.due(0));
         // Partial packets are not queued.
         let before = p.len();
         p.push(&[0x47; 100], Duration::from_secs(1), t0);
