@@ -1,11 +1,22 @@
 //! The HTTP output: a small HTTP/1.1 server for players on the box (localhost by default).
 //!
 //! - `GET /ch/NAME.ts`: `200`, `video/mp2t`, no length. The player starts at the feed's start
-//!   point (see [`super::Feed::subscribe`]): everything from there to the newest played
-//!   segment goes out at once, then the live feed, spliced per player
-//!   ([`crate::media::splice`]). Asking for another channel's URL is how an HTTP player changes
-//!   channel in a process that serves several ([`super::Channels`]).
-//! - Each client reads from its own bounded queue ([`super::FEED_QUEUE`] segments). A client
+//!   point (see [`super::Feed::subscribe`]), spliced per player ([`crate::media::splice`]):
+//!   - **the catch-up burst**: everything from the start point to the newest played segment
+//!     goes out at once, and what the node plays next too until the player has had
+//!     [`START_BURST`] of stream: that fills the player's probe buffer, so it shows a picture
+//!     fast, even right after a channel change, when the node holds little yet;
+//!   - **then paced by the stream's clock** ([`super::pace`]): each segment the node plays
+//!     next goes out as the PCR places its packets, written every [`WRITE_TICK`], so the
+//!     player gets its frames at the rate they play, not a segment's worth at once and then
+//!     nothing for a segment's duration. Pacing waits only for the stream's own time: the
+//!     start of a segment is never sent more than [`MAX_DELAY`](super::pace::MAX_DELAY)
+//!     after the node played it (the player catches up in a burst instead).
+//!
+//!   Asking for another channel's URL is how an HTTP player changes channel in a process that
+//!   serves several ([`super::Channels`]).
+//! - Each client reads from its own bounded queue ([`super::FEED_QUEUE`] segments) into its
+//!   pacer (at most [`MAX_PACED_BYTES`](super::pace::MAX_PACED_BYTES) waiting). A client
 //!   that falls that far behind skips ahead to the next entry point (the break is signalled
 //!   in the stream); one that falls behind again within [`LAG_WINDOW`], or takes longer than
 //!   [`WRITE_STALL`] to take a segment, is closed. The node and the other players never wait
@@ -21,11 +32,12 @@
 //! At most [`MAX_HTTP_CLIENTS`] connections; the request head is read with a deadline and a
 //! size cap, and parsed with `httparse`.
 
+use super::pace::Pacer;
 use super::{metrics, Channels, Feed, FeedItem};
 use crate::daemon::stats::NodeReport;
 use crate::media::splice::Splicer;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, Semaphore};
@@ -43,6 +55,15 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_STALL: Duration = Duration::from_secs(10);
 /// A player that falls behind twice within this long cannot keep up and is closed.
 pub const LAG_WINDOW: Duration = Duration::from_secs(30);
+/// Stream time a player gets at once when it starts, as fast as the node has it, before its
+/// bytes are paced: enough for a player to probe the stream and show a picture without
+/// waiting for real time to pass (libavformat's players, ffplay, mpv and Kodi among them,
+/// read 5 s by default), with a second to spare.
+pub const START_BURST: Duration = Duration::from_secs(6);
+/// How often a paced player is written to: everything due goes out in one write. Frames are
+/// 33-40 ms apart at 25-30 fps, so 20 ms keeps each within a frame time of where its PCR
+/// places it, at 50 writes a second per player rather than one per packet.
+pub const WRITE_TICK: Duration = Duration::from_millis(20);
 
 /// How long a request for a channel that has played nothing yet waits for its first segment.
 pub const FIRST_DATA_WAIT: Duration = Duration::from_secs(15);
@@ -299,7 +320,7 @@ fn html_escape(s: &str) -> String {
 /// Sends the channel to one player until it goes away, stalls, or cannot keep up.
 async fn stream(mut sock: TcpStream, feed: Arc<Feed>, status: &StatusFn) -> std::io::Result<()> {
     let _ = sock.set_nodelay(true);
-    let (mut start, mut rx) = feed.subscribe(std::time::Instant::now());
+    let (mut start, mut rx) = feed.subscribe(Instant::now());
     if !start.iter().any(|i| matches!(i, FeedItem::Segment { .. })) {
         // Nothing played yet: wait a while for the first segment before promising a stream.
         let first = tokio::time::timeout(FIRST_DATA_WAIT, async {
@@ -338,38 +359,106 @@ async fn stream(mut sock: TcpStream, feed: Arc<Feed>, status: &StatusFn) -> std:
     .await?;
     let mut splicer = Splicer::new();
     let mut buf = Vec::new();
+    // The catch-up burst: the player's probe buffer fills at once.
+    let mut burst = Duration::ZERO;
     for item in &start {
-        send(&mut sock, &mut splicer, item, &mut buf).await?;
+        burst += splice(&mut splicer, item, &mut buf);
+        write(&mut sock, &buf).await?;
     }
     drop(start);
-    let mut last_lag: Option<tokio::time::Instant> = None;
-    loop {
+    // A node that has just started (a channel change) holds less than a probe's worth: the
+    // burst goes on with what it plays next, as fast as it comes.
+    let mut last_lag = None;
+    while burst < START_BURST {
         match rx.recv().await {
-            Ok(item) => send(&mut sock, &mut splicer, &item, &mut buf).await?,
+            Ok(item) => {
+                burst += splice(&mut splicer, &item, &mut buf);
+                write(&mut sock, &buf).await?;
+            }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                let now = tokio::time::Instant::now();
-                if last_lag.is_some_and(|t| now.duration_since(t) < LAG_WINDOW) {
-                    log::info!("http player fell behind again ({n} segments); closing it");
-                    return Ok(());
-                }
+                // Too slow for the burst: the break is signalled, and paced from here on.
                 log::info!("http player fell {n} segments behind; skipping ahead");
-                last_lag = Some(now);
+                last_lag = Some(Instant::now());
                 buf.clear();
                 splicer.gap(&mut buf);
                 write(&mut sock, &buf).await?;
+                break;
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
+    let mut pacer = Pacer::new();
+    let r = paced(
+        &mut sock,
+        &mut rx,
+        &mut splicer,
+        &mut pacer,
+        &mut buf,
+        last_lag,
+    )
+    .await;
+    log::debug!(
+        "http player gone: paced segments waited at most {} ms to start, {} catch-ups",
+        pacer.longest_wait.as_millis(),
+        pacer.catch_ups
+    );
+    r
 }
 
-/// Splices one feed item into the player's stream and writes it.
-async fn send(
+/// The live part of a player's stream: each item as the pacer schedules it. `last_lag`: when
+/// the player last fell behind.
+async fn paced(
     sock: &mut TcpStream,
+    rx: &mut broadcast::Receiver<FeedItem>,
     splicer: &mut Splicer,
-    item: &FeedItem,
+    pacer: &mut Pacer,
     buf: &mut Vec<u8>,
+    mut last_lag: Option<Instant>,
 ) -> std::io::Result<()> {
+    let mut next_write = Instant::now();
+    loop {
+        let wake = pacer.next_ready(Instant::now()).map(|d| d.max(next_write));
+        tokio::select! {
+            r = rx.recv() => {
+                let now = Instant::now();
+                match r {
+                    Ok(item) => {
+                        let dur = splice(splicer, &item, buf);
+                        let caught_up = pacer.catch_ups;
+                        pacer.push(buf, dur, now);
+                        if pacer.catch_ups != caught_up {
+                            log::debug!(
+                                "http player more than {:?} behind the feed: caught up",
+                                super::pace::MAX_DELAY
+                            );
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        if last_lag.is_some_and(|t| now.duration_since(t) < LAG_WINDOW) {
+                            log::info!("http player fell behind again ({n} segments); closing it");
+                            return Ok(());
+                        }
+                        log::info!("http player fell {n} segments behind; skipping ahead");
+                        last_lag = Some(now);
+                        buf.clear();
+                        splicer.gap(buf);
+                        pacer.push(buf, Duration::ZERO, now);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+            _ = tokio::time::sleep_until(wake.unwrap_or(next_write).into()), if wake.is_some() => {
+                let now = Instant::now();
+                let n = pacer.ready(now);
+                write(sock, pacer.take(n)).await?;
+                next_write = now + WRITE_TICK;
+            }
+        }
+    }
+}
+
+/// Splices one feed item into the player's stream in `buf`; returns its nominal duration.
+fn splice(splicer: &mut Splicer, item: &FeedItem, buf: &mut Vec<u8>) -> Duration {
     buf.clear();
     match item {
         FeedItem::Segment { seg, .. } => {
@@ -380,10 +469,13 @@ async fn send(
                 f & crate::proto::wire::flags::DISCONTINUITY != 0,
                 buf,
             );
+            Duration::from_micros(seg.duration_us as u64)
         }
-        FeedItem::Gap { .. } => splicer.gap(buf),
+        FeedItem::Gap { .. } => {
+            splicer.gap(buf);
+            Duration::ZERO
+        }
     }
-    write(sock, buf).await
 }
 
 async fn write(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {

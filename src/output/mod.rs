@@ -11,15 +11,17 @@
 //!
 //! **Where a new player starts** ([`Feed::subscribe`]): at the newest entry point whose
 //! playout deadline has come, so everything after it is already in hand or due no earlier
-//! than the node itself needs it: the player never waits where the node would not. Everything
-//! from there to the newest played segment goes out at once (faster than real time on HTTP,
-//! which fills a player's probe buffer; paced by PCR on UDP).
+//! than the node itself needs it: the player never waits where the node would not. On HTTP,
+//! everything from there to the newest played segment goes out at once (which fills a
+//! player's probe buffer), then the stream is paced by its own clock ([`pace`]); on UDP it is
+//! paced from the start point on.
 //!
 //! A process may serve several channels ([`Channels`]): HTTP finds a channel by name, and a
 //! UDP output can be pointed at another channel's feed ([`udp::Retarget`]).
 
 pub mod http;
 pub mod metrics;
+pub mod pace;
 pub mod udp;
 
 use crate::media::psi;

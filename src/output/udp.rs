@@ -3,12 +3,14 @@
 //! 90 kHz timestamp from the sending clock, RFC 2250), unicast or multicast
 //! (`?ttl=N&iface=ADDR` for IPv4 multicast).
 //!
-//! **Paced by PCR**: each packet's send time is read from the stream's own clock, the PCR,
-//! interpolated between PCRs by packet position (as a hardware multiplexer sends it), so a
-//! decoder's small buffer sees the rate the encoder intended, never a segment in one burst.
-//! A break in the clock (a signalled discontinuity, a jump of more than a second) starts the
-//! mapping afresh where the previous packet left off; an output that falls more than
-//! [`MAX_LATE`] behind its schedule starts afresh at now rather than catch up in a burst.
+//! **Paced by PCR** ([`super::pace`], shared with the HTTP players): each packet's send time
+//! is read from the stream's own clock, so a decoder's small buffer sees the rate the encoder
+//! intended, never a segment in one burst; a datagram leaves when its last packet is due. A
+//! break in the clock starts the mapping afresh where the previous packet left off; an output
+//! that falls more than [`MAX_LATE`](super::pace::MAX_LATE) behind its schedule starts afresh
+//! at now rather than catch up in a burst. Its start is paced too (a decoder on UDP has no
+//! probe buffer to fill): it takes the next segment from its feed only when what it holds is
+//! sent, so its queue is one segment and its delay is bounded by the feed's queue.
 //!
 //! The output starts at its feed's start point and is spliced like any player
 //! ([`crate::media::splice`]). It can be pointed at another channel while it runs
@@ -23,9 +25,10 @@
 //! bound `iface`). [`Health`] shows all of it to `ctl status`, the `STATUS=` line and the
 //! main loop's watchdog (an output that stops making progress while its feed moves is wedged).
 
+use super::pace::Pacer;
 use super::{Feed, FeedItem};
 use crate::media::splice::Splicer;
-use crate::media::ts::{self, PACKET, PCR_HZ};
+use crate::media::ts::PACKET;
 use crate::proto::wire::flags;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -36,10 +39,6 @@ use tokio::sync::{broadcast, watch};
 pub const PER_DATAGRAM: usize = 7;
 /// TS bytes per datagram.
 pub const DATAGRAM_TS: usize = PER_DATAGRAM * PACKET;
-/// Behind schedule by more than this, the output restarts its clock at now.
-pub const MAX_LATE: Duration = Duration::from_millis(200);
-/// A PCR step larger than this (or backwards) is a break in the clock.
-const MAX_PCR_STEP: u64 = PCR_HZ;
 /// A failing episode this long makes a new socket, and again as often while it lasts.
 pub const RENEW_AFTER: Duration = Duration::from_secs(5);
 
@@ -197,18 +196,25 @@ impl UdpOut {
 /// module doc): `health` tells how it goes.
 pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>, health: Arc<Health>) {
     let mut sender = Sender::new(out, health);
-    let mut clock = PcrClock::default();
+    let mut pacer = Pacer::new();
     let mut splicer = Splicer::new();
     let mut spliced = Vec::new();
-    let mut plan = Vec::new();
-    let mut carry: Vec<u8> = Vec::with_capacity(2 * DATAGRAM_TS);
-    let mut carry_plan: Vec<Instant> = Vec::new();
-    let mut sent = 0;
     loop {
         let feed = feeds.borrow_and_update().clone();
         let (start, mut rx) = feed.subscribe(Instant::now());
         let mut backlog: std::collections::VecDeque<FeedItem> = start.into();
         let switched = loop {
+            // Every datagram is whole (seven packets) and leaves when its last packet is due,
+            // as a multiplexer sends it; packets short of a datagram wait for the next item.
+            if let Some(due) = pacer.due(PER_DATAGRAM - 1) {
+                tokio::select! {
+                    biased;
+                    c = feeds.changed() => break c.is_ok(),
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {}
+                }
+                sender.send(due, pacer.take(PER_DATAGRAM)).await;
+                continue;
+            }
             let item = match backlog.pop_front() {
                 Some(i) => i,
                 None => tokio::select! {
@@ -240,30 +246,7 @@ pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>, health: Arc
                     Duration::ZERO
                 }
             };
-            clock.plan(&spliced, dur, Instant::now(), &mut plan);
-            // Packets left over from the last chunk go first: every datagram is whole (seven
-            // packets), and leaves when its last packet is due, as a multiplexer sends it.
-            carry.extend_from_slice(&spliced);
-            carry_plan.extend_from_slice(&plan);
-            let whole = carry.len() / DATAGRAM_TS;
-            let mut changed = false;
-            for i in 0..whole {
-                let due = carry_plan[i * PER_DATAGRAM + PER_DATAGRAM - 1];
-                tokio::select! {
-                    biased;
-                    c = feeds.changed() => { changed = c.is_ok(); if !changed { return; } break; }
-                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {}
-                }
-                let chunk = &carry[i * DATAGRAM_TS..(i + 1) * DATAGRAM_TS];
-                sender.send(clock.rtp_time(due), chunk).await;
-                sent = i + 1;
-            }
-            if changed {
-                break true;
-            }
-            carry.drain(..sent * DATAGRAM_TS);
-            carry_plan.drain(..sent * PER_DATAGRAM);
-            sent = 0;
+            pacer.push(&spliced, dur, Instant::now());
         };
         if !switched {
             return;
@@ -271,13 +254,12 @@ pub async fn run(out: UdpOut, mut feeds: watch::Receiver<Arc<Feed>>, health: Arc
         log::info!("udp output: channel changed");
         // What is left of the old channel is not sent: the new one starts now (a decoder
         // drops the unfinished PES at the signalled discontinuity).
-        carry.drain(..sent * DATAGRAM_TS);
-        splicer.change_channel(&mut carry);
-        splicer.unsent(&carry);
-        clock.restart();
-        carry.clear();
-        carry_plan.clear();
-        sent = 0;
+        spliced.clear();
+        spliced.extend_from_slice(pacer.pending());
+        splicer.change_channel(&mut spliced);
+        splicer.unsent(&spliced);
+        pacer.clear();
+        pacer.restart_clock();
     }
 }
 
@@ -322,7 +304,8 @@ impl Sender {
         }
     }
 
-    async fn send(&mut self, ts90k: u32, chunk: &[u8]) {
+    /// Sends one datagram of `chunk`, due at `due` (its RTP timestamp).
+    async fn send(&mut self, due: Instant, chunk: &[u8]) {
         let now = Instant::now();
         // No socket yet, or failing long enough that a new one may help: make one, at most
         // once every RENEW_AFTER.
@@ -330,10 +313,10 @@ impl Sender {
             .health
             .failing_since()
             .is_some_and(|since| now.saturating_duration_since(since) >= RENEW_AFTER);
-        let due = self
+        let may_make = self
             .made
             .is_none_or(|t| now.saturating_duration_since(t) >= RENEW_AFTER);
-        if (self.sock.is_none() || renew) && due {
+        if (self.sock.is_none() || renew) && may_make {
             self.made = Some(now);
             match socket(&self.out).await {
                 Ok(s) => self.sock = Some(s),
@@ -348,7 +331,7 @@ impl Sender {
         let mut buf = [0u8; 12 + DATAGRAM_TS];
         let mut n = 0;
         if self.out.rtp {
-            buf[..12].copy_from_slice(&self.rtp.header(ts90k));
+            buf[..12].copy_from_slice(&self.rtp.header(due));
             n = 12;
         }
         buf[n..n + chunk.len()].copy_from_slice(chunk);
@@ -383,6 +366,8 @@ impl Sender {
 struct Rtp {
     seq: u16,
     ssrc: u32,
+    /// Origin of the timestamps: the first datagram's send time.
+    epoch: Option<Instant>,
 }
 
 impl Rtp {
@@ -392,10 +377,14 @@ impl Rtp {
         Rtp {
             seq: u16::from_le_bytes([b[0], b[1]]),
             ssrc: u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+            epoch: None,
         }
     }
 
-    fn header(&mut self, ts90k: u32) -> [u8; 12] {
+    /// The header of the next datagram, sent at `due` (a 90 kHz timestamp from the first).
+    fn header(&mut self, due: Instant) -> [u8; 12] {
+        let epoch = *self.epoch.get_or_insert(due);
+        let ts90k = (due.saturating_duration_since(epoch).as_micros() * 9 / 100) as u32;
         let mut h = [0u8; 12];
         h[0] = 0x80;
         h[1] = 33;
@@ -407,237 +396,21 @@ impl Rtp {
     }
 }
 
-/// Maps packets to send times by the stream's PCR.
-#[derive(Debug, Default)]
-pub struct PcrClock {
-    pcr_pid: Option<u16>,
-    /// A PCR and the instant it is due: the mapping from stream clock to wall clock.
-    base: Option<(u64, Instant)>,
-    /// The last PCR placed, its due time, and the packets planned since it.
-    last: Option<(u64, Instant, u64)>,
-    /// PCR ticks per packet over the last PCR interval.
-    ticks_per_packet: Option<u64>,
-    /// Due time of the last packet planned.
-    last_due: Option<Instant>,
-    /// Origin of the RTP timestamps.
-    epoch: Option<Instant>,
-}
-
-impl PcrClock {
-    /// The channel changed: its clock has nothing to do with the last one (sending goes on
-    /// from the last packet's time).
-    pub fn restart(&mut self) {
-        self.pcr_pid = None;
-        self.base = None;
-        self.last = None;
-        self.ticks_per_packet = None;
-    }
-
-    /// The 90 kHz RTP timestamp of a send time.
-    pub fn rtp_time(&mut self, due: Instant) -> u32 {
-        let epoch = *self.epoch.get_or_insert(due);
-        (due.saturating_duration_since(epoch).as_micros() * 9 / 100) as u32
-    }
-
-    /// Due times of every packet of `data` (whole packets, as sent) into `plan`. `dur` is the
-    /// chunk's nominal duration, for packets no PCR can place.
-    pub fn plan(&mut self, data: &[u8], dur: Duration, now: Instant, plan: &mut Vec<Instant>) {
-        plan.clear();
-        let n = data.len() / PACKET;
-        // PCRs in this chunk: packet index, value, discontinuity signalled.
-        let mut pcrs: Vec<(usize, u64, bool)> = Vec::new();
-        for (i, p) in data.chunks_exact(PACKET).enumerate() {
-            if let Some(v) = ts::pcr(p) {
-                let pid = ts::pid(p);
-                if *self.pcr_pid.get_or_insert(pid) == pid {
-                    pcrs.push((i, v, ts::discontinuity(p)));
-                }
-            }
-        }
-        let fallback = (dur.as_micros() as u64 * 27 / n.max(1) as u64).max(1);
-        let mut j = 0;
-        for i in 0..n {
-            let due = if j < pcrs.len() && pcrs[j].0 == i {
-                let (_, v, disc) = pcrs[j];
-                j += 1;
-                if disc {
-                    self.base = None;
-                }
-                self.at_pcr(v, now)
-            } else {
-                self.between(pcrs.get(j).map(|&(k, v, d)| (k - i, v, d)), fallback, now)
-            };
-            self.last_due = Some(due);
-            plan.push(due);
-        }
-    }
-
-    /// The due time of a packet carrying PCR `v`.
-    fn at_pcr(&mut self, v: u64, now: Instant) -> Instant {
-        if let Some((last, _, k)) = self.last {
-            let d = ts::pcr_delta(last, v);
-            if d > MAX_PCR_STEP || d == 0 {
-                self.base = None; // a jump (or the clock stood still): start afresh
-            } else if k > 0 {
-                self.ticks_per_packet = Some((d / (k + 1)).max(1));
-            }
-        }
-        let mut due = match self.base {
-            Some((b, t)) => t + ticks(ts::pcr_delta(b, v)),
-            None => {
-                // A fresh mapping goes on from the last packet sent (or now).
-                let t = self.last_due.map_or(now, |d| d.max(earliest(now)));
-                self.base = Some((v, t));
-                t
-            }
-        };
-        if due + MAX_LATE < now {
-            // Far behind: restart the schedule at now rather than catch up in a burst.
-            self.base = Some((v, now));
-            due = now;
-        }
-        // Re-anchored at every PCR: the mapping never spans a wrap of the 33-bit clock.
-        self.base = Some((v, due));
-        self.last = Some((v, due, 0));
-        due
-    }
-
-    /// The due time of a packet without PCR: by its position between the last PCR and the
-    /// next one in this chunk (`next`: packets ahead, value, discontinuity), or at the last
-    /// interval's rate.
-    fn between(
-        &mut self,
-        next: Option<(usize, u64, bool)>,
-        fallback: u64,
-        now: Instant,
-    ) -> Instant {
-        let Some((v, at, k)) = self.last.as_mut() else {
-            // No PCR yet: evenly at the nominal rate after the last packet.
-            let step = ticks(fallback);
-            return self
-                .last_due
-                .map_or(now, |d| (d + step).max(earliest(now)).min(now + MAX_LATE));
-        };
-        *k += 1;
-        let tpp = match next {
-            Some((ahead, nv, false)) => {
-                let d = ts::pcr_delta(*v, nv);
-                if d > 0 && d <= MAX_PCR_STEP {
-                    d / (*k + ahead as u64)
-                } else {
-                    self.ticks_per_packet.unwrap_or(fallback)
-                }
-            }
-            _ => self.ticks_per_packet.unwrap_or(fallback),
-        };
-        *at + ticks(tpp * *k)
-    }
-}
-
-/// The earliest due time still on schedule at `now`.
-fn earliest(now: Instant) -> Instant {
-    now.checked_sub(MAX_LATE).unwrap_or(now)
-}
-
-/// A duration of `t` PCR ticks (27 MHz).
-fn ticks(t: u64) -> Duration {
-    Duration::from_nanos(t.saturating_mul(1000) / 27)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::ts::packet_with_pcr;
-
-    /// `n` packets, a PCR every 10 packets stepping 10 ms from `pcr0`, the rest PID 257.
-    fn chunk(n: usize, pcr0: u64) -> Vec<u8> {
-        let mut v = Vec::new();
-        for i in 0..n {
-            if i % 10 == 0 {
-                v.extend_from_slice(&packet_with_pcr(
-                    256,
-                    pcr0 + (i as u64 / 10) * 270_000,
-                    false,
-                ));
-            } else {
-                let mut p = [0u8; PACKET];
-                p[..4].copy_from_slice(&[0x47, 0x01, 0x01, 0x10]);
-                v.extend_from_slice(&p);
-            }
-        }
-        v
-    }
-
-    fn ms(d: Duration) -> f64 {
-        d.as_secs_f64() * 1000.0
-    }
-
     #[test]
-    fn packets_are_due_by_their_pcr_interpolated_between_pcrs() {
+    fn rtp_headers_count_datagrams_and_time_them_at_90_khz() {
         let t0 = Instant::now();
-        let mut c = PcrClock::default();
-        let mut plan = Vec::new();
-        c.plan(
-            &chunk(100, 27_000_000),
-            Duration::from_millis(100),
-            t0,
-            &mut plan,
-        );
-        assert_eq!(plan.len(), 100);
-        for (i, due) in plan.iter().enumerate() {
-            // 1 ms per packet from the first PCR (10 ms per 10 packets).
-            assert!(
-                (ms(*due - t0) - i as f64).abs() < 0.01,
-                "{i}: {:?}",
-                *due - t0
-            );
-        }
-        // The next chunk continues the clock (its packets after its last PCR at the last
-        // interval's rate).
-        let mut plan2 = Vec::new();
-        c.plan(
-            &chunk(95, 27_000_000 + 2_700_000),
-            Duration::from_millis(95),
-            t0,
-            &mut plan2,
-        );
-        assert!((ms(plan2[0] - t0) - 100.0).abs() < 0.01);
-        assert!((ms(plan2[94] - t0) - 194.0).abs() < 0.01);
-        // A jump in the PCR (another pass of a loop, a gap) goes on from the last packet.
-        let mut plan3 = Vec::new();
-        c.plan(
-            &chunk(10, 999 * 27_000_000),
-            Duration::from_millis(10),
-            t0,
-            &mut plan3,
-        );
-        assert!(
-            (ms(plan3[0] - t0) - 194.0).abs() < 0.01,
-            "{:?}",
-            plan3[0] - t0
-        );
-        assert!((ms(plan3[9] - t0) - 203.0).abs() < 0.01);
-    }
-
-    #[test]
-    fn a_late_output_restarts_its_schedule_instead_of_bursting() {
-        let t0 = Instant::now();
-        let mut c = PcrClock::default();
-        let mut plan = Vec::new();
-        c.plan(&chunk(20, 0), Duration::from_millis(20), t0, &mut plan);
-        // Two seconds later (the feed stalled), the stream goes on from now.
-        let later = t0 + Duration::from_secs(2);
-        c.plan(
-            &chunk(20, 540_000),
-            Duration::from_millis(20),
-            later,
-            &mut plan,
-        );
-        assert_eq!(plan[0], later);
-        assert!((ms(plan[19] - later) - 19.0).abs() < 0.01);
-        // RTP time runs at 90 kHz from the first datagram.
-        assert_eq!(c.rtp_time(t0), 0);
-        assert_eq!(c.rtp_time(t0 + Duration::from_secs(1)), 90_000);
+        let mut r = Rtp::new();
+        let h0 = r.header(t0);
+        let h1 = r.header(t0 + Duration::from_secs(1));
+        assert_eq!((h0[0], h0[1]), (0x80, 33));
+        let seq = |h: &[u8; 12]| u16::from_be_bytes([h[2], h[3]]);
+        assert_eq!(seq(&h1), seq(&h0).wrapping_add(1));
+        let ts = |h: &[u8; 12]| u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        assert_eq!((ts(&h0), ts(&h1)), (0, 90_000));
+        assert_eq!(h0[8..12], h1[8..12]);
     }
 
     #[test]
