@@ -398,6 +398,10 @@ const SOURCE_SWAP_AFTER: Duration = Duration::from_secs(10);
 const NEEDY_PARTNERS: usize = 2;
 /// Refusals remembered at most (the oldest is forgotten first).
 const REFUSAL_MEMORY: usize = 64;
+/// A peer short of partners with no candidate left to dial asks a partner for members at
+/// most this often (see `pull_members`). One answer is at most a message of records (about
+/// 1.3 KB); a node asks only while it has fewer partners than it looks for.
+const MEMBERS_PULL_EVERY: Duration = Duration::from_secs(2);
 /// A partnership that refinement ends is closed once the segments in flight on it, either
 /// way, are through, and at the latest after this long: the upload backlog a partner
 /// accepts (`max_upload_backlog`, 4 s by default) and a second. Closing at once dropped the
@@ -515,6 +519,8 @@ pub struct Node<P> {
     reach: ReachState,
     /// Dial-backs and introductions we do for others.
     introducer: Introducer,
+    /// When we last asked for (or were given) a list of members: see `pull_members`.
+    members_pulled_at: Option<Instant>,
 }
 
 impl<P: Payload> Node<P> {
@@ -582,6 +588,7 @@ impl<P: Payload> Node<P> {
             last_stall: None,
             reach: ReachState::new(now),
             introducer: Introducer::new(now),
+            members_pulled_at: None,
             cfg,
         }
     }
@@ -1260,6 +1267,7 @@ impl<P: Payload> Node<P> {
             }
             Control::Join => self.on_join(i),
             Control::Redirect { deputy, members } => {
+                self.members_pulled_at = Some(self.now);
                 self.learn_all(i, &members);
                 self.links[i].awaiting &= !awaiting::REDIRECT;
                 if let Some(d) = deputy {
@@ -1277,6 +1285,7 @@ impl<P: Payload> Node<P> {
                 self.send(i, Control::Members(sample));
             }
             Control::Members(entries) => {
+                self.members_pulled_at = Some(self.now);
                 self.learn_all(i, &entries);
                 self.links[i].awaiting &= !awaiting::MEMBERS;
                 self.close_if_done(i);
@@ -3605,6 +3614,7 @@ impl<P: Payload> Node<P> {
         let have = self.partner_count() + attempts;
         for _ in have..self.partner_goal() {
             if !self.dial_candidate() {
+                self.pull_members();
                 break;
             }
         }
@@ -3614,6 +3624,41 @@ impl<P: Payload> Node<P> {
             && self.rebootstrap_at.is_none()
         {
             self.rebootstrap_at = Some(self.now + REBOOTSTRAP_BACKOFF);
+        }
+    }
+
+    /// No candidate is left to dial and we have fewer partners than we look for: ask a
+    /// partner (a peer before the source) for members, at most every
+    /// [`MEMBERS_PULL_EVERY`]. Without it such a node waits for a partner's gossip (every
+    /// 10 s, to two of its partners): a peer that cannot be dialled and joined before the
+    /// origin knew anyone keeps the source as its only partner until the source's gossip
+    /// happens to pick it, and the copies the source seeds it with go no further (1,000
+    /// churn peers at nat-fraction 0.6, seed 1: one such peer for 60 s, two segments lost
+    /// to the whole swarm, 0.0075 of continuity). A node that can be dialled gets partners
+    /// from others' dials; one that cannot has only what it learns.
+    fn pull_members(&mut self) {
+        let now = self.now;
+        if self.partner_count() >= self.cfg.partner_target()
+            || self
+                .members_pulled_at
+                .is_some_and(|t| now.saturating_since(t) < MEMBERS_PULL_EVERY)
+        {
+            return;
+        }
+        let peers: Vec<usize> = (0..self.links.len())
+            .filter(|&j| {
+                let l = &self.links[j];
+                l.partner.is_some() && l.peer.is_some_and(|p| p.role == Role::Peer)
+            })
+            .collect();
+        let j = if peers.is_empty() {
+            self.links.iter().position(|l| l.partner.is_some())
+        } else {
+            Some(peers[self.rng.below(peers.len())])
+        };
+        if let Some(j) = j {
+            self.members_pulled_at = Some(now);
+            self.send(j, Control::MembersRequest);
         }
     }
 
@@ -4519,6 +4564,104 @@ mod hostile_tests {
         assert_eq!(sent(&mut node), vec![(LinkId(1), a)]);
         node.handle_input(now, Input::Sent { link: LinkId(1) });
         assert_eq!(sent(&mut node), vec![(LinkId(2), b)]);
+    }
+
+    /// A peer that joined before the origin knew anyone: an empty redirect, the source its
+    /// only partner. Short of partners with no candidate, it asks its partner for members
+    /// (at most every `MEMBERS_PULL_EVERY`) instead of waiting for the source's gossip to
+    /// pick it, which at 1,000 peers took a minute while the source seeded it with segments
+    /// it could pass to nobody.
+    #[test]
+    fn a_peer_with_no_candidate_left_asks_its_partner_for_members() {
+        let mut cfg = Config::new(CHANNEL, Role::Peer, STREAM);
+        cfg.upload_bytes_per_s = 4 * STREAM;
+        let origin = PeerAddr::V4([10, 1, 1, 1], 7000);
+        let mut now = Instant::ZERO;
+        let mut node = Node::new(cfg, PeerId(1), 1, now);
+        node.command(
+            now,
+            Command::Join {
+                bootstrap: vec![origin],
+            },
+        )
+        .expect("a peer joins");
+        while node.poll_output().is_some() {}
+        node.handle_input(
+            now,
+            Input::LinkUp {
+                link: LinkId(1),
+                remote: origin,
+                outbound: true,
+            },
+        );
+        let hello = Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel: CHANNEL,
+            peer_id: PeerId(2),
+            listen_port: 7000,
+            role: Role::Source,
+            upload_kbps: 4 * 768,
+        };
+        for c in [
+            Control::Hello(hello),
+            Control::Redirect {
+                deputy: None,
+                members: Vec::new(),
+            },
+            Control::PartnerAccept,
+        ] {
+            recv(&mut node, now, 1, Message::Ctl(c));
+        }
+        while node.poll_output().is_some() {}
+        let start = now;
+        let mut asked = Vec::new();
+        for _ in 0..12 {
+            now += Duration::from_millis(500);
+            recv(&mut node, now, 1, Message::Ctl(Control::KeepAlive));
+            node.handle_timeout(now);
+            while let Some(o) = node.poll_output() {
+                if let Output::Send {
+                    link: LinkId(1),
+                    msg: Message::Ctl(Control::MembersRequest),
+                } = o
+                {
+                    asked.push(now.saturating_since(start));
+                }
+            }
+        }
+        assert!(
+            asked
+                .first()
+                .is_some_and(|t| *t <= Duration::from_millis(2500)),
+            "asked at {asked:?}"
+        );
+        assert!(
+            asked
+                .windows(2)
+                .all(|w| w[1] >= w[0] + Duration::from_secs(2)),
+            "asked at {asked:?}"
+        );
+        // The answer names a member: it is dialled, and no more is asked while it is tried.
+        let member = MemberEntry {
+            id: PeerId(9),
+            addr: PeerAddr::V4([10, 0, 0, 9], 7000),
+            seq: 1,
+            num_partners: 1,
+            max_partners: 8,
+            ttl_s: 60,
+            reach: Reach::Reachable,
+            v6: None,
+        };
+        recv(
+            &mut node,
+            now,
+            1,
+            Message::Ctl(Control::Members(vec![member])),
+        );
+        let dialled = std::iter::from_fn(|| node.poll_output())
+            .any(|o| matches!(o, Output::Dial { remote } if remote == member.addr));
+        assert!(dialled);
     }
 
     #[test]
