@@ -97,14 +97,16 @@ fn sequence_numbers_wrap_without_a_stall() {
 
 /// The core's figures at small scale (100 peers, churn, 180 s, seed 1, every peer dialable),
 /// asserted near what this deterministic run gives on the commit that set them (continuity mean
-/// 0.976, p5 0.926, startup p50 1.84 s and p95 3.81 s, overhead 0.0044): a change that costs a
+/// 0.975, p5 0.917, startup p50 1.85 s and p95 3.74 s, overhead 0.0044): a change that costs a
 /// percent of continuity or a tenth of a second of startup fails here and has to say why.
 /// History: 0.977 / 0.909 / 1.62 s / 3.55 s / 0.0033 while the simulator let a relay forward a
 /// segment still arriving (no driver did); segments forwarded only whole and checked, with the
 /// manifests' piece hashes: 0.977 / 0.900 / 1.63 / 3.37 / 0.0042; joiners then waited for the
 /// origin's dial-back before it handed out their records (startup p50 +0.2 s); control messages
 /// then shared the sender's uplink with segments, as in the daemon (startup p95 -0.25 s with
-/// the dial-back wait, +0.25 s without it). The goals (continuity 0.99, p5 0.97, startup p50
+/// the dial-back wait, +0.25 s without it): 0.976 / 0.926 / 1.84 / 3.81 / 0.0044; then peers
+/// short of partners asked a partner for members and stopped waiting on dials unanswered for
+/// a second (for swarms behind NATs). The goals (continuity 0.99, p5 0.97, startup p50
 /// 1.0 s, p95 2.5 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
@@ -189,11 +191,13 @@ fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
 }
 
 /// The same swarm with 60 % of the peers behind NATs nobody can dial (the simulator's
-/// default), as measured on the commit that set this: with hole punching continuity 0.962
-/// (p5 0.889), startup p50 3.25 s, 45 % of the live peers found reachable (the draw), every
-/// one of them found out, 41 % of punches linked (0.953, 0.831, 3.22 s, 39 % before control
-/// messages shared the uplink); without it continuity falls to 0.827: two
-/// undialable peers never meet, and the dialable ones cannot take them all.
+/// default), as measured on the commit that set this: with hole punching continuity 0.964
+/// (p5 0.862), startup p50 2.78 s, 45 % of the live peers found reachable (the draw), every
+/// one of them found out, 39 % of punches linked (before peers short of partners asked for
+/// members and stopped waiting on unanswered dials: 0.962, 0.889, 3.25 s, 41 %; seeds 2-4
+/// went 0.944 / 0.960 / 0.932 -> 0.960 / 0.971 / 0.970, p5 0.78 / 0.88 / 0.84 -> 0.86 /
+/// 0.92 / 0.89: the p5 of 137 sessions is their 7th worst); without it continuity falls to
+/// 0.822: two undialable peers never meet, and the dialable ones cannot take them all.
 #[test]
 fn swarms_behind_nats() {
     let nat = |punch| {
@@ -217,12 +221,12 @@ fn swarms_behind_nats() {
         s.punch_success
     );
     eprintln!("{figures}");
-    assert!(s.continuity_mean >= 0.955, "{figures}");
-    assert!(s.continuity_p5 >= 0.87, "{figures}");
-    assert!(s.startup_p50_s <= 3.4, "{figures}");
+    assert!(s.continuity_mean >= 0.958, "{figures}");
+    assert!(s.continuity_p5 >= 0.85, "{figures}");
+    assert!(s.startup_p50_s <= 3.0, "{figures}");
     assert!((0.35..=0.55).contains(&s.reachable_fraction), "{figures}");
     assert!(s.reach_known_fraction >= 0.97, "{figures}");
-    assert!(s.punches > 1000 && s.punch_success >= 0.33, "{figures}");
+    assert!(s.punches > 1200 && s.punch_success >= 0.35, "{figures}");
     let off = nat(false);
     assert_eq!(off.punches, 0);
     assert!(

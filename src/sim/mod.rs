@@ -641,7 +641,12 @@ impl Sim {
     pub fn run(mut self) -> Summary {
         let started = std::time::Instant::now();
         let mut next_report = 0.1;
+        let mut next_nat_sample = Instant::ZERO;
         while self.step_one(self.end) {
+            if self.nat.debug && self.now >= next_nat_sample {
+                self.nat_debug_sample();
+                next_nat_sample = self.now + nat::DEBUG_SAMPLE_EVERY;
+            }
             if self.cfg.progress {
                 let done = self.now.as_secs_f64() / self.cfg.duration_s;
                 if done >= next_report {
@@ -659,6 +664,9 @@ impl Sim {
         self.now = self.end;
         if self.debug_misses {
             eprintln!("source control bytes by kind: {:?}", &self.src_ctl);
+        }
+        if self.nat.debug {
+            self.nat_debug_report();
         }
         let mut summary = self.summary();
         summary.wall_s = started.elapsed().as_secs_f64();
@@ -1109,11 +1117,17 @@ impl Sim {
                         .play(deadline.as_micros(), segment.duration_us as u64);
                 }
                 Output::Missed { seq, .. } => {
+                    if self.nat.debug {
+                        self.nat_debug_miss(ix, seq.0, None);
+                    }
                     if self.debug_misses {
                         eprintln!("miss {} seq {}", self.debug_who(ix), seq.0);
                     }
                 }
                 Output::Late { seq, cause, .. } => {
+                    if self.nat.debug {
+                        self.nat_debug_miss(ix, seq.0, Some(&cause));
+                    }
                     if self.debug_misses {
                         eprintln!("late {} seq {} {cause:?}", self.debug_who(ix), seq.0);
                     }

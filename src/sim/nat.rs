@@ -13,7 +13,9 @@
 //! `DialBackProof` and `DialBackDone`.
 
 use super::{addr_of, index_of, Ev, Sim, SimLink, CONNECT_TIMEOUT};
+use crate::proto::node::LateCause;
 use crate::proto::rng::Rng;
+use crate::proto::wire::PeerId;
 use crate::proto::{Duration, Instant, LinkId, PeerAddr};
 use std::collections::HashMap;
 
@@ -47,7 +49,13 @@ pub struct Nat {
     /// Dial-backs carried out, and those that reached the asker.
     pub dial_backs: u64,
     pub dial_backs_arrived: u64,
+    /// `COOLSTREAM_SIM_DEBUG=nat`: print each session's class and figures, each miss, and
+    /// every peer's partners by class every [`DEBUG_SAMPLE_EVERY`] (see [`Sim::nat_debug_sample`]).
+    pub debug: bool,
 }
+
+/// How often `COOLSTREAM_SIM_DEBUG=nat` samples every peer's partners.
+pub const DEBUG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 impl Nat {
     pub fn new(seed: u64, fraction: f64, punchable: f64) -> Self {
@@ -61,6 +69,7 @@ impl Nat {
             punches_linked: 0,
             dial_backs: 0,
             dial_backs_arrived: 0,
+            debug: std::env::var("COOLSTREAM_SIM_DEBUG").is_ok_and(|v| v == "nat"),
         }
     }
 
@@ -81,6 +90,15 @@ impl Nat {
         self.routers
             .get(ix as usize)
             .is_none_or(|r| *r == Router::Open)
+    }
+
+    /// The class a diagnostic prints: `open`, `natp` (punchable), `natx` (not).
+    fn class(&self, ix: u32) -> &'static str {
+        match self.routers.get(ix as usize) {
+            Some(Router::Nat { punchable: true }) => "natp",
+            Some(Router::Nat { punchable: false }) => "natx",
+            _ => "open",
+        }
     }
 
     fn punchable(&self, ix: u32) -> bool {
@@ -227,6 +245,93 @@ impl Sim {
         if let Some((at, remote)) = self.nat.waiting.remove(&(from, to)) {
             let fail = (at + CONNECT_TIMEOUT).max(self.now);
             self.push(fail, Ev::DialFailed { to: from, remote });
+        }
+    }
+
+    /// Diagnostic (`COOLSTREAM_SIM_DEBUG=nat`): one line per live peer: `natp t slot class
+    /// joined partners open_partners reach`.
+    pub(super) fn nat_debug_sample(&self) {
+        let by_id: HashMap<PeerId, u32> = (0..self.slots.len() as u32)
+            .filter_map(|ix| self.slots[ix as usize].node.as_ref().map(|n| (n.id(), ix)))
+            .collect();
+        let t = self.now.as_secs_f64();
+        for (ix, s) in self.slots.iter().enumerate().skip(1) {
+            let Some(n) = s.node.as_ref() else { continue };
+            let (mut all, mut open, mut src) = (0, 0, 0);
+            for p in n.partner_ids() {
+                all += 1;
+                match by_id.get(&p) {
+                    Some(0) => src += 1,
+                    Some(&j) if self.nat.dialable(j) => open += 1,
+                    _ => {}
+                }
+            }
+            let reach = match n.reachability().reachable {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "unknown",
+            };
+            eprintln!(
+                "natp {t:.0} {ix} {} {:.1} {all} {open} {src} {reach}",
+                self.nat.class(ix as u32),
+                s.joined_at.as_secs_f64()
+            );
+        }
+    }
+
+    /// Diagnostic: a miss at slot `ix` (`natmiss t slot class since_join partners seq kind`;
+    /// `kind` is `skip`, or the cause of a late segment that paused playback).
+    pub(super) fn nat_debug_miss(&self, ix: u32, seq: u32, late: Option<&LateCause>) {
+        let kind = match late {
+            None => "skip",
+            Some(LateCause::InFlight { .. }) => "inflight",
+            Some(LateCause::Unrequested { .. }) => "unrequested",
+            Some(LateCause::Unheld) => "unheld",
+        };
+        let s = &self.slots[ix as usize];
+        let partners = s.node.as_ref().map_or(0, |n| n.partner_ids().count());
+        eprintln!(
+            "natmiss {:.1} {ix} {} {:.1} {partners} {seq} {kind}",
+            self.now.as_secs_f64(),
+            self.nat.class(ix),
+            self.now.saturating_since(s.joined_at).as_secs_f64()
+        );
+    }
+
+    /// Diagnostic: one line per session at the end (`natsess slot class up joined lived
+    /// played missed startup reach punches punches_linked links_refused busy_received`).
+    pub(super) fn nat_debug_report(&self) {
+        for (ix, s) in self.slots.iter().enumerate().skip(1) {
+            let (stats, ahead) = match (&s.node, &s.final_stats) {
+                (Some(n), _) => (n.stats(), n.segments_ahead(self.now)),
+                (None, Some((st, a))) => (st.clone(), *a),
+                (None, None) => continue,
+            };
+            let end = s.left_at.unwrap_or(self.now);
+            let rs = s.node.as_ref().map(|n| n.reach_stats()).unwrap_or_default();
+            eprintln!(
+                "natsess {ix} {} {:.1} {:.1} {:.1} {} {} {:.2} {} {} {} {} {}",
+                self.nat.class(ix as u32),
+                s.up_factor,
+                s.joined_at.as_secs_f64(),
+                end.saturating_since(s.joined_at).as_secs_f64(),
+                stats.played.saturating_sub(ahead),
+                stats.missed,
+                stats
+                    .first_play_at
+                    .map_or(-1.0, |t| t.saturating_since(s.joined_at).as_secs_f64()),
+                s.node
+                    .as_ref()
+                    .map_or("gone", |n| match n.reachability().reachable {
+                        Some(true) => "yes",
+                        Some(false) => "no",
+                        None => "unknown",
+                    }),
+                rs.punches,
+                rs.punches_linked,
+                stats.links_refused,
+                stats.busy_received
+            );
         }
     }
 
