@@ -681,6 +681,10 @@ impl Actor {
                 }
             }
             Output::Close { link } => self.close_link(link),
+            // This driver reports segments whole only (no `SegmentBegun`), so the core never
+            // uploads one still arriving and has nothing to abort; were it to, closing the
+            // link is what tells the receiver to ask elsewhere.
+            Output::Abort { link, .. } => self.close_link(link),
             Output::Play { segment, deadline } => {
                 self.note_edge(segment.origin_us);
                 self.last_play = Some((deadline, segment.origin_us));
