@@ -4520,6 +4520,153 @@ mod hostile_tests {
         (node, now)
     }
 
+    /// What a node said in answer, in order.
+    fn drained(node: &mut Node<SimPayload>) -> Vec<Output<SimPayload>> {
+        std::iter::from_fn(|| node.poll_output()).collect()
+    }
+
+    fn haves_to(outs: &[Output<SimPayload>], seq: Seq) -> Vec<LinkId> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    link,
+                    msg: Message::Ctl(Control::Have { seq: s, .. }),
+                } if *s == seq => Some(*link),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn segment_sent_to(outs: &[Output<SimPayload>], seq: Seq) -> Option<LinkId> {
+        outs.iter().find_map(|o| match o {
+            Output::Send {
+                link,
+                msg: Message::Segment(s),
+            } if s.seq == seq => Some(*link),
+            _ => None,
+        })
+    }
+
+    fn aborts(outs: &[Output<SimPayload>]) -> Vec<(LinkId, Seq)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Abort { link, seq } => Some((*link, *seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn begin_and_piece(node: &mut Node<SimPayload>, now: Instant, link: u64, seq: Seq) {
+        let Message::Segment(mut segment) = segment(seq) else {
+            unreachable!()
+        };
+        segment.payload.len = 6 * super::super::manifest::PIECE_SIZE as u32;
+        let link = LinkId(link);
+        node.handle_input(now, Input::SegmentBegun { link, segment });
+        node.handle_input(
+            now,
+            Input::PieceArrived {
+                link,
+                seq,
+                pieces_done: 1,
+            },
+        );
+    }
+
+    #[test]
+    fn a_segment_is_served_from_its_first_checked_piece_and_its_uploads_aborted_with_its_upstream()
+    {
+        let (mut node, now) = peer_with_partners(3);
+        let seq = Seq(100);
+        let Message::Segment(mut head) = segment(seq) else {
+            unreachable!()
+        };
+        head.payload.len = 6 * super::super::manifest::PIECE_SIZE as u32;
+        node.handle_input(
+            now,
+            Input::SegmentBegun {
+                link: LinkId(1),
+                segment: head,
+            },
+        );
+        // A manifest alone is nothing to serve: nobody is told yet.
+        assert!(haves_to(&drained(&mut node), seq).is_empty());
+        assert_eq!(node.pieces_held(seq), Some(0));
+        assert_eq!(node.store().reserved(), 6 * 16 * 1024);
+        // Its first checked piece: every partner but its sender learns we hold it.
+        let piece = |n| Input::PieceArrived {
+            link: LinkId(1),
+            seq,
+            pieces_done: n,
+        };
+        node.handle_input(now, piece(1));
+        let mut to = haves_to(&drained(&mut node), seq);
+        to.sort();
+        assert_eq!(to, [LinkId(2), LinkId(3)]);
+        assert_eq!(node.pieces_held(seq), Some(1));
+        // A partner asks for it: it goes out at once, as its pieces come.
+        let ask = Control::Request {
+            seq,
+            deadline_ms: 8_000,
+        };
+        recv(&mut node, now, 2, Message::Ctl(ask.clone()));
+        assert_eq!(segment_sent_to(&drained(&mut node), seq), Some(LinkId(2)));
+        assert_eq!(node.stats().uploads_partial, 1);
+        node.handle_input(now, piece(3));
+        assert_eq!(node.pieces_held(seq), Some(3));
+        // Its upstream fails: the partial copy goes, and the upload of it is aborted.
+        node.handle_input(now, Input::LinkDown { link: LinkId(1) });
+        assert_eq!(aborts(&drained(&mut node)), [(LinkId(2), seq)]);
+        assert_eq!(node.pieces_held(seq), None);
+        assert_eq!(node.store().reserved(), 0);
+        node.check_invariants().unwrap();
+        // Asked again, we say busy: we hold nothing of it.
+        recv(&mut node, now, 2, Message::Ctl(ask));
+        assert!(drained(&mut node).iter().any(|o| matches!(
+            o,
+            Output::Send { link: LinkId(2), msg: Message::Ctl(Control::Busy { seq: s, .. }) } if *s == seq
+        )));
+    }
+
+    #[test]
+    fn an_aborted_supplier_is_asked_no_more_and_a_whole_arrival_is_not_announced_twice() {
+        let (mut node, now) = peer_with_partners(3);
+        let seq = Seq(200);
+        begin_and_piece(&mut node, now, 3, seq);
+        drained(&mut node);
+        let ask = Control::Request {
+            seq,
+            deadline_ms: 8_000,
+        };
+        recv(&mut node, now, 2, Message::Ctl(ask));
+        assert_eq!(segment_sent_to(&drained(&mut node), seq), Some(LinkId(2)));
+        // Our supplier aborts: ours goes too, with its upload.
+        node.handle_input(
+            now,
+            Input::SegmentAborted {
+                link: LinkId(3),
+                seq,
+            },
+        );
+        assert_eq!(aborts(&drained(&mut node)), [(LinkId(2), seq)]);
+        assert_eq!(node.stats().aborts_received, 1);
+        assert_eq!(node.stats().aborts_sent, 1);
+        node.check_invariants().unwrap();
+        // Another one arrives whole after its first piece: partners were told once.
+        let next = Seq(201);
+        begin_and_piece(&mut node, now, 1, next);
+        assert_eq!(haves_to(&drained(&mut node), next).len(), 2);
+        let Message::Segment(mut whole) = segment(next) else {
+            unreachable!()
+        };
+        whole.payload.len = 6 * super::super::manifest::PIECE_SIZE as u32;
+        recv(&mut node, now, 1, Message::Segment(whole));
+        assert!(haves_to(&drained(&mut node), next).is_empty());
+        assert_eq!(node.pieces_held(next), Some(6));
+        assert_eq!(node.store().reserved(), 0);
+        node.check_invariants().unwrap();
+    }
+
     fn recv(node: &mut Node<SimPayload>, now: Instant, link: u64, msg: Message<SimPayload>) {
         node.handle_input(
             now,
