@@ -413,6 +413,9 @@ const UPLOAD_STUCK: Duration = Duration::from_secs(10);
 /// origin again, partners or not: the source may have restarted, and partners that all lost
 /// it would otherwise wait among themselves for ever.
 const STARVED_AFTER: u64 = 3;
+/// A request whose segment is arriving is not withdrawn before this long after its last
+/// piece (or its manifest) came.
+const PIECE_PATIENCE: Duration = Duration::from_secs(2);
 /// Grace past the requester's deadline a supplier still accepts (estimates are rough).
 const DEADLINE_GRACE: Duration = Duration::from_millis(200);
 /// A peer that refused us as a partner (or could not be reached) is not asked again for this
@@ -2411,6 +2414,7 @@ impl<P: Payload> Node<P> {
             return;
         }
         let seq = seg.seq;
+        self.note_progress(i, seq);
         if self.store.has(seq) || self.inflight.has(seq) || self.inflight.is_full() {
             return;
         }
@@ -2433,10 +2437,26 @@ impl<P: Payload> Node<P> {
         }
     }
 
+    /// `seq` is coming on link `i`: a request of ours for it there is not withdrawn while its
+    /// pieces keep coming (one served as it arrives at its supplier goes at that upstream's
+    /// pace, slower than we reckoned when we asked).
+    fn note_progress(&mut self, i: usize, seq: Seq) {
+        let link = self.links[i].id;
+        let by = self.now + PIECE_PATIENCE;
+        if let Some(r) = self
+            .requests
+            .iter_mut()
+            .find(|r| r.seq == seq && r.link == link)
+        {
+            r.expect_by = r.expect_by.max(by);
+        }
+    }
+
     /// Pieces of a segment in progress were checked. At the first, partners learn we hold it
     /// (the have they would get when it is whole, sent now: no more control traffic) and its
     /// substream's children are queued a push; from then on it is served.
     fn on_piece(&mut self, i: usize, seq: Seq, done: u32) {
+        self.note_progress(i, seq);
         let link = self.links[i].id;
         let Some(e) = self.inflight.piece(link, seq, done) else {
             return;
