@@ -336,6 +336,7 @@ mod tests {
                     hashes: Vec::new(),
                     signature: [[0; 32]; 2],
                     data: vec![seq as u8],
+                    growing: None,
                 }),
             },
             due,
@@ -399,6 +400,7 @@ mod tests {
                 hashes: Vec::new(),
                 signature: [[0; 32]; 2],
                 data,
+                growing: None,
             });
         }
         f.publish(item);
