@@ -626,12 +626,17 @@ pub fn input_url(data: &[u8]) {
     }
 }
 
-/// A link's byte stream as the daemon's reader takes it: whole frames, and segment frames in
-/// pieces with frames between them ([`crate::daemon::link::LinkReader`]). The reader never
-/// panics, never yields more messages than the bytes could hold, and gives back every byte of
-/// the body budget it reserved. The first byte picks the cap (before or after hello).
+/// A link's byte stream as the daemon's reader takes it: whole frames, segment frames in
+/// pieces with frames between them, and abort records ([`crate::daemon::link::LinkReader`]).
+/// The reader never panics, never yields more messages than the bytes could hold, and gives
+/// back every byte of the body budget it reserved; a segment in progress is reported only
+/// with a checked manifest, its growing body holds only pieces that match the manifest's
+/// hashes, in order, and it ends whole (a frame) or aborted, never both. The first byte picks
+/// the cap (before or after hello).
 pub fn link_records(data: &[u8]) {
-    use crate::daemon::link::{Counters, LinkReader, BODY_BUDGET_KIB};
+    use crate::daemon::link::{Counters, LinkRead, LinkReader, BODY_BUDGET_KIB};
+    use crate::proto::growing::Fill;
+    use crate::proto::manifest::{piece_hash, piece_range};
     use std::sync::Arc;
     let Some((&mode, stream)) = data.split_first() else {
         return;
@@ -652,11 +657,45 @@ pub fn link_records(data: &[u8]) {
         let mut rd = stream;
         let mut reader = LinkReader::default();
         let mut n = 0;
-        while let Ok((msg, _permit)) = reader.next(&mut rd, max, &v, &budget, &counters).await {
-            if let Message::Ctl(c) = &msg {
-                assert!(c.validate().is_ok());
+        let mut begun = Vec::new();
+        let cap = || max;
+        while let Ok(r) = reader
+            .next_read(&mut rd, &cap, &v, &budget, &counters)
+            .await
+        {
+            match r {
+                LinkRead::Frame(msg, _permit) => {
+                    if let Message::Ctl(c) = &msg {
+                        assert!(c.validate().is_ok());
+                    }
+                    n += 1;
+                }
+                LinkRead::Begun(seg) => {
+                    assert!(v.check_manifest(&seg.header()).is_ok());
+                    begun.push(seg);
+                }
+                LinkRead::Pieces { seq, .. } | LinkRead::Aborted { seq } => {
+                    assert!(begun.iter().any(|s| s.seq == seq));
+                }
             }
-            n += 1;
+        }
+        drop(reader);
+        // Whatever became of them, their bodies hold checked pieces only, and are whole or
+        // aborted once the reader is gone.
+        for seg in &begun {
+            let g = seg.payload.growing.as_ref().expect("a growing body");
+            let m = seg.header();
+            let mut p = Vec::new();
+            let mut k = 0;
+            while g.copy_piece(k, &mut p) {
+                assert_eq!(p.len(), piece_range(m.len, k as usize).len());
+                assert_eq!(piece_hash(&p), m.hashes[k as usize]);
+                k += 1;
+            }
+            match g.fill() {
+                Fill::Aborted => {}
+                Fill::Pieces(done) => assert_eq!(done, g.piece_count()),
+            }
         }
         n
     });
