@@ -97,14 +97,16 @@ fn sequence_numbers_wrap_without_a_stall() {
 
 /// The core's figures at small scale (100 peers, churn, 180 s, seed 1, every peer dialable),
 /// asserted near what this deterministic run gives on the commit that set them (continuity mean
-/// 0.976, p5 0.926, startup p50 1.84 s and p95 3.81 s, overhead 0.0044): a change that costs a
+/// 0.981, p5 0.944, startup p50 1.66 s and p95 3.57 s, overhead 0.0043): a change that costs a
 /// percent of continuity or a tenth of a second of startup fails here and has to say why.
 /// History: 0.977 / 0.909 / 1.62 s / 3.55 s / 0.0033 while the simulator let a relay forward a
 /// segment still arriving (no driver did); segments forwarded only whole and checked, with the
 /// manifests' piece hashes: 0.977 / 0.900 / 1.63 / 3.37 / 0.0042; joiners then waited for the
 /// origin's dial-back before it handed out their records (startup p50 +0.2 s); control messages
 /// then shared the sender's uplink with segments, as in the daemon (startup p95 -0.25 s with
-/// the dial-back wait, +0.25 s without it). The goals (continuity 0.99, p5 0.97, startup p50
+/// the dial-back wait, +0.25 s without it): 0.976 / 0.926 / 1.84 / 3.81 / 0.0044; a segment
+/// then served from its first checked piece (cut-through; one upload at a time, whole or
+/// still arriving) gave the figures above. The goals (continuity 0.99, p5 0.97, startup p50
 /// 1.0 s, p95 2.5 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
@@ -114,11 +116,11 @@ fn small_churn_swarm_figures() {
         s.continuity_mean, s.continuity_p5, s.startup_p50_s, s.startup_p95_s, s.overhead
     );
     eprintln!("{figures}");
-    assert!(s.continuity_mean >= 0.973, "{figures}");
-    assert!(s.continuity_p5 >= 0.915, "{figures}");
-    assert!(s.startup_p50_s <= 1.93, "{figures}");
-    assert!(s.startup_p95_s <= 3.95, "{figures}");
-    assert!(s.overhead <= 0.0047, "{figures}");
+    assert!(s.continuity_mean >= 0.977, "{figures}");
+    assert!(s.continuity_p5 >= 0.935, "{figures}");
+    assert!(s.startup_p50_s <= 1.75, "{figures}");
+    assert!(s.startup_p95_s <= 3.7, "{figures}");
+    assert!(s.overhead <= 0.0046, "{figures}");
     assert!(
         s.never_started == 0,
         "{} sessions never played",
@@ -189,10 +191,11 @@ fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
 }
 
 /// The same swarm with 60 % of the peers behind NATs nobody can dial (the simulator's
-/// default), as measured on the commit that set this: with hole punching continuity 0.962
-/// (p5 0.889), startup p50 3.25 s, 45 % of the live peers found reachable (the draw), every
-/// one of them found out, 41 % of punches linked (0.953, 0.831, 3.22 s, 39 % before control
-/// messages shared the uplink); without it continuity falls to 0.827: two
+/// default), as measured on the commit that set this: with hole punching continuity 0.963
+/// (p5 0.857), startup p50 2.78 s, 45 % of the live peers found reachable (the draw), every
+/// one of them found out, 40 % of punches linked (0.962, 0.889, 3.25 s, 41 % before segments
+/// were served from their first checked piece; over seeds 1-4 that moved continuity from
+/// 0.949 to 0.958 and this seed's p5 down); without it continuity falls to 0.827: two
 /// undialable peers never meet, and the dialable ones cannot take them all.
 #[test]
 fn swarms_behind_nats() {
@@ -218,8 +221,8 @@ fn swarms_behind_nats() {
     );
     eprintln!("{figures}");
     assert!(s.continuity_mean >= 0.955, "{figures}");
-    assert!(s.continuity_p5 >= 0.87, "{figures}");
-    assert!(s.startup_p50_s <= 3.4, "{figures}");
+    assert!(s.continuity_p5 >= 0.85, "{figures}");
+    assert!(s.startup_p50_s <= 2.9, "{figures}");
     assert!((0.35..=0.55).contains(&s.reachable_fraction), "{figures}");
     assert!(s.reach_known_fraction >= 0.97, "{figures}");
     assert!(s.punches > 1000 && s.punch_success >= 0.33, "{figures}");
