@@ -229,7 +229,8 @@ impl Choices<'_> {
 
 /// One node and up to [`HOSTILE_PARTNERS`] partners that say whatever the bytes say:
 /// buffer maps, haves, requests, offers, busy answers, declines, subscriptions, segments
-/// (whole and started; a segment is what a verifying driver passes on, so any sequence
+/// (whole, and in progress: a manifest, pieces checked, an abort; a segment is what a
+/// verifying driver passes on, so any sequence
 /// number a source ever signed), positions near a stream position or anywhere in the u32
 /// range, partners leaving and coming back, uploads reported sent, and time passing. After
 /// every input the node's invariants hold ([`Node::check_invariants`]), and every request it
@@ -448,12 +449,28 @@ pub fn node_partners_run(data: &[u8]) -> usize {
             9 => ctl(Control::Unsubscribe { mask: c.u32() }),
             10 => ctl(Control::Cancel { seq: pos(&mut c) }),
             11 => {
+                // A segment: whole, or in progress (its manifest, pieces checked so far, or
+                // its sender's abort), as the driver reports it.
                 let seq = pos(&mut c);
-                said[k as usize].push(seq);
                 let len = c.u16();
-                Input::Received {
-                    link,
-                    msg: Message::Segment(segment(seq, len)),
+                match c.u8() % 4 {
+                    0 => {
+                        said[k as usize].push(seq);
+                        Input::Received {
+                            link,
+                            msg: Message::Segment(segment(seq, len)),
+                        }
+                    }
+                    1 => Input::SegmentBegun {
+                        link,
+                        segment: segment(seq, len),
+                    },
+                    2 => Input::PieceArrived {
+                        link,
+                        seq,
+                        pieces_done: c.u8() as u32 % 8,
+                    },
+                    _ => Input::SegmentAborted { link, seq },
                 }
             }
             12 => {
