@@ -229,7 +229,8 @@ impl Choices<'_> {
 
 /// One node and up to [`HOSTILE_PARTNERS`] partners that say whatever the bytes say:
 /// buffer maps, haves, requests, offers, busy answers, declines, subscriptions, segments
-/// (whole and started; a segment is what a verifying driver passes on, so any sequence
+/// (whole, and in progress: a manifest, pieces checked, an abort; a segment is what a
+/// verifying driver passes on, so any sequence
 /// number a source ever signed), positions near a stream position or anywhere in the u32
 /// range, partners leaving and coming back, uploads reported sent, and time passing. After
 /// every input the node's invariants hold ([`Node::check_invariants`]), and every request it
@@ -448,12 +449,28 @@ pub fn node_partners_run(data: &[u8]) -> usize {
             9 => ctl(Control::Unsubscribe { mask: c.u32() }),
             10 => ctl(Control::Cancel { seq: pos(&mut c) }),
             11 => {
+                // A segment: whole, or in progress (its manifest, pieces checked so far, or
+                // its sender's abort), as the driver reports it.
                 let seq = pos(&mut c);
-                said[k as usize].push(seq);
                 let len = c.u16();
-                Input::Received {
-                    link,
-                    msg: Message::Segment(segment(seq, len)),
+                match c.u8() % 4 {
+                    0 => {
+                        said[k as usize].push(seq);
+                        Input::Received {
+                            link,
+                            msg: Message::Segment(segment(seq, len)),
+                        }
+                    }
+                    1 => Input::SegmentBegun {
+                        link,
+                        segment: segment(seq, len),
+                    },
+                    2 => Input::PieceArrived {
+                        link,
+                        seq,
+                        pieces_done: c.u8() as u32 % 8,
+                    },
+                    _ => Input::SegmentAborted { link, seq },
                 }
             }
             12 => {
@@ -626,12 +643,17 @@ pub fn input_url(data: &[u8]) {
     }
 }
 
-/// A link's byte stream as the daemon's reader takes it: whole frames, and segment frames in
-/// pieces with frames between them ([`crate::daemon::link::LinkReader`]). The reader never
-/// panics, never yields more messages than the bytes could hold, and gives back every byte of
-/// the body budget it reserved. The first byte picks the cap (before or after hello).
+/// A link's byte stream as the daemon's reader takes it: whole frames, segment frames in
+/// pieces with frames between them, and abort records ([`crate::daemon::link::LinkReader`]).
+/// The reader never panics, never yields more messages than the bytes could hold, and gives
+/// back every byte of the body budget it reserved; a segment in progress is reported only
+/// with a checked manifest, its growing body holds only pieces that match the manifest's
+/// hashes, in order, and it ends whole (a frame) or aborted, never both. The first byte picks
+/// the cap (before or after hello).
 pub fn link_records(data: &[u8]) {
-    use crate::daemon::link::{Counters, LinkReader, BODY_BUDGET_KIB};
+    use crate::daemon::link::{Counters, LinkRead, LinkReader, BODY_BUDGET_KIB};
+    use crate::proto::growing::Fill;
+    use crate::proto::manifest::{piece_hash, piece_range};
     use std::sync::Arc;
     let Some((&mode, stream)) = data.split_first() else {
         return;
@@ -652,11 +674,45 @@ pub fn link_records(data: &[u8]) {
         let mut rd = stream;
         let mut reader = LinkReader::default();
         let mut n = 0;
-        while let Ok((msg, _permit)) = reader.next(&mut rd, max, &v, &budget, &counters).await {
-            if let Message::Ctl(c) = &msg {
-                assert!(c.validate().is_ok());
+        let mut begun = Vec::new();
+        let cap = || max;
+        while let Ok(r) = reader
+            .next_read(&mut rd, &cap, &v, &budget, &counters)
+            .await
+        {
+            match r {
+                LinkRead::Frame(msg, _permit) => {
+                    if let Message::Ctl(c) = &msg {
+                        assert!(c.validate().is_ok());
+                    }
+                    n += 1;
+                }
+                LinkRead::Begun(seg) => {
+                    assert!(v.check_manifest(&seg.header()).is_ok());
+                    begun.push(seg);
+                }
+                LinkRead::Pieces { seq, .. } | LinkRead::Aborted { seq } => {
+                    assert!(begun.iter().any(|s| s.seq == seq));
+                }
             }
-            n += 1;
+        }
+        drop(reader);
+        // Whatever became of them, their bodies hold checked pieces only, and are whole or
+        // aborted once the reader is gone.
+        for seg in &begun {
+            let g = seg.payload.growing.as_ref().expect("a growing body");
+            let m = seg.header();
+            let mut p = Vec::new();
+            let mut k = 0;
+            while g.copy_piece(k, &mut p) {
+                assert_eq!(p.len(), piece_range(m.len, k as usize).len());
+                assert_eq!(piece_hash(&p), m.hashes[k as usize]);
+                k += 1;
+            }
+            match g.fill() {
+                Fill::Aborted => {}
+                Fill::Pieces(done) => assert_eq!(done, g.piece_count()),
+            }
         }
         n
     });

@@ -255,6 +255,7 @@ fn strangers_are_refused_wrong_channel_and_forged_segments_cost_the_link() {
             hashes: vec![[1; 16]],
             signature: [[3; 32]; 2],
             data: vec![0x47; 188 * 4],
+            growing: None,
         }),
     });
     send_msg(&mut s, &forged);

@@ -575,6 +575,7 @@ fn a_udp_output_changes_channel_cleanly() {
                     hashes: Vec::new(),
                     signature: [[0; 32]; 2],
                     data: c.data.clone(),
+                    growing: None,
                 }),
             },
             due: Instant::now(),

@@ -97,7 +97,7 @@ fn sequence_numbers_wrap_without_a_stall() {
 
 /// The core's figures at small scale (100 peers, churn, 180 s, seed 1, every peer dialable),
 /// asserted near what this deterministic run gives on the commit that set them (continuity mean
-/// 0.975, p5 0.917, startup p50 1.85 s and p95 3.74 s, overhead 0.0044): a change that costs a
+/// 0.980, p5 0.929, startup p50 1.75 s and p95 3.69 s, overhead 0.0044): a change that costs a
 /// percent of continuity or a tenth of a second of startup fails here and has to say why.
 /// History: 0.977 / 0.909 / 1.62 s / 3.55 s / 0.0033 while the simulator let a relay forward a
 /// segment still arriving (no driver did); segments forwarded only whole and checked, with the
@@ -106,7 +106,9 @@ fn sequence_numbers_wrap_without_a_stall() {
 /// then shared the sender's uplink with segments, as in the daemon (startup p95 -0.25 s with
 /// the dial-back wait, +0.25 s without it): 0.976 / 0.926 / 1.84 / 3.81 / 0.0044; then peers
 /// short of partners asked a partner for members and stopped waiting on dials unanswered for
-/// a second (for swarms behind NATs). The goals (continuity 0.99, p5 0.97, startup p50
+/// a second (for swarms behind NATs): 0.975 / 0.917 / 1.85 / 3.74 / 0.0044; a segment then
+/// served from its first checked piece (cut-through; one upload at a time, whole or still
+/// arriving) gave the figures above. The goals (continuity 0.99, p5 0.97, startup p50
 /// 1.0 s, p95 2.5 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
@@ -116,11 +118,11 @@ fn small_churn_swarm_figures() {
         s.continuity_mean, s.continuity_p5, s.startup_p50_s, s.startup_p95_s, s.overhead
     );
     eprintln!("{figures}");
-    assert!(s.continuity_mean >= 0.973, "{figures}");
-    assert!(s.continuity_p5 >= 0.915, "{figures}");
-    assert!(s.startup_p50_s <= 1.93, "{figures}");
-    assert!(s.startup_p95_s <= 3.95, "{figures}");
-    assert!(s.overhead <= 0.0047, "{figures}");
+    assert!(s.continuity_mean >= 0.977, "{figures}");
+    assert!(s.continuity_p5 >= 0.92, "{figures}");
+    assert!(s.startup_p50_s <= 1.8, "{figures}");
+    assert!(s.startup_p95_s <= 3.8, "{figures}");
+    assert!(s.overhead <= 0.0046, "{figures}");
     assert!(
         s.never_started == 0,
         "{} sessions never played",
@@ -168,7 +170,9 @@ fn a_flash_crowd_of_200_starts_within_4_9_s() {
 /// every deadline but a handful: the source turns away at once a request it will not serve
 /// (the segment has had its copies), so that the requester asks one of the dozen other
 /// holders in time. Without that, such requests waited in the source's queue behind
-/// fresher segments until their deadline passed: mean 0.9964 over these seeds, now 0.9991.
+/// fresher segments until their deadline passed: mean 0.9964 over these seeds, then 0.9991;
+/// 0.9979 since peers short of partners pull members and segments are served from their first
+/// checked piece (each of those alone: 0.9981 / 0.9982; a tenth of a segment per peer in 300).
 #[test]
 fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
     let mut sum = 0.0;
@@ -179,6 +183,10 @@ fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
             ..config(16, Scenario::Static, 300.0, seed)
         })
         .run();
+        eprintln!(
+            "seed {seed}: continuity {:.4} p5 {:.4}",
+            s.continuity_mean, s.continuity_p5
+        );
         assert!(
             s.continuity_p5 >= 0.985,
             "seed {seed}: p5 {:.4}",
@@ -187,13 +195,14 @@ fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
         sum += s.continuity_mean;
     }
     let mean = sum / 6.0;
-    assert!(mean >= 0.998, "continuity mean over seeds 1-6 {mean:.4}");
+    assert!(mean >= 0.9975, "continuity mean over seeds 1-6 {mean:.4}");
 }
 
 /// The same swarm with 60 % of the peers behind NATs nobody can dial (the simulator's
-/// default), as measured on the commit that set this: with hole punching continuity 0.964
-/// (p5 0.862), startup p50 2.78 s, 45 % of the live peers found reachable (the draw), every
-/// one of them found out, 39 % of punches linked (before peers short of partners asked for
+/// default), as measured on the commit that set this: with hole punching continuity 0.960
+/// (p5 0.864), startup p50 2.66 s, 45 % of the live peers found reachable (the draw), every
+/// one of them found out, 39 % of punches linked (with segments served whole only: 0.964,
+/// 0.862, 2.78 s; before peers short of partners asked for
 /// members and stopped waiting on unanswered dials: 0.962, 0.889, 3.25 s, 41 %; seeds 2-4
 /// went 0.944 / 0.960 / 0.932 -> 0.960 / 0.971 / 0.970, p5 0.78 / 0.88 / 0.84 -> 0.86 /
 /// 0.92 / 0.89: the p5 of 137 sessions is their 7th worst); without it continuity falls to
@@ -221,9 +230,9 @@ fn swarms_behind_nats() {
         s.punch_success
     );
     eprintln!("{figures}");
-    assert!(s.continuity_mean >= 0.958, "{figures}");
+    assert!(s.continuity_mean >= 0.955, "{figures}");
     assert!(s.continuity_p5 >= 0.85, "{figures}");
-    assert!(s.startup_p50_s <= 3.0, "{figures}");
+    assert!(s.startup_p50_s <= 2.8, "{figures}");
     assert!((0.35..=0.55).contains(&s.reachable_fraction), "{figures}");
     assert!(s.reach_known_fraction >= 0.97, "{figures}");
     assert!(s.punches > 1200 && s.punch_success >= 0.35, "{figures}");

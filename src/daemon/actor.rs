@@ -35,6 +35,9 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(3);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// Stats are refreshed this often, and written to `--stats-json` every other time.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// Uploads aborted by the core remembered until their writer reports them: a node has at
+/// most a few uploads of segments in progress at a time (`proto::inflight`).
+const ABORTS_REMEMBERED: usize = 64;
 
 struct LinkHandle {
     tx: mpsc::Sender<crate::proto::Message<SharedBody>>,
@@ -62,6 +65,10 @@ pub(super) struct Actor {
     counters: Arc<Counters>,
     upload_bytes_per_s: u64,
     deferred: VecDeque<Input<SharedBody>>,
+    /// Uploads the core aborted (`Output::Abort`), whose writer's end is not news to it: the
+    /// writer sends the abort record when the segment's body is aborted, and reports it.
+    /// At most [`ABORTS_REMEMBERED`], the oldest forgotten first.
+    aborted_uploads: VecDeque<(LinkId, crate::proto::Seq)>,
     feed: Option<Arc<Feed>>,
     key: Option<ChannelKey>,
     next_seq: Seq,
@@ -151,6 +158,7 @@ impl Actor {
             counters: Arc::new(Counters::default()),
             upload_bytes_per_s: opts.upload_kbps * 1000 / 8,
             deferred: VecDeque::new(),
+            aborted_uploads: VecDeque::new(),
             feed: opts.feed.clone(),
             key: opts.key.take(),
             next_seq,
@@ -467,8 +475,33 @@ impl Actor {
                 self.node
                     .handle_input(now, Input::DialBackDone { nonce, connected });
             }
-            LinkEvent::Sent { link } => {
+            LinkEvent::Begun { link, segment } => {
                 if self.links.contains_key(&link) {
+                    self.node
+                        .handle_input(now, Input::SegmentBegun { link, segment });
+                }
+            }
+            LinkEvent::Pieces { link, seq, done } => {
+                if self.links.contains_key(&link) {
+                    let input = Input::PieceArrived {
+                        link,
+                        seq,
+                        pieces_done: done,
+                    };
+                    self.node.handle_input(now, input);
+                }
+            }
+            LinkEvent::Aborted { link, seq } => {
+                if self.links.contains_key(&link) {
+                    self.node
+                        .handle_input(now, Input::SegmentAborted { link, seq });
+                }
+            }
+            LinkEvent::Sent { link, seq, .. } => {
+                // An upload the core aborted is over for it already.
+                if let Some(k) = self.aborted_uploads.iter().position(|&a| a == (link, seq)) {
+                    self.aborted_uploads.remove(k);
+                } else if self.links.contains_key(&link) {
                     self.node.handle_input(now, Input::Sent { link });
                 }
             }
@@ -681,6 +714,14 @@ impl Actor {
                 }
             }
             Output::Close { link } => self.close_link(link),
+            // The writer sends the abort record itself: the body it forwards was aborted by
+            // the reader of the link it came on, for the same reason the core aborts.
+            Output::Abort { link, seq } => {
+                if self.aborted_uploads.len() >= ABORTS_REMEMBERED {
+                    self.aborted_uploads.pop_front();
+                }
+                self.aborted_uploads.push_back((link, seq));
+            }
             Output::Play { segment, deadline } => {
                 self.note_edge(segment.origin_us);
                 self.last_play = Some((deadline, segment.origin_us));
@@ -986,6 +1027,9 @@ impl Actor {
                 sched_budget_spent: s.sched_budget_spent,
                 no_hello: Counters::get(&c.no_hello),
                 slow_frames: Counters::get(&c.slow_frames),
+                uploads_partial: s.uploads_partial,
+                aborts_sent: s.aborts_sent,
+                aborts_received: s.aborts_received,
             },
         }
     }

@@ -125,6 +125,7 @@ impl ChannelKey {
                 hashes: manifest.hashes,
                 signature,
                 data,
+                growing: None,
             }),
         }
     }

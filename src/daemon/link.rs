@@ -32,12 +32,13 @@
 use super::guard::{Handshake, HELLO_DEADLINE};
 use super::keys::{Verifier, VerifyError};
 use super::LinkEvent;
+use crate::proto::growing::{Fill, GrowingBody};
 use crate::proto::manifest::{piece_range, MAX_MANIFEST_LEN};
 use crate::proto::wire::{
     decode_body, encode, frame_kind, frame_len, segment_head, Control, FrameKind, Manifest,
-    SharedBody, WireError, FRAME_PREFIX_LEN, MAX_CONTROL_LEN, MAX_FRAME_LEN,
+    SegmentBody, SharedBody, WireError, FRAME_PREFIX_LEN, MAX_CONTROL_LEN, MAX_FRAME_LEN,
 };
-use crate::proto::{LinkId, Message, PeerAddr};
+use crate::proto::{LinkId, Message, PeerAddr, Segment, Seq};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,6 +63,10 @@ pub const WRITE_CHUNK: usize = 16 * 1024;
 pub const BULK_BEGIN: u32 = 0x8000_0000;
 pub const BULK_PIECE: u32 = 0x4000_0000;
 const RECORD_KIND: u32 = BULK_BEGIN | BULK_PIECE;
+/// Both bits and no length: the segment frame in progress is abandoned (its sender's own
+/// upstream failed while it forwarded the segment piece by piece). The receiver drops what
+/// came of it and asks elsewhere; nothing of it was unchecked, and none of it is played.
+pub const BULK_ABORT: u32 = RECORD_KIND;
 /// Segments the writer takes off its queue while sending a segment, to reach the control
 /// frames behind them (they keep their order among themselves).
 const HELD_SEGMENTS: usize = 8;
@@ -271,7 +276,7 @@ pub async fn reader<R: AsyncRead + Unpin>(
                 MAX_CONTROL_LEN
             }
         };
-        let next = frames.next_capped(&mut rd, &cap, &verifier, &budget, &counters);
+        let next = frames.next_read(&mut rd, &cap, &verifier, &budget, &counters);
         let got = if handshake.is_some() {
             match tokio::time::timeout_at(hello_by, next).await {
                 Ok(r) => r,
@@ -279,6 +284,37 @@ pub async fn reader<R: AsyncRead + Unpin>(
             }
         } else {
             next.await
+        };
+        let got = match got {
+            Ok(LinkRead::Frame(msg, permit)) => Ok((msg, permit)),
+            // A segment in progress (only after the hello: segments need an open gate).
+            Ok(LinkRead::Begun(segment)) => {
+                if events
+                    .send(LinkEvent::Begun { link, segment })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(LinkRead::Pieces { seq, done }) => {
+                if events
+                    .send(LinkEvent::Pieces { link, seq, done })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(LinkRead::Aborted { seq }) => {
+                if events.send(LinkEvent::Aborted { link, seq }).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => Err(e),
         };
         match got {
             Ok((msg, permit)) => {
@@ -352,9 +388,36 @@ struct Bulk {
     /// Bytes of its records so far, counted as downloaded once it is whole (as a whole
     /// frame's are once read: a transfer cut short counts for neither side).
     wire_bytes: u64,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     /// The whole body must be in by then (the same rate rule as a whole frame's).
     deadline: tokio::time::Instant,
+    /// The checked pieces, for uploads of the segment while it arrives (cut-through): made
+    /// when the manifest is checked, aborted if the frame ends any other way than whole.
+    growing: Option<Arc<GrowingBody>>,
+}
+
+impl Drop for Bulk {
+    fn drop(&mut self) {
+        // Whole, it was taken out before; otherwise uploads of it end with an abort.
+        if let Some(g) = self.growing.take() {
+            g.abort();
+        }
+    }
+}
+
+/// What a link's reader has for the actor.
+#[derive(Debug)]
+pub enum LinkRead {
+    /// A whole frame (a segment with its manifest and every piece checked), and its bytes'
+    /// place in the body budget.
+    Frame(Message<SharedBody>, OwnedSemaphorePermit),
+    /// A segment's manifest is checked and its pieces follow: its payload is a body that
+    /// fills as they are checked.
+    Begun(Segment<SharedBody>),
+    /// The first `done` pieces of `seq` are checked and in its growing body.
+    Pieces { seq: Seq, done: u32 },
+    /// The sender gave up sending `seq` (an abort record): what came of it is dropped.
+    Aborted { seq: Seq },
 }
 
 /// Reassembles frames from a link's records: whole frames, and one segment frame in pieces
@@ -362,11 +425,13 @@ struct Bulk {
 #[derive(Default)]
 pub struct LinkReader {
     bulk: Option<Bulk>,
+    /// Reports from one record waiting to be returned (a manifest and a piece checked).
+    pending: std::collections::VecDeque<LinkRead>,
 }
 
 impl LinkReader {
     /// The next whole frame: prefix, cap check against `max`, body budget, body (in time),
-    /// decode, verify.
+    /// decode, verify. Reports of a segment in progress are passed over.
     pub async fn next<R: AsyncRead + Unpin>(
         &mut self,
         rd: &mut R,
@@ -390,6 +455,27 @@ impl LinkReader {
         counters: &Counters,
     ) -> Result<(Message<SharedBody>, OwnedSemaphorePermit), LinkError> {
         loop {
+            if let LinkRead::Frame(m, p) =
+                self.next_read(rd, max, verifier, budget, counters).await?
+            {
+                return Ok((m, p));
+            }
+        }
+    }
+
+    /// The next thing to tell the actor: a whole frame, or news of the segment in progress.
+    pub async fn next_read<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        max: &(dyn Fn() -> u32 + Sync),
+        verifier: &Verifier,
+        budget: &Arc<Semaphore>,
+        counters: &Counters,
+    ) -> Result<LinkRead, LinkError> {
+        loop {
+            if let Some(r) = self.pending.pop_front() {
+                return Ok(r);
+            }
             let mut prefix = [0u8; FRAME_PREFIX_LEN];
             let read = rd.read_exact(&mut prefix);
             let got = match &self.bulk {
@@ -410,7 +496,10 @@ impl LinkReader {
             let word = u32::from_be_bytes(prefix);
             let max = max();
             match word & RECORD_KIND {
-                0 => return read_whole(rd, prefix, max, verifier, budget, counters).await,
+                0 => {
+                    let (m, p) = read_whole(rd, prefix, max, verifier, budget, counters).await?;
+                    return Ok(LinkRead::Frame(m, p));
+                }
                 BULK_BEGIN => {
                     if self.bulk.is_some() {
                         return Err(LinkError::Wire(WireError::Malformed));
@@ -424,8 +513,9 @@ impl LinkReader {
                         filled: 0,
                         checked: None,
                         wire_bytes: FRAME_PREFIX_LEN as u64,
-                        _permit: permit,
+                        permit: Some(permit),
                         deadline,
+                        growing: None,
                     });
                 }
                 BULK_PIECE => {
@@ -451,29 +541,63 @@ impl LinkReader {
                     // a bad one ends the link without waiting for the rest, and no whole
                     // segment's hashing lands on the event loop at once when the last byte
                     // comes (see docs/SECURITY.md, "What it costs").
+                    let was = b.checked.as_ref().map(|c| c.2);
                     check_arrived(b, verifier)?;
+                    let now_done = b.checked.as_ref().map(|c| c.2);
+                    // What was checked goes into the growing body, for uploads of it.
+                    if b.growing.is_none() {
+                        if let Some((m, _, _)) = &b.checked {
+                            let g = Arc::new(GrowingBody::new(m.len));
+                            if b.filled < b.body.len() {
+                                let seg = growing_segment(m, g.clone());
+                                self.pending.push_back(LinkRead::Begun(seg));
+                            }
+                            b.growing = Some(g);
+                        }
+                    }
+                    if let (Some(g), Some((m, at, done))) = (&b.growing, &b.checked) {
+                        for k in was.unwrap_or(0)..*done {
+                            let r = piece_range(m.len, k);
+                            g.push_piece(&b.body[at + r.start..at + r.end]);
+                        }
+                        if b.filled < b.body.len() && now_done > was && *done > 0 {
+                            self.pending.push_back(LinkRead::Pieces {
+                                seq: m.seq,
+                                done: *done as u32,
+                            });
+                        }
+                    }
                     if b.filled == b.body.len() {
-                        let Some(Bulk {
-                            body,
-                            _permit,
-                            wire_bytes,
-                            checked,
-                            ..
-                        }) = self.bulk.take()
-                        else {
-                            unreachable!("checked above");
-                        };
-                        Counters::add(&counters.download_bytes, wire_bytes);
-                        let msg = match checked {
-                            Some((m, _, done)) if done == m.piece_count() => {
+                        let mut b = self.bulk.take().expect("checked above");
+                        // Whole: its uploads have every piece, nothing to abort.
+                        b.growing = None;
+                        let permit = b.permit.take().expect("a bulk holds its permit");
+                        let body = std::mem::take(&mut b.body);
+                        Counters::add(&counters.download_bytes, b.wire_bytes);
+                        let msg = match &b.checked {
+                            Some((m, _, done)) if *done == m.piece_count() => {
                                 decode_checked(&body, counters)?
                             }
                             _ => decode_verified(&body, verifier, counters)?,
                         };
-                        return Ok((msg, _permit));
+                        return Ok(LinkRead::Frame(msg, permit));
                     }
                 }
-                // Both bits: no such record (and no length this large).
+                // Both bits and no length: the sender aborts the segment in progress.
+                RECORD_KIND if word == BULK_ABORT => {
+                    let Some(b) = self.bulk.take() else {
+                        return Err(LinkError::Wire(WireError::Malformed));
+                    };
+                    Counters::add(
+                        &counters.download_bytes,
+                        b.wire_bytes + FRAME_PREFIX_LEN as u64,
+                    );
+                    self.pending.clear();
+                    if let Some((m, _, _)) = &b.checked {
+                        return Ok(LinkRead::Aborted { seq: m.seq });
+                    }
+                }
+                // Both bits with a length: no such record (and no length this large).
                 _ => {
                     return Err(LinkError::Wire(WireError::TooLong {
                         len: word,
@@ -482,6 +606,23 @@ impl LinkReader {
                 }
             }
         }
+    }
+}
+
+/// A segment in progress as the core sees it: its checked manifest's fields, and a payload
+/// whose media is the growing body.
+fn growing_segment(m: &Manifest, g: Arc<GrowingBody>) -> Segment<SharedBody> {
+    Segment {
+        seq: m.seq,
+        origin_us: m.origin_us,
+        duration_us: m.duration_us,
+        flags: m.flags,
+        payload: Arc::new(SegmentBody {
+            hashes: m.hashes.clone(),
+            signature: m.signature,
+            data: Vec::new(),
+            growing: Some(g),
+        }),
     }
 }
 
@@ -649,6 +790,23 @@ pub async fn writer<W: AsyncWrite + Unpin, H: Send>(
             Counters::add(&counters.upload_bytes, buf.len() as u64);
             continue;
         };
+        let seq = seg.seq;
+        if let Some(g) = seg.payload.growing.clone() {
+            // A segment still arriving here: its pieces go as they are checked.
+            let end = write_growing(link, &mut out, &mut rx, &mut held, &buf, &g, &counters).await;
+            let aborted = match end {
+                Ok(aborted) => aborted,
+                Err(()) => return report_down(&events, link, &mut out).await,
+            };
+            if events
+                .send(LinkEvent::Sent { link, seq, aborted })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         let body = &buf[FRAME_PREFIX_LEN..];
         let begin = BULK_BEGIN | body.len() as u32;
         if out.write(&begin.to_be_bytes()).await.is_err() {
@@ -689,12 +847,111 @@ pub async fn writer<W: AsyncWrite + Unpin, H: Send>(
         if buf.capacity() > super::memory::SEGMENT_ALLOWANCE as usize {
             buf = Vec::with_capacity(4096);
         }
-        if events.send(LinkEvent::Sent { link }).await.is_err() {
+        let sent = LinkEvent::Sent {
+            link,
+            seq,
+            aborted: false,
+        };
+        if events.send(sent).await.is_err() {
             return;
         }
     }
     let _ = wr.flush().await;
     let _ = wr.shutdown().await;
+}
+
+/// Passes one message taken off the writer's queue while a segment goes out: a control frame
+/// is written at once, a segment waits its turn in `held`.
+async fn pass_between<W: AsyncWrite + Unpin>(
+    link: LinkId,
+    out: &mut PacedWriter<'_, W>,
+    held: &mut std::collections::VecDeque<Message<SharedBody>>,
+    next: Message<SharedBody>,
+    counters: &Counters,
+) -> Result<(), ()> {
+    if matches!(next, Message::Segment(_)) {
+        held.push_back(next);
+        return Ok(());
+    }
+    let mut ctl = Vec::with_capacity(256);
+    if let Err(e) = encode(&next, &mut ctl) {
+        log::warn!("link {}: not sending an unencodable message: {e}", link.0);
+        return Ok(());
+    }
+    out.write(&ctl).await?;
+    Counters::add(&counters.upload_bytes, ctl.len() as u64);
+    Ok(())
+}
+
+/// Sends a segment that is still arriving here (cut-through): `frame` is its encoded head
+/// (the media is not in it yet), each piece goes as soon as it is checked into `g`, control
+/// frames queued meanwhile go between the pieces and while we wait for the next one. If the
+/// segment will not complete here, the frame ends with an abort record. Says whether it was
+/// aborted; an error is a failed write.
+async fn write_growing<W: AsyncWrite + Unpin>(
+    link: LinkId,
+    out: &mut PacedWriter<'_, W>,
+    rx: &mut mpsc::Receiver<Message<SharedBody>>,
+    held: &mut std::collections::VecDeque<Message<SharedBody>>,
+    frame: &[u8],
+    g: &GrowingBody,
+    counters: &Counters,
+) -> Result<bool, ()> {
+    let head = &frame[FRAME_PREFIX_LEN..];
+    let body_len = head.len() + g.len() as usize;
+    out.write(&(BULK_BEGIN | body_len as u32).to_be_bytes())
+        .await?;
+    let mut wire_bytes = FRAME_PREFIX_LEN as u64;
+    let mut record = Vec::with_capacity(FRAME_PREFIX_LEN + WRITE_CHUNK);
+    for chunk in head.chunks(WRITE_CHUNK) {
+        record.clear();
+        record.extend_from_slice(&(BULK_PIECE | chunk.len() as u32).to_be_bytes());
+        record.extend_from_slice(chunk);
+        out.write(&record).await?;
+        wire_bytes += record.len() as u64;
+    }
+    let mut piece = Vec::with_capacity(WRITE_CHUNK);
+    let mut queue_open = true;
+    for k in 0..g.piece_count() {
+        let fill = loop {
+            // Control frames queued meanwhile go first; segments wait their turn.
+            while queue_open && held.len() < HELD_SEGMENTS {
+                match rx.try_recv() {
+                    Ok(next) => pass_between(link, out, held, next, counters).await?,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => queue_open = false,
+                }
+            }
+            match g.fill() {
+                Fill::Pieces(n) if n <= k => {}
+                f => break f,
+            }
+            if !(queue_open && held.len() < HELD_SEGMENTS) {
+                break g.wait_beyond(k).await;
+            }
+            tokio::select! {
+                f = g.wait_beyond(k) => break f,
+                next = rx.recv() => match next {
+                    Some(next) => pass_between(link, out, held, next, counters).await?,
+                    None => queue_open = false,
+                },
+            }
+        };
+        if fill == Fill::Aborted || !g.copy_piece(k, &mut piece) {
+            out.write(&BULK_ABORT.to_be_bytes()).await?;
+            wire_bytes += FRAME_PREFIX_LEN as u64;
+            Counters::add(&counters.upload_bytes, wire_bytes);
+            return Ok(true);
+        }
+        record.clear();
+        record.extend_from_slice(&(BULK_PIECE | piece.len() as u32).to_be_bytes());
+        record.extend_from_slice(&piece);
+        out.write(&record).await?;
+        wire_bytes += record.len() as u64;
+    }
+    Counters::add(&counters.upload_bytes, wire_bytes);
+    Counters::add(&counters.payload_up, g.len() as u64);
+    Ok(false)
 }
 
 /// The write side of a link, paced at the upload cap.
@@ -905,7 +1162,10 @@ mod tests {
         tx.try_send(Message::Segment(seg.clone())).unwrap();
         drop(tx);
         match erx.recv().await {
-            Some(LinkEvent::Sent { link }) => assert_eq!(link, LinkId(9)),
+            Some(LinkEvent::Sent { link, aborted, .. }) => {
+                assert_eq!(link, LinkId(9));
+                assert!(!aborted);
+            }
             other => panic!("expected Sent, got {other:?}"),
         }
         w.await.unwrap();
@@ -924,6 +1184,153 @@ mod tests {
 
     /// A one-second segment of a 768 kbit/s stream.
     const SEGMENT_1S_768K: usize = 96_000;
+
+    /// What a relay's reader reports until it fails or a frame is whole.
+    async fn reads_until_end<R: AsyncRead + Unpin>(
+        r: &mut LinkReader,
+        rd: &mut R,
+        v: &Verifier,
+    ) -> (Vec<LinkRead>, Option<LinkError>) {
+        let (b, c) = (budget(), Counters::default());
+        let mut got = Vec::new();
+        loop {
+            match r.next_read(rd, &|| MAX_FRAME_LEN, v, &b, &c).await {
+                Ok(f @ LinkRead::Frame(..)) | Ok(f @ LinkRead::Aborted { .. }) => {
+                    got.push(f);
+                    return (got, None);
+                }
+                Ok(x) => got.push(x),
+                Err(e) => return (got, Some(e)),
+            }
+        }
+    }
+
+    /// A relay forwards a segment while it arrives: each piece once checked, none before;
+    /// when a piece from its upstream fails its hash, the downstream gets an abort record,
+    /// holds only the pieces that were checked, and never gets the segment.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_relay_forwards_checked_pieces_and_aborts_downstream_on_a_bad_one() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let data: Vec<u8> = (0..6 * PIECE_SIZE).map(|i| (i * 7 % 251) as u8).collect();
+        for bad in [Some(3usize), None] {
+            let seg = key.sign_segment(Seq(5), 0, 1, 0, data.clone());
+            let mut frame = Vec::new();
+            encode(&Message::Segment(seg.clone()), &mut frame).unwrap();
+            let head = frame.len() - FRAME_PREFIX_LEN - data.len();
+            if let Some(k) = bad {
+                frame[FRAME_PREFIX_LEN + head + k * PIECE_SIZE + 10] ^= 1;
+            }
+            let body = &frame[FRAME_PREFIX_LEN..];
+            let mut up = record(BULK_BEGIN, body.len() as u32).to_vec();
+            for chunk in body.chunks(WRITE_CHUNK) {
+                up.extend_from_slice(&record(BULK_PIECE, chunk.len() as u32));
+                up.extend_from_slice(chunk);
+            }
+            // The relay reads its upstream up to the manifest, then starts the upload.
+            let mut rd = &up[..];
+            let mut relay = LinkReader::default();
+            let b = budget();
+            let c = Counters::default();
+            let begun = match relay
+                .next_read(&mut rd, &|| MAX_FRAME_LEN, &v, &b, &c)
+                .await
+            {
+                Ok(LinkRead::Begun(s)) => s,
+                other => panic!("expected the manifest first, got {other:?}"),
+            };
+            assert_eq!(begun.seq, Seq(5));
+            let g = begun.payload.growing.clone().expect("a growing body");
+            assert_eq!(g.fill(), Fill::Pieces(0), "nothing checked yet");
+            let (a, mut down_rd) = tokio::io::duplex(1 << 20);
+            let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+            let (etx, mut erx) = mpsc::channel(16);
+            let w = tokio::spawn(writer(
+                LinkId(2),
+                a,
+                rx,
+                etx,
+                100_000_000,
+                Arc::new(Counters::default()),
+                (),
+            ));
+            tx.try_send(Message::Segment(begun)).unwrap();
+            let (relayed, end) = reads_until_end(&mut relay, &mut rd, &v).await;
+            let done = relayed
+                .iter()
+                .filter_map(|r| match r {
+                    LinkRead::Pieces { done, .. } => Some(*done),
+                    _ => None,
+                })
+                .max();
+            match bad {
+                Some(k) => {
+                    assert!(matches!(end, Some(LinkError::Unverified(_))), "{end:?}");
+                    assert_eq!(done, Some(k as u32), "pieces before the bad one");
+                    // The failed link's reader goes, and its growing body is aborted.
+                    drop(relay);
+                    assert_eq!(g.fill(), Fill::Aborted);
+                }
+                None => {
+                    assert!(matches!(relayed.last(), Some(LinkRead::Frame(..))));
+                    assert_eq!(g.fill(), Fill::Pieces(6));
+                }
+            }
+            // Downstream: the manifest, checked pieces, then the abort (or the segment).
+            let mut down = LinkReader::default();
+            let (got, end) = reads_until_end(&mut down, &mut down_rd, &v).await;
+            assert!(end.is_none(), "{end:?}");
+            let Some(LinkRead::Begun(s)) = got.first() else {
+                panic!("expected the manifest first, got {got:?}");
+            };
+            let dg = s.payload.growing.clone().unwrap();
+            match bad {
+                Some(k) => {
+                    assert!(matches!(
+                        got.last(),
+                        Some(LinkRead::Aborted { seq: Seq(5) })
+                    ));
+                    assert_eq!(dg.fill(), Fill::Aborted);
+                    // What it holds is checked pieces only (the relay aborts as soon as it
+                    // knows, without sending on what it had), nothing from the bad one on.
+                    let mut p = Vec::new();
+                    for i in 0..k as u32 {
+                        if dg.copy_piece(i, &mut p) {
+                            assert_eq!(p, data[piece_range(data.len() as u32, i as usize)]);
+                        }
+                    }
+                    assert!(!dg.copy_piece(k as u32, &mut p));
+                }
+                None => match got.last() {
+                    Some(LinkRead::Frame(m, _)) => assert_eq!(m, &Message::Segment(seg)),
+                    other => panic!("expected the segment, got {other:?}"),
+                },
+            }
+            match erx.recv().await {
+                Some(LinkEvent::Sent { seq, aborted, .. }) => {
+                    assert_eq!(seq, Seq(5));
+                    assert_eq!(aborted, bad.is_some());
+                }
+                other => panic!("expected Sent, got {other:?}"),
+            }
+            drop(tx);
+            w.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_abort_record_without_a_segment_in_progress_is_a_wire_error() {
+        let v = Verifier::new(ChannelKey::from_seed([1; 32]).channel());
+        let bytes = BULK_ABORT.to_be_bytes();
+        let mut rd = &bytes[..];
+        let r = LinkReader::default()
+            .next(&mut rd, MAX_FRAME_LEN, &v, &budget(), &Counters::default())
+            .await;
+        assert!(
+            matches!(r, Err(LinkError::Wire(WireError::Malformed))),
+            "{r:?}"
+        );
+    }
 
     fn record(kind: u32, n: u32) -> [u8; 4] {
         (kind | n).to_be_bytes()

@@ -88,9 +88,29 @@ pub enum LinkEvent {
         msg: Message<SharedBody>,
         _permit: OwnedSemaphorePermit,
     },
-    /// A segment frame has been written whole.
+    /// A segment's manifest arrived on `link` and was checked; `segment`'s payload is the
+    /// body that fills as its pieces are checked.
+    Begun {
+        link: LinkId,
+        segment: crate::proto::Segment<SharedBody>,
+    },
+    /// The first `done` pieces of `seq` arriving on `link` are checked.
+    Pieces {
+        link: LinkId,
+        seq: crate::proto::Seq,
+        done: u32,
+    },
+    /// The sender on `link` aborted the segment `seq` it was sending (an abort record).
+    Aborted {
+        link: LinkId,
+        seq: crate::proto::Seq,
+    },
+    /// A segment frame has been written whole, or (`aborted`) cut short with an abort record
+    /// because the segment it forwarded while it arrived will not complete.
     Sent {
         link: LinkId,
+        seq: crate::proto::Seq,
+        aborted: bool,
     },
     Down {
         link: LinkId,

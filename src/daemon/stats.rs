@@ -135,6 +135,11 @@ pub struct Diagnostics {
     /// Links closed because a frame body took longer than it could be of use (a partner
     /// trickling a segment we asked for).
     pub slow_frames: u64,
+    /// Cut-through: uploads started of a segment still arriving, uploads of one aborted
+    /// because its upstream failed, and transfers to us aborted by their sender.
+    pub uploads_partial: u64,
+    pub aborts_sent: u64,
+    pub aborts_received: u64,
 }
 
 /// Writes `value` as JSON to `path` atomically (a temporary file renamed over it), so a

@@ -124,6 +124,13 @@ impl Lan {
                         self.push(now + ONE_WAY, Ev::Input(to, Input::Received { link, msg }));
                     }
                 }
+                Output::Abort { link, seq } => {
+                    if let Some(&(a, b)) = self.links.get(&link.0) {
+                        let to = if a == k { b } else { a };
+                        let ev = Input::SegmentAborted { link, seq };
+                        self.push(now + ONE_WAY, Ev::Input(to, ev));
+                    }
+                }
                 Output::Close { link } => {
                     if let Some((a, b)) = self.links.remove(&link.0) {
                         let to = if a == k { b } else { a };

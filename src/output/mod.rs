@@ -338,6 +338,7 @@ mod tests {
                     hashes: Vec::new(),
                     signature: [[0; 32]; 2],
                     data: vec![seq as u8],
+                    growing: None,
                 }),
             },
             due,
@@ -401,6 +402,7 @@ mod tests {
                 hashes: Vec::new(),
                 signature: [[0; 32]; 2],
                 data,
+                growing: None,
             });
         }
         f.publish(item);

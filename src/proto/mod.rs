@@ -7,6 +7,8 @@
 pub mod bans;
 pub mod buffer_map;
 pub mod config;
+pub mod growing;
+pub mod inflight;
 pub mod manifest;
 pub mod membership;
 pub mod node;

@@ -5,6 +5,9 @@
 //! that, or one that would break the byte budget, evicts the oldest first. The store holds
 //! payload *handles*: on the box an `Arc` of bytes shared with senders and players (each byte
 //! held once), in the simulator a bare length.
+//!
+//! Segments still arriving (see [`super::inflight`]) take their bytes from the same budget
+//! ([`Store::reserve`]): the oldest held segments make room for them, as for a new one.
 
 use super::buffer_map::{BufferMap, MAX_WINDOW};
 use super::seq::Seq;
@@ -15,6 +18,8 @@ pub struct Store<P> {
     slots: Vec<Option<Segment<P>>>,
     byte_budget: u64,
     bytes_held: u64,
+    /// Bytes set aside for segments in progress.
+    reserved: u64,
     map: BufferMap,
     newest: Option<Seq>,
 }
@@ -36,6 +41,7 @@ impl<P: Payload> Store<P> {
             slots: (0..window).map(|_| None).collect(),
             byte_budget,
             bytes_held: 0,
+            reserved: 0,
             map: BufferMap::empty(Seq(0)),
             newest: None,
         }
@@ -89,6 +95,32 @@ impl<P: Payload> Store<P> {
         self.bytes_held
     }
 
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Sets `len` bytes of the budget aside for a segment in progress, evicting the oldest
+    /// held segments to make room; false (nothing changed) if it cannot fit beside what is
+    /// already reserved.
+    pub fn reserve(&mut self, len: u64) -> bool {
+        if self.reserved + len > self.byte_budget {
+            return false;
+        }
+        while self.bytes_held + self.reserved + len > self.byte_budget {
+            match self.map.oldest() {
+                Some(old) => self.remove(old),
+                None => break,
+            }
+        }
+        self.reserved += len;
+        true
+    }
+
+    /// Gives back what [`Store::reserve`] set aside.
+    pub fn release(&mut self, len: u64) {
+        self.reserved = self.reserved.saturating_sub(len);
+    }
+
     pub fn len(&self) -> u32 {
         self.map.count()
     }
@@ -113,7 +145,7 @@ impl<P: Payload> Store<P> {
     pub fn insert(&mut self, seg: Segment<P>) -> Inserted {
         let seq = seg.seq;
         let len = seg.payload.len() as u64;
-        if len > self.byte_budget {
+        if len + self.reserved > self.byte_budget {
             return Inserted::TooOld;
         }
         let window = self.window();
@@ -154,7 +186,7 @@ impl<P: Payload> Store<P> {
             self.bytes_held -= old.payload.len() as u64;
         }
         // Byte budget: evict the oldest until the new one fits.
-        while self.bytes_held + len > self.byte_budget {
+        while self.bytes_held + self.reserved + len > self.byte_budget {
             match self.map.oldest() {
                 Some(old) if old != seq => self.remove(old),
                 _ => break,
@@ -228,6 +260,24 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert!(s.has(Seq(4)) && s.has(Seq(2)) && !s.has(Seq(1)));
         assert_eq!(s.insert(seg(9, 2000)), Inserted::TooOld);
+    }
+
+    #[test]
+    fn segments_in_progress_take_their_bytes_from_the_same_budget() {
+        let mut s = Store::new(100, 1000);
+        for i in 0..3 {
+            s.insert(seg(i, 300));
+        }
+        assert!(s.reserve(300), "the oldest makes room");
+        assert!(!s.has(Seq(0)) && s.has(Seq(1)));
+        assert_eq!(s.bytes_held() + s.reserved(), 900);
+        assert!(!s.reserve(800), "beyond the budget beside what is reserved");
+        assert_eq!(s.reserved(), 300);
+        s.insert(seg(3, 300));
+        assert!(s.bytes_held() + s.reserved() <= 1000);
+        assert!(!s.has(Seq(1)));
+        s.release(300);
+        assert_eq!(s.reserved(), 0);
     }
 
     #[test]

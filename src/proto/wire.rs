@@ -10,6 +10,7 @@
 //! [`wire_len`] bytes, which is computed from the same postcard encoding.
 
 use super::buffer_map::BufferMap;
+use super::growing::GrowingBody;
 pub use super::manifest::Manifest;
 use super::manifest::{hashes_encoded_len, piece_count, PieceHash};
 use super::seq::Seq;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 /// First field of every hello: "CoolStream" in spirit, catches a stranger on the port.
 pub const MAGIC: u32 = 0xC0015EA7;
 /// Wire protocol version; a mismatch closes the link with [`ByeReason::Version`].
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Largest media payload of one segment. 4 MiB holds a 2 s segment at 16 Mbit/s (HD IPTV).
 pub const MAX_SEGMENT_BYTES: u32 = 4 * 1024 * 1024;
 /// Largest frame body: a segment plus its head, with room to spare for the head's fields.
@@ -526,13 +527,30 @@ impl Control {
 }
 
 /// Segment bytes as the daemon holds them: the manifest's hashes and signature and the media,
-/// allocated once and shared.
-#[derive(Clone, PartialEq, Eq)]
+/// allocated once and shared. A segment still arriving has no `data` yet but a `growing`
+/// body that fills as its pieces are checked (see [`super::growing`]): what an upload of it
+/// forwards, piece by piece.
+#[derive(Clone)]
 pub struct SegmentBody {
     pub hashes: Vec<PieceHash>,
     pub signature: Signature,
     pub data: Vec<u8>,
+    pub growing: Option<Arc<GrowingBody>>,
 }
+
+impl PartialEq for SegmentBody {
+    fn eq(&self, other: &Self) -> bool {
+        self.hashes == other.hashes
+            && self.signature == other.signature
+            && self.data == other.data
+            && match (&self.growing, &other.growing) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+impl Eq for SegmentBody {}
 
 impl fmt::Debug for SegmentBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -545,7 +563,10 @@ pub type SharedBody = Arc<SegmentBody>;
 
 impl Payload for SharedBody {
     fn len(&self) -> u32 {
-        self.data.len() as u32
+        match &self.growing {
+            Some(g) => g.len(),
+            None => self.data.len() as u32,
+        }
     }
     fn signature(&self) -> Signature {
         self.signature
@@ -663,6 +684,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message<SharedBody>, WireError> {
                     hashes: h.hashes,
                     signature: h.signature,
                     data: rest.to_vec(),
+                    growing: None,
                 }),
             }))
         }
@@ -845,6 +867,7 @@ mod tests {
                     hashes: vec![[3; 16]],
                     signature: [[1; 32], [2; 32]],
                     data: (0..5000u32).map(|i| i as u8).collect(),
+                    growing: None,
                 }),
             }),
             Message::Segment(Segment {
@@ -856,6 +879,7 @@ mod tests {
                     hashes: vec![[4; 16]; 3],
                     signature: [[1; 32], [2; 32]],
                     data: (0..40_000u32).map(|i| i as u8).collect(),
+                    growing: None,
                 }),
             }),
         ]
@@ -872,6 +896,7 @@ mod tests {
                 hashes: vec![[0; 16]; 2],
                 signature: [[0; 32]; 2],
                 data: vec![0; 40_000],
+                growing: None,
             }),
         };
         let mut out = Vec::new();

@@ -19,14 +19,16 @@ pub mod net;
 pub mod queue;
 pub mod scenario;
 
+use crate::proto::manifest::PIECE_SIZE;
 use crate::proto::rng::Rng;
+use crate::proto::wire::FRAME_PREFIX_LEN;
 use crate::proto::wire::{wire_len, ChannelId, Role, SimPayload};
 use crate::proto::{
     Command, Config, Duration, Input, Instant, LinkId, Message, Node, NodeStats, Output, PeerAddr,
     PeerId, Segment, Seq,
 };
 use metrics::{quantile, Histogram, Summary};
-use net::{loss_delay, Place, Uplink};
+use net::{loss_delay, Place, Shape, Uplink};
 pub use scenario::Scenario;
 use scenario::{
     draw_upload, mean_upload, stratified_uploads, ARRIVAL_WINDOW_S, DEFAULT_UPLOAD_MIX,
@@ -151,6 +153,21 @@ enum Ev {
         node: u32,
         version: u64,
     },
+    /// The first `pieces` pieces of `segment` reached `to` on `link` (`first`: its head with
+    /// them: the receiver checks the manifest, then the pieces).
+    Piece {
+        to: u32,
+        link: LinkId,
+        segment: Segment<SimPayload>,
+        pieces: u32,
+        first: bool,
+    },
+    /// The sender on `link` aborted `seq` (its own upstream failed): the abort record.
+    Aborted {
+        to: u32,
+        link: LinkId,
+        seq: Seq,
+    },
     Ingest,
     Join {
         node: u32,
@@ -181,9 +198,11 @@ impl Ev {
     /// The simulated link the event travels on, if any.
     fn link(&self) -> Option<LinkId> {
         match self {
-            Ev::Deliver { link, .. } | Ev::LinkUp { link, .. } | Ev::LinkDown { link, .. } => {
-                Some(*link)
-            }
+            Ev::Deliver { link, .. }
+            | Ev::LinkUp { link, .. }
+            | Ev::LinkDown { link, .. }
+            | Ev::Piece { link, .. }
+            | Ev::Aborted { link, .. } => Some(*link),
             _ => None,
         }
     }
@@ -202,6 +221,8 @@ impl Ev {
             Ev::Proof { to, .. } => (11, *to),
             Ev::DialBackDone { to, .. } => (13, *to),
             Ev::PunchExpire { from, .. } => (12, *from),
+            Ev::Piece { to, .. } => (14, *to),
+            Ev::Aborted { to, .. } => (15, *to),
         }
     }
 }
@@ -373,6 +394,7 @@ pub struct Sim {
     trace_seq: Option<u32>,
     trace_got: HashMap<u32, Instant, IdBuild>,
     flowbuf: Vec<net::Flow<Message<SimPayload>>>,
+    piecebuf: Vec<net::PieceOut<Message<SimPayload>>>,
     /// Scratch for sharing a downlink (net::share_downlink).
     share_buf: (Vec<u64>, Vec<usize>, Vec<u64>),
     /// Who is behind a NAT; punches waiting for their other side.
@@ -439,6 +461,7 @@ impl Sim {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             flowbuf: Vec::new(),
+            piecebuf: Vec::new(),
             share_buf: Default::default(),
             nat: nat::Nat::new(cfg.seed, cfg.nat_fraction, cfg.punchable),
             cfg,
@@ -726,7 +749,42 @@ impl Sim {
                             );
                         }
                     }
+                    let seq = match &msg {
+                        Message::Segment(s) => Some(s.seq),
+                        Message::Ctl(_) => None,
+                    };
                     self.input(to, Input::Received { link, msg });
+                    if let Some(seq) = seq {
+                        self.release_held(to, seq);
+                    }
+                }
+            }
+            Ev::Piece {
+                to,
+                link,
+                segment,
+                pieces,
+                first,
+            } => {
+                let ok = self.alive(to) && self.links.get(&link.0).is_some_and(|l| l.open_at(to));
+                if ok {
+                    let seq = segment.seq;
+                    if first {
+                        self.input(to, Input::SegmentBegun { link, segment });
+                    }
+                    let piece = Input::PieceArrived {
+                        link,
+                        seq,
+                        pieces_done: pieces,
+                    };
+                    self.input(to, piece);
+                    self.release_held(to, seq);
+                }
+            }
+            Ev::Aborted { to, link, seq } => {
+                let ok = self.alive(to) && self.links.get(&link.0).is_some_and(|l| l.open_at(to));
+                if ok {
+                    self.input(to, Input::SegmentAborted { link, seq });
                 }
             }
             Ev::LinkUp {
@@ -816,9 +874,35 @@ impl Sim {
                     return;
                 }
                 let mut done = std::mem::take(&mut self.flowbuf);
+                let mut pieces = std::mem::take(&mut self.piecebuf);
                 self.slots[node as usize]
                     .uplink
-                    .take_completed(self.now, &mut done);
+                    .take_events(self.now, &mut done, &mut pieces);
+                for p in pieces.drain(..) {
+                    let open = self.links.get(&p.link.0).is_some_and(|l| l.open_at(node));
+                    let Message::Segment(segment) = p.msg else {
+                        continue;
+                    };
+                    if !open {
+                        continue;
+                    }
+                    let delay = self.path_delay(p.link, node, p.to, PIECE_SIZE as u64);
+                    let at = self
+                        .links
+                        .get_mut(&p.link.0)
+                        .map_or(self.now + delay, |l| l.in_order(node, self.now + delay));
+                    self.push(
+                        at,
+                        Ev::Piece {
+                            to: p.to,
+                            link: p.link,
+                            segment,
+                            pieces: p.pieces,
+                            first: p.first,
+                        },
+                    );
+                }
+                self.piecebuf = pieces;
                 for f in done.drain(..) {
                     self.share_downlink(f.to);
                     let open = self.links.get(&f.link.0).is_some_and(|l| l.open_at(node));
@@ -953,6 +1037,18 @@ impl Sim {
         one_way + loss_delay(&mut self.rng, self.cfg.loss, bytes, one_way.mul(2))
     }
 
+    /// Node `ix` may hold more of `seq` than before (a piece checked, or all of it): its
+    /// transfers of it that waited for those pieces move on.
+    fn release_held(&mut self, ix: u32, seq: Seq) {
+        let s = &mut self.slots[ix as usize];
+        let Some(held) = s.node.as_ref().and_then(|n| n.pieces_held(seq)) else {
+            return;
+        };
+        if s.uplink.raise_held(self.now, seq.0, held) {
+            self.arm_uplink(ix);
+        }
+    }
+
     fn input(&mut self, ix: u32, input: Input<SimPayload>) {
         if let Some(n) = self.slots[ix as usize].node.as_mut() {
             n.handle_input(self.now, input);
@@ -962,7 +1058,7 @@ impl Sim {
 
     fn arm_uplink(&mut self, ix: u32) {
         let s = &mut self.slots[ix as usize];
-        if let Some(t) = s.uplink.next_completion() {
+        if let Some(t) = s.uplink.next_event() {
             let key = (t.max(self.now), s.uplink.version);
             if s.uplink_armed != Some(key) {
                 s.uplink_armed = Some(key);
@@ -1050,9 +1146,22 @@ impl Sim {
                                     self.slots[ix as usize].uplink.flow_count()
                                 );
                             }
+                            // It goes no further than the pieces the sender holds (all of
+                            // them unless the segment is still arriving here).
+                            let held = self.slots[ix as usize]
+                                .node
+                                .as_ref()
+                                .and_then(|n| n.pieces_held(s.seq))
+                                .unwrap_or(0);
+                            let shape = Shape {
+                                head: bytes - payload,
+                                media: payload,
+                                held,
+                                key: s.seq.0,
+                            };
                             self.slots[ix as usize]
                                 .uplink
-                                .start(self.now, link, to, bytes, cap, prio, msg);
+                                .start_shaped(self.now, link, to, shape, cap, prio, msg);
                             let incoming = &mut self.slots[to as usize].incoming;
                             if !incoming.contains(&(ix, link)) {
                                 incoming.push((ix, link));
@@ -1108,6 +1217,34 @@ impl Sim {
                     self.slots[ix as usize].uplink.cancel(self.now, link);
                     self.share_downlink(other);
                     uplink_changed = true;
+                }
+                Output::Abort { link, seq } => {
+                    let Some(l) = self.links.get(&link.0) else {
+                        continue;
+                    };
+                    let to = l.other(ix);
+                    if !l.open_at(ix) {
+                        continue;
+                    }
+                    if self.slots[ix as usize]
+                        .uplink
+                        .cancel_key(self.now, link, seq.0)
+                    {
+                        self.share_downlink(to);
+                        uplink_changed = true;
+                        // The abort record, behind what was sent of the segment.
+                        let bytes = FRAME_PREFIX_LEN as u64;
+                        self.control_bytes += bytes;
+                        let out = self.slots[ix as usize]
+                            .uplink
+                            .send_control(self.now, link, bytes);
+                        let at = out + self.path_delay(link, ix, to, bytes);
+                        let at = self
+                            .links
+                            .get_mut(&link.0)
+                            .map_or(at, |l| l.in_order(ix, at));
+                        self.push(at, Ev::Aborted { to, link, seq });
+                    }
                 }
                 Output::Play { segment, deadline } => {
                     let lag = deadline.as_micros() as f64 - segment.origin_us as f64;
@@ -1477,6 +1614,9 @@ impl Sim {
             t.sched_no_slot += st.sched_no_slot;
             t.sched_too_late += st.sched_too_late;
             t.sched_budget_spent += st.sched_budget_spent;
+            t.uploads_partial += st.uploads_partial;
+            t.aborts_sent += st.aborts_sent;
+            t.aborts_received += st.aborts_received;
         }
         eprintln!("live peers {n}; partners histogram {partner_hist:?}");
         for class in [0.5, 1.0, 2.0, 4.0] {

@@ -11,8 +11,14 @@
 //! ahead of media but only between [`RECORD`]-byte records of a segment in progress on their
 //! own link, one after another, and the time they take on the uplink is taken from the
 //! segments in progress (see [`Uplink::send_control`]).
+//! A segment's transfer is cut in pieces ([`PIECE_SIZE`], after its manifest head): each
+//! piece whose last byte has left is reported ([`Uplink::take_events`]), so the receiver
+//! learns it piece by piece as the daemon's reader does; and a transfer of a segment its
+//! sender still receives goes no further than the pieces the sender holds checked
+//! ([`Uplink::raise_held`]): it waits, using no uplink, until the next piece comes in.
 //! Optional packet loss costs each lost packet a retransmission round trip.
 
+use crate::proto::manifest::PIECE_SIZE;
 use crate::proto::rng::Rng;
 use crate::proto::time::{Duration, Instant};
 use crate::proto::LinkId;
@@ -96,6 +102,68 @@ pub struct Flow<M> {
     cap: f64,
     /// Higher goes first (the sender sends chunks of its freshest segment first).
     prio: u64,
+    /// Bytes in all, and of the head before the first piece.
+    total: f64,
+    head: f64,
+    /// Pieces in all, pieces the sender holds checked (it may send up to the end of the
+    /// last of them), and pieces whose last byte has left.
+    pieces: u32,
+    held: u32,
+    sent_pieces: u32,
+    /// What the transfer carries (the segment's sequence number in the simulator), for
+    /// [`Uplink::raise_held`] and [`Uplink::cancel_key`].
+    pub key: u32,
+    pub msg: M,
+}
+
+/// What a transfer is made of: its head's bytes, then `media` bytes in pieces, of which the
+/// sender holds the first `held` checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub head: u64,
+    pub media: u64,
+    pub held: u32,
+    pub key: u32,
+}
+
+/// Pieces of `media` bytes.
+pub fn pieces_of(media: u64) -> u32 {
+    media.div_ceil(PIECE_SIZE as u64).max(1) as u32
+}
+
+impl<M> Flow<M> {
+    fn sent(&self) -> f64 {
+        self.total - self.remaining
+    }
+
+    /// Bytes sent once piece `k` (counted from 1) has left; the head alone for 0.
+    fn boundary(&self, k: u32) -> f64 {
+        if k >= self.pieces {
+            self.total
+        } else {
+            (self.head + k as f64 * PIECE_SIZE as f64).min(self.total)
+        }
+    }
+
+    /// The most it may have sent: up to the end of the pieces its sender holds.
+    fn limit(&self) -> f64 {
+        self.boundary(self.held)
+    }
+
+    /// Sent all its sender holds of a segment still arriving: it waits for the next piece.
+    fn stalled(&self) -> bool {
+        self.held < self.pieces && self.sent() >= self.limit() - 0.5
+    }
+}
+
+/// A piece of a transfer that has left: `pieces` of its pieces are out (`first`: the first
+/// report of this transfer, so the receiver has just read its head).
+#[derive(Debug)]
+pub struct PieceOut<M> {
+    pub link: LinkId,
+    pub to: u32,
+    pub pieces: u32,
+    pub first: bool,
     pub msg: M,
 }
 
@@ -149,14 +217,16 @@ impl<M> Uplink<M> {
         if n == 1 {
             // The general case below with one flow, without the sorting.
             let left = self.bytes_per_s;
-            if left > 1e-9 {
+            if left > 1e-9 && !flows[0].stalled() {
                 rates[0] = (left / 1.0).min(flows[0].cap);
             }
             return &self.rate_buf;
         }
         let order = &mut self.order_buf;
         order.clear();
-        order.extend(0..n);
+        // A transfer waiting for its sender's next piece takes no uplink.
+        order.extend((0..n).filter(|&i| !flows[i].stalled()));
+        let n = order.len();
         order.sort_by(|&a, &b| flows[b].prio.cmp(&flows[a].prio).then(a.cmp(&b)));
         let mut left = self.bytes_per_s;
         let mut k = 0;
@@ -195,11 +265,13 @@ impl<M> Uplink<M> {
         }
         self.rates();
         for (f, r) in self.flows.iter_mut().zip(&self.rate_buf) {
-            f.remaining -= r * dt;
+            // Never past the pieces its sender holds.
+            f.remaining = (f.remaining - r * dt).max(f.total - f.limit());
         }
     }
 
-    /// Adds a transfer of `bytes` to node `to` (whose download is `cap` bytes/s).
+    /// Adds a transfer of `bytes` to node `to` (whose download is `cap` bytes/s), held
+    /// whole by its sender.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
@@ -211,6 +283,31 @@ impl<M> Uplink<M> {
         prio: u64,
         msg: M,
     ) {
+        let shape = Shape {
+            head: 0,
+            media: bytes,
+            held: u32::MAX,
+            key: 0,
+        };
+        self.start_shaped(now, link, to, shape, cap, prio, msg)
+    }
+
+    /// Adds a transfer of a segment shaped `shape` to node `to` (whose download is `cap`
+    /// bytes/s): it goes out no further than the pieces its sender holds (see
+    /// [`Uplink::raise_held`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_shaped(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        to: u32,
+        shape: Shape,
+        cap: u64,
+        prio: u64,
+        msg: M,
+    ) {
+        let bytes = shape.head + shape.media;
+        let pieces = pieces_of(shape.media);
         self.advance(now);
         if self.flows.is_empty() {
             // Control messages still going out hold the idle uplink they started on.
@@ -223,9 +320,52 @@ impl<M> Uplink<M> {
             remaining: bytes as f64,
             cap: cap as f64,
             prio,
+            total: bytes as f64,
+            head: shape.head as f64,
+            pieces,
+            held: shape.held.min(pieces),
+            sent_pieces: 0,
+            key: shape.key,
             msg,
         });
         self.version += 1;
+    }
+
+    /// The sender now holds `held` pieces of what the transfers keyed `key` carry (all of
+    /// them once it holds the segment whole): those waiting for a piece move on. Says
+    /// whether any did.
+    pub fn raise_held(&mut self, now: Instant, key: u32, held: u32) -> bool {
+        if !self
+            .flows
+            .iter()
+            .any(|f| f.key == key && f.held < held.min(f.pieces))
+        {
+            return false;
+        }
+        self.advance(now);
+        for f in self.flows.iter_mut().filter(|f| f.key == key) {
+            f.held = f.held.max(held.min(f.pieces));
+        }
+        self.rates_valid = false;
+        self.version += 1;
+        true
+    }
+
+    /// Drops the transfer keyed `key` on `link` (its sender aborted it); says whether there
+    /// was one.
+    pub fn cancel_key(&mut self, now: Instant, link: LinkId, key: u32) -> bool {
+        let Some(k) = self
+            .flows
+            .iter()
+            .position(|f| f.link == link && f.key == key)
+        else {
+            return false;
+        };
+        self.advance(now);
+        self.flows.remove(k);
+        self.rates_valid = false;
+        self.version += 1;
+        true
     }
 
     /// Sends a control message of `bytes` on `link` and says when its last byte leaves.
@@ -310,7 +450,9 @@ impl<M> Uplink<M> {
         self.version += 1;
     }
 
-    /// When the next transfer completes, if any.
+    /// When the next transfer completes at the rates of now (for tests: pieces and waits
+    /// for a sender's pieces aside).
+    #[cfg(test)]
     pub fn next_completion(&mut self) -> Option<Instant> {
         self.rates();
         let debt = self.ctl_debt;
@@ -325,22 +467,79 @@ impl<M> Uplink<M> {
             .min()
     }
 
-    /// Takes out the transfers complete at `now`.
-    pub fn take_completed(&mut self, now: Instant, out: &mut Vec<Flow<M>>) {
+    /// When the next transfer completes, the next piece of one leaves, or one reaches the
+    /// last piece its sender holds, if any.
+    pub fn next_event(&mut self) -> Option<Instant> {
+        self.rates();
+        let debt = self.ctl_debt;
+        self.flows
+            .iter()
+            .zip(self.rate_buf.iter().copied())
+            .filter(|(_, r)| *r > 0.0)
+            .map(|(f, r)| {
+                // Its next piece, or where it must wait for its sender's next one.
+                let to_go = f.boundary(f.sent_pieces + 1).min(f.limit()) - f.sent();
+                let secs = debt + to_go.max(0.0) / r;
+                self.last + Duration::from_micros((secs * 1e6).ceil() as u64)
+            })
+            .min()
+    }
+
+    /// Takes out the transfers complete at `now` (into `out`), and reports the pieces of the
+    /// others that have left since the last call (into `pieces`).
+    pub fn take_events(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<Flow<M>>,
+        pieces: &mut Vec<PieceOut<M>>,
+    ) where
+        M: Clone,
+    {
         self.advance(now);
+        // A transfer that has reached what its sender holds gives its share to the others.
+        let mut changed = self.rates_valid
+            && self
+                .flows
+                .iter()
+                .zip(&self.rate_buf)
+                .any(|(f, r)| *r > 0.0 && f.stalled());
         // Half a byte of slack absorbs float rounding.
         let mut k = 0;
         while k < self.flows.len() {
-            if self.flows[k].remaining <= 0.5 {
-                self.rates_valid = false;
+            let f = &mut self.flows[k];
+            if f.remaining <= 0.5 {
+                changed = true;
                 out.push(self.flows.remove(k));
-            } else {
-                k += 1;
+                continue;
             }
+            let before = f.sent_pieces;
+            while f.sent_pieces + 1 < f.pieces && f.sent() >= f.boundary(f.sent_pieces + 1) - 0.5 {
+                f.sent_pieces += 1;
+            }
+            if f.sent_pieces != before {
+                pieces.push(PieceOut {
+                    link: f.link,
+                    to: f.to,
+                    pieces: f.sent_pieces,
+                    first: before == 0,
+                    msg: f.msg.clone(),
+                });
+            }
+            k += 1;
         }
-        if !out.is_empty() {
+        if changed {
+            self.rates_valid = false;
             self.version += 1;
         }
+    }
+
+    /// [`Uplink::take_events`] without the pieces.
+    pub fn take_completed(&mut self, now: Instant, out: &mut Vec<Flow<M>>)
+    where
+        M: Clone,
+    {
+        let mut pieces = Vec::new();
+        self.take_events(now, out, &mut pieces);
     }
 
     pub fn flow_count(&self) -> usize {
@@ -448,6 +647,60 @@ mod tests {
             idle.send_control(t0, LinkId(2), RECORD),
             t0 + Duration::from_secs(2)
         );
+    }
+
+    /// Runs `up` event by event until `until`: the pieces reported, with when.
+    fn pieces_until(up: &mut Uplink<u8>, until: Instant) -> Vec<(Instant, u32, u32)> {
+        let mut got = Vec::new();
+        let (mut done, mut pieces) = (Vec::new(), Vec::new());
+        while let Some(t) = up.next_event().filter(|&t| t <= until) {
+            up.take_events(t, &mut done, &mut pieces);
+            for p in pieces.drain(..) {
+                got.push((t, p.msg as u32, p.pieces));
+            }
+            for f in done.drain(..) {
+                got.push((t, f.msg as u32, u32::MAX));
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_transfer_of_a_segment_still_arriving_waits_for_its_senders_pieces() {
+        let p = PIECE_SIZE as u64;
+        // Four pieces at one piece a second; the sender holds one.
+        let mut up: Uplink<u8> = Uplink::new(p);
+        let t0 = Instant::ZERO;
+        let shape = Shape {
+            head: 0,
+            media: 4 * p,
+            held: 1,
+            key: 7,
+        };
+        up.start_shaped(t0, LinkId(1), 2, shape, u64::MAX, 0, 1);
+        let s = Duration::from_secs(1);
+        // The first piece leaves after a second, then it waits: nothing more happens.
+        assert_eq!(pieces_until(&mut up, t0 + s.mul(10)), [(t0 + s, 1, 1)]);
+        // Another transfer gets the whole uplink meanwhile.
+        let t10 = t0 + s.mul(10);
+        up.start(t10, LinkId(2), 3, p, u64::MAX, 0, 2);
+        assert_eq!(up.next_completion(), Some(t10 + s));
+        // Its sender gets two more pieces at 10 s: they go at half the uplink (shared).
+        assert!(up.raise_held(t10, 7, 3));
+        assert!(!up.raise_held(t10, 7, 3), "no news");
+        let got = pieces_until(&mut up, t0 + s.mul(20));
+        assert_eq!(got[0], (t10 + s.mul(2), 1, 2));
+        assert_eq!(got[1], (t10 + s.mul(2), 2, u32::MAX), "both done together");
+        assert_eq!(got[2], (t10 + s.mul(3), 1, 3));
+        assert_eq!(got.len(), 3, "then it waits for the last piece");
+        // Whole: the last piece goes, and the transfer completes.
+        assert!(up.raise_held(t0 + s.mul(20), 7, 4));
+        let got = pieces_until(&mut up, t0 + s.mul(30));
+        assert_eq!(got, [(t0 + s.mul(21), 1, u32::MAX)]);
+        // An aborted one is gone.
+        up.start_shaped(t0 + s.mul(30), LinkId(1), 2, shape, u64::MAX, 0, 1);
+        assert!(up.cancel_key(t0 + s.mul(30), LinkId(1), 7));
+        assert!(!up.busy());
     }
 
     #[test]
