@@ -69,6 +69,8 @@ pub(super) struct Actor {
     /// writer sends the abort record when the segment's body is aborted, and reports it.
     /// At most [`ABORTS_REMEMBERED`], the oldest forgotten first.
     aborted_uploads: VecDeque<(LinkId, crate::proto::Seq)>,
+    /// Segments arriving in pieces, completed when one of them comes whole on any link.
+    arriving: link::Arriving,
     feed: Option<Arc<Feed>>,
     key: Option<ChannelKey>,
     next_seq: Seq,
@@ -159,6 +161,7 @@ impl Actor {
             upload_bytes_per_s: opts.upload_kbps * 1000 / 8,
             deferred: VecDeque::new(),
             aborted_uploads: VecDeque::new(),
+            arriving: link::Arriving::default(),
             feed: opts.feed.clone(),
             key: opts.key.take(),
             next_seq,
@@ -453,6 +456,8 @@ impl Actor {
                 // The link verified the segment's signature: its ingest time is the source's.
                 if let crate::proto::Message::Segment(seg) = &msg {
                     self.note_edge(seg.origin_us);
+                    // Uploads of a copy still arriving elsewhere go on from this one.
+                    self.arriving.whole(seg);
                 }
                 if let (Some(w), crate::proto::Message::Ctl(c)) = (&self.warm, &msg) {
                     super::warm::lock(w).observe(c, std::time::Instant::now());
@@ -477,6 +482,7 @@ impl Actor {
             }
             LinkEvent::Begun { link, segment } => {
                 if self.links.contains_key(&link) {
+                    self.arriving.begun(&segment);
                     self.node
                         .handle_input(now, Input::SegmentBegun { link, segment });
                 }

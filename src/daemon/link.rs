@@ -394,6 +394,8 @@ struct Bulk {
     /// The checked pieces, for uploads of the segment while it arrives (cut-through): made
     /// when the manifest is checked, aborted if the frame ends any other way than whole.
     growing: Option<Arc<GrowingBody>>,
+    /// Its pieces may still be forwarded: false once its growing body was let go untracked.
+    forwarded: bool,
 }
 
 impl Drop for Bulk {
@@ -516,6 +518,7 @@ impl LinkReader {
                         permit: Some(permit),
                         deadline,
                         growing: None,
+                        forwarded: true,
                     });
                 }
                 BULK_PIECE => {
@@ -544,8 +547,18 @@ impl LinkReader {
                     let was = b.checked.as_ref().map(|c| c.2);
                     check_arrived(b, verifier)?;
                     let now_done = b.checked.as_ref().map(|c| c.2);
+                    // A body that nothing but this reader holds any more (the core did not
+                    // track it: it had the segment in progress from another link, or no
+                    // room) has no uploads and never will: its copy is not kept.
+                    if b.growing
+                        .as_ref()
+                        .is_some_and(|g| Arc::strong_count(g) == 1)
+                    {
+                        b.growing = None;
+                        b.forwarded = false;
+                    }
                     // What was checked goes into the growing body, for uploads of it.
-                    if b.growing.is_none() {
+                    if b.growing.is_none() && b.forwarded {
                         if let Some((m, _, _)) = &b.checked {
                             let g = Arc::new(GrowingBody::new(m.len));
                             if b.filled < b.body.len() {
@@ -569,17 +582,30 @@ impl LinkReader {
                     }
                     if b.filled == b.body.len() {
                         let mut b = self.bulk.take().expect("checked above");
-                        // Whole: its uploads have every piece, nothing to abort.
-                        b.growing = None;
+                        let growing = b.growing.take();
                         let permit = b.permit.take().expect("a bulk holds its permit");
                         let body = std::mem::take(&mut b.body);
                         Counters::add(&counters.download_bytes, b.wire_bytes);
                         let msg = match &b.checked {
                             Some((m, _, done)) if *done == m.piece_count() => {
-                                decode_checked(&body, counters)?
+                                decode_checked(&body, counters)
                             }
-                            _ => decode_verified(&body, verifier, counters)?,
+                            _ => decode_verified(&body, verifier, counters),
                         };
+                        let msg = match msg {
+                            Ok(m) => m,
+                            Err(e) => {
+                                if let Some(g) = growing {
+                                    g.abort();
+                                }
+                                return Err(e);
+                            }
+                        };
+                        // Whole: its uploads go on from the copy the store keeps, and the
+                        // growing body's own bytes go (see `proto::growing`).
+                        if let (Some(g), Message::Segment(seg)) = (growing, &msg) {
+                            g.complete_with(&seg.payload);
+                        }
                         return Ok(LinkRead::Frame(msg, permit));
                     }
                 }
@@ -606,6 +632,69 @@ impl LinkReader {
                 }
             }
         }
+    }
+}
+
+/// Growing bodies of the segments arriving here, remembered (weakly: they live as long as
+/// their link's reader, the core's entry or an upload holds them) so that a segment that
+/// comes whole on another link completes them: their uploads then go on from the whole copy
+/// instead of ending with an abort if the link they were arriving on fails.
+#[derive(Default)]
+pub struct Arriving {
+    bodies: std::collections::VecDeque<(Seq, std::sync::Weak<SegmentBody>)>,
+}
+
+/// Growing bodies remembered at once: the core tracks at most `MAX_IN_PROGRESS` (4) and
+/// each link has at most one segment arriving; the oldest are forgotten first (a forgotten
+/// one is only not completed early).
+pub const ARRIVING_REMEMBERED: usize = 32;
+
+impl Arriving {
+    /// A segment's manifest was checked on some link (`LinkEvent::Begun`).
+    pub fn begun(&mut self, seg: &Segment<SharedBody>) {
+        if seg.payload.growing.is_none() {
+            return;
+        }
+        self.bodies.retain(|(_, w)| w.strong_count() > 0);
+        if self.bodies.len() >= ARRIVING_REMEMBERED {
+            self.bodies.pop_front();
+        }
+        self.bodies
+            .push_back((seg.seq, Arc::downgrade(&seg.payload)));
+    }
+
+    /// `seg` is whole here, checked: the bodies of it still arriving elsewhere under the same
+    /// piece hashes are handed it. Returns how many were.
+    pub fn whole(&mut self, seg: &Segment<SharedBody>) -> usize {
+        let mut n = 0;
+        self.bodies.retain(|(seq, w)| {
+            if *seq != seg.seq {
+                return w.strong_count() > 0;
+            }
+            let Some(b) = w.upgrade() else {
+                return false;
+            };
+            // Another copy under other hashes (a source restarted on its key) is not this one.
+            if b.hashes != seg.payload.hashes {
+                return true;
+            }
+            if b.growing
+                .as_ref()
+                .is_some_and(|g| g.complete_with(&seg.payload))
+            {
+                n += 1;
+            }
+            false
+        });
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.bodies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bodies.is_empty()
     }
 }
 
@@ -1274,6 +1363,8 @@ mod tests {
                 None => {
                     assert!(matches!(relayed.last(), Some(LinkRead::Frame(..))));
                     assert_eq!(g.fill(), Fill::Pieces(6));
+                    // Whole: the upload goes on from the frame's copy, not a second one.
+                    assert_eq!(g.own_bytes(), 0);
                 }
             }
             // Downstream: the manifest, checked pieces, then the abort (or the segment).
@@ -1316,6 +1407,119 @@ mod tests {
             drop(tx);
             w.await.unwrap();
         }
+    }
+
+    /// A relay forwarding a segment as it arrives from A gets it whole from B meanwhile;
+    /// then A's link fails: the upload goes on from B's copy to the end, not aborted.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_segment_whole_from_another_link_keeps_its_upload_going_when_the_first_fails() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let data: Vec<u8> = (0..6 * PIECE_SIZE).map(|i| (i * 11 % 251) as u8).collect();
+        let seg = key.sign_segment(Seq(8), 0, 1, 0, data.clone());
+        let mut frame = Vec::new();
+        encode(&Message::Segment(seg.clone()), &mut frame).unwrap();
+        let body = &frame[FRAME_PREFIX_LEN..];
+        let mut up = record(BULK_BEGIN, body.len() as u32).to_vec();
+        // A sends the head and three pieces' worth of records, then its link ends.
+        for chunk in body.chunks(WRITE_CHUNK).take(3) {
+            up.extend_from_slice(&record(BULK_PIECE, chunk.len() as u32));
+            up.extend_from_slice(chunk);
+        }
+        let mut rd = &up[..];
+        let mut relay = LinkReader::default();
+        let (b, c) = (budget(), Counters::default());
+        let begun = match relay
+            .next_read(&mut rd, &|| MAX_FRAME_LEN, &v, &b, &c)
+            .await
+        {
+            Ok(LinkRead::Begun(s)) => s,
+            other => panic!("expected the manifest first, got {other:?}"),
+        };
+        let g = begun.payload.growing.clone().unwrap();
+        let mut arriving = Arriving::default();
+        arriving.begun(&begun);
+        let (a, mut down_rd) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (etx, mut erx) = mpsc::channel(16);
+        let w = tokio::spawn(writer(
+            LinkId(3),
+            a,
+            rx,
+            etx,
+            100_000_000,
+            Arc::new(Counters::default()),
+            (),
+        ));
+        tx.try_send(Message::Segment(begun)).unwrap();
+        let next = relay
+            .next_read(&mut rd, &|| MAX_FRAME_LEN, &v, &b, &c)
+            .await;
+        assert!(matches!(next, Ok(LinkRead::Pieces { .. })), "{next:?}");
+        // Another copy under other hashes (another source's signature) is not taken.
+        let other = ChannelKey::from_seed([2; 32]).sign_segment(Seq(8), 0, 1, 0, vec![1; 99]);
+        assert_eq!(arriving.whole(&other), 0);
+        // B's copy, whole and checked, reaches the actor.
+        assert_eq!(arriving.whole(&seg), 1);
+        assert!(arriving.is_empty(), "done with");
+        assert_eq!(g.own_bytes(), 0, "the arriving copy is freed");
+        let (_, end) = reads_until_end(&mut relay, &mut rd, &v).await;
+        assert!(matches!(end, Some(LinkError::Eof)), "{end:?}");
+        drop(relay);
+        assert_eq!(g.fill(), Fill::Pieces(6), "A's failure does not abort it");
+        let mut down = LinkReader::default();
+        let (got, end) = reads_until_end(&mut down, &mut down_rd, &v).await;
+        assert!(end.is_none(), "{end:?}");
+        match got.last() {
+            Some(LinkRead::Frame(m, _)) => assert_eq!(m, &Message::Segment(seg)),
+            other => panic!("expected the segment, got {other:?}"),
+        }
+        match erx.recv().await {
+            Some(LinkEvent::Sent { seq, aborted, .. }) => {
+                assert_eq!(seq, Seq(8));
+                assert!(!aborted);
+            }
+            other => panic!("expected Sent, got {other:?}"),
+        }
+        drop(tx);
+        w.await.unwrap();
+    }
+
+    /// A growing body nothing else holds (the core did not track the segment) is let go: its
+    /// pieces are not copied into it and no progress is reported.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_untracked_growing_body_is_not_kept() {
+        let key = ChannelKey::from_seed([1; 32]);
+        let v = Verifier::new(key.channel());
+        let seg = key.sign_segment(Seq(9), 0, 1, 0, vec![3; 6 * PIECE_SIZE]);
+        let mut frame = Vec::new();
+        encode(&Message::Segment(seg.clone()), &mut frame).unwrap();
+        let body = &frame[FRAME_PREFIX_LEN..];
+        let mut up = record(BULK_BEGIN, body.len() as u32).to_vec();
+        for chunk in body.chunks(WRITE_CHUNK) {
+            up.extend_from_slice(&record(BULK_PIECE, chunk.len() as u32));
+            up.extend_from_slice(chunk);
+        }
+        let mut rd = &up[..];
+        let mut relay = LinkReader::default();
+        let (b, c) = (budget(), Counters::default());
+        let begun = relay
+            .next_read(&mut rd, &|| MAX_FRAME_LEN, &v, &b, &c)
+            .await
+            .unwrap();
+        let LinkRead::Begun(s) = begun else {
+            panic!("expected the manifest first, got {begun:?}");
+        };
+        let g = Arc::downgrade(s.payload.growing.as_ref().unwrap());
+        drop(s);
+        let (got, end) = reads_until_end(&mut relay, &mut rd, &v).await;
+        assert!(end.is_none(), "{end:?}");
+        assert!(g.upgrade().is_none(), "the body went with its last holder");
+        assert!(
+            !got.iter().any(|r| matches!(r, LinkRead::Pieces { .. })),
+            "{got:?}"
+        );
+        assert!(matches!(got.last(), Some(LinkRead::Frame(..))));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -9,14 +9,21 @@
 //! an abort record. Only checked bytes ever enter it, so nothing unchecked is forwarded.
 //!
 //! Its bytes are bounded by the manifest's length, checked against `MAX_SEGMENT_BYTES`
-//! before the body is made, and allocated as pieces come.
+//! before the body is made, and allocated as pieces come. While the segment arrives they are
+//! the copy the node reserved in its store's budget for a segment in progress. Once the
+//! segment is whole here (on this link or another), the body is handed the whole segment
+//! the store keeps ([`GrowingBody::complete_with`]): it frees its own bytes, and the uploads
+//! still under way copy their pieces from the store's copy, so no second copy outlives the
+//! reservation. A body that is whole cannot be aborted: a failure of the link it came on
+//! after the segment came whole from another no longer ends its uploads.
 
 use super::manifest::{piece_count, piece_range};
+use super::wire::SegmentBody;
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// How far a growing body has come.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -30,6 +37,8 @@ pub enum Fill {
 #[derive(Default)]
 struct State {
     data: Vec<u8>,
+    /// The whole segment, once it is in: pieces are copied from it and `data` is freed.
+    whole: Option<Arc<SegmentBody>>,
     pieces: u32,
     aborted: bool,
     wakers: Vec<Waker>,
@@ -120,14 +129,45 @@ impl GrowingBody {
         }
     }
 
+    /// The segment is whole here: `whole` is the copy the store keeps, its media checked
+    /// against a manifest with the same piece hashes as this body's (the caller compares
+    /// them). Every piece is in from now on, read from `whole`; the body's own bytes are
+    /// freed. Not taken (false) if the body was aborted already or `whole` is not a whole
+    /// body of this length; taking it again is harmless.
+    pub fn complete_with(&self, whole: &Arc<SegmentBody>) -> bool {
+        if whole.growing.is_some() || whole.data.len() != self.len as usize {
+            return false;
+        }
+        let mut s = self.lock();
+        if s.aborted {
+            return false;
+        }
+        s.whole = Some(whole.clone());
+        s.data = Vec::new();
+        s.pieces = self.pieces;
+        for w in s.wakers.drain(..) {
+            w.wake();
+        }
+        true
+    }
+
+    /// Bytes the body holds of its own (none once it is handed the whole segment).
+    pub fn own_bytes(&self) -> usize {
+        self.lock().data.capacity()
+    }
+
     /// Piece `k` into `out` (replacing what it held), if it is in.
     pub fn copy_piece(&self, k: u32, out: &mut Vec<u8>) -> bool {
         let s = self.lock();
         if k >= s.pieces {
             return false;
         }
+        let r = piece_range(self.len, k as usize);
         out.clear();
-        out.extend_from_slice(&s.data[piece_range(self.len, k as usize)]);
+        match &s.whole {
+            Some(w) => out.extend_from_slice(&w.data[r]),
+            None => out.extend_from_slice(&s.data[r]),
+        }
         true
     }
 
@@ -189,6 +229,44 @@ mod tests {
         assert!(!w.push_piece(&[2; 10]), "past the last piece");
         w.abort();
         assert_eq!(w.fill(), Fill::Pieces(1));
+    }
+
+    #[test]
+    fn handed_the_whole_segment_it_frees_its_copy_serves_every_piece_and_cannot_abort() {
+        let len = 3 * PIECE_SIZE as u32 + 5;
+        let media: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let whole = Arc::new(SegmentBody {
+            hashes: Vec::new(),
+            signature: [[0; 32]; 2],
+            data: media.clone(),
+            growing: None,
+        });
+        let b = GrowingBody::new(len);
+        assert!(b.push_piece(&media[..PIECE_SIZE]));
+        assert!(b.own_bytes() >= len as usize);
+        let short = Arc::new(SegmentBody {
+            data: media[..PIECE_SIZE].to_vec(),
+            ..(*whole).clone()
+        });
+        assert!(!b.complete_with(&short), "not a whole body of this length");
+        assert!(b.complete_with(&whole));
+        assert_eq!(b.own_bytes(), 0, "its own copy is freed");
+        assert_eq!(b.fill(), Fill::Pieces(4));
+        let mut out = Vec::new();
+        assert!(b.copy_piece(3, &mut out));
+        assert_eq!(out, media[3 * PIECE_SIZE..]);
+        b.abort();
+        assert_eq!(
+            b.fill(),
+            Fill::Pieces(4),
+            "whole: its upstream failing changes nothing"
+        );
+        assert!(!b.push_piece(&media[PIECE_SIZE..2 * PIECE_SIZE]));
+        // An aborted body stays aborted: its uploads have ended already.
+        let a = GrowingBody::new(len);
+        a.abort();
+        assert!(!a.complete_with(&whole));
+        assert_eq!(a.fill(), Fill::Aborted);
     }
 
     #[tokio::test(flavor = "current_thread")]
