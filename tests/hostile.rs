@@ -6,6 +6,10 @@
 //! - Polluters: 3 of 16 peers alter every segment they upload (bytes changed under the signed
 //!   manifest, forged manifest signatures, manifests a piece hash short; valid framing). No altered byte is played anywhere (each peer's play log is
 //!   compared digest by digest with the source's segment log), and the polluters are banned.
+//! - Cut-through: a hostile partner sends a relay a good manifest and good first pieces, then
+//!   a bad piece, while the relay forwards the segment to a downstream that asked for it: the
+//!   sender is banned and closed, the downstream gets an abort record after checked bytes
+//!   only, the relay counts the aborted upload and plays on, every byte the source's.
 //! - Chaos: 32 peers, a fifth killed with SIGKILL at once; the survivors keep playing.
 //! - A source killed for 10 s and restarted with the same key: players stay connected and the
 //!   swarm plays again soon after it is back on air.
@@ -882,12 +886,15 @@ fn polluters_are_banned_and_not_one_altered_byte_is_played() {
     let mut banned: HashMap<String, usize> = HashMap::new();
     let mut worst: f64 = 1.0;
     let mut polluter_ids = Vec::new();
+    let (mut aborts_sent, mut aborts_received) = (0u64, 0u64);
     for (i, p) in peers.iter().enumerate() {
         let stats = read_json(&p.stats).expect("final stats");
         if polluting.contains(&i) {
             polluter_ids.push(stats["id"].as_str().unwrap().to_string());
             continue;
         }
+        aborts_sent += stat_u64(&stats["diag"], "aborts_sent");
+        aborts_received += stat_u64(&stats["diag"], "aborts_received");
         for id in stats["banned"].as_array().unwrap() {
             *banned.entry(id.as_str().unwrap().to_string()).or_default() += 1;
         }
@@ -907,7 +914,8 @@ fn polluters_are_banned_and_not_one_altered_byte_is_played() {
     eprintln!(
         "polluters: {played} segments played by {} honest peers, {altered_bytes} altered \
          bytes played; polluters banned by {caught:?} honest peers each; honest continuity \
-         min {worst:.3}",
+         min {worst:.3}; forwarded as they arrived and aborted at a bad piece: {aborts_sent} \
+         uploads, {aborts_received} received",
         PEERS - polluting.len()
     );
     assert!(played >= 13 * 15, "only {played} segments played");
@@ -1549,4 +1557,241 @@ fn a_partner_that_advertises_what_it_never_delivers_is_replaced() {
     assert!(requests >= 3, "the node asked the liar for segments");
     let at = dropped_at.expect("the liar is dropped");
     assert!(at <= CoreInstant::ZERO + refine.mul(2), "dropped at {at:?}");
+}
+
+// ----- a bad piece in a segment a relay forwards as it arrives -----
+
+/// What a downstream read of one segment transfer from a relay: the frame's bytes as they
+/// came, in order, and how it ended.
+#[derive(Debug, PartialEq)]
+enum TransferEnd {
+    Whole,
+    Aborted,
+    Broken(String),
+}
+
+/// Reads a link's records (control frames between them answered by nothing) until one segment
+/// transfer ends: its body's bytes and how it ended.
+fn read_transfer(s: &mut TcpStream, until: Instant) -> (Vec<u8>, TransferEnd) {
+    use coolstream::daemon::link::{BULK_ABORT, BULK_BEGIN, BULK_PIECE};
+    let mut body = Vec::new();
+    let mut want: Option<usize> = None;
+    while Instant::now() < until {
+        let mut prefix = [0u8; FRAME_PREFIX_LEN];
+        if let Err(e) = s.read_exact(&mut prefix) {
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut
+            {
+                continue;
+            }
+            return (body, TransferEnd::Broken(format!("{e}")));
+        }
+        let word = u32::from_be_bytes(prefix);
+        let kind = word & (BULK_BEGIN | BULK_PIECE);
+        if word == BULK_ABORT {
+            return (body, TransferEnd::Aborted);
+        }
+        let n = (word & !(BULK_BEGIN | BULK_PIECE)) as usize;
+        match kind {
+            0 => {
+                let mut b = vec![0u8; n.min(MAX_FRAME_LEN as usize)];
+                if s.read_exact(&mut b).is_err() {
+                    return (body, TransferEnd::Broken("control frame".into()));
+                }
+            }
+            k if k == BULK_BEGIN => want = Some(n),
+            k if k == BULK_PIECE => {
+                let mut b = vec![0u8; n];
+                if s.read_exact(&mut b).is_err() {
+                    return (body, TransferEnd::Broken("piece".into()));
+                }
+                body.extend_from_slice(&b);
+                if Some(body.len()) == want {
+                    return (body, TransferEnd::Whole);
+                }
+            }
+            _ => return (body, TransferEnd::Broken(format!("record {word:#x}"))),
+        }
+    }
+    (body, TransferEnd::Broken("timed out".into()))
+}
+
+/// Reads control frames until `f` picks one (segment records are not expected here).
+fn read_until<T>(
+    s: &mut TcpStream,
+    wait: Duration,
+    mut f: impl FnMut(&Control) -> Option<T>,
+) -> Option<T> {
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        match read_msg(s) {
+            Some(Message::Ctl(c)) => {
+                if let Some(v) = f(&c) {
+                    return Some(v);
+                }
+            }
+            Some(_) => {}
+            None => {}
+        }
+    }
+    None
+}
+
+/// A real relay gets a segment from a hostile partner that sends a good manifest and good
+/// first pieces, then a bad one. The relay forwards the checked pieces to a downstream that
+/// asked for the segment while it arrived; at the bad piece it bans and closes the sender,
+/// the downstream gets an abort record after checked bytes only, the relay counts the
+/// aborted upload, and it plays the segments after it from the source, every played byte
+/// the source's.
+#[test]
+fn a_bad_piece_mid_segment_aborts_the_relays_upload_and_the_relay_plays_on() {
+    use coolstream::daemon::keys::ChannelKey;
+    use coolstream::daemon::link::{BULK_BEGIN, BULK_PIECE, WRITE_CHUNK};
+    use coolstream::proto::manifest::PIECE_SIZE;
+    use coolstream::proto::Seq;
+    let _serial = serial();
+    let dir = tmpdir("cutthrough");
+    let (key_path, id) = keygen(&dir);
+    let key = ChannelKey::load(&key_path).unwrap();
+    let channel = key.channel();
+    let sp = free_port();
+    let mut source = start_source(&dir, &key_path, sp);
+    let mut relay = start_peer(&dir, &id, "relay", sp, &[]);
+    wait_for("the relay to play", Duration::from_secs(30), || {
+        (digests(&relay.play_log).len() >= 3).then_some(())
+    });
+    let partner = |pid: u64| {
+        let mut s = connect(relay.port).expect("the relay accepts");
+        s.write_all(&frame(&hello(channel, pid))).unwrap();
+        s.write_all(&frame(&Message::Ctl(Control::PartnerRequest {
+            partners: 0,
+        })))
+        .unwrap();
+        let newest = read_until(&mut s, Duration::from_secs(5), |c| match c {
+            Control::BufferMap { map, .. } => map.newest(),
+            _ => None,
+        })
+        .expect("a buffer map from the relay");
+        (s, newest)
+    };
+    let (mut down, _) = partner(0xD0);
+    let (mut bad, newest) = partner(0xBAD);
+    // A segment the source has not cut yet, validly signed (the hostile peer holds the key:
+    // the manifest is good, only a piece is not), advertised by the hostile peer alone.
+    let x = Seq(newest.0 + 2);
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let data = junk(8 * PIECE_SIZE, 77);
+    let seg = key.sign_segment(x, now_us + 2_000_000, 1_000_000, 0, data.clone());
+    let mut whole = Vec::new();
+    encode(&Message::Segment(seg), &mut whole).unwrap();
+    let good_body = whole[FRAME_PREFIX_LEN..].to_vec();
+    let head = good_body.len() - data.len();
+    let mut sent_body = good_body.clone();
+    sent_body[head + 5 * PIECE_SIZE + 10] ^= 1;
+    let mut map = BufferMap::empty(x);
+    map.set(x);
+    bad.write_all(&frame(&Message::Ctl(Control::BufferMap {
+        map,
+        backlog_ms: 0,
+        playing: None,
+        spare: 0,
+    })))
+    .unwrap();
+    read_until(&mut bad, Duration::from_secs(8), |c| match c {
+        Control::Request { seq, .. } if *seq == x => Some(()),
+        _ => None,
+    })
+    .expect("the relay asks the hostile peer for the segment only it has");
+    // The manifest and the first four pieces, then a pause.
+    let records: Vec<&[u8]> = sent_body.chunks(WRITE_CHUNK).collect();
+    assert_eq!(WRITE_CHUNK, PIECE_SIZE);
+    let mut out = (BULK_BEGIN | sent_body.len() as u32).to_be_bytes().to_vec();
+    for r in &records[..5] {
+        out.extend_from_slice(&(BULK_PIECE | r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    bad.write_all(&out).unwrap();
+    // The relay tells its partners it holds it at its first checked piece; the downstream
+    // asks for it and gets the head and the checked pieces.
+    read_until(&mut down, Duration::from_secs(5), |c| match c {
+        Control::Have { seq, .. } if *seq == x => Some(()),
+        Control::BufferMap { map, .. } if map.has(x) => Some(()),
+        _ => None,
+    })
+    .expect("the relay announces the segment while it arrives");
+    let r = Control::Request {
+        seq: x,
+        deadline_ms: 10_000,
+    };
+    down.write_all(&frame(&Message::Ctl(r))).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // The bad piece (and the rest).
+    let mut out = Vec::new();
+    for r in &records[5..] {
+        out.extend_from_slice(&(BULK_PIECE | r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    let _ = bad.write_all(&out);
+    let (got, end) = read_transfer(&mut down, Instant::now() + Duration::from_secs(10));
+    assert_eq!(end, TransferEnd::Aborted, "after {} bytes", got.len());
+    assert!(
+        got.len() > head + PIECE_SIZE,
+        "checked pieces were forwarded before the bad one: {} bytes",
+        got.len()
+    );
+    assert!(
+        got.len() <= head + 5 * PIECE_SIZE,
+        "nothing from the bad piece on: {} bytes",
+        got.len()
+    );
+    assert_eq!(got[..], good_body[..got.len()], "only checked bytes");
+    assert!(
+        closed_within(&bad, Duration::from_secs(3)).is_some(),
+        "the relay closes the polluter's link"
+    );
+    // The relay plays on, the segment included, from the source.
+    let played_past = wait_for("the relay to play past it", Duration::from_secs(20), || {
+        let d = digests(&relay.play_log);
+        d.contains_key(&(x.0 + 3)).then_some(d)
+    });
+    drop(down);
+    relay.proc.stop();
+    source.stop();
+    let stats = read_json(&relay.stats).expect("final stats");
+    let source_log = digests(&dir.join("segments.log"));
+    let altered = played_past
+        .iter()
+        .filter(|(seq, d)| source_log.get(seq) != Some(d))
+        .count();
+    eprintln!(
+        "cut-through abort: downstream got {} of {} bytes then the abort; relay: aborts_sent {}, \
+         uploads_partial {}, banned {}, played {} segments ({} not the source's), {} played",
+        got.len(),
+        good_body.len(),
+        stat_u64(&stats["diag"], "aborts_sent"),
+        stat_u64(&stats["diag"], "uploads_partial"),
+        stats["banned"],
+        played_past.len(),
+        altered,
+        if played_past.contains_key(&x.0) {
+            "it was"
+        } else {
+            "it was not"
+        },
+    );
+    assert_eq!(altered, 0, "every played byte is the source's");
+    // Not asserted: the segment itself is not played. The relay told its partners it held it
+    // at its first piece, so the source does not announce it to the relay when it cuts it
+    // (its map of the relay has it), and the relay learns of the source's copy too late.
+    assert!(
+        played_past.keys().filter(|&&s| s > x.0).count() >= 3,
+        "the relay plays on after the segment"
+    );
+    assert_eq!(stat_u64(&stats["diag"], "aborts_sent"), 1);
+    assert_eq!(stat_u64(&stats["diag"], "uploads_partial"), 1);
+    assert_eq!(stats["banned"].as_array().map(|a| a.len()), Some(1));
+    common::remove_tmpdir(&dir);
 }

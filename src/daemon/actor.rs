@@ -1065,9 +1065,10 @@ async fn sleep_opt(t: Option<tokio::time::Instant>) {
 }
 
 /// The test hook behind [`super::NodeOptions::pollute`]: a segment as a polluter would send
-/// it, with valid framing: by `seq % 3`, bytes altered in some pieces under the signed
-/// manifest (bad pieces), the right bytes under a forged signature (a bad manifest), or a
-/// manifest one piece hash short (out of bounds).
+/// it, with valid framing: by `seq % 3`, bytes altered in the second half of its pieces under
+/// the signed manifest (bad pieces after good ones: a relay forwarding it as it arrives has
+/// sent the first half on when the bad one comes), the right bytes under a forged signature
+/// (a bad manifest), or a manifest one piece hash short (out of bounds).
 fn polluted(msg: crate::proto::Message<SharedBody>) -> crate::proto::Message<SharedBody> {
     use crate::proto::wire::SegmentBody;
     use crate::proto::Message;
@@ -1076,7 +1077,9 @@ fn polluted(msg: crate::proto::Message<SharedBody>) -> crate::proto::Message<Sha
             let mut body = SegmentBody::clone(&seg.payload);
             match seg.seq.0 % 3 {
                 0 => {
-                    for b in body.data.iter_mut().skip(188).step_by(997) {
+                    let pieces = crate::proto::manifest::piece_count(body.data.len() as u32);
+                    let from = pieces / 2 * crate::proto::manifest::PIECE_SIZE;
+                    for b in body.data.iter_mut().skip(from + 188).step_by(997) {
                         *b ^= 0x5a;
                     }
                 }
