@@ -45,7 +45,9 @@ use super::buffer_map::BufferMap;
 use super::config::Config;
 use super::membership::MCache;
 use super::partners::Partner;
-use super::reach::{dialable, Introducer, ReachState, ReachStats, ReachStatus, ReachVia};
+use super::reach::{
+    dialable, hand_out_rank, Introducer, ReachState, ReachStats, ReachStatus, ReachVia,
+};
 use super::rng::Rng;
 use super::scheduler::{self, Pick, Supplier, Want};
 use super::seq::Seq;
@@ -925,10 +927,8 @@ impl<P: Payload> Node<P> {
                 external,
                 v6,
                 via,
-            } => self.reach.on_driver(reachable, external, v6, via),
-            Input::DialBackProof { nonce } => {
-                self.reach.on_proof(nonce);
-            }
+            } => self.on_reachability(reachable, external, v6, via),
+            Input::DialBackProof { nonce } => self.on_dial_back_proof(nonce),
             Input::DialBackDone { nonce, connected } => self.on_dial_back_done(nonce, connected),
         }
         self.finish();
@@ -1091,6 +1091,14 @@ impl<P: Payload> Node<P> {
                     // First: its answer comes before the redirect that may end the link.
                     self.ask_dial_back(i);
                     self.send(i, Control::Join);
+                    // The join tells our listen port, reach unknown: say at once what a
+                    // mapping or the driver already told us (under a newer sequence number
+                    // than the record the join makes).
+                    if self.dialable_now() {
+                        self.member_seq = self.member_seq.wrapping_add(1);
+                        let rec = self.own_record();
+                        self.send(i, Control::Members(vec![rec]));
+                    }
                     self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::REDIRECT | awaiting::PARTNER;
                 }
@@ -1503,8 +1511,10 @@ impl<P: Payload> Node<P> {
     /// not learned.
     fn learn_all(&mut self, i: usize, entries: &[MemberEntry]) {
         let sender = self.links[i].peer;
+        let mut fresh = None;
         for e in entries {
             let mut e = *e;
+            let mut own = false;
             if let Some(p) = sender {
                 if p.id == e.id {
                     // The IP the link comes from, the port the member advertises (its
@@ -1513,6 +1523,7 @@ impl<P: Payload> Node<P> {
                     e.addr = p
                         .listen
                         .with_port(if port == 0 { p.listen.port() } else { port });
+                    own = true;
                 }
             }
             if self.bans.id_banned(e.id, self.now) || self.bans.addr_banned(e.addr, self.now) {
@@ -1522,7 +1533,20 @@ impl<P: Payload> Node<P> {
             if !self.links[i].learned.take(self.now, limit, period) {
                 break;
             }
-            self.mcache.learn_via(e, self.now, sender.map(|p| p.id));
+            // A member's own record that says, for the first time, where it can be dialled:
+            // passed on to our young partners (`pass_fresh`).
+            let news = own
+                && hand_out_rank(&e) <= 1
+                && self
+                    .mcache
+                    .get(e.id)
+                    .is_none_or(|o| o.reach != e.reach || o.addr != e.addr || o.v6 != e.v6);
+            if self.mcache.learn_via(e, self.now, sender.map(|p| p.id)) && news {
+                fresh = Some(e);
+            }
+        }
+        if let Some(e) = fresh {
+            self.pass_fresh(e);
         }
     }
 
