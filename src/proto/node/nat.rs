@@ -252,10 +252,11 @@ impl<P: Payload> Node<P> {
     }
 
     /// A record that has just become dialable goes at once to the partners that joined
-    /// lately (within [`FRESH_PASS_WITHIN`], at most `FRESH_PER_LINK` records each): they
-    /// are looking for partners, and the next gossip round would reach two of them in up to
-    /// ten seconds. Not to the member itself, nor to a partner behind the same router (the
-    /// same IP, no IPv6 on the record): it could not dial it.
+    /// through us lately (within [`FRESH_PASS_WITHIN`]) and are owed records (their redirect
+    /// was short of dialable ones: `Introducer::owe_fresh`): they are looking for partners,
+    /// and the next gossip round would reach two of them in up to ten seconds. Not to the
+    /// member itself, nor to a partner behind the same router (the same IP, no IPv6 on the
+    /// record): it could not dial it.
     pub(super) fn pass_fresh(&mut self, rec: MemberEntry) {
         let now = self.now;
         for j in 0..self.links.len() {
@@ -382,7 +383,7 @@ mod tests {
         Control, Hello, MemberEntry, Message, PeerAddr, PeerId, Reach, Role, SimPayload, MAGIC,
         VERSION,
     };
-    use crate::proto::{ChannelId, Config, Input, Instant, LinkId, Node, Output};
+    use crate::proto::{ChannelId, Command, Config, Input, Instant, LinkId, Node, Output};
 
     fn node() -> Node<SimPayload> {
         let mut cfg = Config::new(ChannelId([1; 32]), Role::Peer, 96_000);
@@ -532,6 +533,58 @@ mod tests {
         assert!(m[0].seq >= 1, "newer than the record the join made");
         // The same mapping renewed: nothing new to say.
         assert!(map(&mut n).is_empty());
+    }
+
+    /// A box whose router mapped its port before it joined (`run` keeps one mapping across
+    /// zaps): its join flight carries its record, newer than the one the join makes.
+    #[test]
+    fn a_join_says_the_mapped_address_in_its_first_flight() {
+        let mut n = node();
+        n.handle_input(
+            Instant::ZERO,
+            Input::Reachability {
+                reachable: Some(true),
+                external: Some(PeerAddr::V4([203, 0, 113, 50], 45_049)),
+                v6: None,
+                via: ReachVia::PortMapping,
+            },
+        );
+        let origin = PeerAddr::V4([198, 51, 100, 1], 7000);
+        n.command(
+            Instant::ZERO,
+            Command::Join {
+                bootstrap: vec![origin],
+            },
+        )
+        .unwrap();
+        outputs(&mut n);
+        n.handle_input(
+            Instant::ZERO,
+            Input::LinkUp {
+                link: LinkId(1),
+                remote: origin,
+                outbound: true,
+            },
+        );
+        let said: Vec<Control> = outputs(&mut n)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    msg: Message::Ctl(c),
+                    ..
+                } => Some(c),
+                _ => None,
+            })
+            .collect();
+        let join = said.iter().position(|c| matches!(c, Control::Join));
+        let rec = said.iter().position(|c| {
+            matches!(c, Control::Members(m) if m.len() == 1 && m[0].id == PeerId(1)
+                && m[0].addr.port() == 45_049 && m[0].reach == Reach::Reachable && m[0].seq >= 1)
+        });
+        assert!(
+            matches!((join, rec), (Some(j), Some(r)) if j < r),
+            "{said:?}"
+        );
     }
 
     /// A box behind a home router: a member at the router's own IP is behind it too, and the
