@@ -185,7 +185,8 @@ fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
         sum += s.continuity_mean;
     }
     let mean = sum / 6.0;
-    assert!(mean >= 0.998, "continuity mean over seeds 1-6 {mean:.4}");
+    // 0.9978 since the origin passes joiners short of dialable records the next ones.
+    assert!(mean >= 0.997, "continuity mean over seeds 1-6 {mean:.4}");
 }
 
 /// The same swarm with 60 % of the peers behind NATs nobody can dial (the simulator's
@@ -219,7 +220,10 @@ fn swarms_behind_nats() {
     eprintln!("{figures}");
     assert!(s.continuity_mean >= 0.955, "{figures}");
     assert!(s.continuity_p5 >= 0.87, "{figures}");
-    assert!(s.startup_p50_s <= 3.4, "{figures}");
+    // 3.74 s since the origin passes joiners whose redirect was short of dialable records
+    // the records that become dialable next (continuity 0.962 -> 0.974, p5 0.889 -> 0.913):
+    // more of their first partners are newcomers that hold little yet.
+    assert!(s.startup_p50_s <= 3.85, "{figures}");
     assert!((0.35..=0.55).contains(&s.reachable_fraction), "{figures}");
     assert!(s.reach_known_fraction >= 0.97, "{figures}");
     assert!(s.punches > 1000 && s.punch_success >= 0.33, "{figures}");

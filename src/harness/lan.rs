@@ -279,12 +279,12 @@ mod tests {
 
     /// Peers that join together: two behind NATs first, then two that can be dialled. The
     /// origin knows the latter can be dialled once its dial-backs to them are done, after
-    /// the first two got their (empty) redirects: it passes their records to its young
-    /// partners at once, and the undialable ones dial them within a second, where the next
-    /// gossip round (up to 10 s, to two partners of the origin's) left them with the source
-    /// alone.
+    /// the first two got their (empty) redirects: it passes their records to the joiners it
+    /// owes records at once, and the undialable ones are partnered with them 1.1 s after the
+    /// last joined, where the next gossip round (up to 10 s, to two partners of the
+    /// origin's) left them with the source alone.
     #[test]
-    fn peers_joining_together_learn_the_dialable_ones_within_a_second() {
+    fn peers_joining_together_pair_with_the_dialable_ones_at_once() {
         let mut lan = Lan::new(&[true, true, false, false], false);
         // The last joins at 0.4 s; its dial-back is done a few round trips later.
         lan.run_until(Instant::ZERO + Duration::from_millis(1500));

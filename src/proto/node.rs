@@ -55,8 +55,8 @@ use super::store::{Inserted, Store};
 use super::time::{Duration, Instant};
 use super::timer::{Timer, TimerTable};
 use super::wire::{
-    wire_len, ByeReason, Control, Hello, MemberEntry, Message, Payload, PeerAddr, PeerId, Reach,
-    Role, Segment, MAGIC, MAX_ENTRIES_PER_MESSAGE, VERSION,
+    ByeReason, Control, Hello, MemberEntry, Message, Payload, PeerAddr, PeerId, Reach, Role,
+    Segment, MAGIC, MAX_ENTRIES_PER_MESSAGE, VERSION,
 };
 use std::collections::VecDeque;
 
@@ -342,11 +342,6 @@ const REJOIN_BACKOFF: Duration = Duration::from_secs(10);
 /// small, the deputy's answer fills the mCache). 4 rather than 6: the source's upload
 /// ratio at 1,000 churn peers 2.00 -> 1.985, startup and continuity unchanged.
 const REDIRECT_SAMPLE: usize = 4;
-/// The source's seeding budget saves up at most what this many segments add to it: what
-/// copies nobody asked for left unspent pays for a later burst of control frames (a crowd
-/// joining) instead of second copies. Earned before it is spent: the total never passes
-/// `source_max_copies` times what was ingested.
-const SEED_CREDIT_SEGMENTS: u64 = 30;
 /// Membership records in a partner rejection.
 const REJECT_SAMPLE: usize = 4;
 /// A starting peer re-picks its first segment if it has not arrived by then.
@@ -497,19 +492,6 @@ pub struct Node<P> {
     /// `schedule_due` clears it.
     quiet: Option<QuietMark>,
     last_segment_bytes: u64,
-    /// Source only: the bytes it may still send. It earns `source_max_copies` times the
-    /// stream's rate (each segment's media bytes over its duration) for the time that passed
-    /// since the segment before was ingested: by the clock, not per segment, as an input
-    /// read ahead of time (the pre-roll, a file read in a burst) would otherwise earn copies
-    /// of what has not been played yet. Everything sent (segment copies with their
-    /// framing, and every control frame) takes its bytes off; a copy beyond a segment's
-    /// first is not sent while it would not be covered (`seeded_enough`). So the source's
-    /// whole upload stays within `source_max_copies` times the stream rate, control
-    /// included (while control alone stays under one stream rate). Capped
-    /// ([`Node::seed_credit_cap`]).
-    seed_credit: i64,
-    /// When the last segment was ingested (the seeding budget earns from then on).
-    seed_earned_at: Option<Instant>,
     timers: TimerTable,
     out: VecDeque<Output<P>>,
     stats: NodeStats,
@@ -556,8 +538,6 @@ impl<P: Payload> Node<P> {
             copies: vec![(Seq(u32::MAX), 0, 0); window as usize],
             last_segment_bytes: (cfg.stream_bytes_per_s as f64 * cfg.segment_duration.as_secs_f64())
                 as u64,
-            seed_credit: 0,
-            seed_earned_at: None,
             id,
             rng,
             now,
@@ -1003,13 +983,12 @@ impl<P: Payload> Node<P> {
     }
 
     fn send(&mut self, i: usize, c: Control) {
-        let msg = Message::Ctl(c);
-        if self.cfg.role == Role::Source {
-            self.seed_credit -= wire_len(&msg) as i64;
-        }
         let l = &mut self.links[i];
         l.last_sent = self.now;
-        self.out.push_back(Output::Send { link: l.id, msg });
+        self.out.push_back(Output::Send {
+            link: l.id,
+            msg: Message::Ctl(c),
+        });
     }
 
     fn hello(&self) -> Hello {
@@ -1819,32 +1798,13 @@ impl<P: Payload> Node<P> {
         }
     }
 
-    /// Source only: `seq` has been seeded enough: it had its copies (`copies_enough`), or
-    /// it had one and the seeding budget ([`Node::seed_credit`]) does not cover another. The
-    /// first copy goes out whatever the budget: a segment must enter the swarm, and a crowd
-    /// of joiners whose hellos and redirects alone cost the source a stream rate must not
-    /// silence it.
-    fn seeded_enough(&self, seq: Seq) -> bool {
-        let bytes = self
-            .store
-            .get(seq)
-            .map_or(self.last_segment_bytes, |s| s.payload.len() as u64);
-        self.copies_enough(seq) || (self.copies_of(seq) >= 1 && self.seed_credit < bytes as i64)
-    }
-
-    /// The most the seeding budget holds: what [`SEED_CREDIT_SEGMENTS`] segments add to it.
-    fn seed_credit_cap(&self) -> i64 {
-        let copies = self.cfg.source_max_copies.max(1) as u64;
-        (copies * SEED_CREDIT_SEGMENTS * self.last_segment_bytes).min(i64::MAX as u64) as i64
-    }
-
-    /// Source only: `seq` has had its copies. At least `source_max_copies` copies, and
+    /// Source only: `seq` has been seeded enough. At least `source_max_copies` copies, and
     /// peers that got them can relay that many stream rates between them: two copies to
     /// half-rate uplinks pass a segment on no faster than one full-rate peer would, and a
     /// swarm whose source partners are all slow peers starved on two of them (64 real
     /// peers, class-ordered arrivals: continuity 0.54). The copies stay bounded: at most
     /// four times `source_max_copies`.
-    fn copies_enough(&self, seq: Seq) -> bool {
+    fn seeded_enough(&self, seq: Seq) -> bool {
         let (s, n, relay) = self.copies[seq.0 as usize % self.copies.len()];
         if s != seq {
             return false;
@@ -2139,11 +2099,10 @@ impl<P: Payload> Node<P> {
             let done = self.now
                 + Duration::for_bytes(seg.payload.len() as u64, self.cfg.upload_bytes_per_s);
             self.active_uploads.push((u.link, u.seq, done));
-            let msg = Message::Segment(seg);
-            if self.cfg.role == Role::Source {
-                self.seed_credit -= wire_len(&msg) as i64;
-            }
-            self.out.push_back(Output::Send { link: u.link, msg });
+            self.out.push_back(Output::Send {
+                link: u.link,
+                msg: Message::Segment(seg),
+            });
         }
     }
 
@@ -2271,17 +2230,6 @@ impl<P: Payload> Node<P> {
         }
         let seq = seg.seq;
         self.last_segment_bytes = seg.payload.len() as u64;
-        // Earned for the time since the last ingest (the first: its own duration), at this
-        // segment's rate.
-        let dur = (seg.duration_us as u64).max(1);
-        let elapsed = self
-            .seed_earned_at
-            .map_or(dur, |t| self.now.saturating_since(t).as_micros())
-            .min(dur * SEED_CREDIT_SEGMENTS);
-        self.seed_earned_at = Some(self.now);
-        let bytes = self.cfg.source_max_copies as u64 * seg.payload.len() as u64;
-        let add = (bytes as u128 * elapsed as u128 / dur as u128).min(i64::MAX as u128) as i64;
-        self.seed_credit = (self.seed_credit + add).min(self.seed_credit_cap());
         if self.store.insert(seg) == Inserted::New {
             self.push_to_children(seq);
             self.announce(seq, None);
@@ -3905,122 +3853,6 @@ mod tests {
         assert!(!accepted(&said) && closed.is_empty(), "{said:?}");
     }
 
-    /// Everything the source sends comes off its seeding budget, control frames included:
-    /// partners asking for every segment get at most `source_max_copies` stream rates out
-    /// of it, all frames counted.
-    #[test]
-    fn the_source_upload_stays_within_its_copies_control_included() {
-        let mut o = Origin::new();
-        let (a, said, _) = o.ask(1);
-        assert!(accepted(&said));
-        let (b, said, _) = o.ask(1);
-        assert!(accepted(&said));
-        let mut sent_bytes = 0u64;
-        let mut copies = 0u64;
-        let mut ingested = 0u64;
-        const SEGMENTS: u32 = 40;
-        for k in 0..SEGMENTS {
-            let seq = Seq(100 + k);
-            let seg = Segment {
-                seq,
-                origin_us: 0,
-                duration_us: 1_000_000,
-                flags: 0,
-                payload: SimPayload {
-                    len: 12_000,
-                    hops: 0,
-                },
-            };
-            ingested += seg.payload.len as u64;
-            o.now += Duration::from_secs(1);
-            let now = o.now;
-            o.node.handle_input(now, Input::Ingest(seg));
-            for link in [a, b] {
-                let msg = Message::Ctl(Control::Request {
-                    seq,
-                    deadline_ms: 3000,
-                });
-                o.node.handle_input(now, Input::Received { link, msg });
-            }
-            o.node.handle_timeout(now);
-            // Each copy is sent as soon as the driver says the last is out.
-            let mut more = true;
-            while more {
-                more = false;
-                while let Some(out) = o.node.poll_output() {
-                    if let Output::Send { link, msg } = out {
-                        sent_bytes += wire_len(&msg) as u64;
-                        if matches!(msg, Message::Segment(_)) {
-                            copies += 1;
-                            o.node.handle_input(now, Input::Sent { link });
-                            more = true;
-                        }
-                    }
-                }
-            }
-        }
-        let ratio = sent_bytes as f64 / ingested as f64;
-        let per_segment = copies as f64 / SEGMENTS as f64;
-        // Measured: 1.975 copies a segment, 1.993x its media bytes (framing and control
-        // included); without the budget 2.000 copies and 2.018x.
-        assert!(
-            ratio <= 2.0,
-            "{ratio:.3}x, {per_segment:.3} copies a segment"
-        );
-        assert!(
-            per_segment >= 1.96,
-            "{ratio:.3}x, {per_segment:.3} copies a segment"
-        );
-    }
-
-    /// Segments read ahead of time (a pre-roll, a burst of input) earn no second copies:
-    /// the budget is earned by the clock.
-    #[test]
-    fn the_source_budget_is_earned_by_the_clock_not_per_segment() {
-        let mut o = Origin::new();
-        let (a, _, _) = o.ask(1);
-        let (b, _, _) = o.ask(1);
-        o.now += Duration::from_secs(1);
-        let now = o.now;
-        for k in 0..4 {
-            let seg = Segment {
-                seq: Seq(100 + k),
-                origin_us: 0,
-                duration_us: 1_000_000,
-                flags: 0,
-                payload: SimPayload {
-                    len: 12_000,
-                    hops: 0,
-                },
-            };
-            o.node.handle_input(now, Input::Ingest(seg));
-        }
-        // The two freshest (the source serves its fresh window only), from both partners.
-        let mut copies = 0;
-        for k in 2..4 {
-            for link in [a, b] {
-                let msg = Message::Ctl(Control::Request {
-                    seq: Seq(100 + k),
-                    deadline_ms: 3000,
-                });
-                o.node.handle_input(now, Input::Received { link, msg });
-                while let Some(out) = o.node.poll_output() {
-                    if let Output::Send {
-                        link,
-                        msg: Message::Segment(_),
-                    } = out
-                    {
-                        copies += 1;
-                        o.node.handle_input(now, Input::Sent { link });
-                    }
-                }
-            }
-        }
-        // One second's worth of budget: the first copy of each (those always go), no second
-        // (counted per segment, four segments paid for both copies of each).
-        assert_eq!(copies, 2);
-    }
-
     #[test]
     fn the_source_seeds_slow_peers_with_more_copies_than_fast_ones() {
         let mut cfg = Config::new(ChannelId([7; 32]), Role::Source, STREAM);
@@ -4030,34 +3862,34 @@ mod tests {
         // Two copies to half-rate peers relay one stream rate between them: not enough.
         node.note_copy(seq, STREAM / 2);
         node.note_copy(seq, STREAM / 2);
-        assert!(!node.copies_enough(seq));
+        assert!(!node.seeded_enough(seq));
         node.note_copy(seq, STREAM / 2);
         node.note_copy(seq, STREAM / 2);
-        assert!(node.copies_enough(seq));
+        assert!(node.seeded_enough(seq));
         // Two copies to full-rate peers are enough; one to a very fast peer is not (two
         // holders at least, should one leave).
         let other = Seq(6);
         node.note_copy(other, 8 * STREAM);
-        assert!(!node.copies_enough(other));
+        assert!(!node.seeded_enough(other));
         node.note_copy(other, STREAM);
-        assert!(node.copies_enough(other));
+        assert!(node.seeded_enough(other));
         // The bound: at most four times source_max_copies, however slow the peers.
         let slow = Seq(7);
         for _ in 0..8 {
-            assert!(!node.copies_enough(slow));
+            assert!(!node.seeded_enough(slow));
             node.note_copy(slow, 1);
         }
-        assert!(node.copies_enough(slow));
+        assert!(node.seeded_enough(slow));
         // A copy cut short is taken back.
         let cut = Seq(8);
         node.note_copy(cut, STREAM);
         node.note_copy(cut, STREAM);
-        assert!(node.copies_enough(cut));
+        assert!(node.seeded_enough(cut));
         node.forget_copy(cut, STREAM);
-        assert!(!node.copies_enough(cut));
+        assert!(!node.seeded_enough(cut));
         // A slot reused by a later segment starts again.
         let later = Seq(5 + node.copies.len() as u32);
-        assert!(!node.copies_enough(later));
+        assert!(!node.seeded_enough(later));
     }
 
     /// Link 1, to 10.0.0.1, an established partnership with `partner`'s state.
