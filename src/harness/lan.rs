@@ -284,6 +284,28 @@ mod tests {
             .any(|(_, a)| *a == lan.addrs[2] || *a == lan.addrs[3]));
     }
 
+    /// Peers that join together: two behind NATs first, then two that can be dialled. The
+    /// origin knows the latter can be dialled once its dial-backs to them are done, after
+    /// the first two got their (empty) redirects: it passes their records to the joiners it
+    /// owes records at once, and the undialable ones are partnered with them 1.1 s after the
+    /// last joined, where the next gossip round (up to 10 s, to two partners of the
+    /// origin's) left them with the source alone.
+    #[test]
+    fn peers_joining_together_pair_with_the_dialable_ones_at_once() {
+        let mut lan = Lan::new(&[true, true, false, false], false);
+        // The last joins at 0.4 s; its dial-back is done a few round trips later.
+        lan.run_until(Instant::ZERO + Duration::from_millis(1500));
+        for k in [1, 2] {
+            for d in [3, 4] {
+                assert!(
+                    lan.partnered(k, d),
+                    "undialable peer {k} not partnered with dialable peer {d} at 1.5 s (partners {:?})",
+                    lan.nodes[k].stats().partners
+                );
+            }
+        }
+    }
+
     #[test]
     fn without_hole_punching_two_undialable_peers_never_meet() {
         let mut lan = Lan::new(&[false, true, true], false);

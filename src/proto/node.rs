@@ -46,7 +46,9 @@ use super::config::Config;
 use super::inflight::{Begun, InFlight, InProgress};
 use super::membership::MCache;
 use super::partners::Partner;
-use super::reach::{dialable, Introducer, ReachState, ReachStats, ReachStatus, ReachVia};
+use super::reach::{
+    dialable, hand_out_rank, Introducer, ReachState, ReachStats, ReachStatus, ReachVia,
+};
 use super::rng::Rng;
 use super::scheduler::{self, Pick, Supplier, Want};
 use super::seq::Seq;
@@ -1021,10 +1023,8 @@ impl<P: Payload> Node<P> {
                 external,
                 v6,
                 via,
-            } => self.reach.on_driver(reachable, external, v6, via),
-            Input::DialBackProof { nonce } => {
-                self.reach.on_proof(nonce);
-            }
+            } => self.on_reachability(reachable, external, v6, via),
+            Input::DialBackProof { nonce } => self.on_dial_back_proof(nonce),
             Input::DialBackDone { nonce, connected } => self.on_dial_back_done(nonce, connected),
         }
         self.finish();
@@ -1187,6 +1187,14 @@ impl<P: Payload> Node<P> {
                     // First: its answer comes before the redirect that may end the link.
                     self.ask_dial_back(i);
                     self.send(i, Control::Join);
+                    // The join tells our listen port, reach unknown: say at once what a
+                    // mapping or the driver already told us (under a newer sequence number
+                    // than the record the join makes).
+                    if self.dialable_now() {
+                        self.member_seq = self.member_seq.wrapping_add(1);
+                        let rec = self.own_record();
+                        self.send(i, Control::Members(vec![rec]));
+                    }
                     self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::REDIRECT | awaiting::PARTNER;
                 }
@@ -1608,8 +1616,10 @@ impl<P: Payload> Node<P> {
     /// not learned.
     fn learn_all(&mut self, i: usize, entries: &[MemberEntry]) {
         let sender = self.links[i].peer;
+        let mut fresh = None;
         for e in entries {
             let mut e = *e;
+            let mut own = false;
             if let Some(p) = sender {
                 if p.id == e.id {
                     // The IP the link comes from, the port the member advertises (its
@@ -1618,6 +1628,7 @@ impl<P: Payload> Node<P> {
                     e.addr = p
                         .listen
                         .with_port(if port == 0 { p.listen.port() } else { port });
+                    own = true;
                 }
             }
             if self.bans.id_banned(e.id, self.now) || self.bans.addr_banned(e.addr, self.now) {
@@ -1627,7 +1638,20 @@ impl<P: Payload> Node<P> {
             if !self.links[i].learned.take(self.now, limit, period) {
                 break;
             }
-            self.mcache.learn_via(e, self.now, sender.map(|p| p.id));
+            // A member's own record that says, for the first time, where it can be dialled:
+            // passed on to our young partners (`pass_fresh`).
+            let news = own
+                && hand_out_rank(&e) <= 1
+                && self
+                    .mcache
+                    .get(e.id)
+                    .is_none_or(|o| o.reach != e.reach || o.addr != e.addr || o.v6 != e.v6);
+            if self.mcache.learn_via(e, self.now, sender.map(|p| p.id)) && news {
+                fresh = Some(e);
+            }
+        }
+        if let Some(e) = fresh {
+            self.pass_fresh(e);
         }
     }
 
@@ -1708,6 +1732,12 @@ impl<P: Payload> Node<P> {
             rec.v6 = old.v6;
         }
         self.learn_joiner(rec);
+        // Records that become dialable soon make up what the redirect lacks (peers joining
+        // together: theirs are held until their dial-backs are done).
+        let dialable_given = members.iter().filter(|e| hand_out_rank(e) <= 1).count();
+        let owed = REDIRECT_SAMPLE.saturating_sub(dialable_given) as u8;
+        let link = self.links[i].id;
+        self.introducer.owe_fresh(link, owed);
         self.send(i, Control::Redirect { deputy, members });
     }
 
