@@ -46,9 +46,7 @@ use super::config::Config;
 use super::inflight::{Begun, InFlight, InProgress};
 use super::membership::MCache;
 use super::partners::Partner;
-use super::reach::{
-    dialable, hand_out_rank, Introducer, ReachState, ReachStats, ReachStatus, ReachVia,
-};
+use super::reach::{dialable, Introducer, ReachState, ReachStats, ReachStatus, ReachVia};
 use super::rng::Rng;
 use super::scheduler::{self, Pick, Supplier, Want};
 use super::seq::Seq;
@@ -1616,10 +1614,8 @@ impl<P: Payload> Node<P> {
     /// not learned.
     fn learn_all(&mut self, i: usize, entries: &[MemberEntry]) {
         let sender = self.links[i].peer;
-        let mut fresh = None;
         for e in entries {
             let mut e = *e;
-            let mut own = false;
             if let Some(p) = sender {
                 if p.id == e.id {
                     // The IP the link comes from, the port the member advertises (its
@@ -1628,7 +1624,6 @@ impl<P: Payload> Node<P> {
                     e.addr = p
                         .listen
                         .with_port(if port == 0 { p.listen.port() } else { port });
-                    own = true;
                 }
             }
             if self.bans.id_banned(e.id, self.now) || self.bans.addr_banned(e.addr, self.now) {
@@ -1638,20 +1633,7 @@ impl<P: Payload> Node<P> {
             if !self.links[i].learned.take(self.now, limit, period) {
                 break;
             }
-            // A member's own record that says, for the first time, where it can be dialled:
-            // passed on to our young partners (`pass_fresh`).
-            let news = own
-                && hand_out_rank(&e) <= 1
-                && self
-                    .mcache
-                    .get(e.id)
-                    .is_none_or(|o| o.reach != e.reach || o.addr != e.addr || o.v6 != e.v6);
-            if self.mcache.learn_via(e, self.now, sender.map(|p| p.id)) && news {
-                fresh = Some(e);
-            }
-        }
-        if let Some(e) = fresh {
-            self.pass_fresh(e);
+            self.mcache.learn_via(e, self.now, sender.map(|p| p.id));
         }
     }
 
@@ -1732,12 +1714,6 @@ impl<P: Payload> Node<P> {
             rec.v6 = old.v6;
         }
         self.learn_joiner(rec);
-        // Records that become dialable soon make up what the redirect lacks (peers joining
-        // together: theirs are held until their dial-backs are done).
-        let dialable_given = members.iter().filter(|e| hand_out_rank(e) <= 1).count();
-        let owed = REDIRECT_SAMPLE.saturating_sub(dialable_given) as u8;
-        let link = self.links[i].id;
-        self.introducer.owe_fresh(link, owed);
         self.send(i, Control::Redirect { deputy, members });
     }
 

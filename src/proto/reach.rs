@@ -26,13 +26,7 @@
 //!   once per [`REINTRODUCE_AFTER`].
 //! - What others dial a node by (its reachability, advertised port, IPv6 address) is
 //!   announced to its partners the moment it changes to something dialable, not at the next
-//!   gossip round. A joiner whose redirect held fewer dialable records than it asks for
-//!   (peers joining together: the origin holds their records until their dial-backs are
-//!   done) is owed the difference: a record that becomes dialable within
-//!   [`FRESH_PASS_WITHIN`] of its join (a dial-back proved it, its member announced it) is
-//!   passed to it at once. Peers that join together learn of each other in a round trip,
-//!   where a gossip round took up to [`BUDGET_PERIOD`] and reached two partners of the
-//!   origin's dozen; a joiner of a settled swarm, whose redirect was full, gets none.
+//!   gossip round.
 
 use super::bans::Budget;
 use super::node::LinkId;
@@ -121,12 +115,6 @@ pub const REINTRODUCE_AFTER: Duration = Duration::from_secs(120);
 /// Added to the longer one-way delay of the two introduced links: the punch starts after
 /// both introductions have arrived, whatever the jitter.
 pub const PUNCH_MARGIN: Duration = Duration::from_millis(250);
-
-/// A record that has just become dialable is passed to joiners owed records whose
-/// partnership is younger than this (a gossip interval: later, gossip does it).
-pub const FRESH_PASS_WITHIN: Duration = Duration::from_secs(10);
-/// Joiners owed fresh records, at most (the oldest forgotten first).
-pub const MAX_FRESH_LINKS: usize = 256;
 
 /// A dial-back asked for.
 #[derive(Clone, Copy, Debug)]
@@ -364,8 +352,6 @@ pub struct Introducer {
     seekers: Vec<Seeker>,
     /// Pairs introduced lately (smaller id first), and when.
     recent: Vec<(PeerId, PeerId, Instant)>,
-    /// Fresh records owed to joiners, by link (at most [`MAX_FRESH_LINKS`] links).
-    fresh_owed: Vec<(LinkId, u8)>,
 }
 
 impl Introducer {
@@ -378,33 +364,7 @@ impl Introducer {
             taken: Budget::new(now),
             seekers: Vec::new(),
             recent: Vec::new(),
-            fresh_owed: Vec::new(),
         }
-    }
-
-    /// The joiner on `link` is owed `n` fresh records (its redirect held that many fewer
-    /// dialable ones than it asks for).
-    pub fn owe_fresh(&mut self, link: LinkId, n: u8) {
-        self.fresh_owed.retain(|f| f.0 != link);
-        if n == 0 {
-            return;
-        }
-        if self.fresh_owed.len() >= MAX_FRESH_LINKS {
-            self.fresh_owed.remove(0);
-        }
-        self.fresh_owed.push((link, n));
-    }
-
-    /// Whether a fresh record is owed on `link`; counts it as paid if so.
-    pub fn may_pass_fresh(&mut self, link: LinkId) -> bool {
-        let Some(k) = self.fresh_owed.iter().position(|f| f.0 == link) else {
-            return false;
-        };
-        self.fresh_owed[k].1 -= 1;
-        if self.fresh_owed[k].1 == 0 {
-            self.fresh_owed.swap_remove(k);
-        }
-        true
     }
 
     /// Remembers a dial-back to `id` under `nonce`, for its outcome.
@@ -525,7 +485,6 @@ impl Introducer {
     /// Forgets a link's request and count (it closed).
     pub fn on_link_down(&mut self, link: LinkId) {
         self.seekers.retain(|s| s.link != link);
-        self.fresh_owed.retain(|f| f.0 != link);
     }
 
     pub fn seekers(&self) -> usize {

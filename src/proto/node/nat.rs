@@ -4,9 +4,7 @@
 //! state and its bounds live in `proto::reach`.
 
 use super::{Link, Node, PendingDial, Purpose};
-use crate::proto::reach::{
-    dialable, hand_out_rank, punch_delays, ReachVia, FRESH_PASS_WITHIN, INTRO_REQUEST_FANOUT,
-};
+use crate::proto::reach::{dialable, hand_out_rank, punch_delays, ReachVia, INTRO_REQUEST_FANOUT};
 use crate::proto::time::Duration;
 use crate::proto::wire::{ByeReason, Control, MemberEntry, Payload, PeerAddr, PeerId, Reach, Role};
 use crate::proto::{LinkId, Output};
@@ -220,8 +218,7 @@ impl<P: Payload> Node<P> {
         self.send(i, Control::DialBackRequest { nonce, port });
     }
 
-    /// The driver tells how a dial-back of ours went: the asker's record says so, and one
-    /// that can be dialled is passed to our young partners at once.
+    /// The driver tells how a dial-back of ours went: the asker's record says so.
     pub(super) fn on_dial_back_done(&mut self, nonce: u64, connected: bool) {
         if let Some((id, held)) = self.introducer.dial_back_done(nonce) {
             let reach = if connected {
@@ -229,50 +226,13 @@ impl<P: Payload> Node<P> {
             } else {
                 Reach::Unreachable
             };
-            let learned = match held {
+            match held {
                 Some(mut rec) => {
                     rec.reach = reach;
-                    self.mcache.learn(rec, self.now)
+                    self.mcache.learn(rec, self.now);
                 }
-                None => {
-                    let was = self.mcache.get(id).map(|e| e.reach);
-                    self.mcache.set_reach(id, reach);
-                    was.is_some_and(|r| r != reach)
-                }
-            };
-            if let Some(rec) = self
-                .mcache
-                .get(id)
-                .copied()
-                .filter(|_| learned && connected)
-            {
-                self.pass_fresh(rec);
+                None => self.mcache.set_reach(id, reach),
             }
-        }
-    }
-
-    /// A record that has just become dialable goes at once to the partners that joined
-    /// through us lately (within [`FRESH_PASS_WITHIN`]) and are owed records (their redirect
-    /// was short of dialable ones: `Introducer::owe_fresh`): they are looking for partners,
-    /// and the next gossip round would reach two of them in up to ten seconds. Not to the
-    /// member itself, nor to a partner behind the same router (the same IP, no IPv6 on the
-    /// record): it could not dial it.
-    pub(super) fn pass_fresh(&mut self, rec: MemberEntry) {
-        let now = self.now;
-        for j in 0..self.links.len() {
-            let l = &self.links[j];
-            let (Some(p), Some(peer)) = (l.partner.as_ref(), l.peer) else {
-                continue;
-            };
-            if peer.role != Role::Peer
-                || peer.id == rec.id
-                || now.saturating_since(p.since) >= FRESH_PASS_WITHIN
-                || (rec.v6.is_none() && l.remote.same_ip(&rec.addr))
-                || !self.introducer.may_pass_fresh(l.id)
-            {
-                continue;
-            }
-            self.send(j, Control::Members(vec![rec]));
         }
     }
 
