@@ -728,7 +728,9 @@ fn boxes_behind_home_routers_map_punch_pair_over_ipv6_and_play() {
     // Measured 2.03-2.04x against the boxes' stream rate (the goal: 2x), 2.01x
     // against the source's own ingest: it sends 2.00 copies a segment, and the rest is its
     // control frames (0.4 %) and a stream rate measured over the boxes' shorter playing time.
-    assert!(ratio <= 2.2, "the source uploaded {ratio:.2}x the stream");
+    // (A byte budget counting control held it to 2.01-2.02x but cost the simulator's
+    // swarms continuity: not kept.)
+    assert!(ratio <= 2.06, "the source uploaded {ratio:.3}x the stream");
     assert!(
         punches > 0,
         "no hole punch was tried between the IPv4-only boxes"

@@ -1021,10 +1021,8 @@ impl<P: Payload> Node<P> {
                 external,
                 v6,
                 via,
-            } => self.reach.on_driver(reachable, external, v6, via),
-            Input::DialBackProof { nonce } => {
-                self.reach.on_proof(nonce);
-            }
+            } => self.on_reachability(reachable, external, v6, via),
+            Input::DialBackProof { nonce } => self.on_dial_back_proof(nonce),
             Input::DialBackDone { nonce, connected } => self.on_dial_back_done(nonce, connected),
         }
         self.finish();
@@ -1187,6 +1185,14 @@ impl<P: Payload> Node<P> {
                     // First: its answer comes before the redirect that may end the link.
                     self.ask_dial_back(i);
                     self.send(i, Control::Join);
+                    // The join tells our listen port, reach unknown: say at once what a
+                    // mapping or the driver already told us (under a newer sequence number
+                    // than the record the join makes).
+                    if self.dialable_now() {
+                        self.member_seq = self.member_seq.wrapping_add(1);
+                        let rec = self.own_record();
+                        self.send(i, Control::Members(vec![rec]));
+                    }
                     self.send(i, self.partner_request());
                     self.links[i].awaiting = awaiting::REDIRECT | awaiting::PARTNER;
                 }

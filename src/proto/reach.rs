@@ -24,6 +24,9 @@
 //!   same agreed moment; each dials the other from its listen port (TCP simultaneous open).
 //!   Introductions are bounded per period (made and taken), and a pair is introduced at most
 //!   once per [`REINTRODUCE_AFTER`].
+//! - What others dial a node by (its reachability, advertised port, IPv6 address) is
+//!   announced to its partners the moment it changes to something dialable, not at the next
+//!   gossip round.
 
 use super::bans::Budget;
 use super::node::LinkId;
@@ -479,7 +482,7 @@ impl Introducer {
         None
     }
 
-    /// Forgets a link's request (it closed).
+    /// Forgets a link's request and count (it closed).
     pub fn on_link_down(&mut self, link: LinkId) {
         self.seekers.retain(|s| s.link != link);
     }

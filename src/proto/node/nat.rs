@@ -4,7 +4,7 @@
 //! state and its bounds live in `proto::reach`.
 
 use super::{Link, Node, PendingDial, Purpose};
-use crate::proto::reach::{dialable, hand_out_rank, punch_delays, INTRO_REQUEST_FANOUT};
+use crate::proto::reach::{dialable, hand_out_rank, punch_delays, ReachVia, INTRO_REQUEST_FANOUT};
 use crate::proto::time::Duration;
 use crate::proto::wire::{ByeReason, Control, MemberEntry, Payload, PeerAddr, PeerId, Reach, Role};
 use crate::proto::{LinkId, Output};
@@ -236,6 +236,69 @@ impl<P: Payload> Node<P> {
         }
     }
 
+    /// What others dial us by, as our record says it.
+    fn dialled_by(&self) -> (Reach, u16, Option<PeerAddr>) {
+        (
+            self.reach.reach(),
+            self.reach.advertised_port(self.cfg.listen_port),
+            self.reach.v6(),
+        )
+    }
+
+    /// The driver's word on our reachability (`Input::Reachability`).
+    pub(super) fn on_reachability(
+        &mut self,
+        reachable: Option<bool>,
+        external: Option<PeerAddr>,
+        v6: Option<PeerAddr>,
+        via: ReachVia,
+    ) {
+        let before = self.dialled_by();
+        self.reach.on_driver(reachable, external, v6, via);
+        self.announce_if_changed(before);
+    }
+
+    /// A dial-back proof arrived (`Input::DialBackProof`).
+    pub(super) fn on_dial_back_proof(&mut self, nonce: u64) {
+        let before = self.dialled_by();
+        self.reach.on_proof(nonce);
+        self.announce_if_changed(before);
+    }
+
+    /// What others dial us by changed (`before`) to something dialable: every partner gets
+    /// our record now, under a new sequence number, not at the next gossip round. The origin
+    /// holds the record our join gave it (the listen port, reach unknown) until its dial-back
+    /// is done; a router that forwards another port than we listen on, or a dial-back that
+    /// landed on a neighbour the router forwards that port to, would leave it wrong until
+    /// then.
+    fn announce_if_changed(&mut self, before: (Reach, u16, Option<PeerAddr>)) {
+        let after = self.dialled_by();
+        if after == before
+            || !self.advertises_itself()
+            || (after.0 != Reach::Reachable && after.2.is_none())
+        {
+            return;
+        }
+        self.announce_self();
+    }
+
+    /// Sends our record to every partner under a new sequence number.
+    fn announce_self(&mut self) {
+        self.member_seq = self.member_seq.wrapping_add(1);
+        let rec = self.own_record();
+        for j in 0..self.links.len() {
+            if self.links[j].partner.is_some() {
+                self.send(j, Control::Members(vec![rec]));
+            }
+        }
+    }
+
+    /// Whether our record can be dialled as it stands (then a join says so at once).
+    pub(super) fn dialable_now(&self) -> bool {
+        self.advertises_itself()
+            && (self.reach.reach() == Reach::Reachable || self.reach.v6().is_some())
+    }
+
     /// The origin learns a joiner's record, once the dial-back it asked for (if it asked us)
     /// tells whether it can be dialled: a record of unknown reach handed to a newcomer costs
     /// it a connect timeout when the member is behind a NAT.
@@ -280,7 +343,7 @@ mod tests {
         Control, Hello, MemberEntry, Message, PeerAddr, PeerId, Reach, Role, SimPayload, MAGIC,
         VERSION,
     };
-    use crate::proto::{ChannelId, Config, Input, Instant, LinkId, Node, Output};
+    use crate::proto::{ChannelId, Command, Config, Input, Instant, LinkId, Node, Output};
 
     fn node() -> Node<SimPayload> {
         let mut cfg = Config::new(ChannelId([1; 32]), Role::Peer, 96_000);
@@ -388,6 +451,100 @@ mod tests {
         assert_eq!(introduce(&mut n, 2, 77), 1);
         // ...once: the punch is under way.
         assert_eq!(introduce(&mut n, 2, 77), 0);
+    }
+
+    /// The router maps our port after we joined (our record at the origin says the listen
+    /// port, reach unknown): every partner hears the mapped address at once, once.
+    #[test]
+    fn a_mapping_made_after_the_join_is_announced_to_partners_at_once() {
+        let mut n = node();
+        n.joined = true;
+        link(&mut n, 1, [198, 51, 100, 10], true);
+        link(&mut n, 2, [198, 51, 100, 11], false);
+        let map = |n: &mut Node<SimPayload>| {
+            n.handle_input(
+                Instant::ZERO,
+                Input::Reachability {
+                    reachable: Some(true),
+                    external: Some(PeerAddr::V4([203, 0, 113, 50], 45_049)),
+                    v6: None,
+                    via: ReachVia::PortMapping,
+                },
+            );
+            outputs(n)
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Send {
+                        link,
+                        msg: Message::Ctl(Control::Members(m)),
+                    } => Some((link, m)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let sent = map(&mut n);
+        assert_eq!(sent.len(), 1, "to the partner only: {sent:?}");
+        let (link, m) = &sent[0];
+        assert_eq!(*link, LinkId(1));
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].id, PeerId(1));
+        assert_eq!(m[0].addr.port(), 45_049);
+        assert_eq!(m[0].reach, Reach::Reachable);
+        assert!(m[0].seq >= 1, "newer than the record the join made");
+        // The same mapping renewed: nothing new to say.
+        assert!(map(&mut n).is_empty());
+    }
+
+    /// A box whose router mapped its port before it joined (`run` keeps one mapping across
+    /// zaps): its join flight carries its record, newer than the one the join makes.
+    #[test]
+    fn a_join_says_the_mapped_address_in_its_first_flight() {
+        let mut n = node();
+        n.handle_input(
+            Instant::ZERO,
+            Input::Reachability {
+                reachable: Some(true),
+                external: Some(PeerAddr::V4([203, 0, 113, 50], 45_049)),
+                v6: None,
+                via: ReachVia::PortMapping,
+            },
+        );
+        let origin = PeerAddr::V4([198, 51, 100, 1], 7000);
+        n.command(
+            Instant::ZERO,
+            Command::Join {
+                bootstrap: vec![origin],
+            },
+        )
+        .unwrap();
+        outputs(&mut n);
+        n.handle_input(
+            Instant::ZERO,
+            Input::LinkUp {
+                link: LinkId(1),
+                remote: origin,
+                outbound: true,
+            },
+        );
+        let said: Vec<Control> = outputs(&mut n)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    msg: Message::Ctl(c),
+                    ..
+                } => Some(c),
+                _ => None,
+            })
+            .collect();
+        let join = said.iter().position(|c| matches!(c, Control::Join));
+        let rec = said.iter().position(|c| {
+            matches!(c, Control::Members(m) if m.len() == 1 && m[0].id == PeerId(1)
+                && m[0].addr.port() == 45_049 && m[0].reach == Reach::Reachable && m[0].seq >= 1)
+        });
+        assert!(
+            matches!((join, rec), (Some(j), Some(r)) if j < r),
+            "{said:?}"
+        );
     }
 
     /// A box behind a home router: a member at the router's own IP is behind it too, and the
