@@ -20,15 +20,17 @@
 
 mod common;
 
+use common::netns::{
+    in_ns, miniupnpd_ready, run, spawn_logged, start_miniupnpd, MINIUPNPD, ROUTER_RULESET,
+};
 use common::{keygen, read_json, BIN};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const MINIUPNPD: &str = "/usr/sbin/miniupnpd";
 const PUB4: &str = "198.18.0.1";
 /// Routers with miniupnpd (1..=UPNP) and without (UPNP+1..=ROUTERS).
 const UPNP: usize = 3;
@@ -43,101 +45,8 @@ const RUN: Duration = Duration::from_secs(120);
 /// The lease r1's boxes ask for: shorter than the run, to see it renewed.
 const SHORT_LEASE_S: u64 = 20;
 
-extern "C" {
-    fn setns(fd: i32, nstype: i32) -> i32;
-}
-const CLONE_NEWNET: i32 = 0x4000_0000;
-
-fn run(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    use std::io::Write;
-    let mut c = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
-    if let Some(s) = stdin {
-        c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    drop(c.stdin.take());
-    let out = c.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 fn box_name(n: usize, i: usize) -> String {
     format!("h{n}{}", (b'a' + i as u8) as char)
-}
-
-/// The router's rules (natlab's recipe): masquerade on the WAN for IPv4, IPv6 routed, a stealth
-/// WAN, a stateful forward filter, and the chains miniupnpd writes into.
-const RULESET: &str = r#"table inet filter {
-	chain input {
-		type filter hook input priority filter; policy accept;
-		iifname "wan" ct state established,related accept
-		iifname "wan" meta l4proto { icmp, ipv6-icmp } accept
-		iifname "wan" drop
-	}
-	chain forward {
-		type filter hook forward priority filter; policy drop;
-		ct state established,related accept
-		meta l4proto { icmp, ipv6-icmp } accept
-		jump miniupnpd
-		iifname "lan" oifname "wan" accept
-		meta nfproto ipv6 iifname "wan" oifname "lan" accept
-	}
-	chain miniupnpd {
-	}
-	chain prerouting {
-		type nat hook prerouting priority dstnat; policy accept;
-		jump prerouting_miniupnpd
-	}
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		jump postrouting_miniupnpd
-		meta nfproto ipv4 oifname "wan" masquerade
-	}
-	chain prerouting_miniupnpd {
-	}
-	chain postrouting_miniupnpd {
-	}
-}
-"#;
-
-fn miniupnpd_conf(n: usize, dir: &Path) -> String {
-    format!(
-        "ext_ifname=wan
-listening_ip=lan
-http_port=5000
-enable_upnp=yes
-enable_natpmp=yes
-secure_mode=yes
-ext_perform_stun=yes
-ext_stun_host={PUB4}
-ext_stun_port=3478
-min_lifetime=2
-max_lifetime=3600
-lease_file={}/r{n}.leases
-system_uptime=no
-uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d0{n:02}
-upnp_table_name=filter
-upnp_nat_table_name=filter
-upnp_forward_chain=miniupnpd
-upnp_nat_chain=prerouting_miniupnpd
-upnp_nat_postrouting_chain=postrouting_miniupnpd
-allow 1024-65535 10.99.{n}.0/24 1024-65535
-deny 0-65535 0.0.0.0/0 0-65535
-",
-        dir.display()
-    )
 }
 
 /// The neighbourhood; its processes are killed and its namespaces deleted when dropped.
@@ -188,6 +97,31 @@ impl Net {
         run(&a, None)
     }
 
+    /// Plugs namespace `name` into the public bridge: a veth whose end there is `dev`, with
+    /// 198.18.0.`host` and 2001:db8:ffff::`host`, IPv6 routed by the bridge's namespace.
+    fn attach_pub(&self, name: &str, port: &str, dev: &str, host: usize) -> Result<(), String> {
+        let ns = self.ns(name);
+        self.ip(
+            "pub",
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", dev, "netns", &ns,
+            ],
+        )?;
+        self.ip("pub", &["link", "set", port, "master", "br0", "up"])?;
+        self.ip(
+            name,
+            &["addr", "add", &format!("198.18.0.{host}/24"), "dev", dev],
+        )?;
+        let v6 = format!("2001:db8:ffff::{host}/64");
+        self.ip(name, &["addr", "add", &v6, "dev", dev, "nodad"])?;
+        self.ip(name, &["link", "set", dev, "up"])?;
+        self.ip(
+            name,
+            &["-6", "route", "add", "default", "via", "2001:db8:ffff::1"],
+        )?;
+        Ok(())
+    }
+
     fn up() -> Net {
         let tag = format!("{}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("coolstream-homenet-{tag}"));
@@ -225,41 +159,8 @@ impl Net {
         self.exec("pub", &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         for q in 1..=2 {
             let name = format!("q{q}");
-            let ns = self.add_ns(&name)?;
-            let port = format!("q{q}p");
-            self.ip(
-                "pub",
-                &[
-                    "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-                ],
-            )?;
-            self.ip("pub", &["link", "set", &port, "master", "br0", "up"])?;
-            self.ip(
-                &name,
-                &[
-                    "addr",
-                    "add",
-                    &format!("198.18.0.{}/24", 1 + q),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            self.ip(
-                &name,
-                &[
-                    "addr",
-                    "add",
-                    &format!("2001:db8:ffff::{}/64", 1 + q),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            )?;
-            self.ip(&name, &["link", "set", "eth0", "up"])?;
-            self.ip(
-                &name,
-                &["-6", "route", "add", "default", "via", "2001:db8:ffff::1"],
-            )?;
+            self.add_ns(&name)?;
+            self.attach_pub(&name, &format!("q{q}p"), "eth0", 1 + q)?;
         }
         for n in 1..=ROUTERS {
             let r = format!("r{n}");
@@ -273,41 +174,8 @@ impl Net {
                     "net.ipv6.conf.all.forwarding=1",
                 ],
             )?;
-            let port = format!("r{n}w");
-            self.ip(
-                "pub",
-                &[
-                    "link", "add", &port, "type", "veth", "peer", "name", "wan", "netns", &rns,
-                ],
-            )?;
-            self.ip("pub", &["link", "set", &port, "master", "br0", "up"])?;
-            self.ip(
-                &r,
-                &[
-                    "addr",
-                    "add",
-                    &format!("198.18.0.{}/24", 10 + n),
-                    "dev",
-                    "wan",
-                ],
-            )?;
-            self.ip(
-                &r,
-                &[
-                    "addr",
-                    "add",
-                    &format!("2001:db8:ffff::{}/64", 10 + n),
-                    "dev",
-                    "wan",
-                    "nodad",
-                ],
-            )?;
-            self.ip(&r, &["link", "set", "wan", "up"])?;
+            self.attach_pub(&r, &format!("r{n}w"), "wan", 10 + n)?;
             self.ip(&r, &["route", "add", "default", "via", PUB4])?;
-            self.ip(
-                &r,
-                &["-6", "route", "add", "default", "via", "2001:db8:ffff::1"],
-            )?;
             for peer in ["pub", "q1", "q2"] {
                 self.ip(
                     peer,
@@ -351,7 +219,7 @@ impl Net {
             self.ip(&r, &["link", "set", "lan", "up"])?;
             run(
                 &["ip", "netns", "exec", &rns, "nft", "-f", "-"],
-                Some(RULESET),
+                Some(ROUTER_RULESET),
             )?;
             for i in 0..BOXES {
                 let b = box_name(n, i);
@@ -409,45 +277,17 @@ impl Net {
         // STUN first: miniupnpd checks its WAN address by it at start (198.18/15 looks private).
         let stop = self.stop.clone();
         let (tx, rx) = std::sync::mpsc::channel();
-        let pub_ns = self.ns("pub");
-        self.stun = Some(std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let f = std::fs::File::open(format!("/run/netns/{pub_ns}")).unwrap();
-            // SAFETY: setns only moves this thread into the namespace the descriptor names.
-            let rc = unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        self.stun = Some(in_ns(&self.ns("pub"), move || {
             common::stun_responder(PUB4, stop, tx)
         }));
         rx.recv_timeout(Duration::from_secs(5))
             .map_err(|_| "the STUN responder did not start".to_string())??;
         for n in 1..=UPNP {
-            let conf = self.dir.join(format!("r{n}.miniupnpd.conf"));
-            std::fs::write(&conf, miniupnpd_conf(n, &self.dir)).unwrap();
-            let log = self.dir.join(format!("r{n}.miniupnpd.log"));
-            let rns = self.ns(&format!("r{n}"));
-            let pid = self.dir.join(format!("r{n}.miniupnpd.pid"));
-            let child = spawn_logged(
-                &["ip", "netns", "exec", &rns, MINIUPNPD, "-d", "-f"],
-                &[conf.as_os_str(), "-P".as_ref(), pid.as_os_str()],
-                &log,
-            )?;
+            let child = start_miniupnpd(n, &self.ns(&format!("r{n}")), PUB4, &self.dir)?;
             self.children.push((format!("miniupnpd r{n}"), child));
         }
         for n in 1..=UPNP {
-            let log = self.dir.join(format!("r{n}.miniupnpd.log"));
-            let t0 = Instant::now();
-            loop {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("Port forwarding is now enabled")
-                    && text.contains("HTTP listening on port")
-                {
-                    break;
-                }
-                if t0.elapsed() > Duration::from_secs(10) {
-                    return Err(format!("miniupnpd on r{n} not ready after 10 s:\n{text}"));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            miniupnpd_ready(n, &self.dir)?;
         }
         Ok(())
     }
@@ -508,18 +348,6 @@ impl Drop for Net {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn spawn_logged(cmd: &[&str], more: &[&std::ffi::OsStr], log: &Path) -> Result<Child, String> {
-    let f = std::fs::File::create(log).unwrap();
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .args(more)
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cmd.join(" ")))
 }
 
 fn f64_of(v: &serde_json::Value, k: &str) -> f64 {

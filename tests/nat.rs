@@ -18,94 +18,18 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::netns::{in_ns, miniupnpd_ready, run, start_miniupnpd, ROUTER_RULESET};
 use coolstream::nat::{self, Method, NatError, Used};
 
 const PUB: &str = "198.18.0.1";
 const WAN: &str = "198.18.0.11";
 const BOX: &str = "10.99.1.10";
-const MINIUPNPD: &str = "/usr/sbin/miniupnpd";
-
-extern "C" {
-    fn setns(fd: i32, nstype: i32) -> i32;
-}
-const CLONE_NEWNET: i32 = 0x4000_0000;
-
-/// Runs `f` on a thread inside network namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns only moves this thread into the namespace the descriptor names.
-        let rc = unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
-
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut c = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
-    if let Some(s) = stdin {
-        c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    drop(c.stdin.take());
-    let out = c.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The router's nftables: masquerade on the WAN, a stealth WAN input, a stateful forward
-/// filter, and the empty chains miniupnpd writes its rules into (Debian's nft_init.sh would
-/// need iptables).
-const RULESET: &str = r#"table inet filter {
-	chain input {
-		type filter hook input priority filter; policy accept;
-		iifname "wan" ct state established,related accept
-		iifname "wan" meta l4proto icmp accept
-		iifname "wan" drop
-	}
-	chain forward {
-		type filter hook forward priority filter; policy drop;
-		ct state established,related accept
-		jump miniupnpd
-		iifname "lan" oifname "wan" accept
-	}
-	chain miniupnpd {
-	}
-	chain prerouting {
-		type nat hook prerouting priority dstnat; policy accept;
-		jump prerouting_miniupnpd
-	}
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		jump postrouting_miniupnpd
-		meta nfproto ipv4 oifname "wan" masquerade
-	}
-	chain prerouting_miniupnpd {
-	}
-	chain postrouting_miniupnpd {
-	}
-}
-"#;
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 
@@ -147,20 +71,20 @@ impl Lab {
     fn build(&mut self, with_miniupnpd: bool) -> Result<(), String> {
         let (p, r, b) = (self.ns('p'), self.ns('r'), self.ns('b'));
         for ns in [&p, &r, &b] {
-            run("ip", &["netns", "add", ns], None)?;
-            run("ip", &["-n", ns, "link", "set", "lo", "up"], None)?;
+            run(&["ip", "netns", "add", ns], None)?;
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"], None)?;
         }
         run(
-            "ip",
             &[
-                "-n", &r, "link", "add", "wan", "type", "veth", "peer", "name", "eth0", "netns", &p,
+                "ip", "-n", &r, "link", "add", "wan", "type", "veth", "peer", "name", "eth0",
+                "netns", &p,
             ],
             None,
         )?;
         run(
-            "ip",
             &[
-                "-n", &r, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", &b,
+                "ip", "-n", &r, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+                "netns", &b,
             ],
             None,
         )?;
@@ -170,17 +94,25 @@ impl Lab {
             (&r, "lan", "10.99.1.1/24"),
             (&b, "eth0", "10.99.1.10/24"),
         ] {
-            run("ip", &["-n", ns, "addr", "add", addr, "dev", dev], None)?;
-            run("ip", &["-n", ns, "link", "set", dev, "up"], None)?;
+            run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev], None)?;
+            run(&["ip", "-n", ns, "link", "set", dev, "up"], None)?;
         }
         run(
-            "ip",
-            &["-n", &b, "route", "add", "default", "via", "10.99.1.1"],
+            &[
+                "ip",
+                "-n",
+                &b,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.99.1.1",
+            ],
             None,
         )?;
         run(
-            "ip",
             &[
+                "ip",
                 "netns",
                 "exec",
                 &r,
@@ -193,9 +125,8 @@ impl Lab {
             None,
         )?;
         run(
-            "ip",
-            &["netns", "exec", &r, "nft", "-f", "-"],
-            Some(RULESET),
+            &["ip", "netns", "exec", &r, "nft", "-f", "-"],
+            Some(ROUTER_RULESET),
         )?;
         if !with_miniupnpd {
             return Ok(());
@@ -209,39 +140,8 @@ impl Lab {
         ready_rx
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| "the STUN responder did not start".to_string())??;
-        if !std::path::Path::new(MINIUPNPD).exists() {
-            return Err(format!(
-                "{MINIUPNPD} is missing (apt-get install miniupnpd-nftables)"
-            ));
-        }
-        let conf = self.dir.join("miniupnpd.conf");
-        std::fs::write(&conf, miniupnpd_conf(&self.dir)).unwrap();
-        let log = self.dir.join("miniupnpd.log");
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &r, MINIUPNPD, "-d", "-f"])
-            .arg(&conf)
-            .arg("-P")
-            .arg(self.dir.join("miniupnpd.pid"))
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .map_err(|e| format!("cannot start miniupnpd: {e}"))?;
-        self.miniupnpd = Some(child);
-        let t0 = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("Port forwarding is now enabled")
-                && text.contains("HTTP listening on port")
-            {
-                return Ok(());
-            }
-            if t0.elapsed() > Duration::from_secs(10) {
-                return Err(format!("miniupnpd not ready after 10 s:\n{text}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.miniupnpd = Some(start_miniupnpd(1, &r, PUB, &self.dir)?);
+        miniupnpd_ready(1, &self.dir)
     }
 
     /// A listener in the box that greets whoever connects with "box PORT".
@@ -297,8 +197,8 @@ impl Lab {
     /// The DNAT rules miniupnpd holds on the router.
     fn router_rules(&self) -> String {
         run(
-            "ip",
             &[
+                "ip",
                 "netns",
                 "exec",
                 &self.ns('r'),
@@ -326,7 +226,7 @@ impl Drop for Lab {
             let _ = t.join();
         }
         for w in ['b', 'r', 'p'] {
-            let _ = run("ip", &["netns", "del", &self.ns(w)], None);
+            let _ = run(&["ip", "netns", "del", &self.ns(w)], None);
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -334,34 +234,6 @@ impl Drop for Lab {
             eprintln!("lab files kept in {}", self.dir.display());
         }
     }
-}
-
-fn miniupnpd_conf(dir: &std::path::Path) -> String {
-    format!(
-        "ext_ifname=wan
-listening_ip=lan
-http_port=5000
-enable_upnp=yes
-enable_natpmp=yes
-secure_mode=yes
-ext_perform_stun=yes
-ext_stun_host={PUB}
-ext_stun_port=3478
-min_lifetime=2
-max_lifetime=3600
-lease_file={}/leases
-system_uptime=no
-uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b
-upnp_table_name=filter
-upnp_nat_table_name=filter
-upnp_forward_chain=miniupnpd
-upnp_nat_chain=prerouting_miniupnpd
-upnp_nat_postrouting_chain=postrouting_miniupnpd
-allow 1024-65535 10.99.1.0/24 1024-65535
-deny 0-65535 0.0.0.0/0 0-65535
-",
-        dir.display()
-    )
 }
 
 fn wan(port: u16) -> SocketAddr {
@@ -575,8 +447,8 @@ fn keep_renews_until_shutdown_then_removes() {
 fn a_silent_router_costs_bounded_retransmissions() {
     let lab = Lab::up(false);
     run(
-        "ip",
         &[
+            "ip",
             "netns",
             "exec",
             &lab.ns('r'),

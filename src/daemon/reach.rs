@@ -179,7 +179,19 @@ pub async fn punch(
     while tokio::time::Instant::now() < deadline {
         let socket = tokio::net::TcpSocket::from_std_stream(punch_socket(remote, listen_port)?);
         match tokio::time::timeout_at(deadline, socket.connect(remote)).await {
-            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Ok(stream)) => {
+                // The link closes as any other (its last frames flushed).
+                socket2::SockRef::from(&stream).set_linger(None)?;
+                return Ok(stream);
+            }
+            // The 4-tuple is taken (a link between the same two ports still open or in
+            // TIME_WAIT): no retry in this window can free it.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{e}: a connection between these two ports is still open or closing"),
+                ))
+            }
             Ok(Err(e)) => last = e,
             Err(_) => break,
         }
@@ -205,6 +217,11 @@ fn punch_socket(remote: SocketAddr, port: u16) -> std::io::Result<std::net::TcpS
     }
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
+    // An attempt given up may have completed in the kernel just then (the other side's SYN
+    // arriving at the window's end): closed with a FIN, it would leave this 4-tuple in
+    // TIME_WAIT for a minute, and every punch between the two in that minute would fail at
+    // once. Closed with a reset (a zero linger, which does not block), it leaves nothing.
+    s.set_linger(Some(Duration::ZERO))?;
     s.set_nonblocking(true)?;
     s.bind(&local.into())?;
     Ok(s.into())
@@ -294,6 +311,33 @@ impl NatFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two ports already joined by a connection (a punched link still open, or one in
+    /// TIME_WAIT): a punch between them cannot succeed, and says so at once instead of
+    /// holding a dial permit for the whole window.
+    #[test]
+    fn a_punch_between_ports_already_connected_fails_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        let port = s.local_addr().unwrap().as_socket().unwrap().port();
+        s.connect(&to.into()).unwrap();
+        let _accepted = listener.accept().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let err = rt
+            .block_on(punch(to, port, tokio::time::Instant::now()))
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrNotAvailable, "{err}");
+        assert!(t0.elapsed() < PUNCH_WINDOW / 2, "{:?}", t0.elapsed());
+    }
 
     #[test]
     fn the_global_ipv6_address_is_a_stable_usable_one() {

@@ -1,6 +1,9 @@
 //! Helpers shared by the end-to-end tests: child processes that are stopped when dropped,
-//! free ports, keys, ffmpeg, polling, HTTP reads and segment digests.
+//! free ports, keys, ffmpeg, polling, HTTP reads and segment digests; `netns`: home routers in
+//! network namespaces.
 #![allow(dead_code)]
+
+pub mod netns;
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
