@@ -7,6 +7,7 @@
 //! | routers | miniupnpd | boxes' IPv6 | what it shows |
 //! |---|---|---|---|
 //! | r1-r3 | yes | yes | mapped within 5 s at the router's address; r1's short lease renewed; deleted on SIGTERM |
+//! | r3 | | closed | its IPv6 firewall drops what comes in unasked: the boxes find out and keep their IPv6 address out of their records |
 //! | r4, r6 | no | none | IPv4 only and not dialable: partners by dialling out and by hole punching |
 //! | r5 | no | yes | `--nat off`: paired over IPv6, which the router routes |
 //!
@@ -40,6 +41,9 @@ const BOXES: usize = 2;
 const V4_ONLY: [usize; 2] = [4, 6];
 /// The plain router whose boxes run with `--nat off` and pair over IPv6.
 const V6_ROUTER: usize = 5;
+/// The router whose IPv6 firewall drops unsolicited inbound connections, as most home
+/// routers' do (the others route IPv6 in).
+const V6_CLOSED: usize = 3;
 /// How long the swarm plays before it is judged.
 const RUN: Duration = Duration::from_secs(120);
 /// The lease r1's boxes ask for: shorter than the run, to see it renewed.
@@ -217,9 +221,16 @@ impl Net {
                 ],
             )?;
             self.ip(&r, &["link", "set", "lan", "up"])?;
+            let ruleset = if n == V6_CLOSED {
+                let open = "\t\tmeta nfproto ipv6 iifname \"wan\" oifname \"lan\" accept\n";
+                assert!(ROUTER_RULESET.contains(open));
+                ROUTER_RULESET.replace(open, "")
+            } else {
+                ROUTER_RULESET.to_string()
+            };
             run(
                 &["ip", "netns", "exec", &rns, "nft", "-f", "-"],
-                Some(ROUTER_RULESET),
+                Some(&ruleset),
             )?;
             for i in 0..BOXES {
                 let b = box_name(n, i);
@@ -345,7 +356,7 @@ impl Drop for Net {
         if std::thread::panicking() {
             eprintln!("neighbourhood files kept in {}", self.dir.display());
         } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            common::remove_tmpdir(&self.dir);
         }
     }
 }
@@ -519,6 +530,17 @@ fn boxes_behind_home_routers_map_punch_pair_over_ipv6_and_play() {
         if stream_kbps.is_nan() {
             stream_kbps = f64_of(&s, "stream_kbps");
         }
+        // IPv6 is gossiped only where a partner could dial it.
+        let v6_open = match *n {
+            n if V4_ONLY.contains(&n) => serde_json::Value::Null,
+            V6_CLOSED => false.into(),
+            _ => true.into(),
+        };
+        assert_eq!(
+            s["ipv6_reachable"], v6_open,
+            "{b}: ipv6_addr {} ipv6_reachable {}",
+            s["ipv6_addr"], s["ipv6_reachable"]
+        );
         if V4_ONLY.contains(n) {
             punches += s["reach"]["punches_tried"].as_u64().unwrap_or(0);
             linked += s["reach"]["punches_connected"].as_u64().unwrap_or(0);

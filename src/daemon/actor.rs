@@ -309,7 +309,7 @@ impl Actor {
         };
         if let Some(ip) = v6 {
             let port = self.node.config().listen_port;
-            log::info!("IPv6: peers with IPv6 dial [{ip}]:{port}");
+            log::info!("IPv6: [{ip}]:{port}, gossiped once a partner has dialled it back");
             self.node.handle_input(
                 now,
                 Input::Reachability {
@@ -1002,6 +1002,7 @@ impl Actor {
             reachable: reach.reachable,
             external_addr: nat.external_addr,
             ipv6_addr: reach.v6.map(|a| to_socket_addr(a).to_string()),
+            ipv6_reachable: reach.v6.and(reach.v6_open),
             reach: super::stats::ReachFigures {
                 dial_backs_asked: rs.dial_backs_asked,
                 dial_backs_proved: rs.dial_backs_proved,

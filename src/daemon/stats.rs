@@ -77,8 +77,12 @@ pub struct NodeReport {
     pub nat_lease_s: Option<u64>,
     /// Why there is no mapping (`port mapping is off`, the router's answer ...).
     pub nat_error: Option<String>,
-    /// The global IPv6 address and port this node gossips (peers with IPv6 dial it).
+    /// The box's global IPv6 address and its listen port (it dials members' IPv6
+    /// addresses from it).
     pub ipv6_addr: Option<String>,
+    /// Whether peers can dial that address (a partner dialled it back); only then does the
+    /// node's record carry it. `null` while unknown.
+    pub ipv6_reachable: Option<bool>,
     /// Dial-backs and hole punches, as the core counts them.
     pub reach: ReachFigures,
     /// Scheduler and supplier diagnostics from the core, the simulator's names (see

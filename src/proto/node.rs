@@ -1538,6 +1538,9 @@ impl<P: Payload> Node<P> {
             }
             Control::KeepAlive => {}
             Control::DialBackRequest { nonce, port } => self.on_dial_back_request(i, nonce, port),
+            Control::DialBackRequestV6 { nonce, addr } => {
+                self.on_dial_back_request6(i, nonce, addr)
+            }
             Control::DialBackAnswer { observed, dialing } => {
                 let link = self.links[i].id;
                 self.reach.on_answer(self.now, link, observed, dialing);
@@ -1684,7 +1687,7 @@ impl<P: Payload> Node<P> {
                 .div_ceil(1_000_000)
                 .min(u16::MAX as u64) as u16,
             reach: self.reach.reach(),
-            v6: self.reach.v6(),
+            v6: self.reach.advertised_v6(),
         }
     }
 
@@ -3934,7 +3937,7 @@ impl<P: Payload> Node<P> {
     fn partner_dial_room(&self) -> usize {
         if self.cfg.hole_punch
             && self.reach.reach() == Reach::Unreachable
-            && self.reach.v6().is_none()
+            && self.reach.advertised_v6().is_none()
         {
             self.cfg.max_pending_dials / 2
         } else {

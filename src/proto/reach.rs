@@ -18,6 +18,14 @@
 //! - A dial-back only ever goes to the IP the request came from, at most
 //!   [`DIAL_BACKS_PER_PERIOD`] per [`BUDGET_PERIOD`] in all and one per link per period: it
 //!   cannot be aimed at a third party, and a flood of requests costs a few connects.
+//! - A node's global IPv6 address is routed, but most home routers drop what comes in
+//!   unasked: its record carries it only once a partner dialled it
+//!   (`DialBackRequestV6 { nonce, addr }`, asked on another link than an IPv4 one, answered
+//!   the same way). Its links are mostly IPv4, which cannot show the address, so the
+//!   request names it; the answerer dials the link's own IP when the link is IPv6, else the
+//!   named address, only for a partner, only if it has IPv6 itself, and within the same
+//!   budgets. A named address could be a third party's, as an address in a membership
+//!   record can: one connect and one 14-byte frame per link and period.
 //! - A node that cannot be dialled and wants partners asks its partners for introductions
 //!   (`IntroRequest`, at most every [`INTRO_REQUEST_EVERY`]). A partner that holds two such
 //!   requests from different peers introduces them to each other (`Introduce`), both at the
@@ -52,8 +60,12 @@ pub struct ReachStatus {
     pub reachable: Option<bool>,
     /// Its external address: the router's mapping, else what a partner sees it come from.
     pub external: Option<PeerAddr>,
-    /// Its global IPv6 address, advertised in its record.
+    /// Its global IPv6 address (it dials members' IPv6 addresses from it).
     pub v6: Option<PeerAddr>,
+    /// Whether that address can be dialled: a home router routes IPv6 but most filter what
+    /// comes in unasked, so the record carries it only once a partner dialled it (`None`
+    /// while unknown).
+    pub v6_open: Option<bool>,
     /// How `reachable` was found out.
     pub via: Option<ReachVia>,
     /// The address the last dial-back answer said our link came from.
@@ -137,6 +149,10 @@ pub struct ReachState {
     pending: Option<Pending>,
     /// No dial-back is asked before this (after a refusal, an answer, a timeout).
     next_ask: Instant,
+    /// The same for our IPv6 address, asked on another link than `pending`'s (an answer
+    /// does not name its request).
+    pending6: Option<Pending>,
+    next_ask6: Instant,
     next_intro_request: Instant,
     pub stats: ReachStats,
 }
@@ -148,6 +164,8 @@ impl ReachState {
             from_driver: false,
             pending: None,
             next_ask: now,
+            pending6: None,
+            next_ask6: now,
             next_intro_request: now,
             stats: ReachStats::default(),
         }
@@ -166,9 +184,15 @@ impl ReachState {
         }
     }
 
-    /// Our global IPv6 address, if the driver found one.
+    /// Our global IPv6 address, if the driver found one: we may dial members' IPv6
+    /// addresses.
     pub fn v6(&self) -> Option<PeerAddr> {
         self.status.v6
+    }
+
+    /// Our IPv6 address as our record gives it: once a dial-back proved it can be dialled.
+    pub fn advertised_v6(&self) -> Option<PeerAddr> {
+        self.status.v6.filter(|_| self.status.v6_open == Some(true))
     }
 
     /// Our router's external IPv4 address, when we know we sit behind one: it maps a port
@@ -214,7 +238,13 @@ impl ReachState {
             self.status.external = Some(e);
         }
         if let Some(a) = v6 {
-            self.status.v6 = a.is_global_v6().then_some(a);
+            let a = a.is_global_v6().then_some(a);
+            if a != self.status.v6 {
+                // A new address is proved anew.
+                self.status.v6 = a;
+                self.status.v6_open = None;
+                self.pending6 = None;
+            }
         }
     }
 
@@ -237,8 +267,43 @@ impl ReachState {
         self.next_ask = now + RECHECK_EVERY;
     }
 
+    /// Whether a dial-back of our IPv6 address should be asked for now: we have one, none
+    /// is pending, and the last one is old enough (an address proved open is re-checked
+    /// as an IPv4 one is).
+    pub fn wants_dial_back6(&self, now: Instant) -> bool {
+        self.status.v6.is_some() && self.pending6.is_none() && now >= self.next_ask6
+    }
+
+    /// The link a dial-back of our IPv4 address waits on: a dial-back of our IPv6 address
+    /// is asked on another.
+    pub fn pending_link(&self) -> Option<LinkId> {
+        self.pending.map(|p| p.link)
+    }
+
+    /// Starts a dial-back of our IPv6 address on `link`; the caller sends
+    /// `DialBackRequestV6 { nonce, addr }`.
+    pub fn ask6(&mut self, now: Instant, link: LinkId, nonce: u64) {
+        self.pending6 = Some(Pending {
+            nonce,
+            link,
+            at: now,
+            dialing: false,
+        });
+        self.stats.dial_backs_asked += 1;
+        self.next_ask6 = now + RECHECK_EVERY;
+    }
+
     /// The answer to our request on `link`.
     pub fn on_answer(&mut self, now: Instant, link: LinkId, observed: PeerAddr, dialing: bool) {
+        if let Some(p) = self.pending6.as_mut().filter(|p| p.link == link) {
+            p.dialing = dialing;
+            if !dialing {
+                // The answerer has no IPv6 or no budget: another partner, soon.
+                self.pending6 = None;
+                self.next_ask6 = now + ASK_AGAIN_AFTER;
+            }
+            return;
+        }
         let Some(p) = self.pending.as_mut() else {
             return;
         };
@@ -258,6 +323,12 @@ impl ReachState {
 
     /// A dial-back proof arrived; true if it was the one we wait for (we are reachable).
     pub fn on_proof(&mut self, nonce: u64) -> bool {
+        if self.pending6.is_some_and(|p| p.nonce == nonce) {
+            self.pending6 = None;
+            self.stats.dial_backs_proved += 1;
+            self.status.v6_open = Some(true);
+            return true;
+        }
         match self.pending {
             Some(p) if p.nonce == nonce => {
                 self.pending = None;
@@ -279,11 +350,26 @@ impl ReachState {
             self.pending = None;
             self.next_ask = now;
         }
+        if self.pending6.is_some_and(|p| p.link == link && !p.dialing) {
+            self.pending6 = None;
+            self.next_ask6 = now;
+        }
     }
 
     /// Time passes: a dial-back on its way and not proved within [`DIAL_BACK_WAIT`] makes us
     /// unreachable; a request never answered is asked again elsewhere.
     pub fn tick(&mut self, now: Instant) {
+        if let Some(p) = self.pending6 {
+            if now.saturating_since(p.at) >= DIAL_BACK_WAIT {
+                self.pending6 = None;
+                if p.dialing {
+                    self.stats.dial_backs_timed_out += 1;
+                    self.status.v6_open = Some(false);
+                } else {
+                    self.next_ask6 = now + ASK_AGAIN_AFTER;
+                }
+            }
+        }
         let Some(p) = self.pending else {
             return;
         };
@@ -305,7 +391,7 @@ impl ReachState {
     /// Whether to ask partners for introductions now (and starts the wait for the next).
     pub fn wants_introductions(&mut self, now: Instant, partners: usize, target: usize) -> bool {
         if self.status.reachable != Some(false)
-            || self.status.v6.is_some()
+            || self.advertised_v6().is_some()
             || partners >= target
             || now < self.next_intro_request
         {

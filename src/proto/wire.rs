@@ -21,7 +21,7 @@ use std::sync::Arc;
 /// First field of every hello: "CoolStream" in spirit, catches a stranger on the port.
 pub const MAGIC: u32 = 0xC0015EA7;
 /// Wire protocol version; a mismatch closes the link with [`ByeReason::Version`].
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Largest media payload of one segment. 4 MiB holds a 2 s segment at 16 Mbit/s (HD IPTV).
 pub const MAX_SEGMENT_BYTES: u32 = 4 * 1024 * 1024;
 /// Largest frame body: a segment plus its head, with room to spare for the head's fields.
@@ -339,6 +339,14 @@ pub enum Control {
         addr: PeerAddr,
         delay_ms: u16,
     },
+    /// "Dial my IPv6 address back": as [`Control::DialBackRequest`], for `addr` (global
+    /// unicast, with the listen port), which an IPv4 link cannot show. The answerer dials
+    /// the link's own IP instead when the link is IPv6. Answered with
+    /// [`Control::DialBackAnswer`] (`dialing: false` also when the answerer has no IPv6).
+    DialBackRequestV6 {
+        nonce: u64,
+        addr: PeerAddr,
+    },
 }
 
 /// Longest wait an introduction may ask for before the punch (an introducer adds the longer
@@ -502,6 +510,14 @@ impl Control {
             Control::DialBackRequest { port, .. } => {
                 if *port == 0 {
                     return Err(WireError::Invalid("dial-back request without a port"));
+                }
+                &[]
+            }
+            Control::DialBackRequestV6 { addr, .. } => {
+                if !addr.is_global_v6() || addr.port() == 0 {
+                    return Err(WireError::Invalid(
+                        "IPv6 dial-back request without a global address and port",
+                    ));
                 }
                 &[]
             }
@@ -852,6 +868,13 @@ mod tests {
                 dialing: true,
             }),
             Message::Ctl(Control::DialBackProof { nonce: u64::MAX }),
+            Message::Ctl(Control::DialBackRequestV6 {
+                nonce: 3,
+                addr: PeerAddr::V6(
+                    [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                    7000,
+                ),
+            }),
             Message::Ctl(Control::IntroRequest),
             Message::Ctl(Control::Introduce {
                 id: PeerId(9),
@@ -1035,6 +1058,25 @@ mod tests {
             Err(WireError::Invalid("member address without a port"))
         );
         assert!(refused(Control::DialBackRequest { nonce: 1, port: 0 }).is_err());
+        // An IPv6 dial-back names a global unicast address with a port: nothing else.
+        let v6 = |first: u8, port| {
+            let mut ip = [0; 16];
+            ip[0] = first;
+            ip[15] = 1;
+            Control::DialBackRequestV6 {
+                nonce: 1,
+                addr: PeerAddr::V6(ip, port),
+            }
+        };
+        assert!(refused(v6(0x20, 7000)).is_ok());
+        assert!(refused(v6(0x20, 0)).is_err());
+        assert!(refused(v6(0xfe, 7000)).is_err(), "link-local");
+        assert!(refused(v6(0, 7000)).is_err(), "loopback");
+        assert!(refused(Control::DialBackRequestV6 {
+            nonce: 1,
+            addr: PeerAddr::V4([203, 0, 113, 1], 7000),
+        })
+        .is_err());
         let introduce = |delay_ms, port| Control::Introduce {
             id: PeerId(4),
             addr: PeerAddr::V4([203, 0, 113, 4], port),

@@ -1747,6 +1747,7 @@ fn ctl_kind(c: &crate::proto::wire::Control) -> usize {
         C::DialBackProof { .. } => 23,
         C::IntroRequest => 24,
         C::Introduce { .. } => 25,
+        C::DialBackRequestV6 { .. } => 26,
     }
 }
 

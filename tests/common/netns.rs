@@ -72,6 +72,9 @@ pub fn spawn_logged(cmd: &[&str], more: &[&std::ffi::OsStr], log: &Path) -> Resu
 /// A home router's rules: masquerade on the interface `wan` for IPv4, IPv6 routed, a stealth
 /// WAN, a stateful forward filter that silently drops unsolicited packets from the WAN, and the
 /// empty chains miniupnpd writes its rules into (Debian's nft_init.sh would need iptables).
+/// Boxes on one LAN reach each other as through a home router's switch: where the kernel
+/// passes bridged frames through the IP hooks (br_netfilter loaded), their ports are the
+/// in and out interfaces, and the forward filter would drop them.
 pub const ROUTER_RULESET: &str = r#"table inet filter {
 	chain input {
 		type filter hook input priority filter; policy accept;
@@ -83,6 +86,7 @@ pub const ROUTER_RULESET: &str = r#"table inet filter {
 		type filter hook forward priority filter; policy drop;
 		ct state established,related accept
 		meta l4proto { icmp, ipv6-icmp } accept
+		iifname != "wan" oifname != "wan" accept
 		jump miniupnpd
 		iifname "lan" oifname "wan" accept
 		meta nfproto ipv6 iifname "wan" oifname "lan" accept

@@ -34,7 +34,8 @@ impl<P: Payload> Node<P> {
         v
     }
 
-    /// The address we would dial `e` at, if we may dial it (see [`dialable`]).
+    /// The address we would dial `e` at, if we may dial it (see [`dialable`]): we dial
+    /// members' IPv6 addresses whenever we have one, open to dials or not.
     pub(super) fn dial_addr(&self, e: &MemberEntry) -> Option<PeerAddr> {
         dialable(e, self.reach.v6().is_some(), self.reach.router_ip())
     }
@@ -54,6 +55,30 @@ impl<P: Payload> Node<P> {
             if let Some(p) = self.links[i].peer {
                 self.introducer.dialled(now, nonce, p.id);
             }
+            self.out.push_back(Output::DialBack { remote, nonce });
+        } else {
+            self.reach.stats.dial_backs_refused += 1;
+        }
+        self.send(i, Control::DialBackAnswer { observed, dialing });
+    }
+
+    /// A partner on link `i` asks us to dial its IPv6 address `addr` back: the link's own IP
+    /// when the link is IPv6 (at `addr`'s port), else `addr`, if we have IPv6 ourselves.
+    pub(super) fn on_dial_back_request6(&mut self, i: usize, nonce: u64, addr: PeerAddr) {
+        let now = self.now;
+        let link = self.links[i].id;
+        let observed = self.links[i].remote;
+        let remote = match observed {
+            PeerAddr::V6(..) => observed.with_port(addr.port()),
+            PeerAddr::V4(..) => addr,
+        };
+        let dialing = self.cfg.dial_back
+            && self.links[i].partner.is_some()
+            && self.reach.v6().is_some()
+            && !self.bans.addr_banned(remote, now)
+            && self.introducer.may_dial_back(now, link);
+        if dialing {
+            self.reach.stats.dial_backs_done += 1;
             self.out.push_back(Output::DialBack { remote, nonce });
         } else {
             self.reach.stats.dial_backs_refused += 1;
@@ -151,7 +176,11 @@ impl<P: Payload> Node<P> {
     /// Every tick: a dial-back timed out, one to ask for, introductions to ask for.
     pub(super) fn reach_tick(&mut self) {
         let now = self.now;
+        // A dial-back timing out settles our reach: a record that can now be dialled (by
+        // IPv6) is announced.
+        let before = self.dialled_by();
         self.reach.tick(now);
+        self.announce_if_changed(before);
         for rec in self.introducer.unreported(now) {
             self.mcache.learn(rec, now);
         }
@@ -160,12 +189,32 @@ impl<P: Payload> Node<P> {
         }
         if self.reach.wants_dial_back(now) {
             // A partner, a peer rather than the source when there is one (the source answers
-            // every newcomer's join already).
+            // every newcomer's join already), on an IPv4 link when there is one: the
+            // dial-back goes to the IP the link comes from, and our record's address is the
+            // IPv4 one unless we have no IPv4 at all.
+            let v4 = |l: &Link| matches!(l.remote, PeerAddr::V4(..));
+            let peer = |l: &Link| l.peer.is_some_and(|p| p.role == Role::Peer);
+            let any_v4 = self.links.iter().any(|l| l.partner.is_some() && v4(l));
+            let fam = |l: &Link| v4(l) || !any_v4;
             let pick = self
-                .pick_partner(|l| l.peer.is_some_and(|p| p.role == Role::Peer))
-                .or_else(|| self.pick_partner(|_| true));
+                .pick_partner(|l| fam(l) && peer(l))
+                .or_else(|| self.pick_partner(fam));
             if let Some(j) = pick {
                 self.ask_dial_back(j);
+            }
+        }
+        if self.cfg.dial_back && self.reach.wants_dial_back6(now) {
+            // A partner on another link than a pending IPv4 dial-back's; one linked over
+            // IPv6 first (it has IPv6 to dial us from).
+            let busy = self.reach.pending_link();
+            let free = |l: &Link| Some(l.id) != busy;
+            let pick = self
+                .pick_partner(|l| free(l) && matches!(l.remote, PeerAddr::V6(..)))
+                .or_else(|| self.pick_partner(free));
+            if let (Some(j), Some(addr)) = (pick, self.reach.v6()) {
+                let nonce = self.rng.next_u64();
+                self.reach.ask6(now, self.links[j].id, nonce);
+                self.send(j, Control::DialBackRequestV6 { nonce, addr });
             }
         }
         let partners = self.partner_count();
@@ -191,7 +240,7 @@ impl<P: Payload> Node<P> {
     /// there), or it would hold fewer suppliers than its neighbours.
     pub(super) fn partner_goal(&self) -> usize {
         let target = self.cfg.partner_target();
-        if self.reach.reach() == Reach::Unreachable && self.reach.v6().is_none() {
+        if self.reach.reach() == Reach::Unreachable && self.reach.advertised_v6().is_none() {
             target.max(self.cfg.accept_limit())
         } else {
             target
@@ -241,7 +290,7 @@ impl<P: Payload> Node<P> {
         (
             self.reach.reach(),
             self.reach.advertised_port(self.cfg.listen_port),
-            self.reach.v6(),
+            self.reach.advertised_v6(),
         )
     }
 
@@ -296,7 +345,7 @@ impl<P: Payload> Node<P> {
     /// Whether our record can be dialled as it stands (then a join says so at once).
     pub(super) fn dialable_now(&self) -> bool {
         self.advertises_itself()
-            && (self.reach.reach() == Reach::Reachable || self.reach.v6().is_some())
+            && (self.reach.reach() == Reach::Reachable || self.reach.advertised_v6().is_some())
     }
 
     /// The origin learns a joiner's record, once the dial-back it asked for (if it asked us)
@@ -451,6 +500,188 @@ mod tests {
         assert_eq!(introduce(&mut n, 2, 77), 1);
         // ...once: the punch is under way.
         assert_eq!(introduce(&mut n, 2, 77), 0);
+    }
+
+    const V6: PeerAddr = PeerAddr::V6(
+        [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+        7000,
+    );
+
+    fn ctl_sent(out: Vec<Output<SimPayload>>) -> Vec<(LinkId, Control)> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    link,
+                    msg: Message::Ctl(c),
+                } => Some((link, c)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Home routers route IPv6 but most drop what comes in unasked: a box's IPv6 address
+    /// goes into its record only once a partner dialled it, asked on another link than the
+    /// IPv4 dial-back (an answer does not name its request). A dial-back that does not come
+    /// leaves it out.
+    #[test]
+    fn an_ipv6_address_is_gossiped_only_once_a_partner_dialled_it() {
+        for proved in [true, false] {
+            let mut n = node();
+            n.joined = true;
+            link(&mut n, 1, [198, 51, 100, 10], true);
+            link(&mut n, 2, [198, 51, 100, 11], true);
+            n.handle_input(
+                Instant::ZERO,
+                Input::Reachability {
+                    reachable: None,
+                    external: None,
+                    v6: Some(V6),
+                    via: ReachVia::Config,
+                },
+            );
+            assert_eq!(n.own_record().v6, None);
+            // Not dialable yet: nothing to announce.
+            assert!(ctl_sent(outputs(&mut n)).is_empty());
+            n.reach_tick();
+            let said = ctl_sent(outputs(&mut n));
+            let v4 = said.iter().find_map(|(l, c)| match c {
+                Control::DialBackRequest { nonce, .. } => Some((*l, *nonce)),
+                _ => None,
+            });
+            let Some((l6, nonce)) = said.iter().find_map(|(l, c)| match c {
+                Control::DialBackRequestV6 { nonce, addr } if *addr == V6 => Some((*l, *nonce)),
+                _ => None,
+            }) else {
+                panic!("no IPv6 dial-back asked: {said:?}");
+            };
+            let Some((l4, nonce4)) = v4.filter(|v| v.0 != l6) else {
+                panic!("no IPv4 dial-back on another link: {said:?}");
+            };
+            let answer = Message::Ctl(Control::DialBackAnswer {
+                observed: PeerAddr::V4([203, 0, 113, 9], 40_000),
+                dialing: true,
+            });
+            n.handle_input(
+                Instant::ZERO,
+                Input::Received {
+                    link: l4,
+                    msg: answer,
+                },
+            );
+            if proved {
+                n.handle_input(Instant::ZERO, Input::DialBackProof { nonce: nonce4 });
+            }
+            let answer = Message::Ctl(Control::DialBackAnswer {
+                observed: PeerAddr::V4([203, 0, 113, 9], 7000),
+                dialing: true,
+            });
+            n.handle_input(
+                Instant::ZERO,
+                Input::Received {
+                    link: l6,
+                    msg: answer,
+                },
+            );
+            outputs(&mut n);
+            if proved {
+                n.handle_input(Instant::ZERO, Input::DialBackProof { nonce });
+                assert_eq!(n.own_record().v6, Some(V6));
+                let said = ctl_sent(outputs(&mut n));
+                let told = said
+                    .iter()
+                    .filter(|(_, c)| matches!(c, Control::Members(m) if m[0].v6 == Some(V6)))
+                    .count();
+                assert_eq!(told, 2, "every partner hears it: {said:?}");
+            } else {
+                let later = Instant::ZERO + crate::proto::reach::DIAL_BACK_WAIT;
+                n.now = later;
+                n.reach_tick();
+                assert_eq!(n.reachability().v6_open, Some(false));
+                assert_eq!(n.own_record().v6, None);
+            }
+        }
+    }
+
+    /// The answerer's side: it dials the named IPv6 address for a partner on an IPv4 link,
+    /// the link's own IP on an IPv6 link, and nothing (answering so) without IPv6 itself.
+    #[test]
+    fn an_ipv6_dial_back_goes_to_the_named_address_or_the_links_own_ip() {
+        let ask = |n: &mut Node<SimPayload>, link: u64| {
+            let msg = Message::Ctl(Control::DialBackRequestV6 { nonce: 9, addr: V6 });
+            n.handle_input(
+                Instant::ZERO,
+                Input::Received {
+                    link: LinkId(link),
+                    msg,
+                },
+            );
+            let out = outputs(n);
+            let dialed = out.iter().find_map(|o| match o {
+                Output::DialBack { remote, nonce: 9 } => Some(*remote),
+                _ => None,
+            });
+            let dialing = out.iter().find_map(|o| match o {
+                Output::Send {
+                    msg: Message::Ctl(Control::DialBackAnswer { dialing, .. }),
+                    ..
+                } => Some(*dialing),
+                _ => None,
+            });
+            (dialed, dialing)
+        };
+        let mut n = node();
+        link(&mut n, 1, [198, 51, 100, 9], true);
+        assert_eq!(ask(&mut n, 1), (None, Some(false)), "no IPv6 of its own");
+        n.handle_input(
+            Instant::ZERO,
+            Input::Reachability {
+                reachable: None,
+                external: None,
+                v6: Some(PeerAddr::V6(
+                    [0x20, 1, 0xd, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                    7000,
+                )),
+                via: ReachVia::Config,
+            },
+        );
+        outputs(&mut n);
+        link(&mut n, 2, [198, 51, 100, 10], true);
+        assert_eq!(ask(&mut n, 2), (Some(V6), Some(true)));
+        link(&mut n, 3, [198, 51, 100, 11], false);
+        assert_eq!(ask(&mut n, 3), (None, Some(false)), "not a partner");
+        // Over an IPv6 link: the link's own IP, the named port.
+        let from = [0x20, 1, 0xd, 0xb8, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        n.handle_input(
+            Instant::ZERO,
+            Input::LinkUp {
+                link: LinkId(4),
+                remote: PeerAddr::V6(from, 40_000),
+                outbound: false,
+            },
+        );
+        for c in [
+            Control::Hello(Hello {
+                magic: MAGIC,
+                version: VERSION,
+                channel: ChannelId([1; 32]),
+                peer_id: PeerId(104),
+                listen_port: 7000,
+                role: Role::Peer,
+                upload_kbps: 768,
+            }),
+            Control::PartnerRequest { partners: 1 },
+        ] {
+            let msg = Message::Ctl(c);
+            n.handle_input(
+                Instant::ZERO,
+                Input::Received {
+                    link: LinkId(4),
+                    msg,
+                },
+            );
+        }
+        outputs(&mut n);
+        assert_eq!(ask(&mut n, 4), (Some(PeerAddr::V6(from, 7000)), Some(true)));
     }
 
     /// The router maps our port after we joined (our record at the origin says the listen
