@@ -2502,18 +2502,21 @@ impl<P: Payload> Node<P> {
         if let Some(e) = self.inflight.drop_seq(link, seq) {
             self.drop_in_progress(e);
         }
-        if let Some(k) = self
+        let asked = self
             .requests
             .iter()
-            .position(|r| r.seq == seq && r.link == link)
-        {
+            .position(|r| r.seq == seq && r.link == link);
+        if let Some(k) = asked {
             self.requests.swap_remove(k);
-            let now = self.now;
-            if let Some(p) = self.links[i].partner.as_mut() {
+        }
+        let now = self.now;
+        if let Some(p) = self.links[i].partner.as_mut() {
+            if asked.is_some() {
                 p.answered(now);
-                // It no longer holds it: not asked again for this one.
-                p.map.clear(seq);
             }
+            // It no longer holds it (whether it was asked or pushing it to us): not asked
+            // again for this one.
+            p.map.clear(seq);
         }
         self.quiet = None;
         self.reschedule();
@@ -4772,6 +4775,54 @@ mod hostile_tests {
         assert_eq!(node.pieces_held(next), Some(6));
         assert_eq!(node.store().reserved(), 0);
         node.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_pushed_segment_aborted_by_its_pusher_is_asked_of_another_holder() {
+        let (mut node, now) = peer_with_partners(3);
+        let seq = Seq(300);
+        node.playout = Playout::Playing {
+            next: seq,
+            deadline: now + Duration::from_secs(3),
+            stalled: false,
+        };
+        // Partner 3 pushes it to us unasked (a substream parent), then gives up after its
+        // first piece.
+        begin_and_piece(&mut node, now, 3, seq);
+        assert!(requests_for(&drained(&mut node), seq).is_empty());
+        node.handle_input(
+            now,
+            Input::SegmentAborted {
+                link: LinkId(3),
+                seq,
+            },
+        );
+        // The pusher that gave up on it is not counted on for it any more (asking it would
+        // cost a round trip, a busy and a back-off from it for everything else).
+        let k = node.link_index(LinkId(3)).unwrap();
+        assert!(!node.links[k].partner.as_ref().unwrap().map.has(seq));
+        assert!(!node.holds(seq));
+        // Another partner that has it is asked for it.
+        let have = Control::Have {
+            seq,
+            backlog_ms: 0,
+            spare: 0,
+        };
+        recv(&mut node, now, 1, Message::Ctl(have));
+        assert_eq!(requests_for(&drained(&mut node), seq), [LinkId(1)]);
+        node.check_invariants().unwrap();
+    }
+
+    fn requests_for(outs: &[Output<SimPayload>], seq: Seq) -> Vec<LinkId> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    link,
+                    msg: Message::Ctl(Control::Request { seq: s, .. }),
+                } if *s == seq => Some(*link),
+                _ => None,
+            })
+            .collect()
     }
 
     fn recv(node: &mut Node<SimPayload>, now: Instant, link: u64, msg: Message<SimPayload>) {
