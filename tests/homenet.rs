@@ -725,11 +725,12 @@ fn boxes_behind_home_routers_map_punch_pair_over_ipv6_and_play() {
         worst.0,
         worst.1
     );
-    // The source seeds within 1.9 stream rates (the core's `source_budget`): measured 1.88x
-    // the boxes' stream rate, 1.88 copies a segment, its control frames 0.6 % of what it
-    // sent (2.03-2.04x with no budget but its copies: 2.00 of each segment, on top of
-    // which came its control frames). The goal is 2x.
-    assert!(ratio <= 1.95, "the source uploaded {ratio:.3}x the stream");
+    // Measured 2.03-2.04x against the boxes' stream rate (the goal: 2x), 2.01x
+    // against the source's own ingest: it sends 2.00 copies a segment, and the rest is its
+    // control frames (0.4 %) and a stream rate measured over the boxes' shorter playing time.
+    // (A byte budget counting control held it to 2.01-2.02x but cost the simulator's
+    // swarms continuity: not kept.)
+    assert!(ratio <= 2.06, "the source uploaded {ratio:.3}x the stream");
     assert!(
         punches > 0,
         "no hole punch was tried between the IPv4-only boxes"

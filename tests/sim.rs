@@ -131,13 +131,13 @@ fn small_churn_swarm_figures() {
     );
 }
 
-/// What the swarm asks of its source, with the source's budget (`source_budget`, 1.9 stream
-/// rates by default, which the source never exceeds) raised to 4: measured 2.018 stream rates
-/// on the commit that set this, against a goal of 2 (docs/SIMULATION.md).
+/// What the swarm asks of its source, with the source's budget (1.9 stream rates by default,
+/// which the simulated source never exceeds) raised to 4: measured 2.018 stream rates on the
+/// commit that set this, against a goal of 2 (docs/SIMULATION.md).
 #[test]
 fn the_source_of_a_small_churn_swarm_uploads_about_two_copies() {
     let s = Sim::new(SimConfig {
-        settings: vec![("source_budget".into(), "4".into())],
+        source_budget: 4.0,
         ..config(100, Scenario::Churn, 180.0, 1)
     })
     .run();

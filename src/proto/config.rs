@@ -109,12 +109,6 @@ pub struct Config {
     /// Source only: times one segment is uploaded at most (fresh data first, the swarm
     /// relays the rest).
     pub source_max_copies: u8,
-    /// Source only: its upload budget for segments, in stream rates (its link may be faster:
-    /// the rest carries its control frames). It seeds, the swarm relays: at 1.9 a source
-    /// sends its `source_max_copies` of a segment while the swarm is calm and fewer when
-    /// requests pile up, and its whole upload, control included, stays within twice the
-    /// stream (1,000 churn peers: 1.99x).
-    pub source_budget: f64,
     /// How long a peer that sent a segment failing verification stays banned.
     pub ban_duration: Duration,
     /// Membership records one peer may teach us per gossip interval (a deputy's answer is
@@ -147,10 +141,6 @@ pub const PARTNER_CEILING: usize = 32;
 /// partners): established peers fill every free slot, so without it a joiner finds the swarm
 /// full. Refinement gives the extra slots back.
 pub const NEWCOMER_SLACK: usize = 2;
-
-/// Most stream rates [`Config::source_budget`] may be set to: past a few copies of each
-/// segment the source only takes work the swarm would do.
-pub const MAX_SOURCE_BUDGET: f64 = 16.0;
 
 impl Config {
     /// Partners this node accepts: `max_partners` scaled by how many stream rates it can
@@ -245,7 +235,6 @@ impl Config {
             max_links: 64,
             max_pending_dials: 8,
             source_max_copies: 2,
-            source_budget: 1.9,
             source_fresh_window: 2,
             origin_offset_us: 0,
             offers: false,
@@ -293,7 +282,6 @@ impl Config {
         "pull_lead_ms",
         "source_max_copies",
         "source_fresh_window",
-        "source_budget",
         "refine_interval_ms",
         "heartbeat_timeout_ms",
         "concurrent_uploads",
@@ -361,15 +349,6 @@ impl Config {
             "pull_lead_ms" => self.pull_lead = ms(value)?,
             "source_max_copies" => self.source_max_copies = num(key, value)?,
             "source_fresh_window" => self.source_fresh_window = num(key, value)?,
-            "source_budget" => {
-                let b: f64 = num(key, value)?;
-                if !(1.0..=MAX_SOURCE_BUDGET).contains(&b) {
-                    return Err(SettingError(format!(
-                        "source_budget: from 1 to {MAX_SOURCE_BUDGET} stream rates"
-                    )));
-                }
-                self.source_budget = b;
-            }
             "refine_interval_ms" => self.refine_interval = ms(value)?,
             "heartbeat_timeout_ms" => self.heartbeat_timeout = ms(value)?,
             "concurrent_uploads" => self.concurrent_uploads = num(key, value)?,
@@ -414,11 +393,6 @@ mod tests {
         e.partners = usize::MAX;
         assert_eq!(e.partner_target(), e.accept_limit());
         assert!(c.set("max_lag_ms", "10255828924854210822").is_err());
-        c.set("source_budget", "2.5").unwrap();
-        assert_eq!(c.source_budget, 2.5);
-        for bad in ["0.5", "17", "NaN", "inf", "-1"] {
-            assert!(c.set("source_budget", bad).is_err(), "{bad}");
-        }
         // Built by hand past the ceiling: the ceiling, not a panic.
         let mut d = c.clone();
         d.max_partners = PARTNER_CEILING + 1;

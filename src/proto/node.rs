@@ -374,15 +374,6 @@ const REJECT_SAMPLE: usize = 4;
 /// A starting peer re-picks its first segment if it has not arrived by then.
 const START_RETRY: Duration = Duration::from_millis(1500);
 /// Full buffer maps go out this often (haves keep partners current in between).
-/// Segments over which a source measures the rate it ingests (`Node::follow_ingest_rate`).
-const INGEST_RATE_SEGMENTS: usize = 8;
-
-/// A source's upload budget for a stream of `stream` bytes/s: `source_budget` stream rates,
-/// never more than its configured upload `cap`.
-fn source_upload(cfg: &Config, cap: u64, stream: u64) -> u64 {
-    cap.min((stream as f64 * cfg.source_budget) as u64).max(1)
-}
-
 const BUFFER_MAP_REFRESH: Duration = Duration::from_secs(30);
 /// Default one-way delay before a link has measured one.
 const DEFAULT_ONE_WAY: Duration = Duration::from_millis(60);
@@ -510,13 +501,6 @@ pub struct Node<P> {
     active_uploads: Vec<(LinkId, Seq, Instant)>,
     /// Upload budget, bytes (may go below zero by one segment: an upload starts at >= 0).
     tokens: f64,
-    /// The upload configured (`cfg.upload_bytes_per_s` as given: the link's cap). A source's
-    /// budget, which `cfg.upload_bytes_per_s` holds, is the lesser of it and
-    /// `source_budget` stream rates (`source_upload`).
-    upload_cap: u64,
-    /// Source only: bytes and microseconds of the last [`INGEST_RATE_SEGMENTS`] segments
-    /// ingested, so that its budget follows a stream running faster than configured.
-    ingest_rate: VecDeque<(u64, u64)>,
     tokens_at: Instant,
     /// Source only: per segment, indexed by `seq % window`: copies uploaded, and the upload
     /// capacity of the peers that got them, in quarters of the stream rate.
@@ -581,11 +565,7 @@ pub struct Node<P> {
 }
 
 impl<P: Payload> Node<P> {
-    pub fn new(mut cfg: Config, id: PeerId, seed: u64, now: Instant) -> Self {
-        let upload_cap = cfg.upload_bytes_per_s;
-        if cfg.role == Role::Source {
-            cfg.upload_bytes_per_s = source_upload(&cfg, upload_cap, cfg.stream_bytes_per_s);
-        }
+    pub fn new(cfg: Config, id: PeerId, seed: u64, now: Instant) -> Self {
         let store = Store::new(cfg.window, cfg.store_bytes);
         let window = store.window();
         let mut timers = TimerTable::default();
@@ -616,8 +596,6 @@ impl<P: Payload> Node<P> {
             uploads: Vec::new(),
             active_uploads: Vec::new(),
             tokens: burst,
-            upload_cap,
-            ingest_rate: VecDeque::with_capacity(INGEST_RATE_SEGMENTS),
             tokens_at: now,
             playout: Playout::Idle,
             bootstrap: Vec::new(),
@@ -2359,30 +2337,10 @@ impl<P: Payload> Node<P> {
         }
         let seq = seg.seq;
         self.last_segment_bytes = seg.payload.len() as u64;
-        self.follow_ingest_rate(seg.payload.len() as u64, seg.duration_us as u64);
         if self.store.insert(seg) == Inserted::New {
             self.push_to_children(seq);
             self.announce(seq, None);
         }
-    }
-
-    /// Source only: notes an ingested segment of `bytes` over `us`, and raises the budget if
-    /// the stream now runs faster than configured (a source told a low rate, or one measured
-    /// over a quiet start, would otherwise seed less than a copy of each segment).
-    fn follow_ingest_rate(&mut self, bytes: u64, us: u64) {
-        if self.ingest_rate.len() >= INGEST_RATE_SEGMENTS {
-            self.ingest_rate.pop_front();
-        }
-        self.ingest_rate.push_back((bytes, us));
-        let (b, t) = self
-            .ingest_rate
-            .iter()
-            .fold((0u64, 0u64), |(b, t), &(x, y)| (b + x, t + y));
-        if t == 0 {
-            return;
-        }
-        let stream = (b.saturating_mul(1_000_000) / t).max(self.cfg.stream_bytes_per_s);
-        self.cfg.upload_bytes_per_s = source_upload(&self.cfg, self.upload_cap, stream);
     }
 
     /// Tells every partner that lacks `seq` that we now hold it.
@@ -4223,55 +4181,6 @@ mod tests {
         o.wait(11, &[strong, other]);
         let (_, said, closed) = o.ask(4);
         assert!(!accepted(&said) && closed.is_empty(), "{said:?}");
-    }
-
-    #[test]
-    fn the_source_keeps_to_its_budget_and_follows_a_faster_stream() {
-        let mut cfg = Config::new(ChannelId([7; 32]), Role::Source, STREAM);
-        cfg.upload_bytes_per_s = 10 * STREAM;
-        let mut node: Node<SimPayload> = Node::new(cfg.clone(), PeerId(1), 1, Instant::ZERO);
-        // Its link could carry ten stream rates; it seeds with 1.9.
-        assert_eq!(node.cfg.upload_bytes_per_s, STREAM * 19 / 10);
-        assert_eq!(node.tokens, (STREAM * 19 / 10) as f64);
-        let ingest = |node: &mut Node<SimPayload>, seq: u32, len: u64| {
-            node.handle_input(
-                Instant::ZERO + Duration::from_secs(seq as u64),
-                Input::Ingest(Segment {
-                    seq: Seq(seq),
-                    origin_us: seq as u64 * 1_000_000,
-                    duration_us: 1_000_000,
-                    flags: 0,
-                    payload: SimPayload {
-                        len: len as u32,
-                        hops: 0,
-                    },
-                }),
-            );
-        };
-        // A stream at its configured rate leaves the budget as it is; one running at twice
-        // it (a source told too low a rate) doubles it once the last segments average that.
-        for seq in 0..4 {
-            ingest(&mut node, seq, STREAM);
-        }
-        assert_eq!(node.cfg.upload_bytes_per_s, STREAM * 19 / 10);
-        for seq in 4..4 + INGEST_RATE_SEGMENTS as u32 {
-            ingest(&mut node, seq, 2 * STREAM);
-        }
-        assert_eq!(node.cfg.upload_bytes_per_s, 2 * STREAM * 19 / 10);
-        // A quieter stretch brings it back, never below the configured rate's; and never
-        // above the link.
-        for seq in 20..20 + INGEST_RATE_SEGMENTS as u32 {
-            ingest(&mut node, seq, STREAM / 4);
-        }
-        assert_eq!(node.cfg.upload_bytes_per_s, STREAM * 19 / 10);
-        for seq in 40..40 + INGEST_RATE_SEGMENTS as u32 {
-            ingest(&mut node, seq, 20 * STREAM);
-        }
-        assert_eq!(node.cfg.upload_bytes_per_s, 10 * STREAM);
-        // A peer's upload is its own.
-        cfg.role = Role::Peer;
-        let peer: Node<SimPayload> = Node::new(cfg, PeerId(2), 1, Instant::ZERO);
-        assert_eq!(peer.cfg.upload_bytes_per_s, 10 * STREAM);
     }
 
     #[test]

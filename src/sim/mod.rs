@@ -69,6 +69,8 @@ pub struct SimConfig {
     pub mean_session_s: f64,
     /// Share of churn departures that are crashes (no goodbye).
     pub crash_fraction: f64,
+    /// The source's upload budget, in stream rates (its link has `SOURCE_UPLOAD_FACTOR`).
+    pub source_budget: f64,
     /// Download capacity of a peer, in stream rates, shared by every transfer coming to it.
     pub download_factor: f64,
     /// First segment number (to test the u32 wrap).
@@ -111,6 +113,7 @@ impl Default for SimConfig {
             segment_s: 1.0,
             mean_session_s: 300.0,
             crash_fraction: 0.5,
+            source_budget: 1.9,
             download_factor: 10.0,
             start_seq: 0,
             progress: false,
@@ -539,8 +542,12 @@ impl Sim {
             // Checked when the configuration was made (`SimConfig::check_settings`).
             let _ = c.set(k, v);
         }
-        // The source's core keeps to its own budget (`source_budget`) below this.
-        c.upload_bytes_per_s = up;
+        c.upload_bytes_per_s = if source {
+            // The source's own budget, below its link's capacity: it seeds, the swarm relays.
+            up.min((self.stream_bytes() as f64 * self.cfg.source_budget) as u64)
+        } else {
+            up
+        };
         c
     }
 
