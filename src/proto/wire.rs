@@ -74,36 +74,10 @@ impl fmt::Debug for ChannelId {
 
 /// Where a peer listens. Kept free of `std::net` so the core stays I/O free; the daemon
 /// converts to and from socket addresses.
-///
-/// Ordered v4 before v6, then by address bytes, then by port (what a derived order gives),
-/// compared as integers: address lists are sorted and searched on hot paths (candidate
-/// dials, introductions), where a byte-by-byte comparison cost more than the rest.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PeerAddr {
     V4([u8; 4], u16),
     V6([u8; 16], u16),
-}
-
-impl Ord for PeerAddr {
-    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
-        use core::cmp::Ordering;
-        match (self, other) {
-            (PeerAddr::V4(a, p), PeerAddr::V4(b, q)) => {
-                (u32::from_be_bytes(*a), p).cmp(&(u32::from_be_bytes(*b), q))
-            }
-            (PeerAddr::V6(a, p), PeerAddr::V6(b, q)) => {
-                (u128::from_be_bytes(*a), p).cmp(&(u128::from_be_bytes(*b), q))
-            }
-            (PeerAddr::V4(..), PeerAddr::V6(..)) => Ordering::Less,
-            (PeerAddr::V6(..), PeerAddr::V4(..)) => Ordering::Greater,
-        }
-    }
-}
-
-impl PartialOrd for PeerAddr {
-    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
 }
 
 impl PeerAddr {
@@ -822,35 +796,6 @@ mod tests {
                 [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i as u8],
                 7000,
             )),
-        }
-    }
-
-    /// The integer comparison orders addresses exactly as comparing (kind, bytes, port)
-    /// field by field does, on addresses that differ in one byte, the port or the kind.
-    #[test]
-    fn peer_addr_order_is_kind_then_bytes_then_port() {
-        let reference = |a: &PeerAddr| match *a {
-            PeerAddr::V4(b, p) => (0u8, b.to_vec(), p),
-            PeerAddr::V6(b, p) => (1u8, b.to_vec(), p),
-        };
-        let mut rng = crate::proto::rng::Rng::new(5);
-        let mut addrs = Vec::new();
-        for _ in 0..300 {
-            let x = rng.next_u64();
-            // Few distinct values per byte and port, so that ties and near ties are common.
-            let byte = |k: u32| [0u8, 1, 127, 128, 255][((x >> (3 * k)) % 5) as usize];
-            let port = [0u16, 1, 7000, 65535][((x >> 60) % 4) as usize];
-            addrs.push(if x % 2 == 0 {
-                PeerAddr::V4(core::array::from_fn(|i| byte(i as u32)), port)
-            } else {
-                PeerAddr::V6(core::array::from_fn(|i| byte(i as u32)), port)
-            });
-        }
-        for a in &addrs {
-            for b in &addrs {
-                assert_eq!(a.cmp(b), reference(a).cmp(&reference(b)), "{a:?} {b:?}");
-                assert_eq!(a.partial_cmp(b), Some(a.cmp(b)));
-            }
         }
     }
 
