@@ -886,11 +886,7 @@ impl Sim {
                     if !open {
                         continue;
                     }
-                    let delay = self.path_delay(p.link, node, p.to, PIECE_SIZE as u64);
-                    let at = self
-                        .links
-                        .get_mut(&p.link.0)
-                        .map_or(self.now + delay, |l| l.in_order(node, self.now + delay));
+                    let at = self.arrival(p.link, node, p.to, self.now, PIECE_SIZE as u64);
                     self.push(
                         at,
                         Ev::Piece {
@@ -909,11 +905,8 @@ impl Sim {
                     if !open {
                         continue;
                     }
-                    let delay = self.path_delay(f.link, node, f.to, wire_len(&f.msg) as u64);
-                    let at = self
-                        .links
-                        .get_mut(&f.link.0)
-                        .map_or(self.now + delay, |l| l.in_order(node, self.now + delay));
+                    let bytes = wire_len(&f.msg) as u64;
+                    let at = self.arrival(f.link, node, f.to, self.now, bytes);
                     self.push(
                         at,
                         Ev::Deliver {
@@ -1035,6 +1028,26 @@ impl Sim {
     fn path_delay(&mut self, link: LinkId, from: u32, to: u32, bytes: u64) -> Duration {
         let one_way = self.link_one_way(link, from, to);
         one_way + loss_delay(&mut self.rng, self.cfg.loss, bytes, one_way.mul(2))
+    }
+
+    /// When a message of `bytes` from `from` to `to` on `link`, whose last byte leaves the
+    /// sender at `out`, arrives: one path delay later, and not before what was sent ahead of
+    /// it on the link (TCP delivers in order).
+    fn arrival(&mut self, link: LinkId, from: u32, to: u32, out: Instant, bytes: u64) -> Instant {
+        let at = out + self.path_delay(link, from, to, bytes);
+        self.links
+            .get_mut(&link.0)
+            .map_or(at, |l| l.in_order(from, at))
+    }
+
+    /// Sends a control record of `bytes` from `ix` to `to` on `link`, out on the sender's
+    /// uplink among its segments (net::Uplink::send_control); says when it arrives.
+    fn send_record(&mut self, ix: u32, link: LinkId, to: u32, bytes: u64) -> Instant {
+        self.control_bytes += bytes;
+        let out = self.slots[ix as usize]
+            .uplink
+            .send_control(self.now, link, bytes);
+        self.arrival(link, ix, to, out, bytes)
     }
 
     /// Node `ix` may hold more of `seq` than before (a piece checked, or all of it): its
@@ -1173,16 +1186,7 @@ impl Sim {
                             if ix == 0 && self.debug_misses {
                                 self.src_ctl[ctl_kind(c)] += bytes;
                             }
-                            self.control_bytes += bytes;
-                            // Out on the sender's uplink among its segments (net::Uplink).
-                            let out = self.slots[ix as usize]
-                                .uplink
-                                .send_control(self.now, link, bytes);
-                            let at = out + self.path_delay(link, ix, to, bytes);
-                            let at = self
-                                .links
-                                .get_mut(&link.0)
-                                .map_or(at, |l| l.in_order(ix, at));
+                            let at = self.send_record(ix, link, to, bytes);
                             self.push(at, Ev::Deliver { to, link, msg });
                         }
                     }
@@ -1233,16 +1237,7 @@ impl Sim {
                         self.share_downlink(to);
                         uplink_changed = true;
                         // The abort record, behind what was sent of the segment.
-                        let bytes = FRAME_PREFIX_LEN as u64;
-                        self.control_bytes += bytes;
-                        let out = self.slots[ix as usize]
-                            .uplink
-                            .send_control(self.now, link, bytes);
-                        let at = out + self.path_delay(link, ix, to, bytes);
-                        let at = self
-                            .links
-                            .get_mut(&link.0)
-                            .map_or(at, |l| l.in_order(ix, at));
+                        let at = self.send_record(ix, link, to, FRAME_PREFIX_LEN as u64);
                         self.push(at, Ev::Aborted { to, link, seq });
                     }
                 }
@@ -1579,7 +1574,7 @@ impl Sim {
     }
 
     fn debug_stats(&self) {
-        eprintln!("events by kind (1 deliver, 2 linkup, 3 dialfail, 4 linkdown, 5 wake, 6 uplink, 7 ingest, 8 join, 9 leave, 10 head): {:?}", &self.kinds[..11]);
+        eprintln!("events by kind (1 deliver, 2 linkup, 3 dialfail, 4 linkdown, 5 wake, 6 uplink, 7 ingest, 8 join, 9 leave, 11 proof, 12 punch expiry, 13 dial-back done, 14 piece, 15 abort): {:?}", &self.kinds);
         eprintln!("control messages by kind: {:?}", &self.ctl_kinds);
         eprintln!(
             "uplink samples: idle&useless {} idle&USEFUL {} busy&useless {} busy&useful {}",
