@@ -97,7 +97,7 @@ fn sequence_numbers_wrap_without_a_stall() {
 
 /// The core's figures at small scale (100 peers, churn, 180 s, seed 1, every peer dialable),
 /// asserted near what this deterministic run gives on the commit that set them (continuity mean
-/// 0.979, p5 0.923, startup p50 1.57 s and p95 3.59 s, overhead 0.0044): a change that costs a
+/// 0.966, p5 0.915, startup p50 1.61 s and p95 3.52 s, overhead 0.0044): a change that costs a
 /// percent of continuity or a tenth of a second of startup fails here and has to say why.
 /// History: 0.977 / 0.909 / 1.62 s / 3.55 s / 0.0033 while the simulator let a relay forward a
 /// segment still arriving (no driver did); segments forwarded only whole and checked, with the
@@ -110,9 +110,9 @@ fn sequence_numbers_wrap_without_a_stall() {
 /// served from its first checked piece (cut-through; one upload at a time, whole or still
 /// arriving): 0.980 / 0.929 / 1.75 / 3.69 / 0.0044; then a node announced its record to its
 /// partners the moment it became dialable: 0.981 / 0.943 / 1.75 / 3.47 / 0.0044; then every
-/// segment went to the supplier that delivers it soonest and `urgent_within` became 4 s (a
-/// gain at 1,000 peers; here seeds 1-4 average 0.9746 against 0.9752, p5 0.909-0.930
-/// against 0.921-0.943): the figures above. The goals (continuity 0.99, p5 0.97, startup p50
+/// segment went to the supplier that delivers it soonest (a gain at 1,000 peers; here seed 1
+/// fell, seeds 2-4 rose: 0.9655 / 0.9787 / 0.9754 / 0.9731 against 0.9814 / 0.9766 / 0.9728 /
+/// 0.9698): the figures above. The goals (continuity 0.99, p5 0.97, startup p50
 /// 1.0 s, p95 2.5 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
@@ -122,9 +122,9 @@ fn small_churn_swarm_figures() {
         s.continuity_mean, s.continuity_p5, s.startup_p50_s, s.startup_p95_s, s.overhead
     );
     eprintln!("{figures}");
-    assert!(s.continuity_mean >= 0.977, "{figures}");
-    assert!(s.continuity_p5 >= 0.92, "{figures}");
-    assert!(s.startup_p50_s <= 1.65, "{figures}");
+    assert!(s.continuity_mean >= 0.963, "{figures}");
+    assert!(s.continuity_p5 >= 0.905, "{figures}");
+    assert!(s.startup_p50_s <= 1.7, "{figures}");
     assert!(s.startup_p95_s <= 3.6, "{figures}");
     assert!(s.overhead <= 0.0046, "{figures}");
     assert!(
@@ -176,8 +176,7 @@ fn a_flash_crowd_of_200_starts_within_4_9_s() {
 /// holders in time. Without that, such requests waited in the source's queue behind
 /// fresher segments until their deadline passed: mean 0.9964 over these seeds, then 0.9991;
 /// 0.9979 since peers short of partners pull members and segments are served from their first
-/// checked piece (each of those alone: 0.9981 / 0.9982; a tenth of a segment per peer in 300);
-/// 0.9973 since every segment goes to the supplier that delivers it soonest.
+/// checked piece (each of those alone: 0.9981 / 0.9982; a tenth of a segment per peer in 300).
 #[test]
 fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
     let mut sum = 0.0;
@@ -200,7 +199,7 @@ fn sixteen_peers_with_ample_uplinks_miss_almost_nothing() {
         sum += s.continuity_mean;
     }
     let mean = sum / 6.0;
-    assert!(mean >= 0.997, "continuity mean over seeds 1-6 {mean:.4}");
+    assert!(mean >= 0.9975, "continuity mean over seeds 1-6 {mean:.4}");
 }
 
 /// The same swarm with 60 % of the peers behind NATs nobody can dial (the simulator's
