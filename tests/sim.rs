@@ -97,7 +97,7 @@ fn sequence_numbers_wrap_without_a_stall() {
 
 /// The core's figures at small scale (100 peers, churn, 180 s, seed 1, every peer dialable),
 /// asserted near what this deterministic run gives on the commit that set them (continuity mean
-/// 0.981, p5 0.943, startup p50 1.75 s and p95 3.47 s, overhead 0.0044): a change that costs a
+/// 0.966, p5 0.915, startup p50 1.61 s and p95 3.52 s, overhead 0.0044): a change that costs a
 /// percent of continuity or a tenth of a second of startup fails here and has to say why.
 /// History: 0.977 / 0.909 / 1.62 s / 3.55 s / 0.0033 while the simulator let a relay forward a
 /// segment still arriving (no driver did); segments forwarded only whole and checked, with the
@@ -109,7 +109,10 @@ fn sequence_numbers_wrap_without_a_stall() {
 /// a second (for swarms behind NATs): 0.975 / 0.917 / 1.85 / 3.74 / 0.0044; a segment then
 /// served from its first checked piece (cut-through; one upload at a time, whole or still
 /// arriving): 0.980 / 0.929 / 1.75 / 3.69 / 0.0044; then a node announced its record to its
-/// partners the moment it became dialable: the figures above. The goals (continuity 0.99, p5 0.97, startup p50
+/// partners the moment it became dialable: 0.981 / 0.943 / 1.75 / 3.47 / 0.0044; then every
+/// segment went to the supplier that delivers it soonest (a gain at 1,000 peers; here seed 1
+/// fell, seeds 2-4 rose: 0.9655 / 0.9787 / 0.9754 / 0.9731 against 0.9814 / 0.9766 / 0.9728 /
+/// 0.9698): the figures above. The goals (continuity 0.99, p5 0.97, startup p50
 /// 1.0 s, p95 2.5 s; docs/SIMULATION.md) are not met yet.
 #[test]
 fn small_churn_swarm_figures() {
@@ -119,9 +122,9 @@ fn small_churn_swarm_figures() {
         s.continuity_mean, s.continuity_p5, s.startup_p50_s, s.startup_p95_s, s.overhead
     );
     eprintln!("{figures}");
-    assert!(s.continuity_mean >= 0.977, "{figures}");
-    assert!(s.continuity_p5 >= 0.935, "{figures}");
-    assert!(s.startup_p50_s <= 1.8, "{figures}");
+    assert!(s.continuity_mean >= 0.963, "{figures}");
+    assert!(s.continuity_p5 >= 0.905, "{figures}");
+    assert!(s.startup_p50_s <= 1.7, "{figures}");
     assert!(s.startup_p95_s <= 3.6, "{figures}");
     assert!(s.overhead <= 0.0046, "{figures}");
     assert!(

@@ -3,10 +3,13 @@
 //! A pure function of what the node knows. Each missing segment in the play window that some
 //! partner holds is a candidate. Urgent candidates (deadline within `urgent_within`) come first,
 //! earliest deadline first; the rest go rarest first (fewest partners holding it), ties by
-//! deadline. An urgent candidate goes to the supplier that would deliver it soonest, judged by
-//! the supplier's backlog, its rate and our requests already queued there; a non-urgent one to
-//! the slowest supplier that would still deliver it within half the time left (so slow uplinks
-//! carry their share and fast ones stay free for what is fresh or urgent), else the soonest.
+//! deadline. Every candidate goes to the supplier that would deliver it soonest, judged by the
+//! supplier's backlog, its rate and our requests already queued there: a segment that arrives
+//! early is one more copy partners can fetch early, and every hop's slack is the next hop's.
+//! (Giving a non-urgent segment to the slowest supplier that still made half the time left,
+//! to keep fast uplinks free, made arrivals late by design: 1,000 churn peers, 600 s, seeds
+//! 1-4, continuity 0.9719 / 0.9635 / 0.9655 / 0.9739 with it, 0.9719 / 0.9656 / 0.9652 /
+//! 0.9737 without, time paused 0.041-0.053 against 0.040-0.049, lag p50 0.2-1.5 s lower on each.)
 //! A non-urgent segment no supplier can deliver in time waits for a better moment.
 
 use super::seq::Seq;
@@ -94,12 +97,6 @@ pub fn plan(
         }
         let urgent = w.deadline <= urgent_before;
         let mut best: Option<(usize, Instant)> = None;
-        // Not urgent: the slowest supplier that would still deliver within half the time
-        // left, so that fast uplinks stay free for what is urgent or fresh and slow ones
-        // carry their share.
-        let comfortable =
-            now + Duration::from_micros(w.deadline.saturating_since(now).as_micros() / 2);
-        let mut easy: Option<(usize, Instant, u64)> = None;
         let mut bits = w.holders & mask;
         while bits != 0 {
             let i = bits.trailing_zeros() as usize;
@@ -113,15 +110,6 @@ pub fn plan(
             if best.is_none_or(|(_, e)| eta < e) {
                 best = Some((i, eta));
             }
-            if !urgent
-                && eta <= comfortable
-                && easy.is_none_or(|(_, e, r)| s.bytes_per_s < r || (s.bytes_per_s == r && eta < e))
-            {
-                easy = Some((i, eta, s.bytes_per_s));
-            }
-        }
-        if let Some((i, eta, _)) = easy {
-            best = Some((i, eta));
         }
         let Some((i, eta)) = best else {
             skipped.no_slot += 1;
@@ -192,45 +180,32 @@ mod tests {
         // #2 is rarer (one holder) so it goes first, to the fast supplier.
         assert_eq!(out[0].seq, Seq(2));
         assert_eq!(out[0].supplier, 1);
-        // #1 follows. With 3 s left, both suppliers deliver within half of it (the fast one
-        // after #2 at 0.55 s, the slow one at 1.05 s): the slow one takes it (next test).
+        // #1 follows, to the supplier that delivers it soonest: the fast one after #2 at
+        // 0.55 s, against 1.05 s from the slow one.
         assert_eq!(out[1].seq, Seq(1));
-        assert_eq!(out[1].supplier, 0);
+        assert_eq!(out[1].supplier, 1);
     }
 
     #[test]
-    fn slow_suppliers_take_what_they_can_deliver_comfortably() {
-        // 10 s left: the slow supplier (1.05 s) is well inside half of it, so it carries the
-        // segment and the fast one stays free.
+    fn the_soonest_supplier_takes_it_however_much_time_is_left() {
+        // 10 s left: the fast supplier (0.3 s) beats the slow one (1.05 s).
         let mut s = vec![sup(0, 100_000, 3), sup(0, 400_000, 3)];
         let mut w = vec![want(1, 10, 0b11)];
         let mut out = Vec::new();
         plan_at_zero(&mut w, &mut s, 100_000, 8, &mut out);
-        assert_eq!(out[0].supplier, 0);
-        // 2 s left: the slow one (1.05 s) is past half of it, the fast one (0.3 s) is not.
-        let mut s = vec![sup(0, 100_000, 3), sup(0, 400_000, 3)];
-        let mut w = vec![Want {
-            seq: Seq(1),
-            deadline: Instant::ZERO + Duration::from_millis(2_000),
-            holders: 0b11,
-        }];
-        let mut out = Vec::new();
-        plan(
-            Instant::ZERO,
-            &mut w,
-            &mut s,
-            100_000,
-            Duration::from_secs(1),
-            8,
-            &mut out,
-        );
         assert_eq!(out[0].supplier, 1);
-        // Urgent: the soonest, whatever the rates.
-        let mut s = vec![sup(0, 100_000, 3), sup(0, 400_000, 3)];
-        let mut w = vec![want(1, 1, 0b11)];
+        // Unless its backlog makes it later: busy for 1 s, it would deliver at 1.3 s.
+        let mut s = vec![sup(0, 100_000, 3), sup(1_000, 400_000, 3)];
+        let mut w = vec![want(1, 10, 0b11)];
         let mut out = Vec::new();
         plan_at_zero(&mut w, &mut s, 100_000, 8, &mut out);
-        assert_eq!(out[0].supplier, 1);
+        assert_eq!(out[0].supplier, 0);
+        // A supplier without a free slot is not asked, however fast.
+        let mut s = vec![sup(0, 100_000, 3), sup(0, 400_000, 0)];
+        let mut w = vec![want(1, 10, 0b11)];
+        let mut out = Vec::new();
+        plan_at_zero(&mut w, &mut s, 100_000, 8, &mut out);
+        assert_eq!(out[0].supplier, 0);
     }
 
     #[test]
