@@ -886,11 +886,13 @@ fn polluters_are_banned_and_not_one_altered_byte_is_played() {
     let mut banned: HashMap<String, usize> = HashMap::new();
     let mut worst: f64 = 1.0;
     let mut polluter_ids = Vec::new();
+    let mut polluter_uploads = Vec::new();
     let (mut aborts_sent, mut aborts_received) = (0u64, 0u64);
     for (i, p) in peers.iter().enumerate() {
         let stats = read_json(&p.stats).expect("final stats");
         if polluting.contains(&i) {
             polluter_ids.push(stats["id"].as_str().unwrap().to_string());
+            polluter_uploads.push(stat_u64(&stats["diag"], "uploads"));
             continue;
         }
         aborts_sent += stat_u64(&stats["diag"], "aborts_sent");
@@ -915,14 +917,24 @@ fn polluters_are_banned_and_not_one_altered_byte_is_played() {
         "polluters: {played} segments played by {} honest peers, {altered_bytes} altered \
          bytes played; polluters banned by {caught:?} honest peers each; honest continuity \
          min {worst:.3}; forwarded as they arrived and aborted at a bad piece: {aborts_sent} \
-         uploads, {aborts_received} received",
+         uploads, {aborts_received} received; polluters' segment uploads {polluter_uploads:?}",
         PEERS - polluting.len()
     );
     assert!(played >= 13 * 15, "only {played} segments played");
     assert_eq!(altered_bytes, 0, "altered bytes reached a player");
+    // A polluter that served no segment did no harm and cannot be told from an honest
+    // peer; every one that served is caught, and at least one serves in 30 s. (Partners
+    // ask whoever delivers soonest: a late-starting polluter may be asked for nothing.)
     assert!(
-        caught.iter().all(|&n| n > 0),
-        "every polluter is banned by someone: {caught:?}"
+        caught
+            .iter()
+            .zip(&polluter_uploads)
+            .all(|(&n, &up)| n > 0 || up == 0),
+        "every polluter that served is banned by someone: {caught:?}, uploads {polluter_uploads:?}"
+    );
+    assert!(
+        caught.iter().any(|&n| n > 0),
+        "no polluter was caught: {caught:?}"
     );
     assert!(
         banned.keys().all(|id| polluter_ids.contains(id)),
