@@ -1096,6 +1096,25 @@ mod tests {
         Arc::new(Semaphore::new(BODY_BUDGET_KIB))
     }
 
+    /// A link writer at `rate` bytes/s into one end of an in-memory stream: its queue, the
+    /// other end (what a partner reads), its events and its task.
+    fn spawn_writer(
+        link: LinkId,
+        rate: u64,
+        counters: Arc<Counters>,
+    ) -> (
+        mpsc::Sender<Message<SharedBody>>,
+        tokio::io::DuplexStream,
+        mpsc::Receiver<LinkEvent>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (a, far) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (etx, erx) = mpsc::channel(16);
+        let w = tokio::spawn(writer(link, a, rx, etx, rate, counters, ()));
+        (tx, far, erx, w)
+    }
+
     #[test]
     fn addresses_convert_both_ways() {
         for s in ["127.0.0.1:7000", "[::1]:7001", "[2001:db8::5]:9"] {
@@ -1233,19 +1252,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn writer_reports_sent_after_a_segment_and_flushes_on_close() {
         let key = ChannelKey::from_seed([1; 32]);
-        let (a, mut b) = tokio::io::duplex(1 << 20);
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        let (etx, mut erx) = mpsc::channel(16);
         let counters = Arc::new(Counters::default());
-        let w = tokio::spawn(writer(
-            LinkId(9),
-            a,
-            rx,
-            etx,
-            10_000_000,
-            counters.clone(),
-            (),
-        ));
+        let (tx, mut b, mut erx, w) = spawn_writer(LinkId(9), 10_000_000, counters.clone());
         let seg = key.sign_segment(Seq(1), 0, 1, 0, vec![0x47; 50_000]);
         tx.try_send(Message::Ctl(Control::KeepAlive)).unwrap();
         tx.try_send(Message::Segment(seg.clone())).unwrap();
@@ -1331,18 +1339,8 @@ mod tests {
             assert_eq!(begun.seq, Seq(5));
             let g = begun.payload.growing.clone().expect("a growing body");
             assert_eq!(g.fill(), Fill::Pieces(0), "nothing checked yet");
-            let (a, mut down_rd) = tokio::io::duplex(1 << 20);
-            let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-            let (etx, mut erx) = mpsc::channel(16);
-            let w = tokio::spawn(writer(
-                LinkId(2),
-                a,
-                rx,
-                etx,
-                100_000_000,
-                Arc::new(Counters::default()),
-                (),
-            ));
+            let (tx, mut down_rd, mut erx, w) =
+                spawn_writer(LinkId(2), 100_000_000, Arc::new(Counters::default()));
             tx.try_send(Message::Segment(begun)).unwrap();
             let (relayed, end) = reads_until_end(&mut relay, &mut rd, &v).await;
             let done = relayed
@@ -1439,18 +1437,8 @@ mod tests {
         let g = begun.payload.growing.clone().unwrap();
         let mut arriving = Arriving::default();
         arriving.begun(&begun);
-        let (a, mut down_rd) = tokio::io::duplex(1 << 20);
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        let (etx, mut erx) = mpsc::channel(16);
-        let w = tokio::spawn(writer(
-            LinkId(3),
-            a,
-            rx,
-            etx,
-            100_000_000,
-            Arc::new(Counters::default()),
-            (),
-        ));
+        let (tx, mut down_rd, mut erx, w) =
+            spawn_writer(LinkId(3), 100_000_000, Arc::new(Counters::default()));
         tx.try_send(Message::Segment(begun)).unwrap();
         let next = relay
             .next_read(&mut rd, &|| MAX_FRAME_LEN, &v, &b, &c)
@@ -1791,11 +1779,8 @@ mod tests {
     async fn control_frames_overtake_a_segment_being_paced() {
         let key = ChannelKey::from_seed([1; 32]);
         // 100 kB at 200 kB/s: half a second on the wire.
-        let (a, mut b) = tokio::io::duplex(1 << 20);
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        let (etx, mut erx) = mpsc::channel(16);
         let counters = Arc::new(Counters::default());
-        let w = tokio::spawn(writer(LinkId(3), a, rx, etx, 200_000, counters.clone(), ()));
+        let (tx, mut b, mut erx, w) = spawn_writer(LinkId(3), 200_000, counters.clone());
         let seg = key.sign_segment(Seq(1), 0, 1, 0, vec![0x47; 100_000]);
         let later = key.sign_segment(Seq(2), 0, 1, 0, vec![0x47; 1_000]);
         tx.try_send(Message::Segment(seg.clone())).unwrap();

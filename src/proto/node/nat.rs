@@ -557,31 +557,18 @@ mod tests {
             let Some((l4, nonce4)) = v4.filter(|v| v.0 != l6) else {
                 panic!("no IPv4 dial-back on another link: {said:?}");
             };
-            let answer = Message::Ctl(Control::DialBackAnswer {
-                observed: PeerAddr::V4([203, 0, 113, 9], 40_000),
-                dialing: true,
-            });
-            n.handle_input(
-                Instant::ZERO,
-                Input::Received {
-                    link: l4,
-                    msg: answer,
-                },
-            );
+            let dialing = |n: &mut Node<SimPayload>, link| {
+                let msg = Message::Ctl(Control::DialBackAnswer {
+                    observed: PeerAddr::V4([203, 0, 113, 9], 40_000),
+                    dialing: true,
+                });
+                n.handle_input(Instant::ZERO, Input::Received { link, msg });
+            };
+            dialing(&mut n, l4);
             if proved {
                 n.handle_input(Instant::ZERO, Input::DialBackProof { nonce: nonce4 });
             }
-            let answer = Message::Ctl(Control::DialBackAnswer {
-                observed: PeerAddr::V4([203, 0, 113, 9], 7000),
-                dialing: true,
-            });
-            n.handle_input(
-                Instant::ZERO,
-                Input::Received {
-                    link: l6,
-                    msg: answer,
-                },
-            );
+            dialing(&mut n, l6);
             outputs(&mut n);
             if proved {
                 n.handle_input(Instant::ZERO, Input::DialBackProof { nonce });
